@@ -1,0 +1,19 @@
+"""What every stage script shares: one-line errors and a non-zero exit status."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from .errors import InspectionError
+
+
+def run_stage(name: str, main: Callable[[], None]) -> None:
+    try:
+        main()
+    except InspectionError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; outputs were left as they were", file=sys.stderr)
+        sys.exit(130)

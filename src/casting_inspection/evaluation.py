@@ -1,0 +1,72 @@
+"""Score the test split once: decision metrics (defective = positive), curves and a classification report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from dvclive import Live
+from sklearn import metrics as skm
+
+from . import CLASS_NAMES
+from .dataset import load_split
+from .files import atomic_path, write_json, write_text
+from .params import EvaluateParams
+from .training import load_checkpoint, predict_logits, select_device
+
+
+def decision_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
+    """The figures a quality engineer asks for: misses (defects accepted) and false rejects (good parts scrapped)."""
+    labels = labels.astype(int)
+    predicted = (probabilities >= threshold).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    both_classes = len(np.unique(labels)) == 2
+    return {
+        "n": int(len(labels)),
+        "accuracy": round(float(skm.accuracy_score(labels, predicted)), 6),
+        "precision": round(float(skm.precision_score(labels, predicted, zero_division=0)), 6),
+        "recall": round(float(skm.recall_score(labels, predicted, zero_division=0)), 6),
+        "f1": round(float(skm.f1_score(labels, predicted, zero_division=0)), 6),
+        "roc_auc": round(float(skm.roc_auc_score(labels, probabilities)), 6) if both_classes else None,
+        "missed_defects": int(fn),
+        "false_rejects": int(fp),
+        "defects": int(tp + fn),
+        "good_parts": int(tn + fp),
+    }
+
+
+def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: Path, metrics_path: Path,
+                   plots_dir: Path, operating_point_path: Path) -> dict:
+    device = select_device("auto")
+    model, _ = load_checkpoint(checkpoint_path, device)
+    test = load_split(prepared_dir, "test")
+    probabilities = torch.sigmoid(predict_logits(model, test.images, params.batch_size, device)).numpy()
+    labels = test.labels.numpy().astype(int)
+    threshold = params.threshold
+
+    results = decision_metrics(labels, probabilities, threshold)
+    leak_free = ~test.leaked
+    results = {"threshold": threshold, **results,
+               "leak_free": decision_metrics(labels[leak_free], probabilities[leak_free], threshold)}
+
+    predicted = (probabilities >= threshold).astype(int)
+    names = np.array(CLASS_NAMES)
+    with Live(str(plots_dir), dvcyaml=False, save_dvc_exp=False) as live:
+        live.log_sklearn_plot("confusion_matrix", names[labels].tolist(), names[predicted].tolist(), name="confusion_matrix.json")
+        live.log_sklearn_plot("precision_recall", labels, probabilities, name="precision_recall.json")
+        fpr, tpr, thresholds = skm.roc_curve(labels, probabilities)
+        # sklearn's first threshold is +inf, which strict JSON readers of `dvc plots` reject
+        roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thresholds, 1.0)})
+        live.log_plot("roc", roc, x="fpr", y="tpr", title="ROC (defective = positive)", x_label="false positive rate", y_label="true positive rate")
+    report = skm.classification_report(labels, predicted, labels=[0, 1], target_names=list(CLASS_NAMES), digits=4)
+    write_text(Path(plots_dir) / "classification_report.txt", report)
+    table = pd.DataFrame({"path": test.paths, "label": names[labels], "defect_probability": probabilities.round(6),
+                          "predicted": names[predicted], "leaked": test.leaked})
+    with atomic_path(Path(plots_dir) / "predictions.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    write_json(metrics_path, results)
+    write_json(operating_point_path, {"threshold": threshold})
+    print(report)
+    return results

@@ -1,0 +1,46 @@
+"""Decode, check and resize one image: the single preprocessing path for training and prediction."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .params import PrepareParams
+
+
+class BadImage(Exception):
+    """The reason an input file cannot be used, worded for a rejection list."""
+
+
+def load_image(data: bytes, params: PrepareParams) -> tuple[np.ndarray, tuple[int, int]]:
+    """Return the image as a uint8 array of shape (C, size, size) and its original (width, height)."""
+    if not data:
+        raise BadImage("empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise BadImage("not an image (unrecognised file format)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise BadImage(f"absurd size: over prepare.max_pixels={params.max_pixels} pixels (decompression bomb?)") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise BadImage(f"unreadable image header ({exc})") from None
+    width, height = image.size
+    if width * height > params.max_pixels:
+        raise BadImage(f"absurd size: {width}x{height} is over prepare.max_pixels={params.max_pixels}")
+    if min(width, height) < params.min_side:
+        raise BadImage(f"too small: {width}x{height} is under prepare.min_side={params.min_side}")
+    if image.mode not in params.allowed_modes:
+        raise BadImage(f"unsupported colour mode {image.mode} (prepare.allowed_modes: {', '.join(params.allowed_modes)})")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"truncated or corrupt image data ({exc})") from None
+    resized = image.convert(params.color_mode).resize((params.image_size, params.image_size), Image.Resampling.BILINEAR)
+    array = np.asarray(resized, dtype=np.uint8)
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return np.ascontiguousarray(array), (width, height)

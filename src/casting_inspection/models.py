@@ -1,0 +1,123 @@
+"""The networks. Each takes float images in [0, 1] of shape (N, C, H, W) and returns one defect logit per image.
+
+Input standardisation lives inside the network, so a checkpoint or ONNX file needs nothing but the
+resize from `images.load_image` in front of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+
+from .errors import InspectionError
+from .params import CnnParams, TrainParams
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a trained network; stored in the checkpoint as a plain dict."""
+
+    model: str
+    in_channels: int
+    input_norm: str
+    mean: list[float]
+    std: list[float]
+    cnn: dict
+
+    @classmethod
+    def from_params(cls, params: TrainParams, in_channels: int, mean: list[float], std: list[float]) -> "ModelConfig":
+        return cls(params.model, in_channels, params.input_norm, mean, std, dataclasses.asdict(params.cnn))
+
+
+class Standardize(nn.Module):
+    """Dataset mean/std, or each image's own mean/std (which ignores a global brightness change)."""
+
+    def __init__(self, mode: str, mean: list[float], std: list[float]):
+        super().__init__()
+        self.per_image = mode == "per_image"
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_image:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            std = x.std(dim=(1, 2, 3), keepdim=True)
+            return (x - mean) / (std + 1e-3)
+        return (x - self.mean) / self.std
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class SmallVGG(nn.Module):
+    """VGG-style: a strided stem, then blocks of 3x3 conv + BatchNorm + ReLU, each ending in a 2x2 max-pool."""
+
+    def __init__(self, in_channels: int, cnn: CnnParams):
+        super().__init__()
+        layers = _conv_bn_relu(in_channels, cnn.widths[0], stride=cnn.stem_stride)
+        c_in = cnn.widths[0]
+        for width in cnn.widths:
+            for _ in range(cnn.convs_per_block):
+                layers += _conv_bn_relu(c_in, width)
+                c_in = width
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cnn.dropout), nn.Linear(c_in, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _resnet18(in_channels: int, imagenet: bool) -> nn.Module:
+    network = resnet18(weights=None, num_classes=1)
+    if imagenet:
+        try:
+            state = ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        except Exception as exc:  # urllib/socket errors differ by platform; all mean "could not fetch"
+            raise InspectionError(
+                f"train.weights=imagenet: could not download the ResNet-18 ImageNet weights ({type(exc).__name__}); "
+                "this needs the internet (or the file in $TORCH_HOME/hub/checkpoints); set train.weights: none to train from scratch"
+            ) from None
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        network.load_state_dict(state, strict=False)
+    if in_channels == 1:
+        old = network.conv1
+        network.conv1 = nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
+        if imagenet:  # summed RGB filters answer a gray image as the RGB network answers its RGB copy
+            with torch.no_grad():
+                network.conv1.weight.copy_(old.weight.sum(dim=1, keepdim=True))
+    return network
+
+
+class InspectionNet(nn.Module):
+    def __init__(self, config: ModelConfig, imagenet_weights: bool = False):
+        super().__init__()
+        self.standardize = Standardize(config.input_norm, config.mean, config.std)
+        if config.model == "cnn":
+            self.backbone = SmallVGG(config.in_channels, CnnParams(**config.cnn))
+        elif config.model == "resnet18":
+            self.backbone = _resnet18(config.in_channels, imagenet_weights)
+        else:
+            raise InspectionError(f"unknown model '{config.model}' in checkpoint; retrain with this version")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.standardize(x)).squeeze(1)
+
+
+class ProbabilityNet(nn.Module):
+    """What ships: the defect probability per image, for ONNX and every consumer of the model."""
+
+    def __init__(self, net: InspectionNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

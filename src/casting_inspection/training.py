@@ -1,0 +1,190 @@
+"""Train a network on the prepared array cache, pick the best epoch on validation, save a checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from dvclive import Live
+from torch import nn
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from . import CLASS_NAMES
+from .dataset import Split, load_preprocessing, load_split
+from .errors import InspectionError
+from .files import atomic_path, write_json
+from .models import InspectionNet, ModelConfig, count_parameters
+from .params import AugmentParams, TrainParams
+
+
+class RandomRot90(nn.Module):
+    """A random multiple of 90 degrees: exact (no interpolation) for a part seen from the top."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.rot90(image, int(torch.randint(4, ())), dims=(-2, -1))
+
+
+def build_augmentation(params: AugmentParams) -> v2.Compose:
+    steps: list[nn.Module] = []
+    if params.flip:
+        steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    if params.rotate90:
+        steps.append(RandomRot90())
+    if params.degrees or params.translate:
+        steps.append(v2.RandomAffine(degrees=params.degrees, translate=(params.translate, params.translate)))
+    if params.brightness or params.contrast:
+        steps.append(v2.ColorJitter(brightness=params.brightness, contrast=params.contrast))
+    return v2.Compose(steps)
+
+
+def select_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise InspectionError("train.device=cuda but no CUDA device is visible; set train.device: auto or cpu")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def _to_input(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits for uint8 images, in order; eval mode."""
+    model.eval()
+    out = [model(_to_input(images[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def _optimizer(params: TrainParams, model: nn.Module) -> torch.optim.Optimizer:
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=params.lr, weight_decay=params.weight_decay, momentum=0.9, nesterov=True)
+    cls = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+
+
+def _scheduler(params: TrainParams, optimizer, total_steps: int):
+    if params.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=params.lr, total_steps=total_steps)
+    if params.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def _evaluate(model, split: Split, batch_size: int, device) -> tuple[float, float]:
+    logits = predict_logits(model, split.images, batch_size, device)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, split.labels).item()
+    accuracy = ((logits > 0).float() == split.labels).float().mean().item()
+    return loss, accuracy
+
+
+def train_model(params: TrainParams, prepared_dir: Path, checkpoint_path: Path, metrics_path: Path, live_dir: Path) -> dict:
+    seed_everything(params.seed, params.threads)
+    device = select_device(params.device)
+    train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
+    pixels = _to_input(train.images).transpose(0, 1).flatten(1)  # (C, N*H*W)
+    mean, std = pixels.mean(dim=1).tolist(), pixels.std(dim=1).tolist()
+    config = ModelConfig.from_params(params, in_channels=train.images.shape[1], mean=mean, std=std)
+    model = InspectionNet(config, imagenet_weights=params.weights == "imagenet").to(device)
+    model = model.to(memory_format=torch.channels_last)
+    train_images, train_labels = train.images.to(device), train.labels.to(device)
+    augment = build_augmentation(params.augment)
+    optimizer = _optimizer(params, model)
+    steps_per_epoch = -(-len(train_images) // params.batch_size)
+    scheduler = _scheduler(params, optimizer, params.epochs * steps_per_epoch)
+    loss_fn = nn.BCEWithLogitsLoss()
+    generator = torch.Generator().manual_seed(params.seed)
+    n_params = count_parameters(model)
+    print(f"train: {params.model} with {n_params:,} parameters on {device}, {len(train_images)} train / {len(val.images)} val images")
+
+    best = {"val_loss": float("inf")}
+    best_state = None
+    started = time.perf_counter()
+    epoch_seconds = []
+    with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live:
+        for epoch in range(1, params.epochs + 1):
+            epoch_start = time.perf_counter()
+            model.train()
+            order = torch.randperm(len(train_images), generator=generator).to(device)
+            seen = loss_sum = correct = 0
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{params.epochs}", unit="batch", leave=False)
+            for step in bar:
+                index = order[step * params.batch_size : (step + 1) * params.batch_size]
+                batch = torch.stack([augment(image) for image in train_images[index]])
+                x = _to_input(batch).contiguous(memory_format=torch.channels_last)
+                y = train_labels[index]
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                seen += len(y)
+                loss_sum += loss.item() * len(y)
+                correct += ((logits.detach() > 0).float() == y).sum().item()
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+            val_loss, val_acc = _evaluate(model, val, params.batch_size, device)
+            epoch_seconds.append(time.perf_counter() - epoch_start)
+            for name, value in (("train/loss", loss_sum / seen), ("train/accuracy", correct / seen),
+                                ("val/loss", val_loss), ("val/accuracy", val_acc),
+                                ("lr", optimizer.param_groups[0]["lr"])):
+                live.log_metric(name, value)
+            live.next_step()
+            improved = val_loss < best["val_loss"]
+            if improved:
+                best = {"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_acc}
+                best_state = copy.deepcopy(model.state_dict())
+            print(f"epoch {epoch:>3}/{params.epochs}  train loss {loss_sum / seen:.4f} acc {correct / seen:.4f}  "
+                  f"val loss {val_loss:.4f} acc {val_acc:.4f}  {epoch_seconds[-1]:.1f}s{'  *best' if improved else ''}")
+            if epoch - best["epoch"] >= params.patience:
+                print(f"early stop: no val-loss improvement for {params.patience} epochs")
+                break
+
+    checkpoint = {
+        "state_dict": {k: v.cpu() for k, v in best_state.items()},
+        "config": dataclasses.asdict(config),
+        "class_names": list(CLASS_NAMES),
+        "preprocessing": load_preprocessing(prepared_dir),
+        "epoch": best["epoch"],
+    }
+    with atomic_path(checkpoint_path) as tmp:
+        torch.save(checkpoint, tmp)
+    summary = {
+        "best_epoch": best["epoch"],
+        "epochs_run": len(epoch_seconds),
+        "val_loss": round(best["val_loss"], 6),
+        "val_accuracy": round(best["val_accuracy"], 6),
+        "params": n_params,
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "seconds_per_epoch": round(float(np.median(epoch_seconds)), 2),
+    }
+    write_json(metrics_path, summary)
+    return summary
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[InspectionNet, dict]:
+    """Rebuild the trained network; `weights_only=True` so a checkpoint cannot run code on load."""
+    path = Path(path)
+    if not path.exists():
+        raise InspectionError(f"{path}: missing; run the train stage first (dvc repro train)")
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    model = InspectionNet(ModelConfig(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device).eval(), checkpoint

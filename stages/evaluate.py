@@ -1,0 +1,25 @@
+"""Stage evaluate: score the test split once with the trained checkpoint."""
+
+import argparse
+import json
+from pathlib import Path
+
+from casting_inspection.cli import run_stage
+from casting_inspection.evaluation import evaluate_model
+from casting_inspection.params import load_section
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--plots", type=Path, required=True)
+    parser.add_argument("--operating-point", type=Path, required=True, help="the decision threshold, shipped with the model")
+    args = parser.parse_args()
+    results = evaluate_model(load_section("evaluate"), args.checkpoint, args.data, args.metrics, args.plots, args.operating_point)
+    print("evaluate: " + json.dumps({k: v for k, v in results.items() if k != "leak_free"}))
+
+
+if __name__ == "__main__":
+    run_stage("evaluate", main)

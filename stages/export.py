@@ -1,0 +1,25 @@
+"""Stage export: ONNX with a dynamic batch axis, checked against PyTorch with onnxruntime."""
+
+import argparse
+import json
+from pathlib import Path
+
+from casting_inspection.cli import run_stage
+from casting_inspection.export import export_onnx
+from casting_inspection.params import load_section
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--operating-point", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--onnx", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    results = export_onnx(load_section("export"), args.checkpoint, args.operating_point, args.data, args.onnx, args.metrics)
+    print("export: " + json.dumps(results))
+
+
+if __name__ == "__main__":
+    run_stage("export", main)

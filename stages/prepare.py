@@ -1,0 +1,24 @@
+"""Stage prepare: verify every image, find duplicates and leakage, split train/val, cache resized arrays."""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from casting_inspection.cli import run_stage
+from casting_inspection.params import load_section
+from casting_inspection.prepare import prepare_dataset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    summary = prepare_dataset(load_section("prepare"), args.raw, args.out, args.metrics, workers=os.cpu_count() or 1)
+    print("prepare: " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    run_stage("prepare", main)

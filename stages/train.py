@@ -1,0 +1,24 @@
+"""Stage train: fit the network chosen by train.model; keep the epoch with the best validation loss."""
+
+import argparse
+import json
+from pathlib import Path
+
+from casting_inspection.cli import run_stage
+from casting_inspection.params import load_section
+from casting_inspection.training import train_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True, help="prepared array cache")
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--live", type=Path, required=True, help="dvclive folder for per-epoch curves")
+    args = parser.parse_args()
+    summary = train_model(load_section("train"), args.data, args.checkpoint, args.metrics, args.live)
+    print("train: " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    run_stage("train", main)
