@@ -14,7 +14,8 @@ import socket
 import stat
 import tempfile
 import zipfile
-from contextlib import redirect_stdout
+import zlib
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path, PurePosixPath
 
 from . import CLASS_NAMES, SPLITS
@@ -95,7 +96,7 @@ def _extract_zip(path: Path, dest: Path) -> None:
                 raise InspectionError(f"{path}: unsafe entry '{info.filename}' ({reason}); refusing to extract this archive")
         try:
             broken = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:  # zlib.error: corrupt deflate data
             raise InspectionError(f"{path}: archive is damaged ({exc}); download it again") from exc
         if broken:
             raise InspectionError(f"{path}: entry '{broken}' fails its CRC check; download the archive again")
@@ -169,10 +170,8 @@ def download_from_kaggle(params: DownloadParams, dest: Path) -> Path:
     import requests
 
     api = _kaggle_api()
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(params.timeout_s)  # the client's first request has no timeout of its own
     try:
-        with redirect_stdout(io.StringIO()):
+        with redirect_stdout(io.StringIO()), _default_timeout(params.timeout_s):
             api.dataset_download_files(params.dataset, path=str(dest), unzip=False, quiet=True, force=True)
     except requests.HTTPError as exc:
         code = exc.response.status_code if exc.response is not None else None
@@ -184,12 +183,31 @@ def download_from_kaggle(params: DownloadParams, dest: Path) -> Path:
         ) from exc
     except ValueError as exc:
         raise InspectionError(f"the download of {params.dataset} was incomplete ({exc}); run again") from exc
-    finally:
-        socket.setdefaulttimeout(previous_timeout)
     zips = sorted(dest.glob("*.zip"))
     if len(zips) != 1:
         raise InspectionError(f"Kaggle returned no zip archive for {params.dataset}; run again")
     return zips[0]
+
+
+@contextmanager
+def _default_timeout(seconds: float):
+    """Give requests sent without a timeout (the client's first request) this one.
+
+    socket.setdefaulttimeout() is not enough: requests passes timeout=None down to urllib3, which
+    then makes the socket blocking, so a server that never answers would hang the stage.
+    """
+    from requests.adapters import HTTPAdapter
+
+    original = HTTPAdapter.send
+
+    def send(self, request, stream=False, timeout=None, *args, **kwargs):
+        return original(self, request, stream, seconds if timeout is None else timeout, *args, **kwargs)
+
+    HTTPAdapter.send = send
+    try:
+        yield
+    finally:
+        HTTPAdapter.send = original
 
 
 def _http_message(code: int | None, dataset: str) -> str:

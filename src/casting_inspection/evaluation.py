@@ -42,7 +42,7 @@ def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: 
     device = select_device("auto")
     model, _ = load_checkpoint(checkpoint_path, device)
     test = load_split(prepared_dir, "test")
-    probabilities = torch.sigmoid(predict_logits(model, test.images, params.batch_size, device)).numpy()
+    probabilities = torch.sigmoid(predict_logits(model, test.images, params.batch_size, device)).double().numpy()
     labels = test.labels.numpy().astype(int)
     threshold = params.threshold
 

@@ -1,0 +1,134 @@
+"""Shared test data: small generated photos of a 'part' (a disc on a plain background), never the real data set."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from ruamel.yaml import YAML
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT / "src"))
+
+# Small, fast settings for pipeline tests; everything else comes from the real params.yaml.
+FAST_PARAMS = {
+    "prepare": {"image_size": 32, "min_side": 16, "val_fraction": 0.25},
+    "train": {"cnn": {"widths": [8, 16], "convs_per_block": 1, "stem_stride": 1, "dropout": 0.0},
+              "epochs": 3, "batch_size": 16, "threads": 1, "lr": 3.0e-3},
+    "evaluate": {"batch_size": 32},
+    "export": {"batch_size": 32},
+}
+
+
+def part_image(defective: bool, seed: int, size: int = 64) -> Image.Image:
+    """A gray disc with a hub; a defective one has a dark notch on its rim."""
+    rng = np.random.default_rng(seed)
+    background = rng.normal(200, 6, (size, size)).clip(0, 255).astype(np.uint8)
+    image = Image.fromarray(background, "L")
+    draw = ImageDraw.Draw(image)
+    c = size / 2 + rng.uniform(-2, 2)
+    r = size * 0.38
+    draw.ellipse([c - r, c - r, c + r, c + r], fill=int(rng.integers(95, 115)))
+    draw.ellipse([c - r / 3, c - r / 3, c + r / 3, c + r / 3], fill=50)
+    if defective:
+        angle = rng.uniform(0, 2 * np.pi)
+        x, y = c + 0.8 * r * np.cos(angle), c + 0.8 * r * np.sin(angle)
+        draw.ellipse([x - size / 12, y - size / 12, x + size / 12, y + size / 12], fill=20)
+    return image
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def kaggle_files(n_train: int = 24, n_test: int = 8) -> dict[str, bytes]:
+    """Archive member name -> bytes, in the Kaggle layout, with one test image leaked from train."""
+    files = {}
+    seed = 0
+    for split, n in (("train", n_train), ("test", n_test)):
+        for label, short in (("def_front", "def"), ("ok_front", "ok")):
+            for i in range(n):
+                seed += 1
+                name = f"casting_data/casting_data/{split}/{label}/cast_{short}_0_{i}.jpeg"
+                files[name] = jpeg_bytes(part_image(label == "def_front", seed))
+    files["casting_data/casting_data/test/ok_front/cast_ok_0_leak.jpeg"] = files["casting_data/casting_data/train/ok_front/cast_ok_0_0.jpeg"]
+    files["casting_512x512/casting_512x512/def_front/cast_def_0_0.jpeg"] = jpeg_bytes(part_image(True, 999))
+    return files
+
+
+def write_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def kaggle_zip(tmp_path_factory) -> Path:
+    return write_zip(tmp_path_factory.mktemp("archive") / "casting.zip", kaggle_files())
+
+
+def merge(base: dict, override: dict) -> dict:
+    for key, value in override.items():
+        if isinstance(value, dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def write_params(path: Path, override: dict) -> None:
+    yaml = YAML()
+    data = yaml.load((PROJECT / "params.yaml").read_text())
+    merge(data, override)
+    with open(path, "w") as f:
+        yaml.dump(data, f)
+
+
+def project_env(**extra: str) -> dict[str, str]:
+    """The environment of a stage: this interpreter's `python` and `dvc` first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("CASTING_ARCHIVE", None)
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env or project_env(), capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def project_copy(tmp_path) -> Path:
+    """The project's pipeline (dvc.yaml, stages, src) in a fresh git + DVC repository, with fast params."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "stages", "src", ".gitignore"):
+        source = PROJECT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, repo / name)
+    write_params(repo / "params.yaml", FAST_PARAMS)
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run(["git", "config", "user.email", "test@example.com"], repo)
+    run(["git", "config", "user.name", "test"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["dvc", "config", "core.autostage", "true"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "init"], repo)
+    return repo

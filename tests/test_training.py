@@ -1,0 +1,102 @@
+"""Training on generated parts: it learns, it is deterministic, and its checkpoint rebuilds the network."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from casting_inspection.dataset import load_split
+from casting_inspection.models import InspectionNet, ModelConfig, count_parameters
+from casting_inspection.params import load_section
+from casting_inspection.prepare import prepare_dataset
+from casting_inspection.training import load_checkpoint, predict_logits, train_model
+from conftest import FAST_PARAMS, PROJECT, kaggle_files, merge
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "raw"
+    for name, data in kaggle_files(n_train=40).items():
+        if name.startswith("casting_data/"):
+            path = raw / name.removeprefix("casting_data/casting_data/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    params = dataclasses.replace(load_section("prepare", PROJECT / "params.yaml"), **FAST_PARAMS["prepare"])
+    prepare_dataset(params, raw, root / "prepared", root / "data.json", workers=1)
+    return root / "prepared"
+
+
+def train_params(**changes):
+    base = load_section("train", PROJECT / "params.yaml")
+    fast = merge(dataclasses.asdict(base), json.loads(json.dumps(FAST_PARAMS["train"])))
+    fast = merge(fast, changes)
+    return dataclasses.replace(base, **{k: v for k, v in fast.items() if k not in ("cnn", "augment")},
+                               cnn=type(base.cnn)(**fast["cnn"]), augment=type(base.augment)(**fast["augment"]))
+
+
+def run_training(prepared, tmp_path, name, **changes):
+    out = tmp_path / name
+    summary = train_model(train_params(**changes), prepared, out / "model.pt", out / "train.json", out / "live")
+    return summary, out
+
+
+def test_learns_and_checkpoint_rebuilds_the_network(prepared, tmp_path):
+    summary, out = run_training(prepared, tmp_path, "run", epochs=12, lr=1.0e-2)
+    assert summary["val_accuracy"] >= 0.9, summary
+    model, checkpoint = load_checkpoint(out / "model.pt")
+    assert checkpoint["preprocessing"] == {"image_size": 32, "color_mode": "L"}
+    assert checkpoint["epoch"] == summary["best_epoch"]
+    val = load_split(prepared, "val")
+    accuracy = ((predict_logits(model, val.images, 64, torch.device("cpu")) > 0).float() == val.labels).float().mean()
+    assert accuracy.item() == pytest.approx(summary["val_accuracy"])
+    curve = (out / "live/plots/metrics/val/loss.tsv").read_text().splitlines()
+    assert curve[0] == "step\tloss" and len(curve) == summary["epochs_run"] + 1
+
+
+def test_same_params_same_result(prepared, tmp_path):
+    first, out_a = run_training(prepared, tmp_path, "a")
+    second, out_b = run_training(prepared, tmp_path, "b")
+    timing = ("train_seconds", "seconds_per_epoch")
+    assert {k: v for k, v in first.items() if k not in timing} == {k: v for k, v in second.items() if k not in timing}
+    a = torch.load(out_a / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(out_b / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_early_stopping_respects_patience(prepared, tmp_path):
+    summary, _ = run_training(prepared, tmp_path, "patient", epochs=10, lr=1.0e-6, schedule="constant", patience=1)
+    assert summary["epochs_run"] < 10
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_resnet18_from_scratch_takes_gray_or_rgb(channels):
+    config = ModelConfig("resnet18", channels, "dataset", [0.5] * channels, [0.2] * channels, {})
+    net = InspectionNet(config).eval()
+    assert net(torch.rand(2, channels, 64, 64)).shape == (2,)
+    assert 11_000_000 < count_parameters(net) < 11_300_000
+
+
+def test_imagenet_weights_offline_fail_clearly(tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    code = (
+        "from casting_inspection.models import InspectionNet, ModelConfig\n"
+        "from casting_inspection.cli import run_stage\n"
+        "config = ModelConfig('resnet18', 1, 'dataset', [0.5], [0.2], {})\n"
+        "run_stage('train', lambda: InspectionNet(config, imagenet_weights=True))\n"
+    )
+    proxy = f"http://127.0.0.1:{port}"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT / "src"), "TORCH_HOME": str(tmp_path),
+           "HTTPS_PROXY": proxy, "https_proxy": proxy, "HTTP_PROXY": proxy, "http_proxy": proxy}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("train: error: train.weights=imagenet: could not download")
+    assert "set train.weights: none" in result.stderr and len(result.stderr.strip().splitlines()) == 1
