@@ -60,6 +60,7 @@ def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: 
         # sklearn's first threshold is +inf, which strict JSON readers of `dvc plots` reject
         roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thresholds, 1.0)})
         live.log_plot("roc", roc, x="fpr", y="tpr", title="ROC (defective = positive)", x_label="false positive rate", y_label="true positive rate")
+    (Path(plots_dir) / "metrics.json").unlink(missing_ok=True)  # dvclive's empty summary; the figures are in metrics_path
     report = skm.classification_report(labels, predicted, labels=[0, 1], target_names=list(CLASS_NAMES), digits=4)
     write_text(Path(plots_dir) / "classification_report.txt", report)
     table = pd.DataFrame({"path": test.paths, "label": names[labels], "defect_probability": probabilities.round(6),
