@@ -4,7 +4,9 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: repro test install clean-venv
+BENCH_ARCHIVE ?= ../shared/datasets/casting_data.zip
+
+.PHONY: repro test bench install clean-venv
 
 $(VENV)/.installed: requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +22,12 @@ repro: install
 
 test: install
 	python -m pytest -q tests
+
+# Benchmarks (run by hand, print figures; see bench/RESULTS.md). Needs `make repro` first.
+bench: install
+	python bench/bench_pipeline.py --archive $(BENCH_ARCHIVE)
+	python bench/bench_inference.py
+	python bench/bench_reference.py
 
 clean-venv:
 	rm -rf $(VENV)

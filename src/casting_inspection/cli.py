@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Callable
 
 from .errors import InspectionError
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:
+    started = time.perf_counter()
     try:
         main()
+        print(f"{name}: done in {time.perf_counter() - started:.1f} s")
     except InspectionError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -1,0 +1,92 @@
+"""Inference speed of the trained model: PyTorch eager and ONNX Runtime, batch 1 and 64, on real test images.
+
+Run after `make repro` (it reads models/ and data/). Prints throughput, p50/p95 latency and peak
+memory; the single-image figure includes JPEG decoding and resizing (`images.load_image`).
+Usage: PYTHONPATH=src python bench/bench_inference.py [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from casting_inspection.dataset import load_split  # noqa: E402
+from casting_inspection.images import load_image  # noqa: E402
+from casting_inspection.models import ProbabilityNet  # noqa: E402
+from casting_inspection.params import load_section  # noqa: E402
+from casting_inspection.training import load_checkpoint  # noqa: E402
+
+
+def timings(fn, repeats: int, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def summarize(name: str, batch: int, seconds: list[float]) -> dict:
+    p50 = statistics.median(seconds)
+    p95 = float(np.percentile(seconds, 95))
+    row = {"engine": name, "batch": batch, "images_per_s": round(batch / p50, 1),
+           "p50_ms": round(p50 * 1000, 2), "p95_ms": round(p95 * 1000, 2)}
+    print(f"{name:<28} batch {batch:>3}: {row['images_per_s']:>8.1f} img/s   p50 {row['p50_ms']:>7.2f} ms   p95 {row['p95_ms']:>7.2f} ms")
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for both engines; 0 = all cores")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    test = load_split(Path("data/prepared"), "test")
+    model, _ = load_checkpoint(Path("models/model.pt"))
+    shipped = ProbabilityNet(model).eval()
+    options = ort.SessionOptions()
+    if args.threads:
+        options.intra_op_num_threads = args.threads
+    session = ort.InferenceSession("models/model.onnx", options, providers=["CPUExecutionProvider"])
+    prepare = load_section("prepare")
+    jpegs = [Path("data/raw", p).read_bytes() for p in test.paths[:64]]
+
+    rows = []
+    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {torch.get_num_threads()} threads, "
+          f"input {tuple(test.images.shape[1:])}")
+    for batch in (1, 64):
+        x = test.images[:batch].float() / 255
+        with torch.inference_mode():
+            rows.append(summarize("pytorch eager", batch, timings(lambda: shipped(x), args.repeats)))
+        feed = {"image": x.numpy()}
+        rows.append(summarize("onnxruntime", batch, timings(lambda: session.run(None, feed), args.repeats)))
+
+    counter = iter(range(10**9))
+
+    def one_image_end_to_end():
+        data = jpegs[next(counter) % len(jpegs)]
+        array, _ = load_image(data, prepare)
+        session.run(None, {"image": (array[None].astype(np.float32) / 255)})
+
+    rows.append(summarize("onnxruntime + decode/resize", 1, timings(one_image_end_to_end, args.repeats)))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory of this process: {peak_mib:.0f} MiB")
+    print(json.dumps({"rows": rows, "peak_rss_mib": round(peak_mib)}))
+
+
+if __name__ == "__main__":
+    main()
