@@ -96,6 +96,7 @@ class TrainParams:
     epochs: int = check(_positive)
     schedule: Literal["onecycle", "cosine", "constant"]
     patience: int = check(_positive)
+    bn_recalibration: int = check(_non_negative)
     augment: AugmentParams
     seed: int
     threads: int = check(_non_negative)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from dvclive import Live
 from torch import nn
+from torch.optim.swa_utils import update_bn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
@@ -65,11 +66,17 @@ def _to_input(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255)
 
 
+def _mixed_precision(device: torch.device):
+    """bfloat16 autocast on CUDA (no loss scaling needed); full precision on the CPU, where it is deterministic."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
     """Logits for uint8 images, in order; eval mode."""
     model.eval()
-    out = [model(_to_input(images[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(images), batch_size)]
+    with _mixed_precision(device):
+        out = [model(_to_input(images[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(out)
 
 
@@ -86,6 +93,20 @@ def _scheduler(params: TrainParams, optimizer, total_steps: int):
     if params.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    """Re-estimate BatchNorm statistics for the current weights.
+
+    With Adam at a high learning rate the weights move faster than BatchNorm's running averages
+    follow, so eval-mode outputs swing from epoch to epoch (validation accuracy fell to the class
+    prior here while batch-statistics accuracy was 99 %). Fresh statistics make each epoch's
+    validation loss mean what it says, and so early stopping and best-epoch choice too.
+    """
+    batches = (_to_input(images[i : i + batch_size]).contiguous(memory_format=torch.channels_last)
+               for i in range(0, len(images), batch_size))
+    with torch.no_grad():
+        update_bn(batches, model, device)
 
 
 def _evaluate(model, split: Split, batch_size: int, device) -> tuple[float, float]:
@@ -111,6 +132,7 @@ def train_model(params: TrainParams, prepared_dir: Path, checkpoint_path: Path, 
     scheduler = _scheduler(params, optimizer, params.epochs * steps_per_epoch)
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(params.seed)
+    calibration_images = train_images[torch.randperm(len(train_images), generator=generator)[: params.bn_recalibration].to(device)]
     n_params = count_parameters(model)
     print(f"train: {params.model} with {n_params:,} parameters on {device}, {len(train_images)} train / {len(val.images)} val images")
 
@@ -130,7 +152,8 @@ def train_model(params: TrainParams, prepared_dir: Path, checkpoint_path: Path, 
                 batch = torch.stack([augment(image) for image in train_images[index]])
                 x = _to_input(batch).contiguous(memory_format=torch.channels_last)
                 y = train_labels[index]
-                logits = model(x)
+                with _mixed_precision(device):
+                    logits = model(x).float()
                 loss = loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -140,6 +163,8 @@ def train_model(params: TrainParams, prepared_dir: Path, checkpoint_path: Path, 
                 loss_sum += loss.item() * len(y)
                 correct += ((logits.detach() > 0).float() == y).sum().item()
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+            if params.bn_recalibration:
+                recalibrate_batchnorm(model, calibration_images, params.batch_size, device)
             val_loss, val_acc = _evaluate(model, val, params.batch_size, device)
             epoch_seconds.append(time.perf_counter() - epoch_start)
             for name, value in (("train/loss", loss_sum / seen), ("train/accuracy", correct / seen),
