@@ -71,8 +71,9 @@ def test_same_params_same_result(prepared, tmp_path):
 
 
 def test_early_stopping_respects_patience(prepared, tmp_path):
-    summary, _ = run_training(prepared, tmp_path, "patient", epochs=10, lr=1.0e-6, schedule="constant", patience=1)
-    assert summary["epochs_run"] < 10
+    summary, _ = run_training(prepared, tmp_path, "patient", epochs=30, lr=1.0, schedule="constant", patience=1)
+    assert summary["epochs_run"] < 30
+    assert summary["epochs_run"] == summary["best_epoch"] + 1  # stopped at the first epoch without improvement
 
 
 @pytest.mark.parametrize("channels", [1, 3])
