@@ -52,7 +52,9 @@ def prepare_dataset(params: PrepareParams, raw_dir: Path, out_dir: Path, metrics
     files = _list_raw(Path(raw_dir))
     jobs = [(path, relative, params) for path, relative, _, _ in files]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(_verify, jobs, chunksize=64), total=len(jobs), desc="verify", unit="img"))
+        # disable=None: a progress bar on a terminal, none in CI logs
+        progress = tqdm(pool.map(_verify, jobs, chunksize=64), total=len(jobs), desc="verify", unit="img", disable=None)
+        results = list(progress)
     table = pd.DataFrame([record for record, _ in results])
     table.insert(1, "label", [label for *_, label in files])
     table.insert(2, "official_split", [split for _, _, split, _ in files])

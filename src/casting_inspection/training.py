@@ -146,7 +146,8 @@ def train_model(params: TrainParams, prepared_dir: Path, checkpoint_path: Path, 
             model.train()
             order = torch.randperm(len(train_images), generator=generator).to(device)
             seen = loss_sum = correct = 0
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{params.epochs}", unit="batch", leave=False)
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{params.epochs}", unit="batch", leave=False,
+                       disable=None)  # a bar on a terminal, none in logs: the epoch line below says it all
             for step in bar:
                 index = order[step * params.batch_size : (step + 1) * params.batch_size]
                 batch = torch.stack([augment(image) for image in train_images[index]])
