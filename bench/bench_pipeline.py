@@ -76,11 +76,14 @@ def main() -> None:
                 sh(["dvc", "exp", "run", "-S", f"train.seed={seed}"], repo, env)
             test = json.loads((repo / "metrics/test.json").read_text())
             train = json.loads((repo / "metrics/train.json").read_text())
+            worst = json.loads((repo / "metrics/robustness.json").read_text())["worst"]
             errors = test["missed_defects"] + test["false_rejects"]
             results.append(test["accuracy"])
             print(f"seed {seed:>4}: test accuracy {test['accuracy']:.4%} ({test['n'] - errors}/{test['n']}), "
                   f"missed defects {test['missed_defects']}, false rejects {test['false_rejects']}, "
-                  f"val accuracy {train['val_accuracy']:.4%}, train {train['train_seconds']:.0f} s")
+                  f"val accuracy {train['val_accuracy']:.4%}, train {train['train_seconds']:.0f} s; "
+                  f"robustness worst {worst['accuracy']:.2%} ({worst['change']}), "
+                  f"at most {worst['max_missed_defects']} missed defects per change")
         print(f"median test accuracy over {len(results)} seeds: {statistics.median(results):.4%}")
 
 

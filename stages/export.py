@@ -13,11 +13,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--operating-point", type=Path, required=True)
+    parser.add_argument("--drift-reference", type=Path, required=True, help="stored in the ONNX metadata for drift warnings")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--onnx", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
-    results = export_onnx(load_section("export"), args.checkpoint, args.operating_point, args.data, args.onnx, args.metrics)
+    results = export_onnx(load_section("export"), args.checkpoint, args.operating_point, args.drift_reference, args.data, args.onnx, args.metrics)
     print("export: " + json.dumps(results))
 
 

@@ -15,8 +15,10 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--drift-reference", type=Path, required=True, help="training range of the input-drift statistics")
     args = parser.parse_args()
-    summary = prepare_dataset(load_section("prepare"), args.raw, args.out, args.metrics, workers=os.cpu_count() or 1)
+    summary = prepare_dataset(load_section("prepare"), args.raw, args.out, args.metrics, args.drift_reference,
+                              workers=os.cpu_count() or 1)
     print("prepare: " + json.dumps(summary))
 
 

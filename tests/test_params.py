@@ -73,7 +73,8 @@ def test_a_stage_reads_only_its_own_section(tmp_path):
 def test_stage_reports_bad_param_in_one_line(tmp_path):
     write_params(tmp_path / "params.yaml", {"prepare": {"image_size": 4}})
     result = subprocess.run(
-        [sys.executable, str(PROJECT / "stages/prepare.py"), "--raw", "raw", "--out", "out", "--metrics", "m.json"],
+        [sys.executable, str(PROJECT / "stages/prepare.py"), "--raw", "raw", "--out", "out", "--metrics", "m.json",
+             "--drift-reference", "d.json"],
         cwd=tmp_path, env=project_env(PYTHONPATH=str(PROJECT / "src")), capture_output=True, text=True,
     )
     assert result.returncode == 1

@@ -40,11 +40,27 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert checkpoint["class_names"] == ["ok_front", "def_front"]
     predictions = pd.read_csv(repo / "plots/evaluate/predictions.csv")
     assert len(predictions) == 17
+    robustness = json.loads((repo / "metrics/robustness.json").read_text())
+    assert set(robustness) == {"brightness", "contrast", "rotation", "shift", "blur", "jpeg", "worst"}
+    for levels in (v for k, v in robustness.items() if k != "worst"):
+        for cell in levels.values():
+            assert cell["missed_defects"] + cell["false_rejects"] == round((1 - cell["accuracy"]) * 17)
+            assert 0 <= cell["drift_flagged"] <= 1
+    assert robustness["blur"]["1.6"]["drift_flagged"] > 0.5  # sharpness falls out of the training range
+    drift = json.loads((repo / "metrics/drift.json").read_text())
+    assert drift["n"] == 17 and {"brightness", "sharpness", "offset_x", "alarm"} <= set(drift)
+    reference = json.loads(next(p.value for p in model.metadata_props if p.key == "drift_reference"))
+    assert reference == json.loads((repo / "data/drift_reference.json").read_text())
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)
 
     second = run(["dvc", "repro"], repo, env)
     assert ran_stages(second.stdout) == []
+
+    robustness_only = run(["dvc", "exp", "run", "-S", "evaluate.robustness.jpeg=[20]"], repo, env)
+    assert ran_stages(robustness_only.stdout) == ["evaluate"]  # no retraining to look at another strength
+    assert list(json.loads((repo / "metrics/robustness.json").read_text())["jpeg"]) == ["20"]
+    run(["git", "checkout", "params.yaml"], repo)
 
     experiment = run(["dvc", "exp", "run", "-S", "train.lr=1e-5"], repo, env)
     assert ran_stages(experiment.stdout) == ["train", "evaluate", "export"]

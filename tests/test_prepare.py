@@ -36,7 +36,7 @@ def raw_dir(tmp_path):
 def run_prepare(raw_dir, tmp_path, **changes):
     params = dataclasses.replace(PARAMS, **changes)
     out, metrics = tmp_path / "prepared", tmp_path / "data.json"
-    summary = prepare_dataset(params, raw_dir, out, metrics, workers=1)
+    summary = prepare_dataset(params, raw_dir, out, metrics, tmp_path / "drift.json", workers=1)
     return summary, pd.read_csv(out / "manifest.csv", keep_default_na=False), out
 
 

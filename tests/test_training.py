@@ -29,7 +29,7 @@ def prepared(tmp_path_factory):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
     params = dataclasses.replace(load_section("prepare", PROJECT / "params.yaml"), **FAST_PARAMS["prepare"])
-    prepare_dataset(params, raw, root / "prepared", root / "data.json", workers=1)
+    prepare_dataset(params, raw, root / "prepared", root / "data.json", root / "drift.json", workers=1)
     return root / "prepared"
 
 

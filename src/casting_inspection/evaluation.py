@@ -1,7 +1,9 @@
-"""Score the test split once: decision metrics (defective = positive), curves and a classification report."""
+"""Score the test split once: decision metrics (defective = positive), curves, a classification report,
+robustness to line changes (the test photos re-taken, see `perturbations`) and input drift."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +12,11 @@ import torch
 from dvclive import Live
 from sklearn import metrics as skm
 
-from . import CLASS_NAMES
+from . import CLASS_NAMES, drift
 from .dataset import load_split
 from .files import atomic_path, write_json, write_text
 from .params import EvaluateParams
+from .robustness import predict_renderings, render, robustness_metrics, settings
 from .training import load_checkpoint, predict_logits, select_device
 
 
@@ -37,12 +40,17 @@ def decision_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: f
     }
 
 
-def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: Path, metrics_path: Path,
+def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: Path, raw_dir: Path,
+                   drift_reference_path: Path, metrics_path: Path, robustness_path: Path, drift_path: Path,
                    plots_dir: Path, operating_point_path: Path) -> dict:
     device = select_device("auto")
-    model, _ = load_checkpoint(checkpoint_path, device)
+    model, checkpoint = load_checkpoint(checkpoint_path, device)
     test = load_split(prepared_dir, "test")
-    probabilities = torch.sigmoid(predict_logits(model, test.images, params.batch_size, device)).double().numpy()
+
+    def predict(images: torch.Tensor) -> np.ndarray:
+        return torch.sigmoid(predict_logits(model, images, params.batch_size, device)).double().numpy()
+
+    probabilities = predict(test.images)
     labels = test.labels.numpy().astype(int)
     threshold = params.threshold
 
@@ -70,4 +78,32 @@ def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: 
     write_json(metrics_path, results)
     write_json(operating_point_path, {"threshold": threshold})
     print(report)
+
+    reference = json.loads(Path(drift_reference_path).read_text())
+    drift_report = drift.drift_report(drift.image_statistics(test.images), reference)
+    write_json(drift_path, drift_report)
+    print(drift.drift_warning(drift_report) or f"input drift: none on the test split (alarm share {reference['alarm_share']:.0%})")
+
+    chosen = settings(params.robustness)
+    renders = render(raw_dir, test.paths, chosen, params.robustness.seed, checkpoint["preprocessing"]["image_size"],
+                     checkpoint["preprocessing"]["color_mode"], params.robustness.workers)
+    robustness = robustness_metrics(predict_renderings(predict, renders), labels, chosen, threshold)
+    for (change, strength), images in zip(chosen, renders):
+        flagged = drift.share_flagged(drift.image_statistics(torch.from_numpy(images)), reference)
+        robustness[change][f"{strength:g}"]["drift_flagged"] = round(flagged, 4)
+    write_json(robustness_path, robustness)
+    print(format_robustness(robustness))
     return results
+
+
+def format_robustness(robustness: dict) -> str:
+    lines = [f"{'change':<12}{'strength':>9}{'accuracy':>10}{'missed':>8}{'false rej':>10}{'drift flag':>11}"]
+    for change, levels in robustness.items():
+        if change == "worst":
+            continue
+        for strength, cell in levels.items():
+            lines.append(f"{change:<12}{strength:>9}{cell['accuracy']:>10.2%}{cell['missed_defects']:>8}"
+                         f"{cell['false_rejects']:>10}{cell.get('drift_flagged', float('nan')):>11.0%}")
+    worst = robustness["worst"]
+    lines.append(f"worst: {worst['accuracy']:.2%} under {worst['change']}; at most {worst['max_missed_defects']} missed defects")
+    return "\n".join(lines)

@@ -22,8 +22,8 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "defect_probability"
 
 
-def export_onnx(params: ExportParams, checkpoint_path: Path, operating_point_path: Path, prepared_dir: Path,
-                onnx_path: Path, metrics_path: Path) -> dict:
+def export_onnx(params: ExportParams, checkpoint_path: Path, operating_point_path: Path, drift_reference_path: Path,
+                prepared_dir: Path, onnx_path: Path, metrics_path: Path) -> dict:
     model, checkpoint = load_checkpoint(checkpoint_path, "cpu")
     shipped = ProbabilityNet(model).eval()
     threshold = json.loads(Path(operating_point_path).read_text())["threshold"]
@@ -46,6 +46,9 @@ def export_onnx(params: ExportParams, checkpoint_path: Path, operating_point_pat
         "color_mode": checkpoint["preprocessing"]["color_mode"],
         "input": "float32 (N, C, H, W) in [0, 1], resized as in casting_inspection.images.load_image",
         "output": "defect probability per image",
+        # the training range of brightness, contrast, sharpness and part position (casting_inspection.drift),
+        # so whatever serves the model can warn when the camera drifts
+        "drift_reference": json.dumps(json.loads(Path(drift_reference_path).read_text())),
     }
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)

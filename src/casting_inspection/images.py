@@ -40,7 +40,12 @@ def load_image(data: bytes, params: PrepareParams) -> tuple[np.ndarray, tuple[in
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"truncated or corrupt image data ({exc})") from None
-    resized = image.convert(params.color_mode).resize((params.image_size, params.image_size), Image.Resampling.BILINEAR)
+    return preprocess(image, params.image_size, params.color_mode), (width, height)
+
+
+def preprocess(image: Image.Image, image_size: int, color_mode: str) -> np.ndarray:
+    """Colour mode and resize only; standardisation is inside the network."""
+    resized = image.convert(color_mode).resize((image_size, image_size), Image.Resampling.BILINEAR)
     array = np.asarray(resized, dtype=np.uint8)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return np.ascontiguousarray(array), (width, height)
+    return np.ascontiguousarray(array)

@@ -54,6 +54,12 @@ class DownloadParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class DriftParams:
+    quantiles: list[float] = check(lambda v: None if len(v) == 2 and 0 <= v[0] < v[1] <= 1 else "must be [low, high] with 0 <= low < high <= 1")
+    alarm_share: float = check(_fraction)
+
+
+@dataclasses.dataclass(frozen=True)
 class PrepareParams:
     image_size: int = check(lambda v: None if 16 <= v <= 1024 else "must be between 16 and 1024")
     color_mode: Literal["L", "RGB"]
@@ -63,6 +69,7 @@ class PrepareParams:
     duplicates: Literal["drop", "report"]
     val_fraction: float = check(_fraction)
     seed: int
+    drift: DriftParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +88,8 @@ class AugmentParams:
     translate: float = check(lambda v: None if 0 <= v < 0.5 else "must be in [0, 0.5)")
     brightness: float = check(_non_negative)
     contrast: float = check(_non_negative)
+    blur: float = check(_non_negative)
+    group: int = check(_positive)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +116,31 @@ class TrainParams:
             raise InspectionError("params.yaml: train.weights=imagenet needs train.model=resnet18")
 
 
+def _levels(low: float, high: float):
+    def rule(value):
+        return None if all(low <= v <= high for v in value) else f"must be a list of numbers in [{low:g}, {high:g}]"
+    return check(rule)
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustnessParams:
+    """Strengths of each line change the test split is re-taken under (see `perturbations.perturb`)."""
+
+    seed: int
+    workers: int = check(_non_negative)
+    brightness: list[float] = _levels(0, 0.9)
+    contrast: list[float] = _levels(0, 0.9)
+    rotation: list[float] = _levels(0, 180)
+    shift: list[float] = _levels(0, 150)
+    blur: list[float] = _levels(0.1, 10)
+    jpeg: list[float] = _levels(1, 95)
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams:
     threshold: float = check(_fraction)
     batch_size: int = check(_positive)
+    robustness: RobustnessParams
 
 
 @dataclasses.dataclass(frozen=True)

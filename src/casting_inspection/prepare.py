@@ -2,7 +2,8 @@
 
 Outputs (in `out_dir`): `manifest.csv` (one row per raw file), `rejected.csv`, and
 `{train,val,test}.npy` — uint8 arrays of shape (N, C, H, W) in manifest order (column `index`),
-which training reads without decoding a JPEG again.
+which training reads without decoding a JPEG again. Beside them, the input-drift reference: the
+training split's range of brightness, contrast, sharpness and part position (see `drift`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from . import CLASS_NAMES, SPLITS
+from . import drift
 from .errors import InspectionError
 from .files import atomic_dir, write_json
 from .images import BadImage, load_image
@@ -48,7 +51,8 @@ def _list_raw(raw_dir: Path) -> list[tuple[Path, str, str, str]]:
     return files
 
 
-def prepare_dataset(params: PrepareParams, raw_dir: Path, out_dir: Path, metrics_path: Path, workers: int) -> dict:
+def prepare_dataset(params: PrepareParams, raw_dir: Path, out_dir: Path, metrics_path: Path, drift_path: Path,
+                    workers: int) -> dict:
     files = _list_raw(Path(raw_dir))
     jobs = [(path, relative, params) for path, relative, _, _ in files]
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -71,12 +75,16 @@ def prepare_dataset(params: PrepareParams, raw_dir: Path, out_dir: Path, metrics
             if len(rows) == 0:
                 raise InspectionError(f"no usable images left for the {split} split (all rejected or dropped); check {raw_dir}")
             table.loc[rows, "index"] = range(len(rows))
-            np.save(staging / f"{split}.npy", np.stack([arrays[i] for i in rows]))
+            stacked = np.stack([arrays[i] for i in rows])
+            np.save(staging / f"{split}.npy", stacked)
+            if split == "train":
+                drift_reference = drift.reference(drift.image_statistics(torch.from_numpy(stacked)), params.drift)
         columns = ["path", "label", "split", "official_split", "sha256", "size", "width", "height",
                    "status", "reason", "duplicate_of", "leaked", "index"]
         table[columns].to_csv(staging / "manifest.csv", index=False)
         table.loc[table["status"] == "rejected", ["path", "reason"]].to_csv(staging / "rejected.csv", index=False)
         write_json(staging / "preprocessing.json", {"image_size": params.image_size, "color_mode": params.color_mode})
+    write_json(Path(drift_path), drift_reference)
     summary = _summary(table)
     write_json(Path(metrics_path), summary)
     return summary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import random
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from .errors import InspectionError
 from .files import atomic_path, write_json
 from .models import InspectionNet, ModelConfig, count_parameters
 from .params import AugmentParams, TrainParams
+from .perturbations import background_level
 
 
 class RandomRot90(nn.Module):
@@ -31,6 +33,16 @@ class RandomRot90(nn.Module):
         return torch.rot90(image, int(torch.randint(4, ())), dims=(-2, -1))
 
 
+class RandomPlacement(v2.RandomAffine):
+    """RandomAffine whose uncovered corners take each image's own background level, as on the line (not black)."""
+
+    def transform(self, inpt, params):
+        level = background_level(inpt)
+        moved = self._call_kernel(v2.functional.affine, inpt - level, **params, interpolation=self.interpolation,
+                                  fill=0.0, center=self.center)
+        return moved + level
+
+
 def build_augmentation(params: AugmentParams) -> v2.Compose:
     steps: list[nn.Module] = []
     if params.flip:
@@ -38,10 +50,22 @@ def build_augmentation(params: AugmentParams) -> v2.Compose:
     if params.rotate90:
         steps.append(RandomRot90())
     if params.degrees or params.translate:
-        steps.append(v2.RandomAffine(degrees=params.degrees, translate=(params.translate, params.translate)))
+        steps.append(RandomPlacement(degrees=params.degrees, translate=(params.translate, params.translate),
+                                     interpolation=v2.InterpolationMode.BILINEAR))
     if params.brightness or params.contrast:
         steps.append(v2.ColorJitter(brightness=params.brightness, contrast=params.contrast))
+    if params.blur:
+        steps.append(v2.GaussianBlur(kernel_size=2 * math.ceil(2 * params.blur) + 1, sigma=(0.1, params.blur)))  # +/- 2 sigma
     return v2.Compose(steps)
+
+
+def augment_batch(augment: v2.Compose, images: torch.Tensor, group: int) -> torch.Tensor:
+    """Float images (N, C, H, W); each group of `group` images shares one random draw.
+
+    torchvision applies one draw to a whole batch tensor, and a draw per image costs more than the
+    network's own step on two cores; small groups keep most of the variety at a fraction of the cost.
+    """
+    return torch.cat([augment(chunk) for chunk in images.split(group)])
 
 
 def select_device(choice: str) -> torch.device:
@@ -63,7 +87,8 @@ def seed_everything(seed: int, threads: int) -> None:
 
 
 def _to_input(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(255)
+    """uint8 (N, C, H, W) to float in [0, 1], channels-last: on the CPU this net's BatchNorm and pooling run ~1.4x faster so."""
+    return images.float().div_(255).contiguous(memory_format=torch.channels_last)
 
 
 def _mixed_precision(device: torch.device):
@@ -103,8 +128,7 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: in
     prior here while batch-statistics accuracy was 99 %). Fresh statistics make each epoch's
     validation loss mean what it says, and so early stopping and best-epoch choice too.
     """
-    batches = (_to_input(images[i : i + batch_size]).contiguous(memory_format=torch.channels_last)
-               for i in range(0, len(images), batch_size))
+    batches = (_to_input(images[i : i + batch_size]) for i in range(0, len(images), batch_size))
     with torch.no_grad():
         update_bn(batches, model, device)
 
@@ -150,8 +174,8 @@ def train_model(params: TrainParams, prepared_dir: Path, checkpoint_path: Path, 
                        disable=None)  # a bar on a terminal, none in logs: the epoch line below says it all
             for step in bar:
                 index = order[step * params.batch_size : (step + 1) * params.batch_size]
-                batch = torch.stack([augment(image) for image in train_images[index]])
-                x = _to_input(batch).contiguous(memory_format=torch.channels_last)
+                x = augment_batch(augment, train_images[index].float().div_(255), params.augment.group)
+                x = x.clamp_(0, 1).contiguous(memory_format=torch.channels_last)
                 y = train_labels[index]
                 with _mixed_precision(device):
                     logits = model(x).float()
@@ -213,4 +237,4 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[Ins
     checkpoint = torch.load(path, map_location=device, weights_only=True)
     model = InspectionNet(ModelConfig(**checkpoint["config"]))
     model.load_state_dict(checkpoint["state_dict"])
-    return model.to(device).eval(), checkpoint
+    return model.to(device, memory_format=torch.channels_last).eval(), checkpoint

@@ -1,0 +1,58 @@
+"""Robustness of a checkpoint on the validation (or test) split re-taken under each line change.
+
+Validation renderings are what may guide training choices; the test split is scored by the
+evaluate stage. Usage: PYTHONPATH=src python bench/bench_robustness.py [--split val] [--checkpoint models/model.pt]
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from casting_inspection.dataset import load_split
+from casting_inspection.params import load_section
+from casting_inspection.robustness import predict_renderings, render, robustness_metrics, settings
+from casting_inspection.training import load_checkpoint, predict_logits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", type=Path, default=Path("models/model.pt"))
+    parser.add_argument("--data", type=Path, default=Path("data/prepared"))
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
+    parser.add_argument("--split", default="val", choices=["train", "val", "test"])
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    params = load_section("evaluate").robustness
+    model, checkpoint = load_checkpoint(args.checkpoint)
+    split = load_split(args.data, args.split)
+    chosen = settings(params)
+    started = time.perf_counter()
+    renders = render(args.raw, split.paths, chosen, params.seed, checkpoint["preprocessing"]["image_size"],
+                     checkpoint["preprocessing"]["color_mode"], params.workers)
+    rendered = time.perf_counter() - started
+
+    def predict(images):
+        return torch.sigmoid(predict_logits(model, images, 256, torch.device("cpu"))).double().numpy()
+
+    clean = predict(split.images)
+    labels = split.labels.numpy()
+    report = robustness_metrics(predict_renderings(predict, renders), labels, chosen, args.threshold)
+    clean_errors = int(((clean >= args.threshold) != labels).sum())
+    print(f"{args.checkpoint} on {args.split} ({len(labels)} images): clean errors {clean_errors}; "
+          f"rendered {renders.shape[0] * renders.shape[1]} images in {rendered:.1f} s, scored in {time.perf_counter() - started - rendered:.1f} s")
+    print(f"{'change':<12}{'strength':>9}{'accuracy':>10}{'missed':>8}{'false rej':>10}")
+    for change, levels in report.items():
+        if change != "worst":
+            for strength, cell in levels.items():
+                print(f"{change:<12}{strength:>9}{cell['accuracy']:>10.4f}{cell['missed_defects']:>8}{cell['false_rejects']:>10}")
+    print("worst:", report["worst"])
+    if args.json:
+        args.json.write_text(json.dumps({"clean_errors": clean_errors, **report}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
