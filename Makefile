@@ -28,6 +28,7 @@ bench: install
 	python bench/bench_pipeline.py --archive $(BENCH_ARCHIVE)
 	python bench/bench_inference.py
 	python bench/bench_reference.py
+	PYTHONPATH=src python bench/bench_robustness.py
 
 clean-venv:
 	rm -rf $(VENV)

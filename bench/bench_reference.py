@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from casting_inspection.dataset import load_split  # noqa: E402
 from casting_inspection.models import InspectionNet, ModelConfig, count_parameters  # noqa: E402
 from casting_inspection.params import load_section  # noqa: E402
-from casting_inspection.training import build_augmentation, seed_everything  # noqa: E402
+from casting_inspection.training import augment_batch, build_augmentation, seed_everything  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -61,18 +61,18 @@ def load_rgb224(paths: list[str]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def train_for(model, images, labels, batch_size, optimizer, loss_kind, n_images, augment=None) -> float:
+def train_for(model, images, labels, batch_size, optimizer, loss_kind, n_images, augment=None, group=1,
+              channels_last=False) -> float:
     """Train on the first `n_images` of a seeded shuffle; return images per second."""
     model.train()
     order = torch.randperm(len(images))[:n_images]
     start = time.perf_counter()
     for i in range(0, len(order), batch_size):
         index = order[i : i + batch_size]
-        batch = images[index]
-        if augment is not None:
-            batch = torch.stack([augment(image) for image in batch])
-        x = batch.float().div_(255)
-        out = model(x)
+        x = images[index].float().div_(255)
+        if augment is not None:  # as the train stage does it
+            x = augment_batch(augment, x, group).clamp_(0, 1)
+        out = model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
         if loss_kind == "ce":
             loss = nn.functional.cross_entropy(out, labels[index].long())
         else:
@@ -84,11 +84,13 @@ def train_for(model, images, labels, batch_size, optimizer, loss_kind, n_images,
 
 
 @torch.inference_mode()
-def score(model, images, labels, loss_kind) -> tuple[float, float]:
+def score(model, images, labels, loss_kind, channels_last=False) -> tuple[float, float]:
     """Validation accuracy and inference images/s at batch 64."""
     model.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     start = time.perf_counter()
-    outs = [model(images[i : i + 64].float().div_(255)) for i in range(0, len(images), 64)]
+    outs = [model(images[i : i + 64].float().div_(255).contiguous(memory_format=memory_format))
+            for i in range(0, len(images), 64)]
     speed = len(images) / (time.perf_counter() - start)
     out = torch.cat(outs)
     predicted = out.argmax(1) if loss_kind == "ce" else (out.reshape(-1) > 0).long()
@@ -109,6 +111,7 @@ def main() -> None:
 
     params = load_section("train")
     ours = InspectionNet(ModelConfig.from_params(params, train.images.shape[1], [0.5], [0.25]))
+    ours = ours.to(memory_format=torch.channels_last)  # as the train stage runs it
     recipes = {
         "vgg224": (vgg224(), train224, val224, 16, 1e-4, 0.0, "bce", None),
         "resnet18_224": (ImageNetNormalized(resnet18(weights=None, num_classes=2)), train224, val224, 16, 1e-3, 1e-4, "ce", None),
@@ -117,8 +120,9 @@ def main() -> None:
     rows = []
     for name, (model, tr, va, batch, lr, wd, loss_kind, augment) in recipes.items():
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
-        train_speed = train_for(model, tr, train.labels, batch, optimizer, loss_kind, n_images, augment)
-        accuracy, infer_speed = score(model, va, val.labels, loss_kind)
+        train_speed = train_for(model, tr, train.labels, batch, optimizer, loss_kind, n_images, augment,
+                                params.augment.group, channels_last=name == "ours")
+        accuracy, infer_speed = score(model, va, val.labels, loss_kind, channels_last=name == "ours")
         rows.append({"recipe": name, "input": "x".join(map(str, tr.shape[1:])), "params": count_parameters(model),
                      "train_img_per_s": round(train_speed, 1), "epoch_s": round(len(train.images) / train_speed, 1),
                      "val_acc_so_far": round(accuracy, 4), "infer_img_per_s_b64": round(infer_speed, 1)})
