@@ -40,7 +40,7 @@ def main() -> None:
 
     clean = predict(split.images)
     labels = split.labels.numpy()
-    report = robustness_metrics(predict_renderings(predict, renders), labels, chosen, args.threshold)
+    report = robustness_metrics(predict_renderings(predict, renders), labels, chosen, args.threshold, clean)
     clean_errors = int(((clean >= args.threshold) != labels).sum())
     print(f"{args.checkpoint} on {args.split} ({len(labels)} images): clean errors {clean_errors}; "
           f"rendered {renders.shape[0] * renders.shape[1]} images in {rendered:.1f} s, scored in {time.perf_counter() - started - rendered:.1f} s")

@@ -74,8 +74,9 @@ def test_robustness_metrics_count_per_change_and_name_the_worst():
     labels = np.array([1, 1, 0, 0])
     chosen = [("brightness", 0.3), ("blur", 1.6)]
     probabilities = np.array([[0.9, 0.2, 0.1, 0.7], [0.9, 0.8, 0.1, 0.2]])
-    report = robustness_metrics(probabilities, labels, chosen, threshold=0.5)
-    assert report["brightness"]["0.3"] == {"accuracy": 0.5, "missed_defects": 1, "false_rejects": 1}
+    clean = np.array([0.9, 0.9, 0.1, 0.1])
+    report = robustness_metrics(probabilities, labels, chosen, threshold=0.5, clean_probabilities=clean)
+    assert report["brightness"]["0.3"] == {"accuracy": 0.5, "missed_defects": 1, "false_rejects": 1, "flip_rate": 0.5}
     assert report["blur"]["1.6"]["accuracy"] == 1.0
     assert report["worst"] == {"accuracy": 0.5, "change": "brightness 0.3", "max_missed_defects": 1}
 

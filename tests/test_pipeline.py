@@ -7,6 +7,7 @@ import re
 
 import onnx
 import pandas as pd
+import pytest
 import torch
 
 from conftest import project_env, run
@@ -31,6 +32,11 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "missed_defects", "false_rejects"):
         assert key in test and key in test["leak_free"]
     assert test["leak_free"]["n"] == 16
+    assert test["escape_rate_upper95"] >= test["escape_rate"] and 0 < test["false_reject_rate_upper95"] <= 1
+    calibration = test["calibration"]
+    assert calibration["temperature"] > 0 and {"brier", "ece"} == set(calibration["after"]) == set(calibration["before"])
+    operating_point = json.loads((repo / "models/operating_point.json").read_text())
+    assert operating_point["temperature"] == pytest.approx(calibration["temperature"], rel=1e-4)
     export = json.loads((repo / "metrics/export.json").read_text())
     assert export["onnx_label_agreement"] == 1.0 and export["onnx_max_abs_diff"] < 1e-4
     model = onnx.load(str(repo / "models/model.onnx"))
@@ -45,7 +51,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     for levels in (v for k, v in robustness.items() if k != "worst"):
         for cell in levels.values():
             assert cell["missed_defects"] + cell["false_rejects"] == round((1 - cell["accuracy"]) * 17)
-            assert 0 <= cell["drift_flagged"] <= 1
+            assert 0 <= cell["drift_flagged"] <= 1 and 0 <= cell["flip_rate"] <= 1
     assert robustness["blur"]["1.6"]["drift_flagged"] > 0.5  # sharpness falls out of the training range
     drift = json.loads((repo / "metrics/drift.json").read_text())
     assert drift["n"] == 17 and {"brightness", "sharpness", "offset_x", "alarm"} <= set(drift)
@@ -77,6 +83,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert {"loss", "accuracy"} <= set(plots)
     assert any("confusion_matrix" in name for name in plots)
     assert any("roc" in name for name in plots)
+    assert "calibration" in plots
 
 
 def test_missing_archive_gives_one_line(project_copy, tmp_path):

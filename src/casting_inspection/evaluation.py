@@ -10,14 +10,23 @@ import numpy as np
 import pandas as pd
 import torch
 from dvclive import Live
+from scipy.stats import beta
 from sklearn import metrics as skm
 
 from . import CLASS_NAMES, drift
+from .calibration import calibration_metrics, fit_temperature, sigmoid
 from .dataset import load_split
 from .files import atomic_path, write_json, write_text
 from .params import EvaluateParams
 from .robustness import predict_renderings, render, robustness_metrics, settings
 from .training import load_checkpoint, predict_logits, select_device
+
+
+def upper_bound_95(failures: int, trials: int) -> float | None:
+    """Exact (Clopper-Pearson) one-sided 95 % upper bound on a rate: 0 of 453 still allows 0.66 %."""
+    if trials == 0:
+        return None
+    return 1.0 if failures >= trials else float(beta.ppf(0.95, failures + 1, trials - failures))
 
 
 def decision_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
@@ -37,7 +46,16 @@ def decision_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: f
         "false_rejects": int(fp),
         "defects": int(tp + fn),
         "good_parts": int(tn + fp),
+        # escape rate = defects shipped / defects; false-reject rate = good parts scrapped / good parts
+        "escape_rate": round(float(fn / (tp + fn)), 6) if tp + fn else None,
+        "escape_rate_upper95": _round(upper_bound_95(int(fn), int(tp + fn))),
+        "false_reject_rate": round(float(fp / (tn + fp)), 6) if tn + fp else None,
+        "false_reject_rate_upper95": _round(upper_bound_95(int(fp), int(tn + fp))),
     }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: Path, raw_dir: Path,
@@ -45,25 +63,37 @@ def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: 
                    plots_dir: Path, operating_point_path: Path) -> dict:
     device = select_device("auto")
     model, checkpoint = load_checkpoint(checkpoint_path, device)
-    test = load_split(prepared_dir, "test")
+    test, val = load_split(prepared_dir, "test"), load_split(prepared_dir, "val")
+
+    def logits_of(images: torch.Tensor) -> np.ndarray:
+        return predict_logits(model, images, params.batch_size, device).double().numpy()
+
+    val_logits, test_logits = logits_of(val.images), logits_of(test.images)
+    temperature = fit_temperature(val_logits, val.labels.numpy()) if params.calibration.temperature_scaling else 1.0
 
     def predict(images: torch.Tensor) -> np.ndarray:
-        return torch.sigmoid(predict_logits(model, images, params.batch_size, device)).double().numpy()
+        return sigmoid(logits_of(images) / temperature)
 
-    probabilities = predict(test.images)
     labels = test.labels.numpy().astype(int)
+    raw_probabilities, probabilities = sigmoid(test_logits), sigmoid(test_logits / temperature)
     threshold = params.threshold
 
     results = decision_metrics(labels, probabilities, threshold)
     leak_free = ~test.leaked
     results = {"threshold": threshold, **results,
-               "leak_free": decision_metrics(labels[leak_free], probabilities[leak_free], threshold)}
+               "leak_free": decision_metrics(labels[leak_free], probabilities[leak_free], threshold),
+               "calibration": {"temperature": round(temperature, 6),
+                               "before": calibration_metrics(labels, raw_probabilities, params.calibration.bins),
+                               "after": calibration_metrics(labels, probabilities, params.calibration.bins)}}
 
     predicted = (probabilities >= threshold).astype(int)
     names = np.array(CLASS_NAMES)
     with Live(str(plots_dir), dvcyaml=False, save_dvc_exp=False) as live:
         live.log_sklearn_plot("confusion_matrix", names[labels].tolist(), names[predicted].tolist(), name="confusion_matrix.json")
         live.log_sklearn_plot("precision_recall", labels, probabilities, name="precision_recall.json")
+        # reliability diagrams: the raw network, and after temperature scaling
+        live.log_sklearn_plot("calibration", labels, raw_probabilities, name="calibration_raw.json", n_bins=params.calibration.bins)
+        live.log_sklearn_plot("calibration", labels, probabilities, name="calibration.json", n_bins=params.calibration.bins)
         fpr, tpr, thresholds = skm.roc_curve(labels, probabilities)
         # sklearn's first threshold is +inf, which strict JSON readers of `dvc plots` reject
         roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thresholds, 1.0)})
@@ -76,7 +106,7 @@ def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: 
     with atomic_path(Path(plots_dir) / "predictions.csv") as tmp:
         table.to_csv(tmp, index=False)
     write_json(metrics_path, results)
-    write_json(operating_point_path, {"threshold": threshold})
+    write_json(operating_point_path, {"threshold": threshold, "temperature": temperature})
     print(report)
 
     reference = json.loads(Path(drift_reference_path).read_text())
@@ -87,7 +117,7 @@ def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: 
     chosen = settings(params.robustness)
     renders = render(raw_dir, test.paths, chosen, params.robustness.seed, checkpoint["preprocessing"]["image_size"],
                      checkpoint["preprocessing"]["color_mode"], params.robustness.workers)
-    robustness = robustness_metrics(predict_renderings(predict, renders), labels, chosen, threshold)
+    robustness = robustness_metrics(predict_renderings(predict, renders), labels, chosen, threshold, probabilities)
     for (change, strength), images in zip(chosen, renders):
         flagged = drift.share_flagged(drift.image_statistics(torch.from_numpy(images)), reference)
         robustness[change][f"{strength:g}"]["drift_flagged"] = round(flagged, 4)
@@ -97,13 +127,13 @@ def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: 
 
 
 def format_robustness(robustness: dict) -> str:
-    lines = [f"{'change':<12}{'strength':>9}{'accuracy':>10}{'missed':>8}{'false rej':>10}{'drift flag':>11}"]
+    lines = [f"{'change':<12}{'strength':>9}{'accuracy':>10}{'missed':>8}{'false rej':>10}{'flipped':>9}{'drift flag':>11}"]
     for change, levels in robustness.items():
         if change == "worst":
             continue
         for strength, cell in levels.items():
             lines.append(f"{change:<12}{strength:>9}{cell['accuracy']:>10.2%}{cell['missed_defects']:>8}"
-                         f"{cell['false_rejects']:>10}{cell.get('drift_flagged', float('nan')):>11.0%}")
+                         f"{cell['false_rejects']:>10}{cell['flip_rate']:>9.2%}{cell.get('drift_flagged', float('nan')):>11.0%}")
     worst = robustness["worst"]
     lines.append(f"worst: {worst['accuracy']:.2%} under {worst['change']}; at most {worst['max_missed_defects']} missed defects")
     return "\n".join(lines)

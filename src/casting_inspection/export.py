@@ -25,8 +25,9 @@ OUTPUT_NAME = "defect_probability"
 def export_onnx(params: ExportParams, checkpoint_path: Path, operating_point_path: Path, drift_reference_path: Path,
                 prepared_dir: Path, onnx_path: Path, metrics_path: Path) -> dict:
     model, checkpoint = load_checkpoint(checkpoint_path, "cpu")
-    shipped = ProbabilityNet(model).eval()
-    threshold = json.loads(Path(operating_point_path).read_text())["threshold"]
+    operating_point = json.loads(Path(operating_point_path).read_text())
+    threshold, temperature = operating_point["threshold"], operating_point["temperature"]
+    shipped = ProbabilityNet(model, temperature).eval()
     test = load_split(prepared_dir, "test")
     example = test.images[:2].float() / 255
 
@@ -42,6 +43,7 @@ def export_onnx(params: ExportParams, checkpoint_path: Path, operating_point_pat
         "class_names": json.dumps(checkpoint["class_names"]),
         "positive_class": checkpoint["class_names"][1],
         "threshold": str(threshold),
+        "temperature": str(temperature),  # already inside the graph: the output is the calibrated probability
         "image_size": str(checkpoint["preprocessing"]["image_size"]),
         "color_mode": checkpoint["preprocessing"]["color_mode"],
         "input": "float32 (N, C, H, W) in [0, 1], resized as in casting_inspection.images.load_image",

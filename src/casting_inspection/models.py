@@ -111,12 +111,13 @@ class InspectionNet(nn.Module):
 class ProbabilityNet(nn.Module):
     """What ships: the defect probability per image, for ONNX and every consumer of the model."""
 
-    def __init__(self, net: InspectionNet):
+    def __init__(self, net: InspectionNet, temperature: float = 1.0):
         super().__init__()
         self.net = net
+        self.temperature = temperature  # fitted on validation by evaluate; 1.0 = the raw network
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x))
+        return torch.sigmoid(self.net(x) / self.temperature)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -137,9 +137,16 @@ class RobustnessParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class CalibrationParams:
+    temperature_scaling: bool
+    bins: int = check(_positive)
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluateParams:
     threshold: float = check(_fraction)
     batch_size: int = check(_positive)
+    calibration: CalibrationParams
     robustness: RobustnessParams
 
 

@@ -53,9 +53,12 @@ def render(raw_dir: Path, paths: list[str], chosen: list[tuple[str, float]], see
 
 
 def robustness_metrics(probabilities: np.ndarray, labels: np.ndarray, chosen: list[tuple[str, float]],
-                       threshold: float) -> dict:
-    """`probabilities` (settings, images). Per change and strength: accuracy, misses, false rejects; then the worst case."""
+                       threshold: float, clean_probabilities: np.ndarray) -> dict:
+    """`probabilities` (settings, images). Per change and strength: accuracy, misses, false rejects, and the
+    flip rate — the share of parts whose decision differs from the one on the unchanged photo (repeatability,
+    as in an attribute gauge R&R); then the worst case."""
     labels = labels.astype(int)
+    clean = (clean_probabilities >= threshold).astype(int)
     report: dict = {}
     for (change, strength), p in zip(chosen, probabilities):
         predicted = (p >= threshold).astype(int)
@@ -63,6 +66,7 @@ def robustness_metrics(probabilities: np.ndarray, labels: np.ndarray, chosen: li
             "accuracy": round(float((predicted == labels).mean()), 6),
             "missed_defects": int(((predicted == 0) & (labels == 1)).sum()),
             "false_rejects": int(((predicted == 1) & (labels == 0)).sum()),
+            "flip_rate": round(float((predicted != clean).mean()), 6),
         }
     cells = [(change, strength, cell) for change, levels in report.items() for strength, cell in levels.items()]
     worst = min(cells, key=lambda c: c[2]["accuracy"])
