@@ -32,11 +32,15 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "missed_defects", "false_rejects"):
         assert key in test and key in test["leak_free"]
     assert test["leak_free"]["n"] == 16
+    assert test["operating_point"] == "min_cost" and 0 < test["threshold"] < 1
+    assert {"line_defect_rate", "test_defect_rate"} == set(test["expected_cost_per_1000"])
+    assert test["at_threshold_0_5"]["n"] == 17
     assert test["escape_rate_upper95"] >= test["escape_rate"] and 0 < test["false_reject_rate_upper95"] <= 1
     calibration = test["calibration"]
     assert calibration["temperature"] > 0 and {"brier", "ece"} == set(calibration["after"]) == set(calibration["before"])
     operating_point = json.loads((repo / "models/operating_point.json").read_text())
     assert operating_point["temperature"] == pytest.approx(calibration["temperature"], rel=1e-4)
+    assert operating_point["threshold"] == pytest.approx(test["threshold"], abs=1e-6)
     export = json.loads((repo / "metrics/export.json").read_text())
     assert export["onnx_label_agreement"] == 1.0 and export["onnx_max_abs_diff"] < 1e-4
     model = onnx.load(str(repo / "models/model.onnx"))
@@ -66,6 +70,13 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     robustness_only = run(["dvc", "exp", "run", "-S", "evaluate.robustness.jpeg=[20]"], repo, env)
     assert ran_stages(robustness_only.stdout) == ["evaluate"]  # no retraining to look at another strength
     assert list(json.loads((repo / "metrics/robustness.json").read_text())["jpeg"]) == ["20"]
+    run(["git", "checkout", "params.yaml"], repo)
+
+    gated = run(["dvc", "exp", "run", "-S", "evaluate.gate.max_false_reject_rate_upper95=0.05"], repo, env, check=False)
+    assert gated.returncode != 0  # 8 good test parts cannot bound the false-reject rate below 5 %
+    errors = [line for line in gated.stderr.splitlines() if line.startswith("evaluate: error: release gate")]
+    assert len(errors) == 1 and "false_reject_rate_upper95" in errors[0], gated.stderr
+    assert json.loads((repo / "metrics/test.json").read_text())["false_reject_rate_upper95"] > 0.05  # written first
     run(["git", "checkout", "params.yaml"], repo)
 
     experiment = run(["dvc", "exp", "run", "-S", "train.lr=1e-5"], repo, env)

@@ -16,6 +16,8 @@ from sklearn import metrics as skm
 from . import CLASS_NAMES, drift
 from .calibration import calibration_metrics, fit_temperature, sigmoid
 from .dataset import load_split
+from .errors import InspectionError
+from .operating_point import choose_threshold, cost_per_1000
 from .files import atomic_path, write_json, write_text
 from .params import EvaluateParams
 from .robustness import predict_renderings, render, robustness_metrics, settings
@@ -76,12 +78,19 @@ def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: 
 
     labels = test.labels.numpy().astype(int)
     raw_probabilities, probabilities = sigmoid(test_logits), sigmoid(test_logits / temperature)
-    threshold = params.threshold
+    val_labels, val_probabilities = val.labels.numpy().astype(int), sigmoid(val_logits / temperature)
+    threshold = choose_threshold(params, val_labels, val_probabilities)
 
     results = decision_metrics(labels, probabilities, threshold)
     leak_free = ~test.leaked
-    results = {"threshold": threshold, **results,
+    results = {"operating_point": params.operating_point, "threshold": round(threshold, 6), **results,
+               "expected_cost_per_1000": {
+                   "line_defect_rate": cost_per_1000(results["escape_rate"], results["false_reject_rate"], params.defect_rate, params),
+                   "test_defect_rate": cost_per_1000(results["escape_rate"], results["false_reject_rate"], labels.mean(), params)},
                "leak_free": decision_metrics(labels[leak_free], probabilities[leak_free], threshold),
+               "at_threshold_0_5": decision_metrics(labels, probabilities, 0.5),
+               "val_at_threshold": {k: v for k, v in decision_metrics(val_labels, val_probabilities, threshold).items()
+                                    if k in ("missed_defects", "false_rejects", "accuracy")},
                "calibration": {"temperature": round(temperature, 6),
                                "before": calibration_metrics(labels, raw_probabilities, params.calibration.bins),
                                "after": calibration_metrics(labels, probabilities, params.calibration.bins)}}
@@ -123,7 +132,17 @@ def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: 
         robustness[change][f"{strength:g}"]["drift_flagged"] = round(flagged, 4)
     write_json(robustness_path, robustness)
     print(format_robustness(robustness))
+    _release_gate(params, results, metrics_path)
     return results
+
+
+def _release_gate(params: EvaluateParams, results: dict, metrics_path: Path) -> None:
+    """Fail the stage, after every metric is written, when an exact upper bound is above its limit."""
+    for key, limit in (("escape_rate_upper95", params.gate.max_escape_rate_upper95),
+                       ("false_reject_rate_upper95", params.gate.max_false_reject_rate_upper95)):
+        if results[key] is not None and results[key] > limit:
+            raise InspectionError(f"release gate: test {key} = {results[key]:.4f} is above evaluate.gate.max_{key} = "
+                                  f"{limit:g}; see {metrics_path} (the model is not fit to release)")
 
 
 def format_robustness(robustness: dict) -> str:

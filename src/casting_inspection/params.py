@@ -143,8 +143,20 @@ class CalibrationParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class GateParams:
+    max_escape_rate_upper95: float = check(lambda v: None if 0 < v <= 1 else "must be in (0, 1]")
+    max_false_reject_rate_upper95: float = check(lambda v: None if 0 < v <= 1 else "must be in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluateParams:
+    operating_point: Literal["fixed", "target_recall", "min_cost"]
     threshold: float = check(_fraction)
+    target_recall: float = check(lambda v: None if 0 < v <= 1 else "must be in (0, 1]")
+    cost_missed_defect: float = check(_positive)
+    cost_false_reject: float = check(_positive)
+    defect_rate: float = check(_fraction)
+    gate: GateParams
     batch_size: int = check(_positive)
     calibration: CalibrationParams
     robustness: RobustnessParams

@@ -1,0 +1,60 @@
+"""The threshold is chosen on validation by the rule in params; costs per 1,000 parts follow their definition."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from casting_inspection.operating_point import candidate_thresholds, choose_threshold, cost_per_1000
+from casting_inspection.params import load_section
+from conftest import PROJECT
+
+BASE = load_section("evaluate", PROJECT / "params.yaml")
+#                 defects ...................  good parts ......................
+LABELS = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+PROBS = np.array([0.95, 0.9, 0.9, 0.85, 0.8, 0.7, 0.6, 0.3, 0.2, 0.05,
+                  0.45, 0.25, 0.15, 0.1, 0.08, 0.04, 0.03, 0.02, 0.01, 0.01])
+
+
+def rule(**changes):
+    return dataclasses.replace(BASE, **changes)
+
+
+def test_thresholds_sit_between_parts():
+    thresholds = candidate_thresholds(PROBS)
+    assert not np.isin(thresholds, PROBS).any() and thresholds.min() > 0 and thresholds.max() < 1
+
+
+def test_fixed_uses_the_param():
+    assert choose_threshold(rule(operating_point="fixed", threshold=0.42), LABELS, PROBS) == 0.42
+
+
+def test_target_recall_takes_the_highest_threshold_that_reaches_it():
+    t = choose_threshold(rule(operating_point="target_recall", target_recall=0.8), LABELS, PROBS)
+    assert t == pytest.approx((0.25 + 0.3) / 2)  # the 8th defect (0.3) caught; the good part at 0.45 rejected
+    t = choose_threshold(rule(operating_point="target_recall", target_recall=0.9), LABELS, PROBS)
+    assert t == pytest.approx((0.15 + 0.2) / 2)  # the defect at 0.2 caught; good parts at 0.25 and 0.45 rejected
+
+
+def test_min_cost_moves_with_the_cost_ratio():
+    cheap_misses = choose_threshold(rule(operating_point="min_cost", cost_missed_defect=1.0, defect_rate=0.5), LABELS, PROBS)
+    dear_misses = choose_threshold(rule(operating_point="min_cost", cost_missed_defect=100.0, defect_rate=0.5), LABELS, PROBS)
+    assert dear_misses < 0.05 < cheap_misses
+    predicted = PROBS >= dear_misses
+    assert (predicted & (LABELS == 1)).sum() == 10  # every defect caught when a miss costs 100 scrapped parts
+
+
+def test_min_cost_weighs_errors_by_the_lines_defect_rate():
+    """On a line with few defects, false rejects of the many good parts dominate: the threshold rises."""
+    frequent = choose_threshold(rule(operating_point="min_cost", cost_missed_defect=10.0, defect_rate=0.5), LABELS, PROBS)
+    rare = choose_threshold(rule(operating_point="min_cost", cost_missed_defect=10.0, defect_rate=0.01), LABELS, PROBS)
+    assert rare > frequent
+    assert not ((PROBS >= rare) & (LABELS == 0)).any()  # at 1 % defects, no good part is worth scrapping
+
+
+def test_cost_per_1000_parts():
+    params = rule(cost_missed_defect=10.0, cost_false_reject=1.0)
+    assert cost_per_1000(0.01, 0.0, 0.02, params) == pytest.approx(1000 * 0.02 * 0.01 * 10)
+    assert cost_per_1000(0.0, 0.01, 0.02, params) == pytest.approx(1000 * 0.98 * 0.01)
