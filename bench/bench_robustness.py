@@ -23,10 +23,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/prepared"))
     parser.add_argument("--raw", type=Path, default=Path("data/raw"))
     parser.add_argument("--split", default="val", choices=["train", "val", "test"])
-    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--operating-point", type=Path, default=Path("models/operating_point.json"),
+                        help="threshold and temperature the product decides with (from the evaluate stage)")
+    parser.add_argument("--threshold", type=float, help="override the operating point's threshold")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     params = load_section("evaluate").robustness
+    operating_point = json.loads(args.operating_point.read_text()) if args.operating_point.exists() else {}
+    threshold = args.threshold if args.threshold is not None else operating_point.get("threshold", 0.5)
+    temperature = operating_point.get("temperature", 1.0)
     model, checkpoint = load_checkpoint(args.checkpoint)
     split = load_split(args.data, args.split)
     chosen = settings(params)
@@ -36,13 +41,13 @@ def main() -> None:
     rendered = time.perf_counter() - started
 
     def predict(images):
-        return torch.sigmoid(predict_logits(model, images, 256, torch.device("cpu"))).double().numpy()
+        return torch.sigmoid(predict_logits(model, images, 256, torch.device("cpu")) / temperature).double().numpy()
 
     clean = predict(split.images)
     labels = split.labels.numpy()
-    report = robustness_metrics(predict_renderings(predict, renders), labels, chosen, args.threshold, clean)
-    clean_errors = int(((clean >= args.threshold) != labels).sum())
-    print(f"{args.checkpoint} on {args.split} ({len(labels)} images): clean errors {clean_errors}; "
+    report = robustness_metrics(predict_renderings(predict, renders), labels, chosen, threshold, clean)
+    clean_errors = int(((clean >= threshold) != labels).sum())
+    print(f"{args.checkpoint} on {args.split} ({len(labels)} images) at threshold {threshold:.4g}: clean errors {clean_errors}; "
           f"rendered {renders.shape[0] * renders.shape[1]} images in {rendered:.1f} s, scored in {time.perf_counter() - started - rendered:.1f} s")
     print(f"{'change':<12}{'strength':>9}{'accuracy':>10}{'missed':>8}{'false rej':>10}")
     for change, levels in report.items():
