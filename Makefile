@@ -6,7 +6,7 @@ export DVC_NO_ANALYTICS := 1
 
 BENCH_ARCHIVE ?= ../shared/datasets/casting_data.zip
 
-.PHONY: repro test bench install clean-venv
+.PHONY: repro report test bench install clean-venv
 
 $(VENV)/.installed: requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(VENV)/.installed
 repro: install
 	dvc repro
 	dvc metrics show
+
+# The inspection report (reports/index.html): runs whatever of the pipeline is out of date first.
+report: install
+	dvc repro report
+	@echo "open reports/index.html"
 
 test: install
 	python -m pytest -q tests

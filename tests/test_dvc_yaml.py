@@ -46,4 +46,5 @@ def test_code_deps_are_exactly_what_the_stage_imports(stage):
 
 @pytest.mark.parametrize("stage", list(PIPELINE))
 def test_each_stage_reads_its_own_params_section(stage):
-    assert PIPELINE[stage]["params"] == [stage]
+    """The report only reads what the other stages wrote, so it has no section of its own."""
+    assert PIPELINE[stage].get("params") == (None if stage == "report" else [stage])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from casting_inspection.evaluation import decision_metrics
+from casting_inspection.evaluation import decision_metrics, interval_95, review_metrics
 
 
 def test_misses_and_false_rejects_are_counted_with_defective_positive():
@@ -30,3 +30,31 @@ def test_threshold_moves_the_trade_off():
 def test_one_class_subset_has_no_auc():
     result = decision_metrics(np.array([0, 0, 0]), np.array([0.1, 0.2, 0.9]), 0.5)
     assert result["roc_auc"] is None and result["false_rejects"] == 1
+
+
+def test_exact_intervals_match_the_closed_form_at_the_edges():
+    """All of 453 right: the exact two-sided 95 % interval's lower end is 0.025 ** (1 / 453)."""
+    low, high = interval_95(453, 453)
+    assert high == 1.0 and low == pytest.approx(0.025 ** (1 / 453), abs=1e-6)
+    low, high = interval_95(0, 453)
+    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 453), abs=1e-6)
+    low, high = interval_95(5, 10)
+    assert low < 0.5 < high and low == pytest.approx(1 - high, abs=1e-6)
+
+
+def test_decision_metrics_carry_intervals_around_their_rates():
+    labels = np.array([1] * 40 + [0] * 60)
+    probabilities = np.array([0.9] * 38 + [0.1] * 2 + [0.1] * 57 + [0.9] * 3)
+    result = decision_metrics(labels, probabilities, 0.5)
+    for name in ("accuracy", "recall", "false_reject_rate"):
+        assert result[f"{name}_low95"] <= result[name] <= result[f"{name}_high95"]
+    assert result["recall"] == pytest.approx(0.95) and result["false_reject_rate"] == pytest.approx(0.05)
+
+
+def test_review_counts_parts_sent_to_a_person_as_caught():
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    probabilities = np.array([0.9, 0.55, 0.45, 0.1, 0.5, 0.3, 0.1, 0.05])
+    result = review_metrics(labels, probabilities, (0.4, 0.6))
+    assert result["review"] == 3 and result["review_defects"] == 2 and result["automatic_share"] == pytest.approx(5 / 8)
+    assert result["missed_defects"] == 1 and result["false_rejects"] == 0  # the defect at 0.1 is accepted
+    assert result["escape_rate"] == pytest.approx(0.25) and result["escape_rate_upper95"] > 0.25

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from casting_inspection.operating_point import candidate_thresholds, choose_threshold, cost_per_1000
+from casting_inspection.operating_point import candidate_thresholds, choose_review_band, choose_threshold, cost_per_1000
 from casting_inspection.params import load_section
 from conftest import PROJECT
 
@@ -58,3 +58,28 @@ def test_cost_per_1000_parts():
     params = rule(cost_missed_defect=10.0, cost_false_reject=1.0)
     assert cost_per_1000(0.01, 0.0, 0.02, params) == pytest.approx(1000 * 0.02 * 0.01 * 10)
     assert cost_per_1000(0.0, 0.01, 0.02, params) == pytest.approx(1000 * 0.98 * 0.01)
+
+
+def test_review_band_is_off_at_zero_share():
+    assert choose_review_band(rule(review_share=0.0), LABELS, PROBS, 0.5) is None
+
+
+def test_review_band_takes_the_costly_parts_out_of_automatic_decisions():
+    """4 of 20 parts may go to a person: the cheapest band sends the defects at 0.3 and 0.2 and the good part
+    at 0.45 there (a miss costs 10x here), so automatic decisions miss only the defect at 0.05."""
+    params = rule(review_share=0.2, cost_missed_defect=10.0, defect_rate=0.5)
+    low, high = choose_review_band(params, LABELS, PROBS, threshold=0.5)
+    assert low <= 0.2 and 0.45 < high <= 0.6
+    in_band = (PROBS >= low) & (PROBS < high)
+    assert in_band.sum() <= 4
+    assert ((PROBS < low) & (LABELS == 1)).sum() == 1 and not ((PROBS >= high) & (LABELS == 0)).any()
+
+
+def test_review_band_never_holds_more_than_its_share():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    probs = np.clip(labels * 0.6 + rng.normal(0.2, 0.2, 300), 0.001, 0.999)
+    for share in (0.01, 0.05, 0.2):
+        low, high = choose_review_band(rule(review_share=share), labels, probs, threshold=0.5)
+        assert low <= 0.5 <= high
+        assert ((probs >= low) & (probs < high)).sum() <= share * 300

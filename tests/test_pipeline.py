@@ -1,4 +1,4 @@
-"""End to end: the real `dvc` CLI runs the five stages on a small generated archive in a temporary git repo."""
+"""End to end: the real `dvc` CLI runs the pipeline's stages on a small generated archive in a temporary git repo."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 
 from conftest import project_env, run
 
-STAGES = ["download", "prepare", "train", "evaluate", "export"]
+STAGES = ["download", "prepare", "train", "evaluate", "export", "report"]
+PICTURES = {"sample_grid.png", "errors_test.png", "errors_val.png", "gradcam_correct.png", "evidence_on_part.png", "evidence_off_part.png"}
 
 
 def ran_stages(output: str) -> list[str]:
@@ -31,7 +32,18 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     test = json.loads((repo / "metrics/test.json").read_text())
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "missed_defects", "false_rejects"):
         assert key in test and key in test["leak_free"]
-    assert test["leak_free"]["n"] == 16
+    assert test["leak_free"]["n"] == data["near_duplicates"]["test_images_leak_free"] <= 16
+    assert test["accuracy_low95"] <= test["accuracy"] <= test["accuracy_high95"]
+    review = test["review"]
+    assert 0 < review["low"] <= test["threshold"] <= review["high"] < 1
+    assert review["review"] == round((1 - review["automatic_share"]) * 17)
+    assert review["val"]["review"] <= 0.02 * data["val"]["total"]  # at most review_share of the validation parts
+    explanations = test["explanations"]
+    assert set(explanations["evidence_on_part"]) == {"ok_front", "def_front", "errors"}
+    assert 0.1 < explanations["part_area_share"] < 0.9
+    assert PICTURES == {p.name for p in (repo / "plots/evaluate/images").iterdir()}
+    report = (repo / "reports/index.html").read_text()
+    assert report.count("<img") == len(PICTURES) + 2 and report.count("data:image/png;base64,") == len(PICTURES) + 2
     assert test["operating_point"] == "min_cost" and 0 < test["threshold"] < 1
     assert {"line_defect_rate", "test_defect_rate"} == set(test["expected_cost_per_1000"])
     assert test["at_threshold_0_5"]["n"] == 17
@@ -43,13 +55,15 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert operating_point["threshold"] == pytest.approx(test["threshold"], abs=1e-6)
     export = json.loads((repo / "metrics/export.json").read_text())
     assert export["onnx_label_agreement"] == 1.0 and export["onnx_max_abs_diff"] < 1e-4
+    assert export["onnx_decision_flips"] == 0 and export["onnx_flip_rate"] == 0.0
     model = onnx.load(str(repo / "models/model.onnx"))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
-    assert {p.key for p in model.metadata_props} >= {"threshold", "class_names", "image_size", "color_mode"}
+    assert {p.key for p in model.metadata_props} >= {"threshold", "review_band", "class_names", "image_size", "color_mode"}
     checkpoint = torch.load(repo / "models/model.pt", weights_only=True)
     assert checkpoint["class_names"] == ["ok_front", "def_front"]
     predictions = pd.read_csv(repo / "plots/evaluate/predictions.csv")
-    assert len(predictions) == 17
+    assert len(predictions) == 17 and set(predictions["disposition"]) <= {"accept", "reject", "review"}
+    assert predictions["evidence_on_part"].between(0, 1).all()
     robustness = json.loads((repo / "metrics/robustness.json").read_text())
     assert set(robustness) == {"brightness", "contrast", "rotation", "shift", "blur", "jpeg", "worst"}
     for levels in (v for k, v in robustness.items() if k != "worst"):
@@ -68,7 +82,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert ran_stages(second.stdout) == []
 
     robustness_only = run(["dvc", "exp", "run", "-S", "evaluate.robustness.jpeg=[20]"], repo, env)
-    assert ran_stages(robustness_only.stdout) == ["evaluate"]  # no retraining to look at another strength
+    assert ran_stages(robustness_only.stdout) == ["evaluate", "report"]  # no retraining to look at another strength
     assert list(json.loads((repo / "metrics/robustness.json").read_text())["jpeg"]) == ["20"]
     run(["git", "checkout", "params.yaml"], repo)
 
@@ -80,7 +94,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     run(["git", "checkout", "params.yaml"], repo)
 
     experiment = run(["dvc", "exp", "run", "-S", "train.lr=1e-5"], repo, env)
-    assert ran_stages(experiment.stdout) == ["train", "evaluate", "export"]
+    assert ran_stages(experiment.stdout) == ["train", "evaluate", "export", "report"]
     # -S writes 1e-05, which only a YAML 1.2 loader reads as a number: the stage must have used it
     assert "1e-05" in (repo / "params.yaml").read_text()
 
@@ -95,6 +109,10 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert any("confusion_matrix" in name for name in plots)
     assert any("roc" in name for name in plots)
     assert "calibration" in plots
+    assert {f"plots/evaluate/images/{name}" for name in PICTURES} <= set(plots)
+    pictures_diff = json.loads(run(["dvc", "plots", "diff", "--json", "HEAD"], repo, env).stdout)["data"]
+    sample = pictures_diff["plots/evaluate/images/sample_grid.png"]
+    assert {entry["revisions"][0] for entry in sample} == {"HEAD", "workspace"}  # both experiments' pictures, side by side
 
 
 def test_missing_archive_gives_one_line(project_copy, tmp_path):

@@ -10,15 +10,17 @@ import numpy as np
 import pandas as pd
 import torch
 from dvclive import Live
-from scipy.stats import beta
+from scipy.stats import beta, binomtest
 from sklearn import metrics as skm
 
 from . import CLASS_NAMES, drift
 from .calibration import calibration_metrics, fit_temperature, sigmoid
 from .dataset import load_split
 from .errors import InspectionError
-from .operating_point import choose_threshold, cost_per_1000
+from .operating_point import choose_review_band, choose_threshold, cost_per_1000
+from .explain import evidence_on_part, gradcam, part_mask
 from .files import atomic_path, write_json, write_text
+from .galleries import Tile, draw_tiles, evidence_chart
 from .params import EvaluateParams
 from .robustness import predict_renderings, render, robustness_metrics, settings
 from .training import load_checkpoint, predict_logits, select_device
@@ -29,6 +31,14 @@ def upper_bound_95(failures: int, trials: int) -> float | None:
     if trials == 0:
         return None
     return 1.0 if failures >= trials else float(beta.ppf(0.95, failures + 1, trials - failures))
+
+
+def interval_95(successes: int, trials: int) -> tuple[float | None, float | None]:
+    """Exact (Clopper-Pearson) two-sided 95 % confidence interval on a proportion."""
+    if trials == 0:
+        return None, None
+    interval = binomtest(successes, trials).proportion_ci(0.95, method="exact")
+    return _round(interval.low), _round(interval.high)
 
 
 def decision_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
@@ -53,6 +63,36 @@ def decision_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: f
         "escape_rate_upper95": _round(upper_bound_95(int(fn), int(tp + fn))),
         "false_reject_rate": round(float(fp / (tn + fp)), 6) if tn + fp else None,
         "false_reject_rate_upper95": _round(upper_bound_95(int(fp), int(tn + fp))),
+        **_intervals("accuracy", int(tp + tn), len(labels)),
+        **_intervals("recall", int(tp), int(tp + fn)),
+        **_intervals("false_reject_rate", int(fp), int(tn + fp)),
+    }
+
+
+def _intervals(name: str, successes: int, trials: int) -> dict:
+    low, high = interval_95(successes, trials)
+    return {f"{name}_low95": low, f"{name}_high95": high}
+
+
+def review_metrics(labels: np.ndarray, probabilities: np.ndarray, band: tuple[float, float]) -> dict:
+    """Three-way decisions: how many parts are decided automatically, and what those automatic decisions miss."""
+    labels = labels.astype(bool)
+    low, high = band
+    review = (probabilities >= low) & (probabilities < high)
+    accepted, rejected = probabilities < low, probabilities >= high
+    missed, false_rejects = int((accepted & labels).sum()), int((rejected & ~labels).sum())
+    defects, good = int(labels.sum()), int((~labels).sum())
+    return {
+        "automatic_share": round(float(1 - review.mean()), 6),
+        "review": int(review.sum()),
+        "review_defects": int((review & labels).sum()),
+        "missed_defects": missed,
+        "false_rejects": false_rejects,
+        # over all defects / good parts: those sent to a person count as caught / kept
+        "escape_rate": round(missed / defects, 6) if defects else None,
+        "escape_rate_upper95": _round(upper_bound_95(missed, defects)),
+        "false_reject_rate": round(false_rejects / good, 6) if good else None,
+        "false_reject_rate_upper95": _round(upper_bound_95(false_rejects, good)),
     }
 
 
@@ -81,8 +121,9 @@ def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: 
     val_labels, val_probabilities = val.labels.numpy().astype(int), sigmoid(val_logits / temperature)
     threshold = choose_threshold(params, val_labels, val_probabilities)
 
+    band = choose_review_band(params, val_labels, val_probabilities, threshold)
     results = decision_metrics(labels, probabilities, threshold)
-    leak_free = ~test.leaked
+    leak_free = test.leak_free
     results = {"operating_point": params.operating_point, "threshold": round(threshold, 6), **results,
                "expected_cost_per_1000": {
                    "line_defect_rate": cost_per_1000(results["escape_rate"], results["false_reject_rate"], params.defect_rate, params),
@@ -94,9 +135,15 @@ def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: 
                "calibration": {"temperature": round(temperature, 6),
                                "before": calibration_metrics(labels, raw_probabilities, params.calibration.bins),
                                "after": calibration_metrics(labels, probabilities, params.calibration.bins)}}
+    if band is not None:
+        results["review"] = {"low": round(band[0], 6), "high": round(band[1], 6),
+                             **review_metrics(labels, probabilities, band),
+                             "val": review_metrics(val_labels, val_probabilities, band)}
 
     predicted = (probabilities >= threshold).astype(int)
     names = np.array(CLASS_NAMES)
+    evidence, results["explanations"] = _explain(params, model, test, val, probabilities, val_probabilities, threshold,
+                                                 Path(plots_dir) / "images")
     with Live(str(plots_dir), dvcyaml=False, save_dvc_exp=False) as live:
         live.log_sklearn_plot("confusion_matrix", names[labels].tolist(), names[predicted].tolist(), name="confusion_matrix.json")
         live.log_sklearn_plot("precision_recall", labels, probabilities, name="precision_recall.json")
@@ -111,11 +158,15 @@ def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: 
     report = skm.classification_report(labels, predicted, labels=[0, 1], target_names=list(CLASS_NAMES), digits=4)
     write_text(Path(plots_dir) / "classification_report.txt", report)
     table = pd.DataFrame({"path": test.paths, "label": names[labels], "defect_probability": probabilities.round(6),
-                          "predicted": names[predicted], "leaked": test.leaked})
+                          "predicted": names[predicted], "evidence_on_part": evidence.round(4),
+                          "leaked": test.leaked, "near_duplicate": test.near_duplicate})
+    if band is not None:
+        table.insert(4, "disposition", np.where(probabilities < band[0], "accept", np.where(probabilities >= band[1], "reject", "review")))
     with atomic_path(Path(plots_dir) / "predictions.csv") as tmp:
         table.to_csv(tmp, index=False)
     write_json(metrics_path, results)
-    write_json(operating_point_path, {"threshold": threshold, "temperature": temperature})
+    write_json(operating_point_path, {"threshold": threshold, "temperature": temperature,
+                                      "review_band": list(band) if band is not None else None})
     print(report)
 
     reference = json.loads(Path(drift_reference_path).read_text())
@@ -134,6 +185,64 @@ def evaluate_model(params: EvaluateParams, checkpoint_path: Path, prepared_dir: 
     print(format_robustness(robustness))
     _release_gate(params, results, metrics_path)
     return results
+
+
+def _explain(params: EvaluateParams, model, test, val, probabilities: np.ndarray, val_probabilities: np.ndarray,
+             threshold: float, images_dir: Path) -> tuple[np.ndarray, dict]:
+    """Grad-CAM for every test decision, its share on the part, and the galleries; returns the per-part
+    evidence share and the figures for the metrics."""
+    config = params.explain
+    labels, val_labels = test.labels.numpy().astype(int), val.labels.numpy().astype(int)
+    predicted = (probabilities >= threshold).astype(int)
+    heatmaps = gradcam(model, test.images, predicted)
+    grey = test.images.float().mean(dim=1).round().to(torch.uint8).numpy()  # (N, H, W): colour images shown in grey
+    masks = np.stack([part_mask(image) for image in grey])
+    evidence = evidence_on_part(heatmaps, masks)
+    wrong = predicted != labels
+    flagged = evidence < config.min_evidence_on_part
+
+    def mean(selection: np.ndarray) -> float | None:
+        values = evidence[selection]
+        return round(float(np.nanmean(values)), 4) if np.isfinite(values).any() else None
+
+    shares = {CLASS_NAMES[k]: mean(labels == k) for k in (0, 1)} | {"errors": mean(wrong)}
+    figures = {"evidence_on_part": shares, "part_area_share": round(float(masks.mean()), 4),
+               "flagged_off_part": int(flagged.sum()), "flagged_off_part_errors": int((flagged & wrong).sum())}
+
+    def tiles(split, split_probabilities, indices, with_heatmap=False) -> list[Tile]:
+        return [Tile(split.images[i].float().mean(dim=0).round().to(torch.uint8).numpy(), int(split.labels[i]),
+                     float(split_probabilities[i]), threshold, heatmaps[i] if with_heatmap else None,
+                     f"on part {evidence[i]:.0%}" if with_heatmap else "") for i in indices]
+
+    def most_confident_errors(split_labels, split_probabilities) -> np.ndarray:
+        errors = np.flatnonzero((split_probabilities >= threshold) != split_labels)
+        return errors[np.argsort(-np.abs(split_probabilities[errors] - threshold))][: config.max_gallery]
+
+    rng = np.random.default_rng(config.seed)
+    sample = np.sort(rng.choice(len(labels), min(config.sample_grid, len(labels)), replace=False))
+    draw_tiles(tiles(test, probabilities, sample), f"Test sample: {len(sample)} parts at threshold {threshold:.3f}",
+               images_dir / "sample_grid.png")
+    test_errors = most_confident_errors(labels, probabilities)
+    draw_tiles(tiles(test, probabilities, test_errors, with_heatmap=True),
+               f"Test errors with Grad-CAM: {int(wrong.sum())} of {len(labels)}", images_dir / "errors_test.png")
+    val_errors = most_confident_errors(val_labels, val_probabilities)
+    draw_tiles(tiles(val, val_probabilities, val_errors),
+               f"Validation errors: {int(((val_probabilities >= threshold) != val_labels).sum())} of {len(val_labels)}",
+               images_dir / "errors_val.png")
+    confident = []
+    for k in (0, 1):
+        right = np.flatnonzero((labels == k) & ~wrong)
+        margin = np.abs(probabilities[right] - threshold)
+        order = right[np.argsort(-margin)]
+        confident += list(order[: config.confident]) + list(order[::-1][: config.confident])
+    draw_tiles(tiles(test, probabilities, confident, with_heatmap=True),
+               "Correct test parts with Grad-CAM: most and least confident of each class", images_dir / "gradcam_correct.png")
+    draw_tiles(tiles(test, probabilities, np.flatnonzero(flagged)[: config.max_gallery], with_heatmap=True),
+               f"Decisions with evidence off the part (< {config.min_evidence_on_part:.0%} on it): {int(flagged.sum())}",
+               images_dir / "evidence_off_part.png")
+    evidence_chart({name: value if value is not None else float("nan") for name, value in shares.items()},
+                   figures["part_area_share"], config.min_evidence_on_part, images_dir / "evidence_on_part.png")
+    return evidence, figures
 
 
 def _release_gate(params: EvaluateParams, results: dict, metrics_path: Path) -> None:

@@ -43,6 +43,8 @@ def export_onnx(params: ExportParams, checkpoint_path: Path, operating_point_pat
         "class_names": json.dumps(checkpoint["class_names"]),
         "positive_class": checkpoint["class_names"][1],
         "threshold": str(threshold),
+        # [low, high): parts in between go to a person (evaluate.review_share); "null" = accept/reject only
+        "review_band": json.dumps(operating_point["review_band"]),
         "temperature": str(temperature),  # already inside the graph: the output is the calibrated probability
         "image_size": str(checkpoint["preprocessing"]["image_size"]),
         "color_mode": checkpoint["preprocessing"]["color_mode"],
@@ -67,8 +69,12 @@ def export_onnx(params: ExportParams, checkpoint_path: Path, operating_point_pat
             onnx_probs.append(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0])
     onnx_probs, torch_probs = np.concatenate(onnx_probs), np.concatenate(torch_probs)
     max_abs_diff = float(np.abs(onnx_probs - torch_probs).max())
+    flips = int(((onnx_probs >= threshold) != (torch_probs >= threshold)).sum())
     results = {
         "onnx_label_agreement": float(np.mean((onnx_probs >= threshold) == (torch_probs >= threshold))),
+        # PyTorch and ONNX Runtime as two "operators" deciding the same parts at the chosen threshold
+        "onnx_decision_flips": flips,
+        "onnx_flip_rate": round(flips / len(onnx_probs), 6),
         "onnx_max_abs_diff": max_abs_diff,
         "onnx_bytes": Path(onnx_path).stat().st_size,
         "params": count_parameters(model),

@@ -66,10 +66,17 @@ class SmallVGG(nn.Module):
                 c_in = width
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cnn.dropout), nn.Linear(c_in, 1))
+        self.pooling = cnn.pooling
+        self.head = nn.Sequential(nn.Dropout(cnn.dropout), nn.Linear(c_in * (2 if cnn.pooling == "avgmax" else 1), 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        features = self.features(x)
+        pooled = []
+        if self.pooling in ("avg", "avgmax"):
+            pooled.append(features.mean(dim=(2, 3)))
+        if self.pooling in ("max", "avgmax"):  # a pinhole fires in one place: an average over the part dilutes it
+            pooled.append(features.amax(dim=(2, 3)))
+        return self.head(torch.cat(pooled, dim=1))
 
 
 def _resnet18(in_channels: int, imagenet: bool) -> nn.Module:

@@ -60,6 +60,12 @@ class DriftParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class NearDuplicateParams:
+    hash_size: int = check(lambda v: None if 4 <= v <= 64 else "must be between 4 and 64")
+    max_distance: int = check(_non_negative)
+
+
+@dataclasses.dataclass(frozen=True)
 class PrepareParams:
     image_size: int = check(lambda v: None if 16 <= v <= 1024 else "must be between 16 and 1024")
     color_mode: Literal["L", "RGB"]
@@ -67,6 +73,7 @@ class PrepareParams:
     min_side: int = check(_positive)
     max_pixels: int = check(_positive)
     duplicates: Literal["drop", "report"]
+    near_duplicates: NearDuplicateParams
     val_fraction: float = check(_fraction)
     seed: int
     drift: DriftParams
@@ -78,6 +85,7 @@ class CnnParams:
     convs_per_block: int = check(_positive)
     stem_stride: int = check(lambda v: None if v in (1, 2) else "must be 1 or 2")
     dropout: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+    pooling: Literal["avg", "max", "avgmax"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +157,15 @@ class GateParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExplainParams:
+    sample_grid: int = check(_positive)
+    confident: int = check(_positive)
+    max_gallery: int = check(_positive)
+    min_evidence_on_part: float = check(_fraction)
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluateParams:
     operating_point: Literal["fixed", "target_recall", "min_cost"]
     threshold: float = check(_fraction)
@@ -156,9 +173,11 @@ class EvaluateParams:
     cost_missed_defect: float = check(_positive)
     cost_false_reject: float = check(_positive)
     defect_rate: float = check(_fraction)
+    review_share: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
     gate: GateParams
     batch_size: int = check(_positive)
     calibration: CalibrationParams
+    explain: ExplainParams
     robustness: RobustnessParams
 
 

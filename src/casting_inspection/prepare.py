@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from . import CLASS_NAMES, SPLITS
-from . import drift
+from . import drift, near_duplicates
 from .errors import InspectionError
 from .files import atomic_dir, write_json
 from .images import BadImage, load_image
@@ -68,6 +68,7 @@ def prepare_dataset(params: PrepareParams, raw_dir: Path, out_dir: Path, metrics
     _mark_duplicates(table, params.duplicates)
     table["split"] = ""
     _assign_splits(table, params)
+    pairs = _mark_near_duplicates(table, arrays, params)
     table["index"] = -1
     with atomic_dir(Path(out_dir)) as staging:
         for split in CACHE_SPLITS:
@@ -80,9 +81,10 @@ def prepare_dataset(params: PrepareParams, raw_dir: Path, out_dir: Path, metrics
             if split == "train":
                 drift_reference = drift.reference(drift.image_statistics(torch.from_numpy(stacked)), params.drift)
         columns = ["path", "label", "split", "official_split", "sha256", "size", "width", "height",
-                   "status", "reason", "duplicate_of", "leaked", "index"]
+                   "status", "reason", "duplicate_of", "leaked", "near_duplicate_of", "near_distance", "index"]
         table[columns].to_csv(staging / "manifest.csv", index=False)
         table.loc[table["status"] == "rejected", ["path", "reason"]].to_csv(staging / "rejected.csv", index=False)
+        pairs.to_csv(staging / "near_duplicates.csv", index=False)
         write_json(staging / "preprocessing.json", {"image_size": params.image_size, "color_mode": params.color_mode})
     write_json(Path(drift_path), drift_reference)
     summary = _summary(table)
@@ -111,6 +113,28 @@ def _mark_duplicates(table: pd.DataFrame, policy: str) -> None:
             reason = (f"identical to test image {test['path'].iloc[0]}" if len(test)
                       else f"duplicate of {train['path'].iloc[0]}")
             table.loc[drop, ["status", "reason"]] = ["dropped", reason]
+
+
+def _mark_near_duplicates(table: pd.DataFrame, arrays: list, params: PrepareParams) -> pd.DataFrame:
+    """For each test image, its nearest official-train image by pHash distance (`near_distance`), named in
+    `near_duplicate_of` when within `max_distance`. Returns every test/train pair within it (the groups)."""
+    table["near_duplicate_of"] = ""
+    table["near_distance"] = pd.array([pd.NA] * len(table), dtype="Int64")
+    test = table.index[table["split"] == "test"]
+    train = table.index[table["split"].isin(["train", "val"])]
+    hashes = near_duplicates.perceptual_hashes([arrays[i] for i in test.union(train)], params.near_duplicates.hash_size)
+    position = {row: k for k, row in enumerate(test.union(train))}
+    distance = near_duplicates.distances(hashes[[position[i] for i in test]], hashes[[position[i] for i in train]])
+    pairs = []
+    if len(test) and len(train):
+        nearest = distance.argmin(axis=1)
+        table.loc[test, "near_distance"] = distance[np.arange(len(test)), nearest]
+        close = distance[np.arange(len(test)), nearest] <= params.near_duplicates.max_distance
+        table.loc[test[close], "near_duplicate_of"] = table.loc[train[nearest[close]], "path"].to_numpy()
+        for t, r in zip(*np.nonzero(distance <= params.near_duplicates.max_distance)):
+            pairs.append({"test_path": table.at[test[t], "path"], "train_path": table.at[train[r], "path"],
+                          "train_split": table.at[train[r], "split"], "distance": int(distance[t, r])})
+    return pd.DataFrame(pairs, columns=["test_path", "train_path", "train_split", "distance"])
 
 
 def _assign_splits(table: pd.DataFrame, params: PrepareParams) -> None:
@@ -147,5 +171,9 @@ def _summary(table: pd.DataFrame) -> dict:
         "leaked": {
             "test_images": int(table["leaked"].sum()),
             "train_copies": int(((official == "train") & table["duplicate_of"].str.startswith("test/")).sum()),
+        },
+        "near_duplicates": {
+            "test_images": int((table["near_duplicate_of"] != "").sum()),
+            "test_images_leak_free": int(((table["split"] == "test") & ~table["leaked"] & (table["near_duplicate_of"] == "")).sum()),
         },
     }

@@ -86,7 +86,7 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def _to_input(images: torch.Tensor) -> torch.Tensor:
+def to_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) to float in [0, 1], channels-last: on the CPU this net's BatchNorm and pooling run ~1.4x faster so."""
     return images.float().div_(255).contiguous(memory_format=torch.channels_last)
 
@@ -101,7 +101,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int, devi
     """Logits for uint8 images, in order; eval mode."""
     model.eval()
     with _mixed_precision(device):
-        out = [model(_to_input(images[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(images), batch_size)]
+        out = [model(to_input(images[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(out)
 
 
@@ -128,7 +128,7 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: in
     prior here while batch-statistics accuracy was 99 %). Fresh statistics make each epoch's
     validation loss mean what it says, and so early stopping and best-epoch choice too.
     """
-    batches = (_to_input(images[i : i + batch_size]) for i in range(0, len(images), batch_size))
+    batches = (to_input(images[i : i + batch_size]) for i in range(0, len(images), batch_size))
     with torch.no_grad():
         update_bn(batches, model, device)
 
@@ -144,7 +144,7 @@ def train_model(params: TrainParams, prepared_dir: Path, checkpoint_path: Path, 
     seed_everything(params.seed, params.threads)
     device = select_device(params.device)
     train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
-    pixels = _to_input(train.images).transpose(0, 1).flatten(1)  # (C, N*H*W)
+    pixels = to_input(train.images).transpose(0, 1).flatten(1)  # (C, N*H*W)
     mean, std = pixels.mean(dim=1).tolist(), pixels.std(dim=1).tolist()
     config = ModelConfig.from_params(params, in_channels=train.images.shape[1], mean=mean, std=std)
     model = InspectionNet(config, imagenet_weights=params.weights == "imagenet").to(device)

@@ -1,0 +1,79 @@
+"""Where the network looked: Grad-CAM heatmaps (captum) and how much of that evidence lies on the part itself.
+
+A decision whose evidence lies on the table around the impeller is right for the wrong reason (or
+wrong for it): it is flagged, whatever its probability.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from scipy import ndimage
+from torch import nn
+
+from .models import InspectionNet
+from .training import to_input
+
+
+def part_mask(image: np.ndarray) -> np.ndarray:
+    """The impeller as a disc found in the image (2-D uint8): centred on its dark hub, out to its outermost edges.
+
+    The rim's grey is the table's grey, so brightness alone finds only the hub; the part's outline and
+    surface have edges the plain table lacks, and the part is round.
+    """
+    x = ndimage.gaussian_filter(image.astype(np.float64), 1.0)
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+    background = np.median(border)
+    spread = 1.4826 * np.median(np.abs(border - background)) + 1.0
+    gradient = np.hypot(ndimage.sobel(x, 0), ndimage.sobel(x, 1))
+    border_gradient = np.concatenate([gradient[2], gradient[-3], gradient[:, 2], gradient[:, -3]])
+    edges = gradient > 1.5 * np.percentile(border_gradient, 99)
+    hub = ndimage.binary_opening(x < background - max(4 * spread, 12.0), iterations=2)
+    seed = hub if hub.any() else edges
+    if not seed.any():  # a blank frame: no part to find
+        return np.zeros(image.shape, dtype=bool)
+    cy, cx = ndimage.center_of_mass(seed)
+    yy, xx = np.indices(image.shape)
+    distance = np.hypot(yy - cy, xx - cx)
+    # the smoothing and the Sobel footprint widen the outline by about 2 px outwards
+    radius = np.percentile(distance[edges], 95) - 2 if edges.any() else distance[seed].max()
+    return distance <= radius
+
+
+def last_conv_layer(model: InspectionNet) -> nn.Module:
+    """Grad-CAM's usual layer: the last convolutional block's output, the deepest one that still has a map."""
+    backbone = model.backbone
+    if hasattr(backbone, "features"):  # SmallVGG: [..., conv, bn, relu, maxpool]
+        return backbone.features[-2]
+    return backbone.layer4
+
+
+def gradcam(model: InspectionNet, images: torch.Tensor, predicted: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Heatmaps in [0, 1] at input resolution (N, H, W) for uint8 images (N, C, H, W), for the decision taken:
+    evidence for "defective" where the part was rejected, for "ok" where it was accepted."""
+    model = copy.deepcopy(model).float().eval()
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False  # captum's hooks cannot follow an in-place ReLU
+    signs = torch.from_numpy(np.where(predicted.astype(bool), 1.0, -1.0)).float()
+    maps = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start : start + batch_size]).requires_grad_(True)
+        sign = signs[start : start + batch_size]
+        explainer = LayerGradCam(lambda inputs, sign=sign: model(inputs) * sign, last_conv_layer(model))
+        attribution = explainer.attribute(x, relu_attributions=True)
+        up = LayerAttribution.interpolate(attribution, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+        maps.append(up.detach()[:, 0].clamp(min=0))
+    heat = torch.cat(maps).numpy()
+    peak = heat.reshape(len(heat), -1).max(axis=1).reshape(-1, 1, 1)
+    return np.divide(heat, peak, out=np.zeros_like(heat), where=peak > 0)
+
+
+def evidence_on_part(heatmaps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Share of each heatmap's mass inside its part mask; NaN where the heatmap is empty."""
+    total = heatmaps.reshape(len(heatmaps), -1).sum(axis=1)
+    inside = (heatmaps * masks).reshape(len(heatmaps), -1).sum(axis=1)
+    return np.divide(inside, total, out=np.full(len(total), np.nan), where=total > 0)
