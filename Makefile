@@ -6,12 +6,13 @@ export DVC_NO_ANALYTICS := 1
 
 BENCH_ARCHIVE ?= ../shared/datasets/casting_data.zip
 
-.PHONY: repro report test bench install clean-venv
+.PHONY: repro report test browser bench install clean-venv
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --no-deps -e .  # the casting-inspect command
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,7 +26,12 @@ report: install
 	dvc repro report
 	@echo "open reports/index.html"
 
-test: install
+# The report's test opens it in Debian's headless Chromium; installed here when missing and we may.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium is missing and could not be installed (apt-get install chromium): the report's browser test will fail"
+
+test: install browser
 	python -m pytest -q tests
 
 # Benchmarks (run by hand, print figures; see bench/RESULTS.md). Needs `make repro` first.

@@ -16,9 +16,10 @@ def main() -> None:
     parser.add_argument("--drift-reference", type=Path, required=True, help="stored in the ONNX metadata for drift warnings")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--onnx", type=Path, required=True)
+    parser.add_argument("--int8", type=Path, required=True, help="the int8 edge model (export.int8)")
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
-    results = export_onnx(load_section("export"), args.checkpoint, args.operating_point, args.drift_reference, args.data, args.onnx, args.metrics)
+    results = export_onnx(load_section("export"), args.checkpoint, args.operating_point, args.drift_reference, args.data, args.onnx, args.int8, args.metrics)
     print("export: " + json.dumps(results))
 
 

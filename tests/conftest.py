@@ -132,3 +132,39 @@ def project_copy(tmp_path) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "init"], repo)
     return repo
+
+
+def fast_section(section: str, folder: Path):
+    """A params section from the real params.yaml with FAST_PARAMS laid over it, as its typed dataclass."""
+    from casting_inspection.params import load_section
+
+    path = folder / "params.yaml"
+    write_params(path, FAST_PARAMS)
+    return load_section(section, path)
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory) -> dict:
+    """A small model trained on generated parts and exported as the pipeline does, with a review band.
+    Returns its paths and the raw photos it can be tried on."""
+    import json
+
+    from casting_inspection.export import export_onnx
+    from casting_inspection.prepare import prepare_dataset
+    from casting_inspection.training import train_model
+
+    root = tmp_path_factory.mktemp("model")
+    raw = root / "raw"
+    for name, data in kaggle_files(n_train=16, n_test=6).items():
+        if name.startswith("casting_data/"):
+            path = raw / name.removeprefix("casting_data/casting_data/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    prepared = root / "prepared"
+    prepare_dataset(fast_section("prepare", root), raw, prepared, root / "data.json", root / "drift.json", workers=1)
+    train_model(fast_section("train", root), prepared, root / "model.pt", root / "train.json", root / "live")
+    (root / "operating_point.json").write_text(json.dumps({"threshold": 0.5, "temperature": 1.0, "review_band": [0.4, 0.6]}))
+    export_onnx(fast_section("export", root), root / "model.pt", root / "operating_point.json", root / "drift.json", prepared,
+                root / "model.onnx", root / "model.int8.onnx", root / "export.json")
+    return {"onnx": root / "model.onnx", "int8": root / "model.int8.onnx", "raw": raw, "export": root / "export.json",
+            "prepared": prepared}

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from browser import rendered_images
 from conftest import project_env, run
 
 STAGES = ["download", "prepare", "train", "evaluate", "export", "report"]
@@ -44,6 +45,8 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert PICTURES == {p.name for p in (repo / "plots/evaluate/images").iterdir()}
     report = (repo / "reports/index.html").read_text()
     assert report.count("<img") == len(PICTURES) + 2 and report.count("data:image/png;base64,") == len(PICTURES) + 2
+    drawn = rendered_images(repo / "reports/index.html")  # in a real browser: every picture decodes and has a size
+    assert len(drawn) == len(PICTURES) + 2 and all(image["decoded"] and image["width"] > 100 for image in drawn), drawn
     assert test["operating_point"] == "min_cost" and 0 < test["threshold"] < 1
     assert {"line_defect_rate", "test_defect_rate"} == set(test["expected_cost_per_1000"])
     assert test["at_threshold_0_5"]["n"] == 17

@@ -51,7 +51,8 @@ def test_learns_and_checkpoint_rebuilds_the_network(prepared, tmp_path):
     summary, out = run_training(prepared, tmp_path, "run", epochs=12, lr=1.0e-2)
     assert summary["val_accuracy"] >= 0.9, summary
     model, checkpoint = load_checkpoint(out / "model.pt")
-    assert checkpoint["preprocessing"] == {"image_size": 32, "color_mode": "L"}
+    assert checkpoint["preprocessing"] == {"image_size": 32, "color_mode": "L", "allowed_modes": ["L", "RGB"],
+                                           "min_side": 16, "max_pixels": 25000000}
     assert checkpoint["epoch"] == summary["best_epoch"]
     val = load_split(prepared, "val")
     accuracy = ((predict_logits(model, val.images, 64, torch.device("cpu")) > 0).float() == val.labels).float().mean()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import statistics
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +21,26 @@ from .models import ProbabilityNet, count_parameters
 from .params import ExportParams
 from .training import load_checkpoint
 from .errors import InspectionError
+from .params import Int8Params
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "defect_probability"
 
 
+def _source(checkpoint_path: Path, checkpoint: dict, operating_point: dict) -> dict:
+    """Where the model came from, for `GET /model`: the git commit, the checkpoint's hash (DVC's md5) and its params."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"git_commit": git("rev-parse", "HEAD") or "unknown", "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "checkpoint_md5": hashlib.md5(Path(checkpoint_path).read_bytes()).hexdigest(),
+            "train_params": checkpoint.get("train_params"), "best_epoch": checkpoint.get("epoch"), "operating_point": operating_point}
+
+
 def export_onnx(params: ExportParams, checkpoint_path: Path, operating_point_path: Path, drift_reference_path: Path,
-                prepared_dir: Path, onnx_path: Path, metrics_path: Path) -> dict:
+                prepared_dir: Path, onnx_path: Path, int8_path: Path, metrics_path: Path) -> dict:
     model, checkpoint = load_checkpoint(checkpoint_path, "cpu")
     operating_point = json.loads(Path(operating_point_path).read_text())
     threshold, temperature = operating_point["threshold"], operating_point["temperature"]
@@ -48,7 +65,10 @@ def export_onnx(params: ExportParams, checkpoint_path: Path, operating_point_pat
         "temperature": str(temperature),  # already inside the graph: the output is the calibrated probability
         "image_size": str(checkpoint["preprocessing"]["image_size"]),
         "color_mode": checkpoint["preprocessing"]["color_mode"],
+        # the checks and resize of casting_inspection.images.load_image, so every consumer prepares images as training did
+        "preprocessing": json.dumps(checkpoint["preprocessing"]),
         "input": "float32 (N, C, H, W) in [0, 1], resized as in casting_inspection.images.load_image",
+        "source": json.dumps(_source(checkpoint_path, checkpoint, operating_point)),
         "output": "defect probability per image",
         # the training range of brightness, contrast, sharpness and part position (casting_inspection.drift),
         # so whatever serves the model can warn when the camera drifts
@@ -82,6 +102,9 @@ def export_onnx(params: ExportParams, checkpoint_path: Path, operating_point_pat
         "threshold": threshold,
         "images_checked": len(onnx_probs),
     }
+    train = load_split(prepared_dir, "train")
+    results["int8"] = _int8(params.int8, onnx_path, int8_path, train.images, test.images, test.labels.numpy(),
+                            onnx_probs, threshold, params.batch_size)
     write_json(metrics_path, results)
     if max_abs_diff > params.max_abs_diff:
         raise InspectionError(
@@ -89,3 +112,60 @@ def export_onnx(params: ExportParams, checkpoint_path: Path, operating_point_pat
             f"see {metrics_path}"
         )
     return results
+
+
+def _int8(params: Int8Params, float_path: Path, int8_path: Path, train_images: torch.Tensor, test_images: torch.Tensor,
+          test_labels: np.ndarray, float_probs: np.ndarray, threshold: float, batch_size: int) -> dict:
+    """Static int8 quantization calibrated on training images; its size, speed and decisions against the float model."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    pick = np.random.default_rng(params.seed).choice(len(train_images), min(params.calibration_images, len(train_images)), replace=False)
+    calibration = train_images[np.sort(pick)].numpy().astype(np.float32) / 255
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([calibration[i : i + 32] for i in range(0, len(calibration), 32)])
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    with tempfile.TemporaryDirectory() as scratch, atomic_path(int8_path) as tmp:
+        prepared = Path(scratch) / "pre.onnx"
+        quant_pre_process(str(float_path), str(prepared))
+        quantize_static(str(prepared), str(tmp), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantized = onnx.load(str(tmp))
+        del quantized.metadata_props[:]
+        for prop in onnx.load(str(float_path)).metadata_props:  # the same threshold, spec and source travel with it
+            quantized.metadata_props.add(key=prop.key, value=prop.value)
+        onnx.save(quantized, str(tmp))
+    images = test_images.numpy().astype(np.float32) / 255
+    int8_session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    int8_probs = np.concatenate([int8_session.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0]
+                                 for i in range(0, len(images), batch_size)])
+    float_session = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"])
+    labels = test_labels.astype(bool)
+    return {
+        "bytes": Path(int8_path).stat().st_size,
+        "float_bytes": Path(float_path).stat().st_size,
+        "decision_agreement": round(float(np.mean((int8_probs >= threshold) == (float_probs >= threshold))), 6),
+        "max_abs_diff": round(float(np.abs(int8_probs - float_probs).max()), 6),
+        "accuracy": round(float(np.mean((int8_probs >= threshold) == labels)), 6),
+        "float_accuracy": round(float(np.mean((float_probs >= threshold) == labels)), 6),
+        "missed_defects": int(((int8_probs < threshold) & labels).sum()),
+        # measured here, at batch 64 on this machine's CPU: noisy, see bench/bench_inference.py for medians
+        "images_per_s_batch64": _throughput(int8_session, images[:64]),
+        "float_images_per_s_batch64": _throughput(float_session, images[:64]),
+    }
+
+
+def _throughput(session: ort.InferenceSession, batch: np.ndarray, repeats: int = 30) -> float:
+    for _ in range(3):
+        session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        seconds.append(time.perf_counter() - start)
+    return round(len(batch) / statistics.median(seconds), 1)

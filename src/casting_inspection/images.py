@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 
@@ -15,7 +16,23 @@ class BadImage(Exception):
     """The reason an input file cannot be used, worded for a rejection list."""
 
 
-def load_image(data: bytes, params: PrepareParams) -> tuple[np.ndarray, tuple[int, int]]:
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+    """What an input image must be and how it is resized: from `prepare` params, carried by the checkpoint and
+    the ONNX metadata, so that every consumer of the model checks and resizes exactly as training did."""
+
+    image_size: int
+    color_mode: str
+    allowed_modes: list[str]
+    min_side: int
+    max_pixels: int
+
+    @classmethod
+    def from_params(cls, params: PrepareParams) -> "ImageSpec":
+        return cls(**{field.name: getattr(params, field.name) for field in dataclasses.fields(cls)})
+
+
+def load_image(data: bytes, params: ImageSpec) -> tuple[np.ndarray, tuple[int, int]]:
     """Return the image as a uint8 array of shape (C, size, size) and its original (width, height)."""
     if not data:
         raise BadImage("empty file")

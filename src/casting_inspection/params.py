@@ -182,10 +182,17 @@ class EvaluateParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class Int8Params:
+    calibration_images: int = check(_positive)
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
 class ExportParams:
     opset: int = check(lambda v: None if 17 <= v <= 23 else "must be between 17 and 23")
     max_abs_diff: float = check(_positive)
     batch_size: int = check(_positive)
+    int8: Int8Params
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ training split's range of brightness, contrast, sharpness and part position (see
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,18 +23,18 @@ from . import CLASS_NAMES, SPLITS
 from . import drift, near_duplicates
 from .errors import InspectionError
 from .files import atomic_dir, write_json
-from .images import BadImage, load_image
+from .images import BadImage, ImageSpec, load_image
 from .params import PrepareParams
 
 CACHE_SPLITS = ("train", "val", "test")
 
 
-def _verify(job: tuple[Path, str, PrepareParams]):
-    path, relative, params = job
+def _verify(job: tuple[Path, str, ImageSpec]):
+    path, relative, spec = job
     data = path.read_bytes()
     record = {"path": relative, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     try:
-        array, (width, height) = load_image(data, params)
+        array, (width, height) = load_image(data, spec)
     except BadImage as exc:
         return record | {"width": None, "height": None, "status": "rejected", "reason": str(exc)}, None
     return record | {"width": width, "height": height, "status": "ok", "reason": ""}, array
@@ -54,7 +55,8 @@ def _list_raw(raw_dir: Path) -> list[tuple[Path, str, str, str]]:
 def prepare_dataset(params: PrepareParams, raw_dir: Path, out_dir: Path, metrics_path: Path, drift_path: Path,
                     workers: int) -> dict:
     files = _list_raw(Path(raw_dir))
-    jobs = [(path, relative, params) for path, relative, _, _ in files]
+    spec = ImageSpec.from_params(params)
+    jobs = [(path, relative, spec) for path, relative, _, _ in files]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         # disable=None: a progress bar on a terminal, none in CI logs
         progress = tqdm(pool.map(_verify, jobs, chunksize=64), total=len(jobs), desc="verify", unit="img", disable=None)
@@ -85,7 +87,7 @@ def prepare_dataset(params: PrepareParams, raw_dir: Path, out_dir: Path, metrics
         table[columns].to_csv(staging / "manifest.csv", index=False)
         table.loc[table["status"] == "rejected", ["path", "reason"]].to_csv(staging / "rejected.csv", index=False)
         pairs.to_csv(staging / "near_duplicates.csv", index=False)
-        write_json(staging / "preprocessing.json", {"image_size": params.image_size, "color_mode": params.color_mode})
+        write_json(staging / "preprocessing.json", dataclasses.asdict(spec))
     write_json(Path(drift_path), drift_reference)
     summary = _summary(table)
     write_json(Path(metrics_path), summary)

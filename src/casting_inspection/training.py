@@ -213,6 +213,7 @@ def train_model(params: TrainParams, prepared_dir: Path, checkpoint_path: Path, 
         "class_names": list(CLASS_NAMES),
         "preprocessing": load_preprocessing(prepared_dir),
         "epoch": best["epoch"],
+        "train_params": dataclasses.asdict(params),
     }
     with atomic_path(checkpoint_path) as tmp:
         torch.save(checkpoint, tmp)

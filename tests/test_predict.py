@@ -1,0 +1,92 @@
+"""`casting-inspect predict` on an exported model: rows for good files, reasons for bad ones, the exit status says which."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+
+from casting_inspection.images import load_image
+from casting_inspection.inference import Inspector
+
+CLI = [sys.executable, "-m", "casting_inspection.app"]
+
+
+def predict(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "predict", *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_folder_and_glob_give_one_row_per_image_with_the_models_decision(exported_model):
+    test_dir = exported_model["raw"] / "test"
+    result = predict(test_dir, "--model", exported_model["onnx"])
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(io.StringIO(result.stdout))
+    assert list(rows.columns) == ["path", "decision", "defect_probability", "threshold", "model_version", ]
+    assert len(rows) == len(list(test_dir.rglob("*.jpeg")))
+    assert set(rows["decision"]) <= {"ok", "defective", "review"}
+    inspector = Inspector(exported_model["onnx"])
+    assert (rows["model_version"] == inspector.version).all() and (rows["threshold"] == 0.5).all()
+    band = (rows["defect_probability"] >= 0.4) & (rows["defect_probability"] < 0.6)
+    assert (rows.loc[band, "decision"] == "review").all() and not (rows.loc[~band, "decision"] == "review").any()
+
+    pattern = str(test_dir / "def_front" / "*.jpeg")
+    jsonl = predict(pattern, "--format", "jsonl", "--model", exported_model["onnx"])
+    lines = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    assert len(lines) == len(list((test_dir / "def_front").glob("*.jpeg"))) and jsonl.returncode == 0
+
+
+def test_same_probability_as_the_pipelines_preprocessing(exported_model):
+    """One preprocessing path: the CLI's probability equals the model run on the prepare stage's array."""
+    path = next((exported_model["raw"] / "test" / "def_front").glob("*.jpeg"))
+    row = pd.read_csv(io.StringIO(predict(path, "--model", exported_model["onnx"]).stdout)).iloc[0]
+    spec = Inspector(exported_model["onnx"]).spec
+    prepared = json.loads((exported_model["prepared"] / "preprocessing.json").read_text())
+    assert spec.__dict__ == prepared
+    array, _ = load_image(path.read_bytes(), spec)
+    session = ort.InferenceSession(str(exported_model["onnx"]), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"image": array[None].astype(np.float32) / 255})[0][0]
+    assert row["defect_probability"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_bad_files_are_skipped_with_a_reason_and_the_exit_status_says_so(exported_model, tmp_path):
+    good = next((exported_model["raw"] / "test" / "ok_front").glob("*.jpeg"))
+    (tmp_path / "notes.jpeg").write_text("not a photo")
+    (tmp_path / "empty.png").write_bytes(b"")
+    out = tmp_path / "decisions.csv"
+    result = predict(good, tmp_path / "notes.jpeg", tmp_path / "empty.png", tmp_path / "missing.jpeg",
+                     "--out", out, "--model", exported_model["onnx"])
+    assert result.returncode == 3
+    assert len(pd.read_csv(out)) == 1 and result.stdout == ""
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == 3
+    assert any("notes.jpeg: not an image" in line for line in skipped)
+    assert any("empty.png: empty file" in line for line in skipped)
+    assert any("missing.jpeg: no such file or folder" in line for line in skipped)
+
+
+def test_missing_model_is_one_clear_line(tmp_path):
+    result = predict(tmp_path, "--model", tmp_path / "nowhere.onnx")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"casting-inspect predict: error: {tmp_path / 'nowhere.onnx'}: no such model; run the pipeline (dvc repro) or pass --model"]
+
+
+def test_about_tells_where_the_model_came_from(exported_model):
+    result = subprocess.run([*CLI, "about", "--model", str(exported_model["onnx"])], capture_output=True, text=True, timeout=60)
+    info = json.loads(result.stdout)
+    assert info["threshold"] == 0.5 and info["review_band"] == [0.4, 0.6] and info["input"]["image_size"] == 32
+    assert len(info["source"]["checkpoint_md5"]) == 32 and info["source"]["train_params"]["lr"] > 0
+
+
+def test_int8_model_decides_like_the_float_one(exported_model):
+    export = json.loads(exported_model["export"].read_text())["int8"]
+    assert export["bytes"] < export["float_bytes"] and 0 <= export["decision_agreement"] <= 1
+    assert export["images_per_s_batch64"] > 0 and export["float_images_per_s_batch64"] > 0
+    int8 = Inspector(exported_model["int8"])
+    assert int8.threshold == 0.5 and int8.review_band == (0.4, 0.6)  # the metadata travels with it
