@@ -18,29 +18,35 @@ from .models import InspectionNet
 from .training import to_input
 
 
-def part_mask(image: np.ndarray) -> np.ndarray:
-    """The impeller as a disc found in the image (2-D uint8): centred on its dark hub, out to its outermost edges.
+def part_mask(image: np.ndarray, sectors: int = 16) -> np.ndarray:
+    """The impeller as a disc found in the image (2-D uint8): centred on its dark hub, out to its outer edge.
 
     The rim's grey is the table's grey, so brightness alone finds only the hub; the part's outline and
-    surface have edges the plain table lacks, and the part is round.
+    machined surface have edges the plain table lacks. Per angular sector, the outer edge is the last
+    radius whose ring is busier than the frame's border; the median over sectors ignores a cable or a
+    speck on the table.
     """
     x = ndimage.gaussian_filter(image.astype(np.float64), 1.0)
-    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
-    background = np.median(border)
-    spread = 1.4826 * np.median(np.abs(border - background)) + 1.0
     gradient = np.hypot(ndimage.sobel(x, 0), ndimage.sobel(x, 1))
-    border_gradient = np.concatenate([gradient[2], gradient[-3], gradient[:, 2], gradient[:, -3]])
-    edges = gradient > 1.5 * np.percentile(border_gradient, 99)
-    hub = ndimage.binary_opening(x < background - max(4 * spread, 12.0), iterations=2)
-    seed = hub if hub.any() else edges
-    if not seed.any():  # a blank frame: no part to find
+    dark = ndimage.binary_opening(x <= np.percentile(x, 10), iterations=2)
+    labels, count = ndimage.label(dark)
+    if count == 0 or np.ptp(x) < 10:  # a blank frame: no part to find
         return np.zeros(image.shape, dtype=bool)
-    cy, cx = ndimage.center_of_mass(seed)
+    hub = labels == 1 + int(np.argmax(ndimage.sum(dark, labels, range(1, count + 1))))
+    cy, cx = ndimage.center_of_mass(hub)
     yy, xx = np.indices(image.shape)
     distance = np.hypot(yy - cy, xx - cx)
-    # the smoothing and the Sobel footprint widen the outline by about 2 px outwards
-    radius = np.percentile(distance[edges], 95) - 2 if edges.any() else distance[seed].max()
-    return distance <= radius
+    ring = distance.astype(int)
+    sector = ((np.arctan2(yy - cy, xx - cx) + np.pi) / (2 * np.pi) * sectors).astype(int) % sectors
+    rings = ring.max() + 1
+    with np.errstate(invalid="ignore", divide="ignore"):  # rings a sector never reaches inside the frame
+        busy = ndimage.mean(gradient, sector * rings + ring, np.arange(sectors * rings)).reshape(sectors, rings)
+    border = np.concatenate([gradient[2, 2:-2], gradient[-3, 2:-2], gradient[2:-2, 2], gradient[2:-2, -3]])
+    above = np.nan_to_num(busy, nan=0.0) > 2 * np.median(border) + 1.0
+    edges = [np.flatnonzero(row).max() for row in above if row.any()]
+    # the smoothing and the Sobel footprint carry an edge about 2 px outwards
+    radius = float(np.median(edges)) - 2 if edges else distance[hub].max()
+    return distance <= max(radius, distance[hub].max())
 
 
 def last_conv_layer(model: InspectionNet) -> nn.Module:

@@ -132,7 +132,7 @@ def _int8(params: Int8Params, float_path: Path, int8_path: Path, train_images: t
 
     with tempfile.TemporaryDirectory() as scratch, atomic_path(int8_path) as tmp:
         prepared = Path(scratch) / "pre.onnx"
-        quant_pre_process(str(float_path), str(prepared))
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)  # it cannot follow the pooled Concat
         quantize_static(str(prepared), str(tmp), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         quantized = onnx.load(str(tmp))

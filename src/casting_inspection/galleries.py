@@ -42,7 +42,7 @@ def draw_tiles(tiles: list[Tile], title: str, out: Path, columns: int = 6) -> No
     """One figure of captioned tiles, green frame when the decision is right, red when wrong."""
     rows = max(1, -(-len(tiles) // columns))
     columns = max(1, min(columns, len(tiles)))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.1 * columns, 2.5 * rows + 0.5), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(max(2.1 * columns, 6.0), 2.5 * rows + 0.5), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, tile in zip(axes.flat, tiles):
@@ -62,7 +62,7 @@ def draw_tiles(tiles: list[Tile], title: str, out: Path, columns: int = 6) -> No
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     with atomic_path(Path(out)) as tmp:
-        figure.savefig(tmp, format="png", dpi=80)
+        figure.savefig(tmp, format="png", dpi=72)
     plt.close(figure)
 
 

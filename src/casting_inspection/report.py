@@ -127,7 +127,7 @@ def write_report(metrics_dir: Path, plots_dir: Path, out_path: Path) -> Path:
     zero_bound = test["escape_rate_upper95"] if test["missed_defects"] == 0 else None
     plain = (f"Zero misses in {defects} defects still allows a true escape rate of up to {_pct(zero_bound)} (exact 95 % bound)."
              if zero_bound is not None else
-             f"{test['missed_defects']} misses in {defects} defects: the true escape rate may be as high as "
+             f"{test['missed_defects']} {'miss' if test['missed_defects'] == 1 else 'misses'} in {defects} defects: the true escape rate may be as high as "
              f"{_pct(test['escape_rate_upper95'])} (exact 95 % bound).")
     leak_free, at_half = test["leak_free"], test["at_threshold_0_5"]
     decisions = _table(["test set", "parts", "accuracy", "missed defects", "false rejects", "recall (95 % interval)"], [
