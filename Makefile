@@ -6,7 +6,7 @@ export DVC_NO_ANALYTICS := 1
 
 BENCH_ARCHIVE ?= ../shared/datasets/casting_data.zip
 
-.PHONY: repro report test browser bench install clean-venv
+.PHONY: repro report pr-report preset test browser bench install clean-venv
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ report: install
 	dvc repro report
 	@echo "open reports/index.html"
 
+# What this branch changes against BASE (params, metrics, plots), as Markdown: the pull-request comment.
+BASE ?= main
+pr-report: install
+	@python -m casting_inspection.pr_report --base $(BASE) $(if $(PLOTS_OUT),--plots-out $(PLOTS_OUT))
+
+# A published recipe as a DVC experiment (presets/NAME.yaml); QUEUE=1 queues it for `dvc queue start`.
+preset: install
+	python -m casting_inspection.presets $(NAME) $(if $(QUEUE),--queue)
+
 # The report's test opens it in Debian's headless Chromium; installed here when missing and we may.
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
@@ -40,6 +49,7 @@ bench: install
 	python bench/bench_inference.py
 	python bench/bench_reference.py
 	PYTHONPATH=src python bench/bench_robustness.py
+	python bench/bench_service.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,4 @@
-"""Inference speed of the trained model: PyTorch eager and ONNX Runtime, batch 1 and 64, on real test images.
+"""Inference speed of the trained model: PyTorch eager and ONNX Runtime (float and int8), batch 1 and 64, on real test images.
 
 Run after `make repro` (it reads models/ and data/). Prints throughput, p50/p95 latency and peak
 memory; the single-image figure includes JPEG decoding and resizing (`images.load_image`).
@@ -64,6 +64,7 @@ def main() -> None:
     if args.threads:
         options.intra_op_num_threads = args.threads
     session = ort.InferenceSession("models/model.onnx", options, providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession("models/model.int8.onnx", options, providers=["CPUExecutionProvider"])
     prepare = load_section("prepare")
     jpegs = [Path("data/raw", p).read_bytes() for p in test.paths[:64]]
 
@@ -76,6 +77,7 @@ def main() -> None:
             rows.append(summarize("pytorch eager", batch, timings(lambda: shipped(x), args.repeats)))
         feed = {"image": x.numpy()}
         rows.append(summarize("onnxruntime", batch, timings(lambda: session.run(None, feed), args.repeats)))
+        rows.append(summarize("onnxruntime int8", batch, timings(lambda: int8.run(None, feed), args.repeats)))
 
     counter = iter(range(10**9))
 

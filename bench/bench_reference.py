@@ -110,7 +110,7 @@ def main() -> None:
     print(f"decoding {len(train224) + len(val224)} JPEGs at 224x224x3: {time.perf_counter() - started:.1f} s")
 
     params = load_section("train")
-    ours = InspectionNet(ModelConfig.from_params(params, train.images.shape[1], [0.5], [0.25]))
+    ours = InspectionNet(ModelConfig.from_params(params, train.images.shape[1], train.images.shape[-1], [0.5], [0.25]))
     ours = ours.to(memory_format=torch.channels_last)  # as the train stage runs it
     recipes = {
         "vgg224": (vgg224(), train224, val224, 16, 1e-4, 0.0, "bce", None),

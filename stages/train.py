@@ -17,7 +17,8 @@ def main() -> None:
     parser.add_argument("--live", type=Path, required=True, help="dvclive folder for per-epoch curves")
     args = parser.parse_args()
     summary = train_model(load_section("train"), args.data, args.checkpoint, args.metrics, args.live)
-    print("train: " + json.dumps(summary))
+    if summary is not None:  # rank 0 (or a single process) reports; torchrun's other ranks stay quiet
+        print("train: " + json.dumps(summary))
 
 
 if __name__ == "__main__":

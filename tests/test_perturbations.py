@@ -85,7 +85,7 @@ def test_training_placement_fills_corners_with_each_images_own_background():
     dark, light = torch.full((1, 1, 32, 32), 0.2), torch.full((1, 1, 32, 32), 0.8)
     for image in (dark, light):
         image[..., 8:24, 8:24] = 0.5
-    augment = build_augmentation(AugmentParams(flip=False, rotate90=False, degrees=45, translate=0.2, brightness=0.0,
+    augment = build_augmentation(AugmentParams(flip=False, rotate90=False, degrees=45, translate=0.2, scale=0.0, brightness=0.0,
                                                contrast=0.0, blur=0.0, group=2))
     torch.manual_seed(0)
     moved = augment(torch.cat([dark, light]))

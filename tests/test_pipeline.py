@@ -84,6 +84,18 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     second = run(["dvc", "repro"], repo, env)
     assert ran_stages(second.stdout) == []
 
+    # shared storage: push to a DVC remote (a local folder here), and a second clone pulls the same model
+    remote = repo.parent / "remote"
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
+    run(["git", "commit", "-qam", "DVC remote"], repo)
+    run(["dvc", "push"], repo, env)
+    clone = repo.parent / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], repo.parent)
+    run(["dvc", "pull"], clone, project_env())  # no archive, no Kaggle: everything comes from the remote
+    assert (clone / "models/model.pt").read_bytes() == (repo / "models/model.pt").read_bytes()
+    assert (clone / "models/model.onnx").read_bytes() == (repo / "models/model.onnx").read_bytes()
+    assert ran_stages(run(["dvc", "repro"], clone, project_env()).stdout) == []  # nothing to re-run
+
     robustness_only = run(["dvc", "exp", "run", "-S", "evaluate.robustness.jpeg=[20]"], repo, env)
     assert ran_stages(robustness_only.stdout) == ["evaluate", "report"]  # no retraining to look at another strength
     assert list(json.loads((repo / "metrics/robustness.json").read_text())["jpeg"]) == ["20"]

@@ -37,8 +37,9 @@ def train_params(**changes):
     base = load_section("train", PROJECT / "params.yaml")
     fast = merge(dataclasses.asdict(base), json.loads(json.dumps(FAST_PARAMS["train"])))
     fast = merge(fast, changes)
-    return dataclasses.replace(base, **{k: v for k, v in fast.items() if k not in ("cnn", "augment")},
-                               cnn=type(base.cnn)(**fast["cnn"]), augment=type(base.augment)(**fast["augment"]))
+    return dataclasses.replace(base, **{k: v for k, v in fast.items() if k not in ("cnn", "mlp", "augment")},
+                               cnn=type(base.cnn)(**fast["cnn"]), mlp=type(base.mlp)(**fast["mlp"]),
+                               augment=type(base.augment)(**fast["augment"]))
 
 
 def run_training(prepared, tmp_path, name, **changes):
@@ -79,7 +80,7 @@ def test_early_stopping_respects_patience(prepared, tmp_path):
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_resnet18_from_scratch_takes_gray_or_rgb(channels):
-    config = ModelConfig("resnet18", channels, "dataset", [0.5] * channels, [0.2] * channels, {})
+    config = ModelConfig("resnet18", channels, 32, "dataset", [0.5] * channels, [0.2] * channels, {}, [])
     net = InspectionNet(config).eval()
     assert net(torch.rand(2, channels, 64, 64)).shape == (2,)
     assert 11_000_000 < count_parameters(net) < 11_300_000
@@ -92,7 +93,7 @@ def test_imagenet_weights_offline_fail_clearly(tmp_path):
     code = (
         "from casting_inspection.models import InspectionNet, ModelConfig\n"
         "from casting_inspection.cli import run_stage\n"
-        "config = ModelConfig('resnet18', 1, 'dataset', [0.5], [0.2], {})\n"
+        "config = ModelConfig('resnet18', 1, 32, 'dataset', [0.5], [0.2], {}, [])\n"
         "run_stage('train', lambda: InspectionNet(config, imagenet_weights=True))\n"
     )
     proxy = f"http://127.0.0.1:{port}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Callable
@@ -13,7 +14,8 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     started = time.perf_counter()
     try:
         main()
-        print(f"{name}: done in {time.perf_counter() - started:.1f} s")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, once per job
+            print(f"{name}: done in {time.perf_counter() - started:.1f} s")
     except InspectionError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -49,17 +49,25 @@ def part_mask(image: np.ndarray, sectors: int = 16) -> np.ndarray:
     return distance <= max(radius, distance[hub].max())
 
 
-def last_conv_layer(model: InspectionNet) -> nn.Module:
-    """Grad-CAM's usual layer: the last convolutional block's output, the deepest one that still has a map."""
+def last_conv_layer(model: InspectionNet) -> nn.Module | None:
+    """Grad-CAM's usual layer: the last convolutional block's output, the deepest one that still has a map.
+    None for the fully connected baselines, which have no map to explain with."""
     backbone = model.backbone
-    if hasattr(backbone, "features"):  # SmallVGG: [..., conv, bn, relu, maxpool]
-        return backbone.features[-2]
-    return backbone.layer4
+    if hasattr(backbone, "layer4"):  # torchvision ResNet
+        return backbone.layer4
+    if hasattr(backbone, "features"):  # SmallVGG: [..., conv, bn, act, maxpool]; SeedVGG: [..., conv, relu, pool, pool]
+        convs = [m for m in backbone.features if isinstance(m, nn.Conv2d)]
+        position = list(backbone.features).index(convs[-1])
+        return backbone.features[position + (2 if isinstance(backbone.features[position + 1], nn.BatchNorm2d) else 1)]
+    return None
 
 
 def gradcam(model: InspectionNet, images: torch.Tensor, predicted: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Heatmaps in [0, 1] at input resolution (N, H, W) for uint8 images (N, C, H, W), for the decision taken:
-    evidence for "defective" where the part was rejected, for "ok" where it was accepted."""
+    evidence for "defective" where the part was rejected, for "ok" where it was accepted. All zero for a
+    network without convolutions (nothing to map)."""
+    if last_conv_layer(model) is None:
+        return np.zeros((len(images), *images.shape[-2:]))
     model = copy.deepcopy(model).float().eval()
     for module in model.modules():
         if isinstance(module, nn.ReLU):

@@ -22,22 +22,32 @@ class ModelConfig:
 
     model: str
     in_channels: int
+    image_size: int
     input_norm: str
     mean: list[float]
     std: list[float]
     cnn: dict
+    mlp_hidden: list[int]
 
     @classmethod
-    def from_params(cls, params: TrainParams, in_channels: int, mean: list[float], std: list[float]) -> "ModelConfig":
-        return cls(params.model, in_channels, params.input_norm, mean, std, dataclasses.asdict(params.cnn))
+    def from_params(cls, params: TrainParams, in_channels: int, image_size: int, mean: list[float], std: list[float]) -> "ModelConfig":
+        return cls(params.model, in_channels, image_size, params.input_norm, mean, std, dataclasses.asdict(params.cnn),
+                   list(params.mlp.hidden))
+
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 class Standardize(nn.Module):
-    """Dataset mean/std, or each image's own mean/std (which ignores a global brightness change)."""
+    """Dataset mean/std, ImageNet's (what pretrained torchvision weights expect), or each image's own mean/std
+    (which ignores a global brightness change)."""
 
     def __init__(self, mode: str, mean: list[float], std: list[float]):
         super().__init__()
         self.per_image = mode == "per_image"
+        if mode == "imagenet":
+            mean = IMAGENET_MEAN if len(mean) == 3 else [sum(IMAGENET_MEAN) / 3]
+            std = IMAGENET_STD if len(std) == 3 else [sum(IMAGENET_STD) / 3]
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
@@ -49,8 +59,9 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+def _conv_bn_act(c_in: int, c_out: int, activation: str, stride: int = 1) -> list[nn.Module]:
+    act = nn.ReLU(inplace=True) if activation == "relu" else nn.GELU()
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), act]
 
 
 class SmallVGG(nn.Module):
@@ -58,11 +69,11 @@ class SmallVGG(nn.Module):
 
     def __init__(self, in_channels: int, cnn: CnnParams):
         super().__init__()
-        layers = _conv_bn_relu(in_channels, cnn.widths[0], stride=cnn.stem_stride)
+        layers = _conv_bn_act(in_channels, cnn.widths[0], cnn.activation, stride=cnn.stem_stride)
         c_in = cnn.widths[0]
         for width in cnn.widths:
             for _ in range(cnn.convs_per_block):
-                layers += _conv_bn_relu(c_in, width)
+                layers += _conv_bn_act(c_in, width, cnn.activation)
                 c_in = width
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
@@ -77,6 +88,41 @@ class SmallVGG(nn.Module):
         if self.pooling in ("max", "avgmax"):  # a pinhole fires in one place: an average over the part dilutes it
             pooled.append(features.amax(dim=(2, 3)))
         return self.head(torch.cat(pooled, dim=1))
+
+
+class SeedVGG(nn.Module):
+    """The published VGG-style recipe on this data: three conv + ReLU + max-pool blocks (32, 64, 128), a
+    dense layer of 128 with dropout 0.5 (3.3 M parameters at 224 px)."""
+
+    def __init__(self, in_channels: int, image_size: int):
+        super().__init__()
+        layers, c_in = [], in_channels
+        for width in (32, 64, 128):
+            layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c_in = width
+        side = image_size // 16
+        self.features = nn.Sequential(*layers, nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(128 * side * side, 128), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                                  nn.Linear(128, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class MLP(nn.Module):
+    """Flattened pixels through fully connected layers: the published baselines (no hidden layer = logistic regression)."""
+
+    def __init__(self, in_features: int, hidden: list[int]):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        for width in hidden:
+            layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+            in_features = width
+        layers.append(nn.Linear(in_features, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 def _resnet18(in_channels: int, imagenet: bool) -> nn.Module:
@@ -104,10 +150,17 @@ class InspectionNet(nn.Module):
     def __init__(self, config: ModelConfig, imagenet_weights: bool = False):
         super().__init__()
         self.standardize = Standardize(config.input_norm, config.mean, config.std)
+        pixels = config.in_channels * config.image_size ** 2
         if config.model == "cnn":
             self.backbone = SmallVGG(config.in_channels, CnnParams(**config.cnn))
         elif config.model == "resnet18":
             self.backbone = _resnet18(config.in_channels, imagenet_weights)
+        elif config.model == "vgg_seed":
+            self.backbone = SeedVGG(config.in_channels, config.image_size)
+        elif config.model == "mlp":
+            self.backbone = MLP(pixels, config.mlp_hidden)
+        elif config.model == "logreg":
+            self.backbone = MLP(pixels, [])
         else:
             raise InspectionError(f"unknown model '{config.model}' in checkpoint; retrain with this version")
 

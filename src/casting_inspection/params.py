@@ -86,6 +86,12 @@ class CnnParams:
     stem_stride: int = check(lambda v: None if v in (1, 2) else "must be 1 or 2")
     dropout: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
     pooling: Literal["avg", "max", "avgmax"]
+    activation: Literal["relu", "gelu"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MlpParams:
+    hidden: list[int] = check(_positive_list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +100,7 @@ class AugmentParams:
     rotate90: bool
     degrees: float = check(_non_negative)
     translate: float = check(lambda v: None if 0 <= v < 0.5 else "must be in [0, 0.5)")
+    scale: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
     brightness: float = check(_non_negative)
     contrast: float = check(_non_negative)
     blur: float = check(_non_negative)
@@ -102,22 +109,24 @@ class AugmentParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    model: Literal["cnn", "resnet18"]
+    model: Literal["cnn", "resnet18", "vgg_seed", "mlp", "logreg"]
     weights: Literal["none", "imagenet"]
     cnn: CnnParams
-    input_norm: Literal["dataset", "per_image"]
+    mlp: MlpParams
+    input_norm: Literal["dataset", "per_image", "imagenet"]
     optimizer: Literal["adamw", "adam", "sgd"]
     lr: float = check(_positive)
     weight_decay: float = check(_non_negative)
     batch_size: int = check(_positive)
     epochs: int = check(_positive)
-    schedule: Literal["onecycle", "cosine", "constant"]
+    schedule: Literal["onecycle", "cosine", "constant", "plateau"]
     patience: int = check(_positive)
     bn_recalibration: int = check(_non_negative)
     augment: AugmentParams
     seed: int
     threads: int = check(_non_negative)
     device: Literal["auto", "cpu", "cuda"]
+    distributed: bool
 
     def __post_init__(self):
         if self.weights == "imagenet" and self.model != "resnet18":

@@ -5,14 +5,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from dvclive import Live
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import update_bn
 from torchvision.transforms import v2
 from tqdm import tqdm
@@ -49,8 +52,9 @@ def build_augmentation(params: AugmentParams) -> v2.Compose:
         steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
     if params.rotate90:
         steps.append(RandomRot90())
-    if params.degrees or params.translate:
+    if params.degrees or params.translate or params.scale:
         steps.append(RandomPlacement(degrees=params.degrees, translate=(params.translate, params.translate),
+                                     scale=(1 - params.scale, 1 + params.scale) if params.scale else None,
                                      interpolation=v2.InterpolationMode.BILINEAR))
     if params.brightness or params.contrast:
         steps.append(v2.ColorJitter(brightness=params.brightness, contrast=params.contrast))
@@ -74,6 +78,38 @@ def select_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """This process's place in a training job: rank 0 of 1 without torchrun."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:  # logs, dvclive and the checkpoint: once per job, from rank 0
+        return self.rank == 0
+
+
+def start_job(params: TrainParams) -> tuple[Job, torch.device]:
+    """One process, or one of `torchrun`'s: gloo on the CPU, nccl on GPUs (one per process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not params.distributed:
+        if world > 1:
+            raise InspectionError(f"started by torchrun with WORLD_SIZE={world} but train.distributed is false; set it to true")
+        return Job(), select_device(params.device)
+    if world < 2 or "RANK" not in os.environ:
+        raise InspectionError("train.distributed is true: launch with `torchrun --nproc_per_node N stages/train.py ...` "
+                              "(N >= 2), or set it to false")
+    if params.batch_size % world:
+        raise InspectionError(f"train.batch_size={params.batch_size} must divide evenly among the {world} processes")
+    device = select_device(params.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Job(dist.get_rank(), dist.get_world_size()), device
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -117,6 +153,8 @@ def _scheduler(params: TrainParams, optimizer, total_steps: int):
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=params.lr, total_steps=total_steps)
     if params.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if params.schedule == "plateau":  # stepped once per epoch on the validation loss
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
@@ -140,72 +178,110 @@ def _evaluate(model, split: Split, batch_size: int, device) -> tuple[float, floa
     return loss, accuracy
 
 
-def train_model(params: TrainParams, prepared_dir: Path, checkpoint_path: Path, metrics_path: Path, live_dir: Path) -> dict:
+def train_model(params: TrainParams, prepared_dir: Path, checkpoint_path: Path, metrics_path: Path,
+                live_dir: Path) -> dict | None:
+    """Returns the summary on rank 0 (or without torchrun), None on the other ranks."""
+    job, device = start_job(params)
+    try:
+        return _train(params, job, device, prepared_dir, checkpoint_path, metrics_path, live_dir)
+    finally:
+        if job.world > 1:
+            dist.destroy_process_group()
+
+
+def _train(params: TrainParams, job: Job, device: torch.device, prepared_dir: Path, checkpoint_path: Path,
+           metrics_path: Path, live_dir: Path) -> dict | None:
     seed_everything(params.seed, params.threads)
-    device = select_device(params.device)
     train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
     pixels = to_input(train.images).transpose(0, 1).flatten(1)  # (C, N*H*W)
     mean, std = pixels.mean(dim=1).tolist(), pixels.std(dim=1).tolist()
-    config = ModelConfig.from_params(params, in_channels=train.images.shape[1], mean=mean, std=std)
+    config = ModelConfig.from_params(params, in_channels=train.images.shape[1], image_size=train.images.shape[-1],
+                                     mean=mean, std=std)
     model = InspectionNet(config, imagenet_weights=params.weights == "imagenet").to(device)
     model = model.to(memory_format=torch.channels_last)
     train_images, train_labels = train.images.to(device), train.labels.to(device)
     augment = build_augmentation(params.augment)
     optimizer = _optimizer(params, model)
-    steps_per_epoch = -(-len(train_images) // params.batch_size)
-    scheduler = _scheduler(params, optimizer, params.epochs * steps_per_epoch)
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(params.seed)
     calibration_images = train_images[torch.randperm(len(train_images), generator=generator)[: params.bn_recalibration].to(device)]
     n_params = count_parameters(model)
-    print(f"train: {params.model} with {n_params:,} parameters on {device}, {len(train_images)} train / {len(val.images)} val images")
+    batch_size = params.batch_size // job.world  # per process; the job's batch stays train.batch_size
+    shard_size = -(-len(train_images) // job.world)
+    steps_per_epoch = -(-shard_size // batch_size)
+    scheduler = _scheduler(params, optimizer, params.epochs * steps_per_epoch)
+    network = model
+    if job.world > 1:
+        torch.manual_seed(params.seed + job.rank)  # each process draws its own augmentation
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    say = print if job.main else (lambda *args, **kwargs: None)
+    say(f"train: {params.model} with {n_params:,} parameters on {device}"
+        + (f" x {job.world} processes" if job.world > 1 else "") + f", {len(train_images)} train / {len(val.images)} val images")
 
     best = {"val_loss": float("inf")}
     best_state = None
     started = time.perf_counter()
     epoch_seconds = []
-    with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live:
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) if job.main else None
+    try:
         for epoch in range(1, params.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
-            order = torch.randperm(len(train_images), generator=generator).to(device)
+            order = torch.randperm(len(train_images), generator=generator)  # the same on every process
+            if job.world > 1:  # each process takes every world-th image, wrapping so all take equally many steps
+                order = order.repeat(2)[: shard_size * job.world][job.rank :: job.world]
+            order = order.to(device)
             seen = loss_sum = correct = 0
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{params.epochs}", unit="batch", leave=False,
-                       disable=None)  # a bar on a terminal, none in logs: the epoch line below says it all
+                       disable=None if job.main else True)  # a bar on a terminal, none in logs: the epoch line says it all
             for step in bar:
-                index = order[step * params.batch_size : (step + 1) * params.batch_size]
+                index = order[step * batch_size : (step + 1) * batch_size]
                 x = augment_batch(augment, train_images[index].float().div_(255), params.augment.group)
                 x = x.clamp_(0, 1).contiguous(memory_format=torch.channels_last)
                 y = train_labels[index]
                 with _mixed_precision(device):
-                    logits = model(x).float()
+                    logits = network(x).float()
                 loss = loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                scheduler.step()
+                if params.schedule != "plateau":
+                    scheduler.step()
                 seen += len(y)
                 loss_sum += loss.item() * len(y)
                 correct += ((logits.detach() > 0).float() == y).sum().item()
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-            if params.bn_recalibration:
+            if job.world > 1:  # the job's training loss and accuracy, over every process's images
+                totals = torch.tensor([seen, loss_sum, correct], dtype=torch.float64)
+                dist.all_reduce(totals)
+                seen, loss_sum, correct = totals.tolist()
+            if params.bn_recalibration:  # the same images on every process: identical statistics
                 recalibrate_batchnorm(model, calibration_images, params.batch_size, device)
+            # every process scores the whole validation split with the same weights, so all stop together
             val_loss, val_acc = _evaluate(model, val, params.batch_size, device)
+            if params.schedule == "plateau":
+                scheduler.step(val_loss)
             epoch_seconds.append(time.perf_counter() - epoch_start)
-            for name, value in (("train/loss", loss_sum / seen), ("train/accuracy", correct / seen),
-                                ("val/loss", val_loss), ("val/accuracy", val_acc),
-                                ("lr", optimizer.param_groups[0]["lr"])):
-                live.log_metric(name, value)
-            live.next_step()
+            if live is not None:
+                for name, value in (("train/loss", loss_sum / seen), ("train/accuracy", correct / seen),
+                                    ("val/loss", val_loss), ("val/accuracy", val_acc),
+                                    ("lr", optimizer.param_groups[0]["lr"])):
+                    live.log_metric(name, value)
+                live.next_step()
             improved = val_loss < best["val_loss"]
             if improved:
                 best = {"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_acc}
                 best_state = copy.deepcopy(model.state_dict())
-            print(f"epoch {epoch:>3}/{params.epochs}  train loss {loss_sum / seen:.4f} acc {correct / seen:.4f}  "
-                  f"val loss {val_loss:.4f} acc {val_acc:.4f}  {epoch_seconds[-1]:.1f}s{'  *best' if improved else ''}")
+            say(f"epoch {epoch:>3}/{params.epochs}  train loss {loss_sum / seen:.4f} acc {correct / seen:.4f}  "
+                f"val loss {val_loss:.4f} acc {val_acc:.4f}  {epoch_seconds[-1]:.1f}s{'  *best' if improved else ''}")
             if epoch - best["epoch"] >= params.patience:
-                print(f"early stop: no val-loss improvement for {params.patience} epochs")
+                say(f"early stop: no val-loss improvement for {params.patience} epochs")
                 break
+    finally:
+        if live is not None:
+            live.end()
+    if not job.main:
+        return None
 
     checkpoint = {
         "state_dict": {k: v.cpu() for k, v in best_state.items()},
