@@ -12,6 +12,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,12 +29,15 @@ def free_port() -> int:
 
 
 def run_load(url: str, photos: list[tuple[str, bytes]], requests: int, clients: int, per_request: int) -> dict:
+    local = threading.local()
+
     def one(k: int) -> float:
         files = [("files", photos[(k * per_request + j) % len(photos)]) for j in range(per_request)]
-        with httpx.Client(timeout=60) as client:  # a client per request: new connection, as a camera PC would
-            start = time.perf_counter()
-            response = client.post(url + "/predict", files=files)
-            elapsed = time.perf_counter() - start
+        if not hasattr(local, "client"):  # one kept-alive connection per client, as a camera PC would hold
+            local.client = httpx.Client(timeout=60)
+        start = time.perf_counter()
+        response = local.client.post(url + "/predict", files=files)
+        elapsed = time.perf_counter() - start
         if response.status_code != 200:
             raise RuntimeError(f"request {k}: {response.status_code} {response.text}")
         return elapsed

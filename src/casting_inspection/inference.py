@@ -87,12 +87,12 @@ class Inspector:
                     arrays.append(self.load(data))
                     slots.append(None)
                 except BadImage as exc:
-                    slots.append(Result(name, "", None, self.threshold, self.version, str(exc)))
+                    slots.append(Result(name, "", None, round(self.threshold, 6), self.version, str(exc)))
             probabilities = iter(self.probabilities(np.stack(arrays)) if arrays else [])
             for (name, _), slot in zip(chunk, slots):
                 if slot is None:
                     p = float(next(probabilities))
-                    slot = Result(name, self.decide(p), round(p, 6), self.threshold, self.version)
+                    slot = Result(name, self.decide(p), round(p, 6), round(self.threshold, 6), self.version)
                 results.append(slot)
         return results
 

@@ -4,7 +4,7 @@ A preset is a file in `presets/`: `set:` the params it changes (one experiment),
 values (one queued experiment per combination, through DVC's own queue). This only builds the
 `dvc exp run` command; DVC runs, queues and records everything.
 
-Usage: python -m casting_inspection.presets NAME [--queue] [--dry-run]    (or: make preset NAME=...)
+Usage: python -m casting_inspection.presets NAME [--queue] [-S KEY=VALUE ...] [--dry-run]    (or: make preset NAME=...)
        python -m casting_inspection.presets --list
 """
 
@@ -43,10 +43,12 @@ def load(name: str, folder: Path = PRESETS_DIR) -> dict:
     return preset
 
 
-def command(name: str, preset: dict, queue: bool) -> list[str]:
+def command(name: str, preset: dict, queue: bool, extra: list[str] = ()) -> list[str]:
     cmd = ["dvc", "exp", "run"]
     for key, value in (preset.get("set") or {}).items():
         cmd += ["-S", f"{key}={_value(value)}"]
+    for override in extra:  # after the preset's own, so they win: e.g. fewer epochs on a slow machine
+        cmd += ["-S", override]
     sweep = preset.get("sweep") or {}
     for key, values in sweep.items():  # Hydra's choice sweep: one experiment per combination
         cmd += ["-S", f"{key}=" + ",".join(_value(v) for v in values)]
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", help="preset name (a file presets/NAME.yaml)")
     parser.add_argument("--queue", action="store_true", help="queue the experiment instead of running it (`dvc queue start`)")
+    parser.add_argument("--set", "-S", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more param override, applied after the preset's (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the dvc command only")
     parser.add_argument("--list", action="store_true", help="list the presets")
     args = parser.parse_args(argv)
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             for path in sorted(PRESETS_DIR.glob("*.yaml")):
                 print(f"{path.stem:<12} {YAML(typ='safe').load(path.read_text()).get('description', '')}")
             return
-        cmd = command(args.name, load(args.name), args.queue)
+        cmd = command(args.name, load(args.name), args.queue, args.set)
     except InspectionError as exc:
         sys.exit(f"presets: error: {exc}")
     print(" ".join(f"'{part}'" if any(c in part for c in "[],{}\"") else part for part in cmd), flush=True)

@@ -111,7 +111,8 @@ class Watcher:
 def watch_folder(inspector: Inspector, inbox: Path, out: Path, poll_seconds: float, settle_seconds: float,
                  once: bool = False) -> None:
     watcher = Watcher(inspector, inbox, out, settle_seconds)
-    print(f"watch: {inbox} -> {out} (model {inspector.version}; log {out / LOG_NAME}); Ctrl-C stops", file=sys.stderr)
+    print(f"watch: {inbox} -> {out} (model {inspector.version}; log {out / LOG_NAME})" + ("" if once else "; Ctrl-C stops"),
+          file=sys.stderr)
     if once:  # one look: what has not been modified for `settle` seconds counts as complete
         ready = [p for p in sorted(inbox.iterdir()) if _is_candidate(p) and time.time() - p.stat().st_mtime >= settle_seconds]
         for start in range(0, len(ready), 64):
