@@ -103,3 +103,13 @@ def test_imagenet_weights_offline_fail_clearly(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("train: error: train.weights=imagenet: could not download")
     assert "set train.weights: none" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_no_augmentation_at_all_leaves_images_as_they_are():
+    from casting_inspection.params import AugmentParams
+    from casting_inspection.training import augment_batch, build_augmentation
+
+    off = AugmentParams(flip=False, rotate90=False, degrees=0.0, translate=0.0, scale=0.0, brightness=0.0, contrast=0.0,
+                        blur=0.0, group=4)
+    images = torch.rand(8, 1, 16, 16)
+    assert torch.equal(augment_batch(build_augmentation(off), images, off.group), images)

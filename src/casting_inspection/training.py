@@ -46,7 +46,7 @@ class RandomPlacement(v2.RandomAffine):
         return moved + level
 
 
-def build_augmentation(params: AugmentParams) -> v2.Compose:
+def build_augmentation(params: AugmentParams) -> nn.Module:
     steps: list[nn.Module] = []
     if params.flip:
         steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
@@ -60,7 +60,7 @@ def build_augmentation(params: AugmentParams) -> v2.Compose:
         steps.append(v2.ColorJitter(brightness=params.brightness, contrast=params.contrast))
     if params.blur:
         steps.append(v2.GaussianBlur(kernel_size=2 * math.ceil(2 * params.blur) + 1, sigma=(0.1, params.blur)))  # +/- 2 sigma
-    return v2.Compose(steps)
+    return v2.Compose(steps) if steps else v2.Identity()  # every augmentation off: the published recipes' setting
 
 
 def augment_batch(augment: v2.Compose, images: torch.Tensor, group: int) -> torch.Tensor:
