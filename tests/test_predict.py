@@ -90,3 +90,14 @@ def test_int8_model_decides_like_the_float_one(exported_model):
     assert export["images_per_s_batch64"] > 0 and export["float_images_per_s_batch64"] > 0
     int8 = Inspector(exported_model["int8"])
     assert int8.threshold == 0.5 and int8.review_band == (0.4, 0.6)  # the metadata travels with it
+
+
+def test_a_darker_camera_gets_a_drift_warning(exported_model, tmp_path):
+    from PIL import Image, ImageEnhance
+
+    for k, path in enumerate(sorted((exported_model["raw"] / "test").rglob("*.jpeg"))):
+        ImageEnhance.Brightness(Image.open(path)).enhance(0.4).save(tmp_path / f"dark_{k}.jpeg", quality=90)
+    result = predict(tmp_path, "--drift-min-images", "5", "--model", exported_model["onnx"])
+    assert result.returncode == 0
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "brightness" in warnings[0], result.stderr
