@@ -86,8 +86,8 @@ def test_running_watcher_survives_a_restart_and_decides_each_photo_once(exported
             while time.time() < deadline and (any(inbox.glob("*.jpeg")) or len(logged(out)) < expected_rows):
                 time.sleep(0.2)
         finally:
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=20)
+            process.send_signal(signal.SIGTERM)  # what a service manager sends; SIGINT may be ignored in background jobs
+            assert process.wait(timeout=20) == 130
 
     run_until_sorted(photos[:4], 4)
     run_until_sorted(photos[4:], 8)

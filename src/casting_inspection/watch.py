@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sqlite3
 import sys
 import time
@@ -111,6 +112,11 @@ class Watcher:
 def watch_folder(inspector: Inspector, inbox: Path, out: Path, poll_seconds: float, settle_seconds: float,
                  once: bool = False) -> None:
     watcher = Watcher(inspector, inbox, out, settle_seconds)
+
+    def stop(signum, frame):  # systemd and `kill` send SIGTERM; stop between files, as on Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     print(f"watch: {inbox} -> {out} (model {inspector.version}; log {out / LOG_NAME})" + ("" if once else "; Ctrl-C stops"),
           file=sys.stderr)
     if once:  # one look: what has not been modified for `settle` seconds counts as complete
