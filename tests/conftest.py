@@ -66,6 +66,16 @@ def kaggle_files(n_train: int = 24, n_test: int = 8) -> dict[str, bytes]:
     return files
 
 
+def write_raw(raw: Path, **sizes: int) -> Path:
+    """The generated photos unpacked as the download stage leaves them: raw/{train,test}/{def_front,ok_front}/."""
+    for name, data in kaggle_files(**sizes).items():
+        if name.startswith("casting_data/"):
+            path = raw / name.removeprefix("casting_data/casting_data/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    return raw
+
+
 def write_zip(path: Path, files: dict[str, bytes]) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
         for name, data in files.items():
@@ -155,11 +165,7 @@ def exported_model(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("model")
     raw = root / "raw"
-    for name, data in kaggle_files(n_train=16, n_test=6).items():
-        if name.startswith("casting_data/"):
-            path = raw / name.removeprefix("casting_data/casting_data/")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+    write_raw(raw, n_train=16, n_test=6)
     prepared = root / "prepared"
     prepare_dataset(fast_section("prepare", root), raw, prepared, root / "data.json", root / "drift.json", workers=1)
     train_model(fast_section("train", root), prepared, root / "model.pt", root / "train.json", root / "live")

@@ -13,18 +13,13 @@ import pytest
 from casting_inspection.errors import InspectionError
 from casting_inspection.prepare import prepare_dataset
 from casting_inspection.training import load_checkpoint, train_model
-from conftest import FAST_PARAMS, PROJECT, fast_section, kaggle_files, project_env, write_params
+from conftest import FAST_PARAMS, PROJECT, fast_section, project_env, write_params, write_raw
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    raw = root / "raw"
-    for name, data in kaggle_files(n_train=40).items():
-        if name.startswith("casting_data/"):
-            path = raw / name.removeprefix("casting_data/casting_data/")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+    raw = write_raw(root / "raw", n_train=40)
     prepare_dataset(fast_section("prepare", root), raw, root / "prepared", root / "data.json", root / "drift.json", workers=1)
     return root
 

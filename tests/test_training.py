@@ -16,18 +16,13 @@ from casting_inspection.models import InspectionNet, ModelConfig, count_paramete
 from casting_inspection.params import load_section
 from casting_inspection.prepare import prepare_dataset
 from casting_inspection.training import load_checkpoint, predict_logits, train_model
-from conftest import FAST_PARAMS, PROJECT, kaggle_files, merge
+from conftest import FAST_PARAMS, PROJECT, merge, write_raw
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    raw = root / "raw"
-    for name, data in kaggle_files(n_train=40).items():
-        if name.startswith("casting_data/"):
-            path = raw / name.removeprefix("casting_data/casting_data/")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+    raw = write_raw(root / "raw", n_train=40)
     params = dataclasses.replace(load_section("prepare", PROJECT / "params.yaml"), **FAST_PARAMS["prepare"])
     prepare_dataset(params, raw, root / "prepared", root / "data.json", root / "drift.json", workers=1)
     return root / "prepared"
