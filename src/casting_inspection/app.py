@@ -73,7 +73,7 @@ def predict(args: argparse.Namespace) -> int:
     files, missing = expand(args.paths)
     for item, reason in missing:
         print(f"skipped {item}: {reason}", file=sys.stderr)
-    results = []
+    results, arrays = [], []
     batches = range(0, len(files), args.batch_size)
     for start in tqdm(batches, desc="predict", unit="batch", file=sys.stderr, disable=None if len(files) > args.batch_size else True):
         chunk = files[start : start + args.batch_size]
@@ -83,14 +83,14 @@ def predict(args: argparse.Namespace) -> int:
                 named.append((str(path), path.read_bytes()))
             except OSError as exc:
                 unreadable.append(Result(str(path), "", None, inspector.threshold, inspector.version, f"cannot read ({exc.strerror})"))
-        for result in unreadable + inspector.inspect(named, args.batch_size):
+        for result in unreadable + inspector.inspect(named, args.batch_size, decoded=arrays):
             if result.error:
                 print(f"skipped {result.path}: {result.error}", file=sys.stderr)
             results.append(result)
     decided = [r for r in results if not r.error]
     _write_rows([{k: v for k, v in r.row().items() if k != "error"} for r in decided], args.format, args.out)
     if len(decided) >= args.drift_min_images:
-        warning = _drift(inspector, [Path(r.path) for r in decided])
+        warning = _drift(inspector, arrays)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     skipped = len(missing) + len(results) - len(decided)
@@ -100,15 +100,14 @@ def predict(args: argparse.Namespace) -> int:
     return SKIPPED_EXIT if skipped else 0
 
 
-def _drift(inspector, paths: list[Path]) -> str | None:
+def _drift(inspector, arrays: list) -> str | None:
     """Input drift of this batch against the model's training range (the warning a line operator needs)."""
     import numpy as np
     import torch
 
     from . import drift
 
-    arrays = np.stack([inspector.load(path.read_bytes()) for path in paths])
-    report = drift.drift_report(drift.image_statistics(torch.from_numpy(arrays)), inspector.drift_reference)
+    report = drift.drift_report(drift.image_statistics(torch.from_numpy(np.stack(arrays))), inspector.drift_reference)
     return drift.drift_warning(report)
 
 

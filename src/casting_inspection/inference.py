@@ -75,8 +75,10 @@ class Inspector:
             return "review"
         return "defective" if probability >= self.threshold else "ok"
 
-    def inspect(self, named_files: list[tuple[str, bytes]], batch_size: int = 64) -> list[Result]:
-        """Decide every file, in order; a file that is not a usable image is skipped with its reason."""
+    def inspect(self, named_files: list[tuple[str, bytes]], batch_size: int = 64,
+                decoded: list[np.ndarray] | None = None) -> list[Result]:
+        """Decide every file, in order; a file that is not a usable image is skipped with its reason.
+        `decoded`, when given, receives the arrays of the decided images (for a drift check without decoding twice)."""
         results: list[Result] = []
         for start in range(0, len(named_files), batch_size):
             chunk = named_files[start : start + batch_size]
@@ -88,6 +90,8 @@ class Inspector:
                     slots.append(None)
                 except BadImage as exc:
                     slots.append(Result(name, "", None, round(self.threshold, 6), self.version, str(exc)))
+            if decoded is not None:
+                decoded.extend(arrays)
             probabilities = iter(self.probabilities(np.stack(arrays)) if arrays else [])
             for (name, _), slot in zip(chunk, slots):
                 if slot is None:
