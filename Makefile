@@ -29,11 +29,11 @@ report: install
 # What this branch changes against BASE (params, metrics, plots), as Markdown: the pull-request comment.
 BASE ?= main
 pr-report: install
-	@python -m casting_inspection.pr_report --base $(BASE) $(if $(PLOTS_OUT),--plots-out $(PLOTS_OUT))
+	@python -m casting_inspection.team.pr_report --base $(BASE) $(if $(PLOTS_OUT),--plots-out $(PLOTS_OUT))
 
 # A published recipe as a DVC experiment (presets/NAME.yaml); QUEUE=1 queues it for `dvc queue start`.
 preset: install
-	python -m casting_inspection.presets $(NAME) $(if $(QUEUE),--queue)
+	python -m casting_inspection.team.presets $(NAME) $(if $(QUEUE),--queue)
 
 # The report's test opens it in Debian's headless Chromium; installed here when missing and we may.
 browser:
@@ -41,6 +41,7 @@ browser:
 	  || echo "chromium is missing and could not be installed (apt-get install chromium): the report's browser test will fail"
 
 test: install browser
+	ruff check . && ruff format --check .
 	python -m pytest -q tests
 
 # Benchmarks (run by hand, print figures; see bench/RESULTS.md). Needs `make repro` first.

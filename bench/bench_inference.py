@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from casting_inspection.dataset import load_split  # noqa: E402
-from casting_inspection.images import load_image  # noqa: E402
-from casting_inspection.models import ProbabilityNet  # noqa: E402
-from casting_inspection.params import load_section  # noqa: E402
-from casting_inspection.training import load_checkpoint  # noqa: E402
+from casting_inspection.core.params import load_section  # noqa: E402
+from casting_inspection.data.dataset import load_split  # noqa: E402
+from casting_inspection.data.images import load_image  # noqa: E402
+from casting_inspection.modeling.checkpoint import load_checkpoint  # noqa: E402
+from casting_inspection.modeling.networks import ProbabilityNet  # noqa: E402
 
 
 def timings(fn, repeats: int, warmup: int = 5) -> list[float]:
@@ -44,9 +44,16 @@ def timings(fn, repeats: int, warmup: int = 5) -> list[float]:
 def summarize(name: str, batch: int, seconds: list[float]) -> dict:
     p50 = statistics.median(seconds)
     p95 = float(np.percentile(seconds, 95))
-    row = {"engine": name, "batch": batch, "images_per_s": round(batch / p50, 1),
-           "p50_ms": round(p50 * 1000, 2), "p95_ms": round(p95 * 1000, 2)}
-    print(f"{name:<28} batch {batch:>3}: {row['images_per_s']:>8.1f} img/s   p50 {row['p50_ms']:>7.2f} ms   p95 {row['p95_ms']:>7.2f} ms")
+    row = {
+        "engine": name,
+        "batch": batch,
+        "images_per_s": round(batch / p50, 1),
+        "p50_ms": round(p50 * 1000, 2),
+        "p95_ms": round(p95 * 1000, 2),
+    }
+    print(
+        f"{name:<28} batch {batch:>3}: {row['images_per_s']:>8.1f} img/s   p50 {row['p50_ms']:>7.2f} ms   p95 {row['p95_ms']:>7.2f} ms"
+    )
     return row
 
 
@@ -58,7 +65,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     test = load_split(Path("data/prepared"), "test")
-    model, _ = load_checkpoint(Path("models/model.pt"))
+    model, _ = load_checkpoint(Path("models/model.safetensors"))
     shipped = ProbabilityNet(model).eval()
     options = ort.SessionOptions()
     if args.threads:
@@ -69,15 +76,17 @@ def main() -> None:
     jpegs = [Path("data/raw", p).read_bytes() for p in test.paths[:64]]
 
     rows = []
-    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {torch.get_num_threads()} threads, "
-          f"input {tuple(test.images.shape[1:])}")
+    print(
+        f"torch {torch.__version__}, onnxruntime {ort.__version__}, {torch.get_num_threads()} threads, "
+        f"input {tuple(test.images.shape[1:])}"
+    )
     for batch in (1, 64):
         x = test.images[:batch].float() / 255
         with torch.inference_mode():
-            rows.append(summarize("pytorch eager", batch, timings(lambda: shipped(x), args.repeats)))
+            rows.append(summarize("pytorch eager", batch, timings(lambda: shipped(x), args.repeats)))  # noqa: B023
         feed = {"image": x.numpy()}
-        rows.append(summarize("onnxruntime", batch, timings(lambda: session.run(None, feed), args.repeats)))
-        rows.append(summarize("onnxruntime int8", batch, timings(lambda: int8.run(None, feed), args.repeats)))
+        rows.append(summarize("onnxruntime", batch, timings(lambda: session.run(None, feed), args.repeats)))  # noqa: B023
+        rows.append(summarize("onnxruntime int8", batch, timings(lambda: int8.run(None, feed), args.repeats)))  # noqa: B023
 
     counter = iter(range(10**9))
 
@@ -89,8 +98,10 @@ def main() -> None:
     rows.append(summarize("onnxruntime + decode/resize", 1, timings(one_image_end_to_end, args.repeats)))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     onnx_mib = onnx_only_peak_mib(test.paths)
-    print(f"peak resident memory: {peak_mib:.0f} MiB for this process (PyTorch and ONNX Runtime loaded); "
-          f"{onnx_mib:.0f} MiB for ONNX Runtime alone deciding all {len(test.paths)} test JPEGs, one by one")
+    print(
+        f"peak resident memory: {peak_mib:.0f} MiB for this process (PyTorch and ONNX Runtime loaded); "
+        f"{onnx_mib:.0f} MiB for ONNX Runtime alone deciding all {len(test.paths)} test JPEGs, one by one"
+    )
     print(json.dumps({"rows": rows, "peak_rss_mib": round(peak_mib), "onnx_only_peak_rss_mib": round(onnx_mib)}))
 
 
@@ -99,8 +110,8 @@ def onnx_only_peak_mib(paths: list[str]) -> float:
     code = (
         "import sys, numpy as np, onnxruntime as ort\n"
         "from pathlib import Path\n"
-        "from casting_inspection.images import load_image\n"
-        "from casting_inspection.params import load_section\n"
+        "from casting_inspection.data.images import load_image\n"
+        "from casting_inspection.core.params import load_section\n"
         "params = load_section('prepare')\n"
         "session = ort.InferenceSession('models/model.onnx', providers=['CPUExecutionProvider'])\n"
         "for path in sys.stdin.read().split():\n"
@@ -110,8 +121,14 @@ def onnx_only_peak_mib(paths: list[str]) -> float:
         "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)\n"
     )
     src = str(Path(__file__).resolve().parents[1] / "src")
-    result = subprocess.run([sys.executable, "-c", code], input="\n".join(paths), capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": src}, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        input="\n".join(paths),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": src},
+        check=True,
+    )
     return float(result.stdout.strip())
 
 

@@ -38,9 +38,15 @@ def copy_project(dest: Path, env: dict) -> None:
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, dest / name)
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "bench@localhost"],
-                ["git", "config", "user.name", "bench"], ["dvc", "init", "-q"],
-                ["dvc", "config", "core.autostage", "true"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "bench@localhost"],
+        ["git", "config", "user.name", "bench"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.autostage", "true"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "bench"],
+    ):
         sh(cmd, dest, env)
 
 
@@ -53,8 +59,12 @@ def main() -> None:
     parser.add_argument("--archive", required=True, help="the Kaggle zip (or its folder)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="train.seed values; the first is params.yaml's")
     args = parser.parse_args()
-    env = dict(os.environ, CASTING_ARCHIVE=str(Path(args.archive).resolve()), DVC_NO_ANALYTICS="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        CASTING_ARCHIVE=str(Path(args.archive).resolve()),
+        DVC_NO_ANALYTICS="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         repo = Path(tmp)
         copy_project(repo, env)
@@ -63,10 +73,14 @@ def main() -> None:
         total = time.perf_counter() - started
         times = stage_times(output)
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"dvc repro, all stages: {total:.1f} s wall; per stage (in-process): "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
-        print(f"prepare -> export: {total - times.get('download', 0) - times.get('report', 0):.1f} s wall "
-              "(total minus the in-process time of download and report)")
+        print(
+            f"dvc repro, all stages: {total:.1f} s wall; per stage (in-process): "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
+        )
+        print(
+            f"prepare -> export: {total - times.get('download', 0) - times.get('report', 0):.1f} s wall "
+            "(total minus the in-process time of download and report)"
+        )
         print(f"peak resident memory of the largest stage process: {peak_mib:.0f} MiB")
         train = json.loads((repo / "metrics/train.json").read_text())
         print(f"train: {train['seconds_per_epoch']} s/epoch (median), {train['epochs_run']} epochs, {train['params']:,} params")
@@ -81,12 +95,14 @@ def main() -> None:
             errors = test["missed_defects"] + test["false_rejects"]
             results.append(test["accuracy"])
             half = test["at_threshold_0_5"]
-            print(f"seed {seed:>4}: threshold {test['threshold']:.3f}: test accuracy {test['accuracy']:.4%} ({test['n'] - errors}/{test['n']}), "
-                  f"missed defects {test['missed_defects']}, false rejects {test['false_rejects']}, "
-                  f"val accuracy {train['val_accuracy']:.4%}, train {train['train_seconds']:.0f} s; "
-                  f"robustness worst {worst['accuracy']:.2%} ({worst['change']}), "
-                  f"at most {worst['max_missed_defects']} missed defects per change; at 0.5: "
-                  f"{half['n'] - half['missed_defects'] - half['false_rejects']}/{half['n']}")
+            print(
+                f"seed {seed:>4}: threshold {test['threshold']:.3f}: test accuracy {test['accuracy']:.4%} ({test['n'] - errors}/{test['n']}), "
+                f"missed defects {test['missed_defects']}, false rejects {test['false_rejects']}, "
+                f"val accuracy {train['val_accuracy']:.4%}, train {train['train_seconds']:.0f} s; "
+                f"robustness worst {worst['accuracy']:.2%} ({worst['change']}), "
+                f"at most {worst['max_missed_defects']} missed defects per change; at 0.5: "
+                f"{half['n'] - half['missed_defects'] - half['false_rejects']}/{half['n']}"
+            )
         print(f"median test accuracy over {len(results)} seeds: {statistics.median(results):.4%}")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import time
 from pathlib import Path
 
@@ -25,14 +26,13 @@ from PIL import Image
 from torch import nn
 from torchvision.models import resnet18
 
-import sys
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from casting_inspection.dataset import load_split  # noqa: E402
-from casting_inspection.models import InspectionNet, ModelConfig, count_parameters  # noqa: E402
-from casting_inspection.params import load_section  # noqa: E402
-from casting_inspection.training import augment_batch, build_augmentation, seed_everything  # noqa: E402
+from casting_inspection.core.params import load_section  # noqa: E402
+from casting_inspection.data.dataset import load_split  # noqa: E402
+from casting_inspection.modeling.augmentation import augment_batch
+from casting_inspection.modeling.networks import InspectionNet, count_parameters  # noqa: E402
+from casting_inspection.modeling.training import augmentation, model_config, seed_everything  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -40,8 +40,18 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def vgg224() -> nn.Module:
     def block(c_in, c_out):
         return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-    return nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(128 * 14 * 14, 128), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(128, 1))
+
+    return nn.Sequential(
+        *block(3, 32),
+        *block(32, 64),
+        *block(64, 128),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128 * 14 * 14, 128),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(128, 1),
+    )
 
 
 class ImageNetNormalized(nn.Module):
@@ -56,13 +66,18 @@ class ImageNetNormalized(nn.Module):
 
 
 def load_rgb224(paths: list[str]) -> torch.Tensor:
-    arrays = [np.asarray(Image.open(io.BytesIO(Path("data/raw", p).read_bytes())).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
-              for p in paths]
+    arrays = [
+        np.asarray(
+            Image.open(io.BytesIO(Path("data/raw", p).read_bytes())).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+        )
+        for p in paths
+    ]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def train_for(model, images, labels, batch_size, optimizer, loss_kind, n_images, augment=None, group=1,
-              channels_last=False) -> float:
+def train_for(
+    model, images, labels, batch_size, optimizer, loss_kind, n_images, augment=None, group=1, channels_last=False
+) -> float:
     """Train on the first `n_images` of a seeded shuffle; return images per second."""
     model.train()
     order = torch.randperm(len(images))[:n_images]
@@ -89,8 +104,9 @@ def score(model, images, labels, loss_kind, channels_last=False) -> tuple[float,
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     start = time.perf_counter()
-    outs = [model(images[i : i + 64].float().div_(255).contiguous(memory_format=memory_format))
-            for i in range(0, len(images), 64)]
+    outs = [
+        model(images[i : i + 64].float().div_(255).contiguous(memory_format=memory_format)) for i in range(0, len(images), 64)
+    ]
     speed = len(images) / (time.perf_counter() - start)
     out = torch.cat(outs)
     predicted = out.argmax(1) if loss_kind == "ce" else (out.reshape(-1) > 0).long()
@@ -104,28 +120,57 @@ def main() -> None:
     seed_everything(0, 0)
     train, val = load_split(Path("data/prepared"), "train"), load_split(Path("data/prepared"), "val")
     n_images = max(16, int(len(train.images) * args.epochs))
-    print(f"{torch.get_num_threads()} threads; each recipe trains on {n_images} images ({args.epochs} epoch), scored on {len(val.images)} val images")
+    print(
+        f"{torch.get_num_threads()} threads; each recipe trains on {n_images} images ({args.epochs} epoch), scored on {len(val.images)} val images"
+    )
     started = time.perf_counter()
     train224, val224 = load_rgb224(train.paths), load_rgb224(val.paths)
     print(f"decoding {len(train224) + len(val224)} JPEGs at 224x224x3: {time.perf_counter() - started:.1f} s")
 
     params = load_section("train")
-    ours = InspectionNet(ModelConfig.from_params(params, train.images.shape[1], train.images.shape[-1], [0.5], [0.25]))
+    ours = InspectionNet(model_config(params, train))
     ours = ours.to(memory_format=torch.channels_last)  # as the train stage runs it
     recipes = {
         "vgg224": (vgg224(), train224, val224, 16, 1e-4, 0.0, "bce", None),
         "resnet18_224": (ImageNetNormalized(resnet18(weights=None, num_classes=2)), train224, val224, 16, 1e-3, 1e-4, "ce", None),
-        "ours": (ours, train.images, val.images, params.batch_size, params.lr, params.weight_decay, "bce", build_augmentation(params.augment)),
+        "ours": (
+            ours,
+            train.images,
+            val.images,
+            params.batch_size,
+            params.lr,
+            params.weight_decay,
+            "bce",
+            augmentation(params.augment),
+        ),
     }
     rows = []
     for name, (model, tr, va, batch, lr, wd, loss_kind, augment) in recipes.items():
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
-        train_speed = train_for(model, tr, train.labels, batch, optimizer, loss_kind, n_images, augment,
-                                params.augment.group, channels_last=name == "ours")
+        train_speed = train_for(
+            model,
+            tr,
+            train.labels,
+            batch,
+            optimizer,
+            loss_kind,
+            n_images,
+            augment,
+            params.augment.group,
+            channels_last=name == "ours",
+        )
         accuracy, infer_speed = score(model, va, val.labels, loss_kind, channels_last=name == "ours")
-        rows.append({"recipe": name, "input": "x".join(map(str, tr.shape[1:])), "params": count_parameters(model),
-                     "train_img_per_s": round(train_speed, 1), "epoch_s": round(len(train.images) / train_speed, 1),
-                     "val_acc_so_far": round(accuracy, 4), "infer_img_per_s_b64": round(infer_speed, 1)})
+        rows.append(
+            {
+                "recipe": name,
+                "input": "x".join(map(str, tr.shape[1:])),
+                "params": count_parameters(model),
+                "train_img_per_s": round(train_speed, 1),
+                "epoch_s": round(len(train.images) / train_speed, 1),
+                "val_acc_so_far": round(accuracy, 4),
+                "infer_img_per_s_b64": round(infer_speed, 1),
+            }
+        )
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows).set_index("recipe")
     for column in ("train_img_per_s", "infer_img_per_s_b64"):

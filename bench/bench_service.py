@@ -48,10 +48,15 @@ def run_load(url: str, photos: list[tuple[str, bytes]], requests: int, clients: 
     with ThreadPoolExecutor(clients) as pool:
         latencies = list(pool.map(one, range(requests)))
     wall = time.perf_counter() - started
-    row = {"images per request": per_request, "requests": requests, "clients": clients,
-           "requests/s": round(requests / wall, 1), "images/s": round(requests * per_request / wall, 1),
-           "p50 ms": round(1000 * statistics.median(latencies), 1),
-           "p99 ms": round(1000 * float(np.percentile(latencies, 99)), 1)}
+    row = {
+        "images per request": per_request,
+        "requests": requests,
+        "clients": clients,
+        "requests/s": round(requests / wall, 1),
+        "images/s": round(requests * per_request / wall, 1),
+        "p50 ms": round(1000 * statistics.median(latencies), 1),
+        "p99 ms": round(1000 * float(np.percentile(latencies, 99)), 1),
+    }
     print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     return row
 
@@ -65,8 +70,12 @@ def main() -> None:
     paths = sorted(Path("data/raw/test").rglob("*.jpeg"))[:64]
     photos = [(p.name, p.read_bytes(), "image/jpeg") for p in paths]
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "casting_inspection.app", "serve", "--port", str(port), "--model", str(args.model)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "casting_inspection.deploy.cli", "serve", "--port", str(port), "--model", str(args.model)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):

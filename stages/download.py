@@ -4,9 +4,9 @@ import argparse
 import os
 from pathlib import Path
 
-from casting_inspection.cli import run_stage
-from casting_inspection.download import ARCHIVE_ENV, fetch_raw_images
-from casting_inspection.params import load_section
+from casting_inspection.core.params import load_section
+from casting_inspection.core.stage import run_stage
+from casting_inspection.data.download import ARCHIVE_ENV, fetch_raw_images
 
 
 def main() -> None:

@@ -1,28 +1,34 @@
-"""Stage evaluate: score the test split once with the trained checkpoint, clean and re-taken under line changes."""
+"""Stage evaluate: score the test split once with the trained checkpoint, at the operating point chosen on validation."""
 
 import argparse
 import json
 from pathlib import Path
 
-from casting_inspection.cli import run_stage
-from casting_inspection.evaluation import evaluate_model
-from casting_inspection.params import load_section
+from casting_inspection.core.params import load_section
+from casting_inspection.core.stage import run_stage
+from casting_inspection.evaluation.evaluate import evaluate_model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="the prepared array cache")
-    parser.add_argument("--raw", type=Path, required=True, help="the original photos, re-taken for the robustness check")
     parser.add_argument("--drift-reference", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--robustness", type=Path, required=True, help="metrics per line change and strength")
     parser.add_argument("--drift", type=Path, required=True, help="input drift of the test split")
     parser.add_argument("--plots", type=Path, required=True)
     parser.add_argument("--operating-point", type=Path, required=True, help="the decision threshold, shipped with the model")
     args = parser.parse_args()
-    results = evaluate_model(load_section("evaluate"), args.checkpoint, args.data, args.raw, args.drift_reference,
-                             args.metrics, args.robustness, args.drift, args.plots, args.operating_point)
+    results = evaluate_model(
+        load_section("evaluate"),
+        args.checkpoint,
+        args.data,
+        args.drift_reference,
+        args.metrics,
+        args.drift,
+        args.plots,
+        args.operating_point,
+    )
     print("evaluate: " + json.dumps({k: v for k, v in results.items() if k != "leak_free"}))
 
 

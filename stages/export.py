@@ -4,9 +4,9 @@ import argparse
 import json
 from pathlib import Path
 
-from casting_inspection.cli import run_stage
-from casting_inspection.export import export_onnx
-from casting_inspection.params import load_section
+from casting_inspection.core.params import load_section
+from casting_inspection.core.stage import run_stage
+from casting_inspection.deploy.export import export_onnx
 
 
 def main() -> None:
@@ -19,7 +19,16 @@ def main() -> None:
     parser.add_argument("--int8", type=Path, required=True, help="the int8 edge model (export.int8)")
     parser.add_argument("--metrics", type=Path, required=True)
     args = parser.parse_args()
-    results = export_onnx(load_section("export"), args.checkpoint, args.operating_point, args.drift_reference, args.data, args.onnx, args.int8, args.metrics)
+    results = export_onnx(
+        load_section("export"),
+        args.checkpoint,
+        args.operating_point,
+        args.drift_reference,
+        args.data,
+        args.onnx,
+        args.int8,
+        args.metrics,
+    )
     print("export: " + json.dumps(results))
 
 

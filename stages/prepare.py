@@ -5,9 +5,9 @@ import json
 import os
 from pathlib import Path
 
-from casting_inspection.cli import run_stage
-from casting_inspection.params import load_section
-from casting_inspection.prepare import prepare_dataset
+from casting_inspection.core.params import load_section
+from casting_inspection.core.stage import run_stage
+from casting_inspection.data.prepare import prepare_dataset
 
 
 def main() -> None:
@@ -17,8 +17,9 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--drift-reference", type=Path, required=True, help="training range of the input-drift statistics")
     args = parser.parse_args()
-    summary = prepare_dataset(load_section("prepare"), args.raw, args.out, args.metrics, args.drift_reference,
-                              workers=os.cpu_count() or 1)
+    summary = prepare_dataset(
+        load_section("prepare"), args.raw, args.out, args.metrics, args.drift_reference, workers=os.cpu_count() or 1
+    )
     print("prepare: " + json.dumps(summary))
 
 

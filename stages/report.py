@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from casting_inspection.cli import run_stage
-from casting_inspection.report import write_report
+from casting_inspection.core.stage import run_stage
+from casting_inspection.evaluation.report import write_report
 
 
 def main() -> None:

@@ -4,9 +4,9 @@ import argparse
 import json
 from pathlib import Path
 
-from casting_inspection.cli import run_stage
-from casting_inspection.params import load_section
-from casting_inspection.training import train_model
+from casting_inspection.core.params import load_section
+from casting_inspection.core.stage import run_stage
+from casting_inspection.modeling.training import train_model
 
 
 def main() -> None:

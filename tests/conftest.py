@@ -21,9 +21,15 @@ sys.path.insert(0, str(PROJECT / "src"))
 # Small, fast settings for pipeline tests; everything else comes from the real params.yaml.
 FAST_PARAMS = {
     "prepare": {"image_size": 32, "min_side": 16, "val_fraction": 0.25},
-    "train": {"cnn": {"widths": [8, 16], "convs_per_block": 1, "stem_stride": 1, "dropout": 0.0},
-              "epochs": 3, "batch_size": 16, "threads": 1, "lr": 3.0e-3},
+    "train": {
+        "cnn": {"widths": [8, 16], "convs_per_block": 1, "stem_stride": 1, "dropout": 0.0},
+        "epochs": 3,
+        "batch_size": 16,
+        "threads": 1,
+        "lr": 3.0e-3,
+    },
     "evaluate": {"batch_size": 32},
+    "robustness": {"batch_size": 32},
     "export": {"batch_size": 32},
 }
 
@@ -61,7 +67,9 @@ def kaggle_files(n_train: int = 24, n_test: int = 8) -> dict[str, bytes]:
                 seed += 1
                 name = f"casting_data/casting_data/{split}/{label}/cast_{short}_0_{i}.jpeg"
                 files[name] = jpeg_bytes(part_image(label == "def_front", seed))
-    files["casting_data/casting_data/test/ok_front/cast_ok_0_leak.jpeg"] = files["casting_data/casting_data/train/ok_front/cast_ok_0_0.jpeg"]
+    files["casting_data/casting_data/test/ok_front/cast_ok_0_leak.jpeg"] = files[
+        "casting_data/casting_data/train/ok_front/cast_ok_0_0.jpeg"
+    ]
     files["casting_512x512/casting_512x512/def_front/cast_def_0_0.jpeg"] = jpeg_bytes(part_image(True, 999))
     return files
 
@@ -146,7 +154,7 @@ def project_copy(tmp_path) -> Path:
 
 def fast_section(section: str, folder: Path):
     """A params section from the real params.yaml with FAST_PARAMS laid over it, as its typed dataclass."""
-    from casting_inspection.params import load_section
+    from casting_inspection.core.params import load_section
 
     path = folder / "params.yaml"
     write_params(path, FAST_PARAMS)
@@ -159,18 +167,31 @@ def exported_model(tmp_path_factory) -> dict:
     Returns its paths and the raw photos it can be tried on."""
     import json
 
-    from casting_inspection.export import export_onnx
-    from casting_inspection.prepare import prepare_dataset
-    from casting_inspection.training import train_model
+    from casting_inspection.data.prepare import prepare_dataset
+    from casting_inspection.deploy.export import export_onnx
+    from casting_inspection.modeling.training import train_model
 
     root = tmp_path_factory.mktemp("model")
     raw = root / "raw"
     write_raw(raw, n_train=16, n_test=6)
     prepared = root / "prepared"
     prepare_dataset(fast_section("prepare", root), raw, prepared, root / "data.json", root / "drift.json", workers=1)
-    train_model(fast_section("train", root), prepared, root / "model.pt", root / "train.json", root / "live")
+    train_model(fast_section("train", root), prepared, root / "model.safetensors", root / "train.json", root / "live")
     (root / "operating_point.json").write_text(json.dumps({"threshold": 0.5, "temperature": 1.0, "review_band": [0.4, 0.6]}))
-    export_onnx(fast_section("export", root), root / "model.pt", root / "operating_point.json", root / "drift.json", prepared,
-                root / "model.onnx", root / "model.int8.onnx", root / "export.json")
-    return {"onnx": root / "model.onnx", "int8": root / "model.int8.onnx", "raw": raw, "export": root / "export.json",
-            "prepared": prepared}
+    export_onnx(
+        fast_section("export", root),
+        root / "model.safetensors",
+        root / "operating_point.json",
+        root / "drift.json",
+        prepared,
+        root / "model.onnx",
+        root / "model.int8.onnx",
+        root / "export.json",
+    )
+    return {
+        "onnx": root / "model.onnx",
+        "int8": root / "model.int8.onnx",
+        "raw": raw,
+        "export": root / "export.json",
+        "prepared": prepared,
+    }

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from casting_inspection.calibration import calibration_metrics, expected_calibration_error, fit_temperature, sigmoid
-from casting_inspection.evaluation import decision_metrics, upper_bound_95
+from casting_inspection.evaluation.calibration import calibration_metrics, expected_calibration_error, fit_temperature, sigmoid
+from casting_inspection.evaluation.metrics import decision_metrics, upper_bound_95
 
 
 def test_temperature_fit_recovers_an_overconfident_network():
@@ -32,4 +32,4 @@ def test_exact_upper_bounds():
     assert upper_bound_95(0, 0) is None and upper_bound_95(5, 5) == 1.0
     result = decision_metrics(np.array([1, 1, 0, 0]), np.array([0.9, 0.1, 0.2, 0.3]), 0.5)
     assert result["escape_rate"] == 0.5 and result["escape_rate_upper95"] == pytest.approx(upper_bound_95(1, 2), abs=1e-6)
-    assert result["false_reject_rate"] == 0.0 and result["false_reject_rate_upper95"] == pytest.approx(1 - 0.05 ** 0.5, abs=1e-6)
+    assert result["false_reject_rate"] == 0.0 and result["false_reject_rate_upper95"] == pytest.approx(1 - 0.05**0.5, abs=1e-6)

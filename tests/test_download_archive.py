@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from casting_inspection.download import fetch_raw_images
-from casting_inspection.errors import InspectionError
-from casting_inspection.params import load_section
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.params import load_section
+from casting_inspection.data.download import fetch_raw_images
 from conftest import PROJECT, kaggle_files, write_zip
 
 PARAMS = load_section("download", PROJECT / "params.yaml")
@@ -29,7 +29,9 @@ def test_zip_and_folder_give_the_same_normalised_tree(tmp_path, kaggle_zip):
     zipped, copied = tree(tmp_path / "from_zip"), tree(tmp_path / "from_folder")
     assert zipped == copied
     assert all(name.split("/")[0] in ("train", "test") for name in zipped)  # casting_512x512 left out
-    expected = {n.removeprefix("casting_data/casting_data/"): d for n, d in kaggle_files().items() if n.startswith("casting_data/")}
+    expected = {
+        n.removeprefix("casting_data/casting_data/"): d for n, d in kaggle_files().items() if n.startswith("casting_data/")
+    }
     assert zipped == expected
 
 

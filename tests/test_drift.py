@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from casting_inspection import drift
-from casting_inspection.images import preprocess
-from casting_inspection.params import load_section
-from casting_inspection.perturbations import perturb
+from casting_inspection.core.params import load_section
+from casting_inspection.data import drift
+from casting_inspection.data.images import preprocess
+from casting_inspection.evaluation.perturbations import perturb
 from conftest import PROJECT, part_image
 
 
@@ -26,7 +26,7 @@ def batch(n: int, first_seed: int, change: str | None = None, strength: float = 
 @pytest.fixture(scope="module")
 def reference():
     params = load_section("prepare", PROJECT / "params.yaml").drift
-    return drift.reference(drift.image_statistics(batch(120, 0)), params)
+    return drift.reference(drift.image_statistics(batch(120, 0)), params.quantiles, params.alarm_share)
 
 
 def test_statistics_follow_the_camera():

@@ -1,4 +1,5 @@
-"""dvc.yaml lists, for each stage, exactly the code that stage runs, and only its own params section."""
+"""dvc.yaml lists, for each stage, exactly the code that stage runs, and only its own params section; the rooms
+of the package import one way, and no stage depends on a later stage's concern."""
 
 from __future__ import annotations
 
@@ -11,37 +12,105 @@ from ruamel.yaml import YAML
 from conftest import PROJECT
 
 PIPELINE = YAML(typ="safe").load((PROJECT / "dvc.yaml").read_text())["stages"]
+PACKAGE = PROJECT / "src/casting_inspection"
+ROOMS = ["core", "data", "modeling", "evaluation", "deploy", "team"]  # each may import only rooms before it
+STAGE_ROOM = {
+    "download": "data",
+    "prepare": "data",
+    "train": "modeling",
+    "evaluate": "evaluation",
+    "robustness": "evaluation",
+    "report": "evaluation",
+    "export": "deploy",
+}
+SERVING = ["deploy/inference.py", "deploy/service.py", "deploy/watch.py", "deploy/cli.py"]
 
 
-def local_imports(path: Path, seen: set[Path]) -> set[Path]:
-    """The project's own modules that `path` imports, followed transitively."""
-    package = PROJECT / "src/casting_inspection"
+def _module_file(dotted: str) -> Path | None:
+    """casting_inspection.a.b -> its file (a module or a package's __init__), or None outside the project."""
+    if dotted != "casting_inspection" and not dotted.startswith("casting_inspection."):
+        return None
+    path = PACKAGE.joinpath(*dotted.split(".")[1:])
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def imported_names(path: Path) -> set[str]:
+    """Dotted names of everything `path` imports (at any depth of the file), modules and `from x import y` alike."""
+    names = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from .x import y, or from . import y
-                names = [node.module] if node.module else [a.name for a in node.names]
-            elif node.module and node.module.startswith("casting_inspection"):
-                rest = node.module.removeprefix("casting_inspection").lstrip(".")
-                names = [rest] if rest else [a.name for a in node.names]
-        elif isinstance(node, ast.Import):
-            names = [a.name.removeprefix("casting_inspection.") for a in node.names if a.name.startswith("casting_inspection.")]
-        for name in names:
-            module = package / f"{name.replace('.', '/')}.py"
-            if module.exists() and module not in seen:
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def local_imports(path: Path, seen: set[Path] | None = None) -> set[Path]:
+    """The project's own files that running `path` loads, followed transitively, package __init__ files included."""
+    seen = set() if seen is None else seen
+    for name in imported_names(path):
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__, then a/b/c
+            module = _module_file(".".join(parts[:depth]))
+            if module is not None and module not in seen:
                 seen.add(module)
                 local_imports(module, seen)
-    if path.parent == package or any(p.parent == package for p in seen):
-        seen.add(package / "__init__.py")
     return seen
+
+
+def third_party(path: Path) -> set[str]:
+    """Top-level third-party packages imported by `path` and the project files it loads."""
+    files = {path} | local_imports(path)
+    return {name.split(".")[0] for f in files for name in imported_names(f) if not name.startswith("casting_inspection")}
+
+
+def room(path: Path) -> str | None:
+    relative = path.relative_to(PACKAGE).parts
+    return relative[0] if len(relative) > 1 else None
 
 
 @pytest.mark.parametrize("stage", list(PIPELINE))
 def test_code_deps_are_exactly_what_the_stage_imports(stage):
     script = PROJECT / "stages" / f"{stage}.py"
-    expected = {script} | local_imports(script, set())
+    expected = {script} | local_imports(script)
     declared = {PROJECT / d for d in PIPELINE[stage]["deps"] if d.endswith(".py")}
-    assert declared == expected, f"missing: {sorted(map(str, expected - declared))}, extra: {sorted(map(str, declared - expected))}"
+    assert declared == expected, (
+        f"missing: {sorted(map(str, expected - declared))}, extra: {sorted(map(str, declared - expected))}"
+    )
+
+
+@pytest.mark.parametrize("stage", list(PIPELINE))
+def test_no_stage_depends_on_a_later_stages_concern(stage):
+    allowed = ROOMS[: ROOMS.index(STAGE_ROOM[stage]) + 1]
+    rooms = {room(PROJECT / d) for d in PIPELINE[stage]["deps"] if d.startswith("src/")} - {None}
+    assert rooms <= set(allowed), f"{stage} depends on {sorted(rooms - set(allowed))}"
+
+
+def test_training_depends_on_nothing_of_evaluation_or_export():
+    deps = " ".join(PIPELINE["train"]["deps"])
+    for word in ("evaluation", "robustness", "perturbation", "explain", "export", "deploy"):
+        assert word not in deps
+
+
+@pytest.mark.parametrize("module", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_one_way(module):
+    here = room(module)
+    if here is None:
+        return
+    later = set(ROOMS[ROOMS.index(here) + 1 :])
+    imported = {room(f) for f in local_imports(module)} - {None}
+    assert not imported & later, f"{module.name} in {here} imports {sorted(imported & later)}"
+
+
+@pytest.mark.parametrize("module", SERVING)
+def test_the_serving_path_needs_no_torch_and_no_params(module):
+    path = PACKAGE / module
+    assert not {"torch", "torchvision", "ruamel", "dvclive"} & third_party(path)
+    assert PACKAGE / "core/params.py" not in local_imports(path)
 
 
 @pytest.mark.parametrize("stage", list(PIPELINE))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from casting_inspection.evaluation import decision_metrics, interval_95, review_metrics
+from casting_inspection.evaluation.metrics import decision_metrics, interval_95, review_metrics
 
 
 def test_misses_and_false_rejects_are_counted_with_defective_positive():

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from casting_inspection.explain import evidence_on_part, gradcam, part_mask
-from casting_inspection.models import InspectionNet, ModelConfig
+from casting_inspection.evaluation.explain import evidence_on_part, gradcam, part_mask
+from casting_inspection.modeling.networks import CnnConfig, InspectionNet, ModelConfig
 from conftest import part_image
 
 
@@ -54,7 +54,7 @@ def test_evidence_share_is_the_heatmap_mass_inside_the_mask():
 def test_gradcam_gives_one_normalised_map_per_image_at_input_size():
     torch.manual_seed(0)
     cnn = {"widths": [4, 8], "convs_per_block": 1, "stem_stride": 2, "dropout": 0.0, "pooling": "avgmax", "activation": "relu"}
-    model = InspectionNet(ModelConfig("cnn", 1, 32, "per_image", [0.5], [0.25], cnn, [])).eval()
+    model = InspectionNet(ModelConfig("cnn", 1, 32, "per_image", [0.5], [0.25], CnnConfig(**cnn), [])).eval()
     images = torch.from_numpy(np.stack([np.asarray(part_image(k % 2 == 0, k, size=32))[None] for k in range(5)]))
     heat = gradcam(model, images, np.array([1, 0, 1, 0, 1]), batch_size=2)
     assert heat.shape == (5, 32, 32) and heat.min() >= 0 and heat.max() <= 1

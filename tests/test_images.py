@@ -9,8 +9,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from casting_inspection.images import BadImage, load_image
-from casting_inspection.params import load_section
+from casting_inspection.core.params import load_section
+from casting_inspection.data.images import BadImage, load_image
 from conftest import PROJECT, jpeg_bytes, part_image
 
 PARAMS = load_section("prepare", PROJECT / "params.yaml")
@@ -18,8 +18,10 @@ PARAMS = load_section("prepare", PROJECT / "params.yaml")
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims a huge size: a decompression bomb as far as any decoder can tell."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 

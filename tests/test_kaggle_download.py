@@ -1,7 +1,7 @@
 """The download stage against the real `kaggle` client, talking to a local stand-in server.
 
 Covered: the installed `kaggle` client (with kagglesdk) doing its real download path, and our error
-handling around it in `casting_inspection.download`. The stage script runs in a subprocess with
+handling around it in `casting_inspection.data.download`. The stage script runs in a subprocess with
 `KAGGLE_API_ENVIRONMENT=LOCALHOST` (the client then calls `http://localhost/api/v1/...`) and
 `http_proxy` pointing to a standard-library HTTP server on 127.0.0.1 that plays both the Kaggle API
 (DownloadDataset → 302) and the storage host (the zip). Checked: a successful download gives the
@@ -204,7 +204,8 @@ class Stage:
 
     def run(self, *, proxy: str | None, credentials: bool = True, archive: Path | None = None, out: Path | None = None):
         env = {
-            k: v for k, v in os.environ.items()
+            k: v
+            for k, v in os.environ.items()
             if not (k.lower().endswith("_proxy") or k.startswith("KAGGLE_") or k == "CASTING_ARCHIVE")
         }
         env.update(
@@ -222,7 +223,11 @@ class Stage:
             env["CASTING_ARCHIVE"] = str(archive)
         return subprocess.run(
             [sys.executable, "stages/download.py", "--out", str(out or self.out)],
-            cwd=self.project, env=env, capture_output=True, text=True, timeout=STAGE_TIMEOUT_S,
+            cwd=self.project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=STAGE_TIMEOUT_S,
         )
 
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from casting_inspection.near_duplicates import distances, perceptual_hashes
+from casting_inspection.data.near_duplicates import distances, perceptual_hashes
 from conftest import part_image
 
 

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
-from casting_inspection.operating_point import candidate_thresholds, choose_review_band, choose_threshold, cost_per_1000
-from casting_inspection.params import load_section
-from conftest import PROJECT
+from casting_inspection.evaluation.metrics import Costs
+from casting_inspection.evaluation.operating_point import candidate_thresholds, choose_review_band, choose_threshold
 
-BASE = load_section("evaluate", PROJECT / "params.yaml")
 #                 defects ...................  good parts ......................
 LABELS = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
-PROBS = np.array([0.95, 0.9, 0.9, 0.85, 0.8, 0.7, 0.6, 0.3, 0.2, 0.05,
-                  0.45, 0.25, 0.15, 0.1, 0.08, 0.04, 0.03, 0.02, 0.01, 0.01])
+PROBS = np.array([0.95, 0.9, 0.9, 0.85, 0.8, 0.7, 0.6, 0.3, 0.2, 0.05, 0.45, 0.25, 0.15, 0.1, 0.08, 0.04, 0.03, 0.02, 0.01, 0.01])
 
 
-def rule(**changes):
-    return dataclasses.replace(BASE, **changes)
+def threshold(operating_point, labels=LABELS, probs=PROBS, threshold=0.5, target_recall=0.995, cost_missed_defect=10.0,
+              defect_rate=0.02):
+    costs = Costs(cost_missed_defect, 1.0, defect_rate)
+    return choose_threshold(operating_point, labels, probs, costs, threshold, target_recall)
+
+
+def band(review_share, labels=LABELS, probs=PROBS, threshold=0.5, cost_missed_defect=10.0, defect_rate=0.02):
+    return choose_review_band(review_share, labels, probs, threshold, Costs(cost_missed_defect, 1.0, defect_rate))
 
 
 def test_thresholds_sit_between_parts():
@@ -28,19 +29,19 @@ def test_thresholds_sit_between_parts():
 
 
 def test_fixed_uses_the_param():
-    assert choose_threshold(rule(operating_point="fixed", threshold=0.42), LABELS, PROBS) == 0.42
+    assert threshold("fixed", threshold=0.42) == 0.42
 
 
 def test_target_recall_takes_the_highest_threshold_that_reaches_it():
-    t = choose_threshold(rule(operating_point="target_recall", target_recall=0.8), LABELS, PROBS)
+    t = threshold("target_recall", target_recall=0.8)
     assert t == pytest.approx((0.25 + 0.3) / 2)  # the 8th defect (0.3) caught; the good part at 0.45 rejected
-    t = choose_threshold(rule(operating_point="target_recall", target_recall=0.9), LABELS, PROBS)
+    t = threshold("target_recall", target_recall=0.9)
     assert t == pytest.approx((0.15 + 0.2) / 2)  # the defect at 0.2 caught; good parts at 0.25 and 0.45 rejected
 
 
 def test_min_cost_moves_with_the_cost_ratio():
-    cheap_misses = choose_threshold(rule(operating_point="min_cost", cost_missed_defect=1.0, defect_rate=0.5), LABELS, PROBS)
-    dear_misses = choose_threshold(rule(operating_point="min_cost", cost_missed_defect=100.0, defect_rate=0.5), LABELS, PROBS)
+    cheap_misses = threshold("min_cost", cost_missed_defect=1.0, defect_rate=0.5)
+    dear_misses = threshold("min_cost", cost_missed_defect=100.0, defect_rate=0.5)
     assert dear_misses < 0.05 < cheap_misses
     predicted = PROBS >= dear_misses
     assert (predicted & (LABELS == 1)).sum() == 10  # every defect caught when a miss costs 100 scrapped parts
@@ -48,27 +49,27 @@ def test_min_cost_moves_with_the_cost_ratio():
 
 def test_min_cost_weighs_errors_by_the_lines_defect_rate():
     """On a line with few defects, false rejects of the many good parts dominate: the threshold rises."""
-    frequent = choose_threshold(rule(operating_point="min_cost", cost_missed_defect=10.0, defect_rate=0.5), LABELS, PROBS)
-    rare = choose_threshold(rule(operating_point="min_cost", cost_missed_defect=10.0, defect_rate=0.01), LABELS, PROBS)
+    frequent = threshold("min_cost", cost_missed_defect=10.0, defect_rate=0.5)
+    rare = threshold("min_cost", cost_missed_defect=10.0, defect_rate=0.01)
     assert rare > frequent
     assert not ((PROBS >= rare) & (LABELS == 0)).any()  # at 1 % defects, no good part is worth scrapping
 
 
 def test_cost_per_1000_parts():
-    params = rule(cost_missed_defect=10.0, cost_false_reject=1.0)
-    assert cost_per_1000(0.01, 0.0, 0.02, params) == pytest.approx(1000 * 0.02 * 0.01 * 10)
-    assert cost_per_1000(0.0, 0.01, 0.02, params) == pytest.approx(1000 * 0.98 * 0.01)
+    costs = Costs(missed_defect=10.0, false_reject=1.0, defect_rate=0.5)
+    assert costs.per_1000(0.01, 0.0, 0.02) == pytest.approx(1000 * 0.02 * 0.01 * 10)
+    assert costs.per_1000(0.0, 0.01, 0.02) == pytest.approx(1000 * 0.98 * 0.01)
+    assert costs.per_1000(0.0, 0.01) == pytest.approx(1000 * 0.5 * 0.01)  # the line's own defect rate
 
 
 def test_review_band_is_off_at_zero_share():
-    assert choose_review_band(rule(review_share=0.0), LABELS, PROBS, 0.5) is None
+    assert band(0.0) is None
 
 
 def test_review_band_takes_the_costly_parts_out_of_automatic_decisions():
     """4 of 20 parts may go to a person: the cheapest band sends the defects at 0.3 and 0.2 and the good part
     at 0.45 there (a miss costs 10x here), so automatic decisions miss only the defect at 0.05."""
-    params = rule(review_share=0.2, cost_missed_defect=10.0, defect_rate=0.5)
-    low, high = choose_review_band(params, LABELS, PROBS, threshold=0.5)
+    low, high = band(0.2, cost_missed_defect=10.0, defect_rate=0.5)
     assert low <= 0.2 and 0.45 < high <= 0.6
     in_band = (PROBS >= low) & (PROBS < high)
     assert in_band.sum() <= 4
@@ -80,6 +81,6 @@ def test_review_band_never_holds_more_than_its_share():
     labels = rng.integers(0, 2, 300)
     probs = np.clip(labels * 0.6 + rng.normal(0.2, 0.2, 300), 0.001, 0.999)
     for share in (0.01, 0.05, 0.2):
-        low, high = choose_review_band(rule(review_share=share), labels, probs, threshold=0.5)
+        low, high = band(share, labels, probs)
         assert low <= 0.5 <= high
         assert ((probs >= low) & (probs < high)).sum() <= share * 300

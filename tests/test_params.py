@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from casting_inspection.errors import InspectionError
-from casting_inspection.params import TrainParams, load_params, load_section
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.params import TrainParams, load_params, load_section
 from conftest import PROJECT, project_env, write_params
 
 
@@ -23,7 +23,10 @@ def test_project_params_are_valid():
     [
         ({"train": {"lr": "fast"}}, "train.lr must be a number, got 'fast'"),
         ({"train": {"lr": -1.0}}, "train.lr must be > 0"),
-        ({"train": {"model": "vgg99"}}, "train.model must be one of ['cnn', 'resnet18', 'vgg_seed', 'mlp', 'logreg'], got 'vgg99'"),
+        (
+            {"train": {"model": "vgg99"}},
+            "train.model must be one of ['cnn', 'resnet18', 'vgg_seed', 'mlp', 'logreg'], got 'vgg99'",
+        ),
         ({"train": {"epochs": 2.5}}, "train.epochs must be an integer"),
         ({"train": {"cnn": {"widths": []}}}, "train.cnn.widths must be a non-empty list"),
         ({"train": {"augment": {"flip": "yes"}}}, "train.augment.flip must be true or false"),
@@ -73,9 +76,22 @@ def test_a_stage_reads_only_its_own_section(tmp_path):
 def test_stage_reports_bad_param_in_one_line(tmp_path):
     write_params(tmp_path / "params.yaml", {"prepare": {"image_size": 4}})
     result = subprocess.run(
-        [sys.executable, str(PROJECT / "stages/prepare.py"), "--raw", "raw", "--out", "out", "--metrics", "m.json",
-             "--drift-reference", "d.json"],
-        cwd=tmp_path, env=project_env(PYTHONPATH=str(PROJECT / "src")), capture_output=True, text=True,
+        [
+            sys.executable,
+            str(PROJECT / "stages/prepare.py"),
+            "--raw",
+            "raw",
+            "--out",
+            "out",
+            "--metrics",
+            "m.json",
+            "--drift-reference",
+            "d.json",
+        ],
+        cwd=tmp_path,
+        env=project_env(PYTHONPATH=str(PROJECT / "src")),
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "prepare: error: params.yaml: prepare.image_size must be between 16 and 1024, got 4"

@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from casting_inspection.params import AugmentParams, load_section
-from casting_inspection.perturbations import CHANGES, background_level, perturb, rng_for
-from casting_inspection.robustness import render, robustness_metrics, settings
-from casting_inspection.training import build_augmentation
+from casting_inspection.core.params import AugmentParams, load_section
+from casting_inspection.data.background import background_level
+from casting_inspection.evaluation.perturbations import CHANGES, perturb, rng_for
+from casting_inspection.evaluation.robustness import render, robustness_metrics, settings
+from casting_inspection.modeling.training import augmentation
 from conftest import PROJECT, jpeg_bytes, part_image
 
 
@@ -25,7 +26,14 @@ def corners(array: np.ndarray) -> np.ndarray:
 
 def test_every_change_changes_the_photo_and_keeps_its_size(photo):
     original = np.asarray(photo).astype(int)
-    for change, strength in [("brightness", 0.3), ("contrast", 0.2), ("rotation", 15), ("shift", 10), ("blur", 1.6), ("jpeg", 35)]:
+    for change, strength in [
+        ("brightness", 0.3),
+        ("contrast", 0.2),
+        ("rotation", 15),
+        ("shift", 10),
+        ("blur", 1.6),
+        ("jpeg", 35),
+    ]:
         changed = perturb(photo, change, strength, np.random.default_rng(0))
         assert changed.size == photo.size and changed.mode == photo.mode, change
         assert np.abs(np.asarray(changed).astype(int) - original).mean() > 0.5, change
@@ -38,7 +46,7 @@ def test_brightness_scales_the_exposure_either_way(photo):
 
 
 def test_rotation_and_shift_uncover_the_table_not_black(photo):
-    level = background_level(torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)).flatten()
+    level = background_level(np.asarray(photo).transpose(2, 0, 1)).flatten()
     assert 185 < level[0] < 215  # the generated table is about 200
     for change, strength in [("rotation", 30), ("shift", 8)]:
         moved = np.asarray(perturb(photo, change, strength, np.random.default_rng(1)).convert("L"))
@@ -61,8 +69,8 @@ def test_rendering_is_the_same_with_one_or_two_worker_processes(tmp_path):
     for i in range(6):
         (tmp_path / f"{i}.jpeg").write_bytes(jpeg_bytes(part_image(i % 2 == 0, seed=i, size=80)))
         paths.append(f"{i}.jpeg")
-    params = load_section("evaluate", PROJECT / "params.yaml").robustness
-    chosen = settings(params)
+    params = load_section("robustness", PROJECT / "params.yaml")
+    chosen = settings({change: getattr(params, change) for change in CHANGES})
     assert {change for change, _ in chosen} == set(CHANGES)
     one = render(tmp_path, paths, chosen, seed=0, image_size=32, color_mode="L", workers=1)
     two = render(tmp_path, paths, chosen, seed=0, image_size=32, color_mode="L", workers=2)
@@ -85,8 +93,11 @@ def test_training_placement_fills_corners_with_each_images_own_background():
     dark, light = torch.full((1, 1, 32, 32), 0.2), torch.full((1, 1, 32, 32), 0.8)
     for image in (dark, light):
         image[..., 8:24, 8:24] = 0.5
-    augment = build_augmentation(AugmentParams(flip=False, rotate90=False, degrees=45, translate=0.2, scale=0.0, brightness=0.0,
-                                               contrast=0.0, blur=0.0, group=2))
+    augment = augmentation(
+        AugmentParams(
+            flip=False, rotate90=False, degrees=45, translate=0.2, scale=0.0, brightness=0.0, contrast=0.0, blur=0.0, group=2
+        )
+    )
     torch.manual_seed(0)
     moved = augment(torch.cat([dark, light]))
     assert not torch.equal(moved, torch.cat([dark, light]))

@@ -8,13 +8,20 @@ import re
 import onnx
 import pandas as pd
 import pytest
-import torch
 
 from browser import rendered_images
+from casting_inspection.modeling.checkpoint import load_checkpoint
 from conftest import project_env, run
 
-STAGES = ["download", "prepare", "train", "evaluate", "export", "report"]
-PICTURES = {"sample_grid.png", "errors_test.png", "errors_val.png", "gradcam_correct.png", "evidence_on_part.png", "evidence_off_part.png"}
+STAGES = ["download", "prepare", "train", "evaluate", "robustness", "export", "report"]
+PICTURES = {
+    "sample_grid.png",
+    "errors_test.png",
+    "errors_val.png",
+    "gradcam_correct.png",
+    "evidence_on_part.png",
+    "evidence_off_part.png",
+}
 
 
 def ran_stages(output: str) -> list[str]:
@@ -62,8 +69,8 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     model = onnx.load(str(repo / "models/model.onnx"))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
     assert {p.key for p in model.metadata_props} >= {"threshold", "review_band", "class_names", "image_size", "color_mode"}
-    checkpoint = torch.load(repo / "models/model.pt", weights_only=True)
-    assert checkpoint["class_names"] == ["ok_front", "def_front"]
+    _, checkpoint = load_checkpoint(repo / "models/model.safetensors")
+    assert checkpoint["class_names"] == ["ok_front", "def_front"] and checkpoint["config"]["version"] >= 2
     predictions = pd.read_csv(repo / "plots/evaluate/predictions.csv")
     assert len(predictions) == 17 and set(predictions["disposition"]) <= {"accept", "reject", "review"}
     assert predictions["evidence_on_part"].between(0, 1).all()
@@ -83,6 +90,14 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
 
     second = run(["dvc", "repro"], repo, env)
     assert ran_stages(second.stdout) == []
+    assert (repo / "dvc.lock").read_text() == run(["git", "show", "HEAD:dvc.lock"], repo).stdout
+
+    # a line change's rendering is robustness's concern alone: editing it leaves training and evaluation up to date
+    perturbations = repo / "src/casting_inspection/evaluation/perturbations.py"
+    perturbations.write_text(perturbations.read_text() + "\n# a reviewer's note\n")
+    status = json.loads(run(["dvc", "status", "--json"], repo, env).stdout)
+    assert set(status) == {"robustness"}, status
+    run(["git", "checkout", str(perturbations)], repo)
 
     # shared storage: push to a DVC remote (a local folder here), and a second clone pulls the same model
     remote = repo.parent / "remote"
@@ -92,12 +107,12 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     clone = repo.parent / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], repo.parent)
     run(["dvc", "pull"], clone, project_env())  # no archive, no Kaggle: everything comes from the remote
-    assert (clone / "models/model.pt").read_bytes() == (repo / "models/model.pt").read_bytes()
+    assert (clone / "models/model.safetensors").read_bytes() == (repo / "models/model.safetensors").read_bytes()
     assert (clone / "models/model.onnx").read_bytes() == (repo / "models/model.onnx").read_bytes()
     assert ran_stages(run(["dvc", "repro"], clone, project_env()).stdout) == []  # nothing to re-run
 
-    robustness_only = run(["dvc", "exp", "run", "-S", "evaluate.robustness.jpeg=[20]"], repo, env)
-    assert ran_stages(robustness_only.stdout) == ["evaluate", "report"]  # no retraining to look at another strength
+    robustness_only = run(["dvc", "exp", "run", "-S", "robustness.jpeg=[20]"], repo, env)
+    assert ran_stages(robustness_only.stdout) == ["robustness", "report"]  # no retraining, no Grad-CAM: only the table
     assert list(json.loads((repo / "metrics/robustness.json").read_text())["jpeg"]) == ["20"]
     run(["git", "checkout", "params.yaml"], repo)
 
@@ -109,7 +124,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     run(["git", "checkout", "params.yaml"], repo)
 
     experiment = run(["dvc", "exp", "run", "-S", "train.lr=1e-5"], repo, env)
-    assert ran_stages(experiment.stdout) == ["train", "evaluate", "export", "report"]
+    assert ran_stages(experiment.stdout) == ["train", "evaluate", "robustness", "export", "report"]
     # -S writes 1e-05, which only a YAML 1.2 loader reads as a number: the stage must have used it
     assert "1e-05" in (repo / "params.yaml").read_text()
 

@@ -31,8 +31,14 @@ def commit(repo, lr: float, accuracy: float, picture: bytes, message: str) -> No
 
 
 def report(repo, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "casting_inspection.pr_report", *args], cwd=repo, env=project_env(),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "casting_inspection.team.pr_report", *args],
+        cwd=repo,
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -42,8 +48,12 @@ def make_repo(tmp_path):
     (repo / "metrics").mkdir(parents=True)
     (repo / "plots/evaluate/images").mkdir(parents=True)
     (repo / "dvc.yaml").write_text(DVC_YAML)
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "t@example.com"],
-                ["git", "config", "user.name", "t"], ["dvc", "init", "-q"]):
+    for cmd in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "config", "user.email", "t@example.com"],
+        ["git", "config", "user.name", "t"],
+        ["dvc", "init", "-q"],
+    ):
         run(cmd, repo)
     return repo
 
@@ -85,4 +95,4 @@ def test_the_workflow_runs_this_report_with_the_base_fetched():
     comment = next(step for step in steps if step.get("name") == "Comment")
     assert "head.repo.full_name == github.repository" in comment["if"]  # forks get no write token
     makefile = (PROJECT / "Makefile").read_text()
-    assert "python -m casting_inspection.pr_report --base $(BASE)" in makefile
+    assert "python -m casting_inspection.team.pr_report --base $(BASE)" in makefile

@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
-from casting_inspection.images import load_image
-from casting_inspection.inference import Inspector
+from casting_inspection.data.images import load_image
+from casting_inspection.deploy.inference import Inspector
 
-CLI = [sys.executable, "-m", "casting_inspection.app"]
+CLI = [sys.executable, "-m", "casting_inspection.deploy.cli"]
 
 
 def predict(*args, cwd=None) -> subprocess.CompletedProcess:
@@ -27,7 +27,13 @@ def test_folder_and_glob_give_one_row_per_image_with_the_models_decision(exporte
     result = predict(test_dir, "--model", exported_model["onnx"])
     assert result.returncode == 0, result.stderr
     rows = pd.read_csv(io.StringIO(result.stdout))
-    assert list(rows.columns) == ["path", "decision", "defect_probability", "threshold", "model_version", ]
+    assert list(rows.columns) == [
+        "path",
+        "decision",
+        "defect_probability",
+        "threshold",
+        "model_version",
+    ]
     assert len(rows) == len(list(test_dir.rglob("*.jpeg")))
     assert set(rows["decision"]) <= {"ok", "defective", "review"}
     inspector = Inspector(exported_model["onnx"])
@@ -59,8 +65,16 @@ def test_bad_files_are_skipped_with_a_reason_and_the_exit_status_says_so(exporte
     (tmp_path / "notes.jpeg").write_text("not a photo")
     (tmp_path / "empty.png").write_bytes(b"")
     out = tmp_path / "decisions.csv"
-    result = predict(good, tmp_path / "notes.jpeg", tmp_path / "empty.png", tmp_path / "missing.jpeg",
-                     "--out", out, "--model", exported_model["onnx"])
+    result = predict(
+        good,
+        tmp_path / "notes.jpeg",
+        tmp_path / "empty.png",
+        tmp_path / "missing.jpeg",
+        "--out",
+        out,
+        "--model",
+        exported_model["onnx"],
+    )
     assert result.returncode == 3
     assert len(pd.read_csv(out)) == 1 and result.stdout == ""
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
@@ -74,7 +88,8 @@ def test_missing_model_is_one_clear_line(tmp_path):
     result = predict(tmp_path, "--model", tmp_path / "nowhere.onnx")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"casting-inspect predict: error: {tmp_path / 'nowhere.onnx'}: no such model; run the pipeline (dvc repro) or pass --model"]
+        f"casting-inspect predict: error: {tmp_path / 'nowhere.onnx'}: no such model; run the pipeline (dvc repro) or pass --model"
+    ]
 
 
 def test_about_tells_where_the_model_came_from(exported_model):

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from casting_inspection.prepare import prepare_dataset
-from casting_inspection.params import load_section
+from casting_inspection.core.params import load_section
+from casting_inspection.data.prepare import prepare_dataset
 from conftest import FAST_PARAMS, PROJECT, kaggle_files
 
 PARAMS = dataclasses.replace(load_section("prepare", PROJECT / "params.yaml"), **FAST_PARAMS["prepare"])
@@ -43,8 +43,10 @@ def run_prepare(raw_dir, tmp_path, **changes):
 def test_bad_files_rejected_good_ones_kept(raw_dir, tmp_path):
     summary, manifest, out = run_prepare(raw_dir, tmp_path)
     rejected = pd.read_csv(out / "rejected.csv").set_index("path")["reason"].to_dict()
-    assert rejected == {"train/def_front/empty.jpeg": "empty file",
-                        "train/ok_front/notes.jpeg": "not an image (unrecognised file format)"}
+    assert rejected == {
+        "train/def_front/empty.jpeg": "empty file",
+        "train/ok_front/notes.jpeg": "not an image (unrecognised file format)",
+    }
     assert summary["rejected"] == 2
     assert summary["train"]["total"] + summary["val"]["total"] == 2 * 24 - 1  # the leaked train copy is dropped
     assert summary["test"]["total"] == 17

@@ -7,10 +7,10 @@ import pytest
 import torch
 from ruamel.yaml import YAML
 
-from casting_inspection.explain import gradcam
-from casting_inspection.models import InspectionNet, ModelConfig
-from casting_inspection.params import _convert, Params
-from casting_inspection.presets import PRESETS_DIR, command, load
+from casting_inspection.core.params import Params, _convert
+from casting_inspection.evaluation.explain import gradcam
+from casting_inspection.modeling.networks import InspectionNet, ModelConfig
+from casting_inspection.team.presets import PRESETS_DIR, command, load
 from conftest import PROJECT
 
 PRESETS = sorted(p.stem for p in (PROJECT / PRESETS_DIR).glob("*.yaml"))
@@ -39,8 +39,19 @@ def test_every_preset_sets_params_that_exist_to_valid_values(name):
 
 def test_commands_name_a_run_and_queue_a_sweep():
     run = command("vgg224", {"set": {"train.lr": 1.0e-4, "train.augment.flip": False, "prepare.color_mode": "RGB"}}, queue=False)
-    assert run == ["dvc", "exp", "run", "-S", "train.lr=0.0001", "-S", "train.augment.flip=false", "-S", "prepare.color_mode=RGB",
-                   "-n", "vgg224"]
+    assert run == [
+        "dvc",
+        "exp",
+        "run",
+        "-S",
+        "train.lr=0.0001",
+        "-S",
+        "train.augment.flip=false",
+        "-S",
+        "prepare.color_mode=RGB",
+        "-n",
+        "vgg224",
+    ]
     sweep = command("search", {"sweep": {"train.lr": [0.001, 0.01], "train.cnn.widths": [[8, 16], [16, 32]]}}, queue=False)
     assert sweep == ["dvc", "exp", "run", "-S", "train.lr=0.001,0.01", "-S", "train.cnn.widths=[8,16],[16,32]", "--queue"]
 

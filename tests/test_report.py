@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from browser import rendered_images
-from casting_inspection.errors import InspectionError
-from casting_inspection.report import write_report
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.evaluation.report import write_report
 
 
 def test_missing_metrics_are_named(tmp_path):
@@ -24,8 +24,10 @@ def test_browser_check_tells_a_drawn_picture_from_a_broken_one(tmp_path):
     Image.new("RGB", (40, 20), "red").save(buffer, "PNG")
     good = base64.b64encode(buffer.getvalue()).decode()
     page = tmp_path / "page.html"
-    page.write_text(f'<html><body><img alt="good" src="data:image/png;base64,{good}">'
-                    f'<img alt="broken" src="data:image/png;base64,AAAA"></body></html>')
+    page.write_text(
+        f'<html><body><img alt="good" src="data:image/png;base64,{good}">'
+        f'<img alt="broken" src="data:image/png;base64,AAAA"></body></html>'
+    )
     images = {image["alt"]: image for image in rendered_images(page)}
     assert images["good"]["decoded"] and images["good"]["width"] == 40
     assert not images["broken"]["decoded"]

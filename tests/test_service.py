@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from casting_inspection.inference import Inspector
+from casting_inspection.deploy.inference import Inspector
 
 
 def free_port() -> int:
@@ -25,9 +25,25 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(exported_model):
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "casting_inspection.app", "serve", "--port", str(port),
-                                "--model", str(exported_model["onnx"]), "--max-upload-mb", "0.2", "--max-files", "8"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "casting_inspection.deploy.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--model",
+            str(exported_model["onnx"]),
+            "--max-upload-mb",
+            "0.2",
+            "--max-files",
+            "8",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
@@ -52,7 +68,8 @@ def test_health_and_model(server, exported_model):
     inspector = Inspector(exported_model["onnx"])
     assert httpx.get(server + "/health").json() == {"status": "ok", "model_version": inspector.version}
     info = httpx.get(server + "/model").json()
-    assert info["threshold"] == 0.5 and info["input"]["image_size"] == 32 and "git_commit" in info["source"]
+    assert info["threshold"] == 0.5 and info["input"]["image_size"] == 32 and "checkpoint_md5" in info["source"]
+    assert "git_commit" not in info["source"]  # provenance by content: no git state inside an output
 
 
 def test_predict_several_images_decides_as_the_cli_does(server, exported_model):
@@ -67,7 +84,7 @@ def test_predict_several_images_decides_as_the_cli_does(server, exported_model):
 
 
 def test_concurrent_clients_are_all_served(server, exported_model):
-    (name, data), = photos(exported_model, 1)
+    ((name, data),) = photos(exported_model, 1)
 
     def one(_):
         return httpx.post(server + "/predict", files={"files": (name, data, "image/jpeg")}, timeout=30).status_code
@@ -83,7 +100,7 @@ def error_of(response: httpx.Response, status: int) -> str:
 
 
 def test_bad_requests_get_clear_json_errors(server, exported_model):
-    (name, data), = photos(exported_model, 1)
+    ((name, data),) = photos(exported_model, 1)
     message = error_of(httpx.post(server + "/predict", files={"files": ("notes.jpeg", b"hello", "image/jpeg")}), 422)
     assert "notes.jpeg" in message and "not an image" in message
     assert "'files'" in error_of(httpx.post(server + "/predict", files={"other": (name, data, "image/jpeg")}), 400)
@@ -94,5 +111,7 @@ def test_bad_requests_get_clear_json_errors(server, exported_model):
     assert "at most 8 files" in error_of(httpx.post(server + "/predict", files=many), 400)
     tiny = io.BytesIO()
     Image.new("L", (8, 8), 128).save(tiny, "PNG")
-    assert "too small" in error_of(httpx.post(server + "/predict", files={"files": ("tiny.png", tiny.getvalue(), "image/png")}), 422)
+    assert "too small" in error_of(
+        httpx.post(server + "/predict", files={"files": ("tiny.png", tiny.getvalue(), "image/png")}), 422
+    )
     assert httpx.get(server + "/nowhere").json() == {"error": "Not Found"}

@@ -11,11 +11,13 @@ import sys
 import pytest
 import torch
 
-from casting_inspection.dataset import load_split
-from casting_inspection.models import InspectionNet, ModelConfig, count_parameters
-from casting_inspection.params import load_section
-from casting_inspection.prepare import prepare_dataset
-from casting_inspection.training import load_checkpoint, predict_logits, train_model
+from casting_inspection.core.params import load_section
+from casting_inspection.data.dataset import load_split
+from casting_inspection.data.prepare import prepare_dataset
+from casting_inspection.modeling.checkpoint import load_checkpoint
+from casting_inspection.modeling.networks import InspectionNet, ModelConfig, count_parameters
+from casting_inspection.modeling.predict import predict_logits
+from casting_inspection.modeling.training import train_model
 from conftest import FAST_PARAMS, PROJECT, merge, write_raw
 
 
@@ -32,23 +34,32 @@ def train_params(**changes):
     base = load_section("train", PROJECT / "params.yaml")
     fast = merge(dataclasses.asdict(base), json.loads(json.dumps(FAST_PARAMS["train"])))
     fast = merge(fast, changes)
-    return dataclasses.replace(base, **{k: v for k, v in fast.items() if k not in ("cnn", "mlp", "augment")},
-                               cnn=type(base.cnn)(**fast["cnn"]), mlp=type(base.mlp)(**fast["mlp"]),
-                               augment=type(base.augment)(**fast["augment"]))
+    return dataclasses.replace(
+        base,
+        **{k: v for k, v in fast.items() if k not in ("cnn", "mlp", "augment")},
+        cnn=type(base.cnn)(**fast["cnn"]),
+        mlp=type(base.mlp)(**fast["mlp"]),
+        augment=type(base.augment)(**fast["augment"]),
+    )
 
 
 def run_training(prepared, tmp_path, name, **changes):
     out = tmp_path / name
-    summary = train_model(train_params(**changes), prepared, out / "model.pt", out / "train.json", out / "live")
+    summary = train_model(train_params(**changes), prepared, out / "model.safetensors", out / "train.json", out / "live")
     return summary, out
 
 
 def test_learns_and_checkpoint_rebuilds_the_network(prepared, tmp_path):
     summary, out = run_training(prepared, tmp_path, "run", epochs=12, lr=1.0e-2)
     assert summary["val_accuracy"] >= 0.9, summary
-    model, checkpoint = load_checkpoint(out / "model.pt")
-    assert checkpoint["preprocessing"] == {"image_size": 32, "color_mode": "L", "allowed_modes": ["L", "RGB"],
-                                           "min_side": 16, "max_pixels": 25000000}
+    model, checkpoint = load_checkpoint(out / "model.safetensors")
+    assert checkpoint["preprocessing"] == {
+        "image_size": 32,
+        "color_mode": "L",
+        "allowed_modes": ["L", "RGB"],
+        "min_side": 16,
+        "max_pixels": 25000000,
+    }
     assert checkpoint["epoch"] == summary["best_epoch"]
     val = load_split(prepared, "val")
     accuracy = ((predict_logits(model, val.images, 64, torch.device("cpu")) > 0).float() == val.labels).float().mean()
@@ -62,9 +73,7 @@ def test_same_params_same_result(prepared, tmp_path):
     second, out_b = run_training(prepared, tmp_path, "b")
     timing = ("train_seconds", "seconds_per_epoch")
     assert {k: v for k, v in first.items() if k not in timing} == {k: v for k, v in second.items() if k not in timing}
-    a = torch.load(out_a / "model.pt", weights_only=True)["state_dict"]
-    b = torch.load(out_b / "model.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (out_a / "model.safetensors").read_bytes() == (out_b / "model.safetensors").read_bytes()
 
 
 def test_early_stopping_respects_patience(prepared, tmp_path):
@@ -86,14 +95,21 @@ def test_imagenet_weights_offline_fail_clearly(tmp_path):
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     code = (
-        "from casting_inspection.models import InspectionNet, ModelConfig\n"
-        "from casting_inspection.cli import run_stage\n"
+        "from casting_inspection.modeling.networks import InspectionNet, ModelConfig\n"
+        "from casting_inspection.core.stage import run_stage\n"
         "config = ModelConfig('resnet18', 1, 32, 'dataset', [0.5], [0.2], {}, [])\n"
         "run_stage('train', lambda: InspectionNet(config, imagenet_weights=True))\n"
     )
     proxy = f"http://127.0.0.1:{port}"
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT / "src"), "TORCH_HOME": str(tmp_path),
-           "HTTPS_PROXY": proxy, "https_proxy": proxy, "HTTP_PROXY": proxy, "http_proxy": proxy}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(PROJECT / "src"),
+        "TORCH_HOME": str(tmp_path),
+        "HTTPS_PROXY": proxy,
+        "https_proxy": proxy,
+        "HTTP_PROXY": proxy,
+        "http_proxy": proxy,
+    }
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.startswith("train: error: train.weights=imagenet: could not download")
@@ -101,10 +117,12 @@ def test_imagenet_weights_offline_fail_clearly(tmp_path):
 
 
 def test_no_augmentation_at_all_leaves_images_as_they_are():
-    from casting_inspection.params import AugmentParams
-    from casting_inspection.training import augment_batch, build_augmentation
+    from casting_inspection.core.params import AugmentParams
+    from casting_inspection.modeling.augmentation import augment_batch
+    from casting_inspection.modeling.training import augmentation
 
-    off = AugmentParams(flip=False, rotate90=False, degrees=0.0, translate=0.0, scale=0.0, brightness=0.0, contrast=0.0,
-                        blur=0.0, group=4)
+    off = AugmentParams(
+        flip=False, rotate90=False, degrees=0.0, translate=0.0, scale=0.0, brightness=0.0, contrast=0.0, blur=0.0, group=4
+    )
     images = torch.rand(8, 1, 16, 16)
-    assert torch.equal(augment_batch(build_augmentation(off), images, off.group), images)
+    assert torch.equal(augment_batch(augmentation(off), images, off.group), images)

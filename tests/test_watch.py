@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from casting_inspection.inference import Inspector
-from casting_inspection.watch import LOG_NAME, Watcher
+from casting_inspection.deploy.inference import Inspector
+from casting_inspection.deploy.watch import LOG_NAME, Watcher
 
-CLI = [sys.executable, "-m", "casting_inspection.app", "watch"]
+CLI = [sys.executable, "-m", "casting_inspection.deploy.cli", "watch"]
 
 
 def logged(out: Path) -> list[tuple]:
@@ -39,14 +39,20 @@ def test_once_sorts_every_complete_file_and_rejects_bad_ones(exported_model, tmp
     (inbox / "garbage.jpeg").write_bytes(b"\x00" * 50)
     os.utime(inbox / "garbage.jpeg", (time.time() - 10, time.time() - 10))
     (inbox / "still_writing.jpeg").write_bytes(photos[0].read_bytes()[:100])  # modified just now
-    result = subprocess.run([*CLI, str(inbox), "--out", str(out), "--once", "--settle", "2",
-                             "--model", str(exported_model["onnx"])], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*CLI, str(inbox), "--out", str(out), "--once", "--settle", "2", "--model", str(exported_model["onnx"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     rows = logged(out)
     assert len(rows) == 7 and {r[0] for r in rows} == {p.name for p in photos} | {"garbage.jpeg"}
     expected = {r.path: r.decision for r in Inspector(exported_model["onnx"]).inspect([(p.name, p.read_bytes()) for p in photos])}
     for name, decision, destination, reason in rows:
-        assert Path(destination).exists() and Path(destination).parent.name == {"": "rejected"}.get(expected.get(name, ""), decision)
+        assert Path(destination).exists() and Path(destination).parent.name == {"": "rejected"}.get(
+            expected.get(name, ""), decision
+        )
         if name == "garbage.jpeg":
             assert decision == "rejected" and "not an image" in reason
         else:

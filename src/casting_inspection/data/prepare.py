@@ -1,0 +1,213 @@
+"""Verify every raw image, find exact duplicates and train/test leakage, split train/val, cache arrays.
+
+Outputs (in `out_dir`): `manifest.csv` (one row per raw file), `rejected.csv`, and
+`{train,val,test}.npy` — uint8 arrays of shape (N, C, H, W) in manifest order (column `index`),
+which training reads without decoding a JPEG again. Beside them, the input-drift reference: the
+training split's range of brightness, contrast, sharpness and part position (see `drift`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+from tqdm import tqdm
+
+from casting_inspection import CLASS_NAMES, SPLITS
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.files import atomic_dir, write_json
+from casting_inspection.core.params import PrepareParams
+from casting_inspection.data import drift, near_duplicates
+from casting_inspection.data.images import BadImage, ImageSpec, load_image
+
+CACHE_SPLITS = ("train", "val", "test")
+
+
+def _verify(job: tuple[Path, str, ImageSpec]):
+    path, relative, spec = job
+    data = path.read_bytes()
+    record = {"path": relative, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    try:
+        array, (width, height) = load_image(data, spec)
+    except BadImage as exc:
+        return record | {"width": None, "height": None, "status": "rejected", "reason": str(exc)}, None
+    return record | {"width": width, "height": height, "status": "ok", "reason": ""}, array
+
+
+def _list_raw(raw_dir: Path) -> list[tuple[Path, str, str, str]]:
+    files = []
+    for split in SPLITS:
+        for label in CLASS_NAMES:
+            folder = raw_dir / split / label
+            if not folder.is_dir():
+                raise InspectionError(f"{folder}: missing; run the download stage first (dvc repro download)")
+            for path in sorted(folder.iterdir()):
+                files.append((path, f"{split}/{label}/{path.name}", split, label))
+    return files
+
+
+def image_spec(params: PrepareParams) -> ImageSpec:
+    """The checks and resize every consumer of the model repeats, from the prepare section."""
+    return ImageSpec(params.image_size, params.color_mode, list(params.allowed_modes), params.min_side, params.max_pixels)
+
+
+def prepare_dataset(
+    params: PrepareParams, raw_dir: Path, out_dir: Path, metrics_path: Path, drift_path: Path, workers: int
+) -> dict:
+    files = _list_raw(Path(raw_dir))
+    spec = image_spec(params)
+    jobs = [(path, relative, spec) for path, relative, _, _ in files]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        # disable=None: a progress bar on a terminal, none in CI logs
+        progress = tqdm(pool.map(_verify, jobs, chunksize=64), total=len(jobs), desc="verify", unit="img", disable=None)
+        results = list(progress)
+    table = pd.DataFrame([record for record, _ in results])
+    table.insert(1, "label", [label for *_, label in files])
+    table.insert(2, "official_split", [split for _, _, split, _ in files])
+    arrays = [array for _, array in results]
+    table["duplicate_of"] = ""
+    table["leaked"] = False
+    _mark_duplicates(table, params.duplicates)
+    table["split"] = ""
+    _assign_splits(table, params)
+    pairs = _mark_near_duplicates(table, arrays, params)
+    table["index"] = -1
+    with atomic_dir(Path(out_dir)) as staging:
+        for split in CACHE_SPLITS:
+            rows = table.index[table["split"] == split]
+            if len(rows) == 0:
+                raise InspectionError(f"no usable images left for the {split} split (all rejected or dropped); check {raw_dir}")
+            table.loc[rows, "index"] = range(len(rows))
+            stacked = np.stack([arrays[i] for i in rows])
+            np.save(staging / f"{split}.npy", stacked)
+            if split == "train":
+                drift_reference = drift.reference(
+                    drift.image_statistics(stacked), params.drift.quantiles, params.drift.alarm_share
+                )
+        columns = [
+            "path",
+            "label",
+            "split",
+            "official_split",
+            "sha256",
+            "size",
+            "width",
+            "height",
+            "status",
+            "reason",
+            "duplicate_of",
+            "leaked",
+            "near_duplicate_of",
+            "near_distance",
+            "index",
+        ]
+        table[columns].to_csv(staging / "manifest.csv", index=False)
+        table.loc[table["status"] == "rejected", ["path", "reason"]].to_csv(staging / "rejected.csv", index=False)
+        pairs.to_csv(staging / "near_duplicates.csv", index=False)
+        write_json(staging / "preprocessing.json", dataclasses.asdict(spec))
+    write_json(Path(drift_path), drift_reference)
+    summary = _summary(table)
+    write_json(Path(metrics_path), summary)
+    return summary
+
+
+def _mark_duplicates(table: pd.DataFrame, policy: str) -> None:
+    """Flag byte-identical copies; with policy 'drop', drop repeated train copies and train copies of test images."""
+    usable = table[table["status"] == "ok"]
+    for _, group in usable.groupby("sha256", sort=False):
+        if len(group) < 2:
+            continue
+        train = group[group["official_split"] == "train"]
+        test = group[group["official_split"] == "test"]
+        for copies in (train, test):
+            table.loc[copies.index[1:], "duplicate_of"] = copies["path"].iloc[0] if len(copies) else ""
+        if len(set(group["label"])) > 1:
+            table.loc[group.index, ["status", "reason"]] = [
+                "rejected",
+                "identical image carries both labels: " + ", ".join(group["path"]),
+            ]
+            continue
+        if len(test):
+            table.loc[test.index, "leaked"] = True
+            table.loc[train.index, "duplicate_of"] = test["path"].iloc[0]
+        if policy == "drop":
+            drop = train.index if len(test) else train.index[1:]
+            reason = f"identical to test image {test['path'].iloc[0]}" if len(test) else f"duplicate of {train['path'].iloc[0]}"
+            table.loc[drop, ["status", "reason"]] = ["dropped", reason]
+
+
+def _mark_near_duplicates(table: pd.DataFrame, arrays: list, params: PrepareParams) -> pd.DataFrame:
+    """For each test image, its nearest official-train image by pHash distance (`near_distance`), named in
+    `near_duplicate_of` when within `max_distance`. Returns every test/train pair within it (the groups)."""
+    table["near_duplicate_of"] = ""
+    table["near_distance"] = pd.array([pd.NA] * len(table), dtype="Int64")
+    test = table.index[table["split"] == "test"]
+    train = table.index[table["split"].isin(["train", "val"])]
+    hashes = near_duplicates.perceptual_hashes([arrays[i] for i in test.union(train)], params.near_duplicates.hash_size)
+    position = {row: k for k, row in enumerate(test.union(train))}
+    distance = near_duplicates.distances(hashes[[position[i] for i in test]], hashes[[position[i] for i in train]])
+    pairs = []
+    if len(test) and len(train):
+        nearest = distance.argmin(axis=1)
+        table.loc[test, "near_distance"] = distance[np.arange(len(test)), nearest]
+        close = distance[np.arange(len(test)), nearest] <= params.near_duplicates.max_distance
+        table.loc[test[close], "near_duplicate_of"] = table.loc[train[nearest[close]], "path"].to_numpy()
+        for t, r in zip(*np.nonzero(distance <= params.near_duplicates.max_distance)):
+            pairs.append(
+                {
+                    "test_path": table.at[test[t], "path"],
+                    "train_path": table.at[train[r], "path"],
+                    "train_split": table.at[train[r], "split"],
+                    "distance": int(distance[t, r]),
+                }
+            )
+    return pd.DataFrame(pairs, columns=["test_path", "train_path", "train_split", "distance"])
+
+
+def _assign_splits(table: pd.DataFrame, params: PrepareParams) -> None:
+    """Stratified, seeded train/val split over groups of identical images, so no copy straddles both."""
+    table.loc[(table["status"] == "ok") & (table["official_split"] == "test"), "split"] = "test"
+    train = table[(table["status"] == "ok") & (table["official_split"] == "train")]
+    groups = train.groupby("sha256", sort=False)["label"].first()
+    if groups.value_counts().min() < 2:
+        raise InspectionError("too few train images per class to carve a validation split; check the data")
+    _, val_hashes = train_test_split(
+        groups.index.to_numpy(), test_size=params.val_fraction, stratify=groups.to_numpy(), random_state=params.seed
+    )
+    is_val = train["sha256"].isin(set(val_hashes))
+    table.loc[train.index[is_val], "split"] = "val"
+    table.loc[train.index[~is_val], "split"] = "train"
+
+
+def _summary(table: pd.DataFrame) -> dict:
+    counts = {}
+    for split in CACHE_SPLITS:
+        rows = table[table["split"] == split]
+        counts[split] = {label: int((rows["label"] == label).sum()) for label in CLASS_NAMES} | {"total": len(rows)}
+    official = table["official_split"]
+    dup = table["duplicate_of"] != ""
+    return {
+        "images": len(table),
+        **counts,
+        "rejected": int((table["status"] == "rejected").sum()),
+        "dropped": int((table["status"] == "dropped").sum()),
+        "duplicates": {
+            "within_train": int((dup & (official == "train") & ~table["duplicate_of"].str.startswith("test/")).sum()),
+            "within_test": int((dup & (official == "test")).sum()),
+        },
+        "leaked": {
+            "test_images": int(table["leaked"].sum()),
+            "train_copies": int(((official == "train") & table["duplicate_of"].str.startswith("test/")).sum()),
+        },
+        "near_duplicates": {
+            "test_images": int((table["near_duplicate_of"] != "").sum()),
+            "test_images_leak_free": int(
+                ((table["split"] == "test") & ~table["leaked"] & (table["near_duplicate_of"] == "")).sum()
+            ),
+        },
+    }

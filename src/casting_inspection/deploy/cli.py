@@ -1,0 +1,218 @@
+"""`casting-inspect`: the exported model at work on the line.
+
+  casting-inspect predict PATH... [--format csv|jsonl] [--out FILE]   decide image files, folders or globs
+  casting-inspect serve [--host 127.0.0.1] [--port 8000]              the HTTP inspection service
+  casting-inspect watch INBOX [--out DIR]                             decide photos as a camera drops them
+  casting-inspect about                                               which model, how it decides, where it came from
+
+Exit status: 0 all decided; 3 some files were skipped (each named on stderr with its reason); 1 an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.files import atomic_path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+SKIPPED_EXIT = 3
+DEFAULT_MODEL = Path("models/model.onnx")
+
+
+def expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given, folders walked for image files (sorted), glob patterns expanded; what matched nothing is named."""
+    files, missing = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += found
+            if not found:
+                missing.append((item, "folder holds no image files"))
+        elif path.is_file():
+            files.append(path)
+        elif glob.has_magic(item):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            files += found
+            if not found:
+                missing.append((item, "pattern matches no file"))
+        else:
+            missing.append((item, "no such file or folder"))
+    return files, missing
+
+
+def _write_rows(rows: list[dict], fmt: str, out: Path | None) -> None:
+    buffer = io.StringIO()
+    if fmt == "csv":
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["path"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        for row in rows:
+            buffer.write(json.dumps(row) + "\n")
+    if out is None:
+        sys.stdout.write(buffer.getvalue())
+    else:
+        with atomic_path(out) as tmp:
+            tmp.write_text(buffer.getvalue())
+
+
+def predict(args: argparse.Namespace) -> int:
+    from casting_inspection.deploy.inference import Inspector, Result
+
+    inspector = Inspector(args.model, threads=args.threads)
+    files, missing = expand(args.paths)
+    for item, reason in missing:
+        print(f"skipped {item}: {reason}", file=sys.stderr)
+    results, arrays = [], []
+    batches = range(0, len(files), args.batch_size)
+    for start in tqdm(
+        batches, desc="predict", unit="batch", file=sys.stderr, disable=None if len(files) > args.batch_size else True
+    ):
+        chunk = files[start : start + args.batch_size]
+        named, unreadable = [], []
+        for path in chunk:
+            try:
+                named.append((str(path), path.read_bytes()))
+            except OSError as exc:
+                unreadable.append(
+                    Result(str(path), "", None, inspector.threshold, inspector.version, f"cannot read ({exc.strerror})")
+                )
+        for result in unreadable + inspector.inspect(named, args.batch_size, decoded=arrays):
+            if result.error:
+                print(f"skipped {result.path}: {result.error}", file=sys.stderr)
+            results.append(result)
+    decided = [r for r in results if not r.error]
+    _write_rows([{k: v for k, v in r.row().items() if k != "error"} for r in decided], args.format, args.out)
+    if len(decided) >= args.drift_min_images:
+        warning = _drift(inspector, arrays)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    skipped = len(missing) + len(results) - len(decided)
+    counts = {d: sum(r.decision == d for r in decided) for d in ("ok", "defective", "review")}
+    summary = ", ".join(f"{n} {d}" for d, n in counts.items() if n or d != "review")
+    print(f"predict: {len(decided)} decided ({summary}); {skipped} skipped", file=sys.stderr)
+    return SKIPPED_EXIT if skipped else 0
+
+
+def _drift(inspector, arrays: list) -> str | None:
+    """Input drift of this batch against the model's training range (the warning a line operator needs)."""
+    import numpy as np
+
+    from casting_inspection.data import drift
+
+    report = drift.drift_report(drift.image_statistics(np.stack(arrays)), inspector.drift_reference)
+    return drift.drift_warning(report)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from casting_inspection.deploy.inference import Inspector
+    from casting_inspection.deploy.service import Limits, create_app
+
+    inspector = Inspector(args.model, threads=args.threads)
+    app = create_app(inspector, Limits(max_upload_bytes=int(args.max_upload_mb * 1e6), max_files=args.max_files))
+    print(
+        f"serve: model {inspector.version} on http://{args.host}:{args.port} (POST /predict, GET /health, GET /model)",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1)
+    return 0
+
+
+def watch(args: argparse.Namespace) -> int:
+    from casting_inspection.deploy.inference import Inspector
+    from casting_inspection.deploy.watch import watch_folder
+
+    inspector = Inspector(args.model, threads=args.threads)
+    watch_folder(
+        inspector,
+        Path(args.inbox),
+        Path(args.out) if args.out else Path(args.inbox) / "sorted",
+        poll_seconds=args.poll,
+        settle_seconds=args.settle,
+        once=args.once,
+    )
+    return 0
+
+
+def about(args: argparse.Namespace) -> int:
+    from casting_inspection.deploy.inference import Inspector
+
+    print(json.dumps(Inspector(args.model).info(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="casting-inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub):
+        sub.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"exported ONNX model (default: {DEFAULT_MODEL})")
+        sub.add_argument("--threads", type=int, default=0, help="CPU threads for ONNX Runtime; 0 = all cores (default)")
+
+    sub = commands.add_parser("predict", help="decide image files, folders or glob patterns")
+    sub.add_argument("paths", nargs="+", help="image files, folders (searched for image files) or glob patterns")
+    sub.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="output rows (default: csv)")
+    sub.add_argument("--out", type=Path, help="write the rows here instead of stdout")
+    sub.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
+    sub.add_argument(
+        "--drift-min-images",
+        type=int,
+        default=20,
+        help="check input drift when at least this many images were decided (default: 20)",
+    )
+    common(sub)
+    sub.set_defaults(run=predict)
+
+    sub = commands.add_parser("serve", help="the HTTP inspection service (FastAPI on uvicorn)")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sub.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    sub.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted file, in MB (default: 10)")
+    sub.add_argument("--max-files", type=int, default=64, help="most images in one request (default: 64)")
+    common(sub)
+    sub.set_defaults(run=serve)
+
+    sub = commands.add_parser("watch", help="decide photos as they arrive in a folder, then sort them")
+    sub.add_argument("inbox", help="the folder the camera writes to")
+    sub.add_argument("--out", help="where ok/, defective/, review/, rejected/ and the log go (default: INBOX/sorted)")
+    sub.add_argument("--poll", type=float, default=0.5, help="seconds between looks at the inbox (default: 0.5)")
+    sub.add_argument(
+        "--settle", type=float, default=1.0, help="a file is complete when unchanged for this many seconds (default: 1.0)"
+    )
+    sub.add_argument("--once", action="store_true", help="decide what is complete now, then stop")
+    common(sub)
+    sub.set_defaults(run=watch)
+
+    sub = commands.add_parser("about", help="which model, how it decides, where it came from")
+    common(sub)
+    sub.set_defaults(run=about)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.run(args)
+    except InspectionError as exc:
+        print(f"casting-inspect {args.command}: error: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

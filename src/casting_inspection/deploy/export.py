@@ -1,0 +1,224 @@
+"""Export the best checkpoint to ONNX (dynamic batch) and check it against PyTorch on the real test images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.files import atomic_path, write_json
+from casting_inspection.core.params import ExportParams, Int8Params
+from casting_inspection.data.dataset import load_split
+from casting_inspection.evaluation.metrics import count_errors
+from casting_inspection.modeling.checkpoint import load_checkpoint
+from casting_inspection.modeling.networks import ProbabilityNet, count_parameters
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "defect_probability"
+
+
+def _source(checkpoint_path: Path, checkpoint: dict, operating_point: dict) -> dict:
+    """Where the model came from, by content: the checkpoint's hash (DVC's md5), its train params, its operating point.
+    No git state: an output must depend only on the stage's inputs."""
+    return {
+        "checkpoint_md5": hashlib.md5(Path(checkpoint_path).read_bytes()).hexdigest(),
+        "train_params": checkpoint.get("train_params"),
+        "best_epoch": checkpoint.get("epoch"),
+        "operating_point": operating_point,
+    }
+
+
+def export_onnx(
+    params: ExportParams,
+    checkpoint_path: Path,
+    operating_point_path: Path,
+    drift_reference_path: Path,
+    prepared_dir: Path,
+    onnx_path: Path,
+    int8_path: Path,
+    metrics_path: Path,
+) -> dict:
+    model, checkpoint = load_checkpoint(checkpoint_path, "cpu")
+    operating_point = json.loads(Path(operating_point_path).read_text())
+    threshold = operating_point["threshold"]
+    shipped = ProbabilityNet(model, operating_point["temperature"]).eval()
+    test = load_split(prepared_dir, "test")
+    graph = _to_onnx(shipped, test.images[:2].float() / 255, params.opset)
+    metadata = _metadata(checkpoint, operating_point, checkpoint_path, drift_reference_path)
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(graph)
+    with atomic_path(onnx_path) as tmp:
+        onnx.save(graph, str(tmp))
+    onnx_probs, torch_probs = _both_runtimes(shipped, onnx_path, test.images, params.batch_size)
+    max_abs_diff = float(np.abs(onnx_probs - torch_probs).max())
+    flips = int(((onnx_probs >= threshold) != (torch_probs >= threshold)).sum())
+    results = {
+        "onnx_label_agreement": float(np.mean((onnx_probs >= threshold) == (torch_probs >= threshold))),
+        # PyTorch and ONNX Runtime as two "operators" deciding the same parts at the chosen threshold
+        "onnx_decision_flips": flips,
+        "onnx_flip_rate": round(flips / len(onnx_probs), 6),
+        "onnx_max_abs_diff": max_abs_diff,
+        "onnx_bytes": Path(onnx_path).stat().st_size,
+        "params": count_parameters(model),
+        "opset": params.opset,
+        "threshold": threshold,
+        "images_checked": len(onnx_probs),
+    }
+    train = load_split(prepared_dir, "train")
+    results["int8"] = _int8(
+        params.int8,
+        onnx_path,
+        int8_path,
+        train.images,
+        test.images,
+        test.labels.numpy(),
+        onnx_probs,
+        threshold,
+        params.batch_size,
+    )
+    write_json(metrics_path, results)
+    if max_abs_diff > params.max_abs_diff:
+        raise InspectionError(
+            f"ONNX and PyTorch disagree by {max_abs_diff:.2e} on test images (export.max_abs_diff={params.max_abs_diff:g}); "
+            f"see {metrics_path}"
+        )
+    return results
+
+
+def _to_onnx(shipped: torch.nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    """The dynamo exporter with a dynamic batch axis, into memory."""
+    with tempfile.TemporaryDirectory() as scratch:
+        raw_path = Path(scratch) / "model.onnx"
+        torch.onnx.export(
+            shipped,
+            (example,),
+            str(raw_path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+        return onnx.load(str(raw_path))
+
+
+def _metadata(checkpoint: dict, operating_point: dict, checkpoint_path: Path, drift_reference_path: Path) -> dict:
+    """What travels with the ONNX file, so that whatever serves it decides as evaluate did."""
+    return {
+        "class_names": json.dumps(checkpoint["class_names"]),
+        "positive_class": checkpoint["class_names"][1],
+        "threshold": str(operating_point["threshold"]),
+        # [low, high): parts in between go to a person (evaluate.review_share); "null" = accept/reject only
+        "review_band": json.dumps(operating_point["review_band"]),
+        "temperature": str(operating_point["temperature"]),  # already inside the graph: the output is calibrated
+        "image_size": str(checkpoint["preprocessing"]["image_size"]),
+        "color_mode": checkpoint["preprocessing"]["color_mode"],
+        # the checks and resize of casting_inspection.data.images.load_image, so every consumer prepares images as training did
+        "preprocessing": json.dumps(checkpoint["preprocessing"]),
+        "input": "float32 (N, C, H, W) in [0, 1], resized as in casting_inspection.data.images.load_image",
+        "source": json.dumps(_source(checkpoint_path, checkpoint, operating_point)),
+        "output": "defect probability per image",
+        # the training range of brightness, contrast, sharpness and part position (casting_inspection.data.drift),
+        # so whatever serves the model can warn when the camera drifts
+        "drift_reference": json.dumps(json.loads(Path(drift_reference_path).read_text())),
+    }
+
+
+def _both_runtimes(shipped: torch.nn.Module, onnx_path: Path, images: torch.Tensor, batch_size: int):
+    """Probabilities from ONNX Runtime and from PyTorch for the same images."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    onnx_probs, torch_probs = [], []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].float() / 255
+            torch_probs.append(shipped(batch).numpy())
+            onnx_probs.append(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0])
+    return np.concatenate(onnx_probs), np.concatenate(torch_probs)
+
+
+def _int8(
+    params: Int8Params,
+    float_path: Path,
+    int8_path: Path,
+    train_images: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: np.ndarray,
+    float_probs: np.ndarray,
+    threshold: float,
+    batch_size: int,
+) -> dict:
+    """Static int8 quantization calibrated on training images; its size, speed and decisions against the float model."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    pick = np.random.default_rng(params.seed).choice(
+        len(train_images), min(params.calibration_images, len(train_images)), replace=False
+    )
+    calibration = train_images[np.sort(pick)].numpy().astype(np.float32) / 255
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([calibration[i : i + 32] for i in range(0, len(calibration), 32)])
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    with tempfile.TemporaryDirectory() as scratch, atomic_path(int8_path) as tmp:
+        prepared = Path(scratch) / "pre.onnx"
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)  # it cannot follow the pooled Concat
+        quantize_static(
+            str(prepared),
+            str(tmp),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        quantized = onnx.load(str(tmp))
+        del quantized.metadata_props[:]
+        for prop in onnx.load(str(float_path)).metadata_props:  # the same threshold, spec and source travel with it
+            quantized.metadata_props.add(key=prop.key, value=prop.value)
+        onnx.save(quantized, str(tmp))
+    images = test_images.numpy().astype(np.float32) / 255
+    int8_session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    int8_probs = np.concatenate(
+        [int8_session.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
+    )
+    float_session = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"])
+    labels = test_labels.astype(bool)
+    return {
+        "bytes": Path(int8_path).stat().st_size,
+        "float_bytes": Path(float_path).stat().st_size,
+        "decision_agreement": round(float(np.mean((int8_probs >= threshold) == (float_probs >= threshold))), 6),
+        "max_abs_diff": round(float(np.abs(int8_probs - float_probs).max()), 6),
+        "accuracy": round(float(np.mean((int8_probs >= threshold) == labels)), 6),
+        "float_accuracy": round(float(np.mean((float_probs >= threshold) == labels)), 6),
+        "missed_defects": count_errors(labels, int8_probs >= threshold)[0],
+        # measured here, at batch 64 on this machine's CPU: noisy, see bench/bench_inference.py for medians
+        "images_per_s_batch64": _throughput(int8_session, images[:64]),
+        "float_images_per_s_batch64": _throughput(float_session, images[:64]),
+    }
+
+
+def _throughput(session: ort.InferenceSession, batch: np.ndarray, repeats: int = 30) -> float:
+    for _ in range(3):
+        session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        seconds.append(time.perf_counter() - start)
+    return round(len(batch) / statistics.median(seconds), 1)

@@ -1,0 +1,286 @@
+"""Score the test split once: decision metrics (defective = positive) at the operating point chosen on
+validation, calibration, curves, the predictions table, Grad-CAM galleries, input drift and the release gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from dvclive import Live
+from sklearn import metrics as skm
+
+from casting_inspection import CLASS_NAMES
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.files import atomic_path, write_json, write_text
+from casting_inspection.core.params import EvaluateParams
+from casting_inspection.data import drift
+from casting_inspection.data.dataset import Split, load_split
+from casting_inspection.evaluation.calibration import calibration_metrics, fit_temperature, sigmoid
+from casting_inspection.evaluation.explain import evidence_on_part, gradcam, part_mask
+from casting_inspection.evaluation.galleries import Tile, draw_tiles, evidence_chart
+from casting_inspection.evaluation.metrics import Costs, decision_metrics, review_metrics
+from casting_inspection.evaluation.operating_point import choose_review_band, choose_threshold
+from casting_inspection.modeling.checkpoint import load_checkpoint
+from casting_inspection.modeling.predict import predict_logits, select_device
+
+
+def costs_of(params: EvaluateParams) -> Costs:
+    return Costs(params.cost_missed_defect, params.cost_false_reject, params.defect_rate)
+
+
+def evaluate_model(
+    params: EvaluateParams,
+    checkpoint_path: Path,
+    prepared_dir: Path,
+    drift_reference_path: Path,
+    metrics_path: Path,
+    drift_path: Path,
+    plots_dir: Path,
+    operating_point_path: Path,
+) -> dict:
+    device = select_device("auto")
+    model, _ = load_checkpoint(checkpoint_path, device)
+    test, val = load_split(prepared_dir, "test"), load_split(prepared_dir, "val")
+
+    def logits_of(images: torch.Tensor) -> np.ndarray:
+        return predict_logits(model, images, params.batch_size, device).double().numpy()
+
+    val_logits, test_logits = logits_of(val.images), logits_of(test.images)
+    temperature = fit_temperature(val_logits, val.labels.numpy()) if params.calibration.temperature_scaling else 1.0
+    val_labels, val_probabilities = val.labels.numpy().astype(int), sigmoid(val_logits / temperature)
+    costs = costs_of(params)
+    threshold = choose_threshold(
+        params.operating_point, val_labels, val_probabilities, costs, params.threshold, params.target_recall
+    )
+    band = choose_review_band(params.review_share, val_labels, val_probabilities, threshold, costs)
+    probabilities = sigmoid(test_logits / temperature)
+    results = test_figures(
+        params, test, probabilities, sigmoid(test_logits), val_labels, val_probabilities, threshold, band, temperature
+    )
+    evidence, results["explanations"] = _explain(
+        params, model, test, val, probabilities, val_probabilities, threshold, Path(plots_dir) / "images"
+    )
+    report = _plots(params, test, probabilities, sigmoid(test_logits), threshold, band, evidence, Path(plots_dir))
+    write_json(metrics_path, results)
+    write_json(
+        operating_point_path,
+        {"threshold": threshold, "temperature": temperature, "review_band": list(band) if band is not None else None},
+    )
+    print(report)
+    reference = json.loads(Path(drift_reference_path).read_text())
+    drift_report = drift.drift_report(drift.image_statistics(test.images), reference)
+    write_json(drift_path, drift_report)
+    print(
+        drift.drift_warning(drift_report) or f"input drift: none on the test split (alarm share {reference['alarm_share']:.0%})"
+    )
+    _release_gate(params, results, metrics_path)
+    return results
+
+
+def test_figures(
+    params: EvaluateParams,
+    test: Split,
+    probabilities: np.ndarray,
+    raw_probabilities: np.ndarray,
+    val_labels: np.ndarray,
+    val_probabilities: np.ndarray,
+    threshold: float,
+    band: tuple[float, float] | None,
+    temperature: float,
+) -> dict:
+    """metrics/test.json: at the operating point, on the leak-free subset, at 0.5, and the calibration."""
+    labels, costs = test.labels.numpy().astype(int), costs_of(params)
+    results = decision_metrics(labels, probabilities, threshold)
+    escape, false_reject = results["escape_rate"], results["false_reject_rate"]
+    val_figures = decision_metrics(val_labels, val_probabilities, threshold)
+    results = {
+        "operating_point": params.operating_point,
+        "threshold": round(threshold, 6),
+        **results,
+        "expected_cost_per_1000": {
+            "line_defect_rate": costs.per_1000(escape, false_reject),
+            "test_defect_rate": costs.per_1000(escape, false_reject, labels.mean()),
+        },
+        "leak_free": decision_metrics(labels[test.leak_free], probabilities[test.leak_free], threshold),
+        "at_threshold_0_5": decision_metrics(labels, probabilities, 0.5),
+        "val_at_threshold": {k: val_figures[k] for k in ("missed_defects", "false_rejects", "accuracy")},
+        "calibration": {
+            "temperature": round(temperature, 6),
+            "before": calibration_metrics(labels, raw_probabilities, params.calibration.bins),
+            "after": calibration_metrics(labels, probabilities, params.calibration.bins),
+        },
+    }
+    if band is not None:
+        results["review"] = {
+            "low": round(band[0], 6),
+            "high": round(band[1], 6),
+            **review_metrics(labels, probabilities, band),
+            "val": review_metrics(val_labels, val_probabilities, band),
+        }
+    return results
+
+
+def _plots(
+    params: EvaluateParams,
+    test: Split,
+    probabilities: np.ndarray,
+    raw_probabilities: np.ndarray,
+    threshold: float,
+    band,
+    evidence: np.ndarray,
+    plots_dir: Path,
+) -> str:
+    """dvclive plots, the classification report and the per-part predictions table; returns the report text."""
+    labels, names = test.labels.numpy().astype(int), np.array(CLASS_NAMES)
+    predicted = (probabilities >= threshold).astype(int)
+    bins = params.calibration.bins
+    with Live(str(plots_dir), dvcyaml=False, save_dvc_exp=False) as live:
+        live.log_sklearn_plot("confusion_matrix", names[labels].tolist(), names[predicted].tolist(), name="confusion_matrix.json")
+        live.log_sklearn_plot("precision_recall", labels, probabilities, name="precision_recall.json")
+        # reliability diagrams: the raw network, and after temperature scaling
+        live.log_sklearn_plot("calibration", labels, raw_probabilities, name="calibration_raw.json", n_bins=bins)
+        live.log_sklearn_plot("calibration", labels, probabilities, name="calibration.json", n_bins=bins)
+        fpr, tpr, thresholds = skm.roc_curve(labels, probabilities)
+        # sklearn's first threshold is +inf, which strict JSON readers of `dvc plots` reject
+        roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thresholds, 1.0)})
+        live.log_plot(
+            "roc",
+            roc,
+            x="fpr",
+            y="tpr",
+            title="ROC (defective = positive)",
+            x_label="false positive rate",
+            y_label="true positive rate",
+        )
+    (plots_dir / "metrics.json").unlink(missing_ok=True)  # dvclive's empty summary; the figures are in metrics/test.json
+    report = skm.classification_report(labels, predicted, labels=[0, 1], target_names=list(CLASS_NAMES), digits=4)
+    write_text(plots_dir / "classification_report.txt", report)
+    table = pd.DataFrame(
+        {
+            "path": test.paths,
+            "label": names[labels],
+            "defect_probability": probabilities.round(6),
+            "predicted": names[predicted],
+            "evidence_on_part": evidence.round(4),
+            "leaked": test.leaked,
+            "near_duplicate": test.near_duplicate,
+        }
+    )
+    if band is not None:
+        table.insert(
+            4, "disposition", np.where(probabilities < band[0], "accept", np.where(probabilities >= band[1], "reject", "review"))
+        )
+    with atomic_path(plots_dir / "predictions.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    return report
+
+
+def _explain(
+    params: EvaluateParams,
+    model,
+    test,
+    val,
+    probabilities: np.ndarray,
+    val_probabilities: np.ndarray,
+    threshold: float,
+    images_dir: Path,
+) -> tuple[np.ndarray, dict]:
+    """Grad-CAM for every test decision, its share on the part, and the galleries; returns the per-part
+    evidence share and the figures for the metrics."""
+    config = params.explain
+    labels, val_labels = test.labels.numpy().astype(int), val.labels.numpy().astype(int)
+    predicted = (probabilities >= threshold).astype(int)
+    heatmaps = gradcam(model, test.images, predicted)
+    grey = test.images.float().mean(dim=1).round().to(torch.uint8).numpy()  # (N, H, W): colour images shown in grey
+    masks = np.stack([part_mask(image) for image in grey])
+    evidence = evidence_on_part(heatmaps, masks)
+    wrong = predicted != labels
+    flagged = evidence < config.min_evidence_on_part
+
+    def mean(selection: np.ndarray) -> float | None:
+        values = evidence[selection]
+        return round(float(np.nanmean(values)), 4) if np.isfinite(values).any() else None
+
+    shares = {CLASS_NAMES[k]: mean(labels == k) for k in (0, 1)} | {"errors": mean(wrong)}
+    figures = {
+        "evidence_on_part": shares,
+        "part_area_share": round(float(masks.mean()), 4),
+        "flagged_off_part": int(flagged.sum()),
+        "flagged_off_part_errors": int((flagged & wrong).sum()),
+    }
+
+    def tiles(split, split_probabilities, indices, with_heatmap=False) -> list[Tile]:
+        return [
+            Tile(
+                split.images[i].float().mean(dim=0).round().to(torch.uint8).numpy(),
+                int(split.labels[i]),
+                float(split_probabilities[i]),
+                threshold,
+                heatmaps[i] if with_heatmap else None,
+                f"on part {evidence[i]:.0%}" if with_heatmap else "",
+            )
+            for i in indices
+        ]
+
+    def most_confident_errors(split_labels, split_probabilities) -> np.ndarray:
+        errors = np.flatnonzero((split_probabilities >= threshold) != split_labels)
+        return errors[np.argsort(-np.abs(split_probabilities[errors] - threshold))][: config.max_gallery]
+
+    rng = np.random.default_rng(config.seed)
+    sample = np.sort(rng.choice(len(labels), min(config.sample_grid, len(labels)), replace=False))
+    draw_tiles(
+        tiles(test, probabilities, sample),
+        f"Test sample: {len(sample)} parts at threshold {threshold:.3f}",
+        images_dir / "sample_grid.png",
+    )
+    test_errors = most_confident_errors(labels, probabilities)
+    draw_tiles(
+        tiles(test, probabilities, test_errors, with_heatmap=True),
+        f"Test errors with Grad-CAM: {int(wrong.sum())} of {len(labels)}",
+        images_dir / "errors_test.png",
+    )
+    val_errors = most_confident_errors(val_labels, val_probabilities)
+    draw_tiles(
+        tiles(val, val_probabilities, val_errors),
+        f"Validation errors: {int(((val_probabilities >= threshold) != val_labels).sum())} of {len(val_labels)}",
+        images_dir / "errors_val.png",
+    )
+    confident = []
+    for k in (0, 1):
+        right = np.flatnonzero((labels == k) & ~wrong)
+        margin = np.abs(probabilities[right] - threshold)
+        order = right[np.argsort(-margin)]
+        confident += list(order[: config.confident]) + list(order[::-1][: config.confident])
+    draw_tiles(
+        tiles(test, probabilities, confident, with_heatmap=True),
+        "Correct test parts with Grad-CAM: most and least confident of each class",
+        images_dir / "gradcam_correct.png",
+    )
+    draw_tiles(
+        tiles(test, probabilities, np.flatnonzero(flagged)[: config.max_gallery], with_heatmap=True),
+        f"Decisions with evidence off the part (< {config.min_evidence_on_part:.0%} on it): {int(flagged.sum())}",
+        images_dir / "evidence_off_part.png",
+    )
+    evidence_chart(
+        {name: value if value is not None else float("nan") for name, value in shares.items()},
+        figures["part_area_share"],
+        config.min_evidence_on_part,
+        images_dir / "evidence_on_part.png",
+    )
+    return evidence, figures
+
+
+def _release_gate(params: EvaluateParams, results: dict, metrics_path: Path) -> None:
+    """Fail the stage, after every metric is written, when an exact upper bound is above its limit."""
+    for key, limit in (
+        ("escape_rate_upper95", params.gate.max_escape_rate_upper95),
+        ("false_reject_rate_upper95", params.gate.max_false_reject_rate_upper95),
+    ):
+        if results[key] is not None and results[key] > limit:
+            raise InspectionError(
+                f"release gate: test {key} = {results[key]:.4f} is above evaluate.gate.max_{key} = "
+                f"{limit:g}; see {metrics_path} (the model is not fit to release)"
+            )

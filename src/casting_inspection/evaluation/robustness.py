@@ -1,0 +1,151 @@
+"""Score a model on the test split re-taken under each line change at each strength (see `perturbations`):
+its own stage, so trying another strength re-runs only this and the report."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from casting_inspection.core.files import write_json
+from casting_inspection.core.params import RobustnessParams
+from casting_inspection.data import drift
+from casting_inspection.data.dataset import load_split
+from casting_inspection.data.images import preprocess
+from casting_inspection.evaluation.calibration import sigmoid
+from casting_inspection.evaluation.metrics import count_errors
+from casting_inspection.evaluation.perturbations import CHANGES, perturb, rng_for
+from casting_inspection.modeling.checkpoint import load_checkpoint
+from casting_inspection.modeling.predict import predict_logits, select_device
+
+
+def settings(strengths: dict[str, list[float]]) -> list[tuple[str, float]]:
+    """(change, strength) pairs in the order of CHANGES, from a mapping change -> strengths."""
+    return [(change, float(strength)) for change in CHANGES for strength in strengths.get(change, [])]
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # the workers share the cores among themselves
+
+
+def _render_chunk(
+    raw_dir: str, paths: list[str], chosen: list[tuple[str, float]], seed: int, image_size: int, color_mode: str
+) -> np.ndarray:
+    out = None
+    for i, path in enumerate(paths):
+        with Image.open(Path(raw_dir) / path) as image:
+            image.load()
+        for s, (change, strength) in enumerate(chosen):
+            array = preprocess(perturb(image, change, strength, rng_for(seed, change, strength, path)), image_size, color_mode)
+            if out is None:
+                out = np.empty((len(chosen), len(paths), *array.shape), dtype=np.uint8)
+            out[s, i] = array
+    return out
+
+
+def render(
+    raw_dir: Path, paths: list[str], chosen: list[tuple[str, float]], seed: int, image_size: int, color_mode: str, workers: int
+) -> np.ndarray:
+    """uint8 array (settings, images, C, H, W); each photo decoded once, chunks spread over `workers` processes."""
+    chunks = [paths[i : i + 64] for i in range(0, len(paths), 64)]
+    args = [(str(raw_dir), chunk, chosen, seed, image_size, color_mode) for chunk in chunks]
+    if workers == 1:
+        parts = [_render_chunk(*a) for a in args]
+    else:
+        # spawn, not fork: a child forked from a process whose torch thread pool is running can hang
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers or None, mp_context=spawn, initializer=_one_thread) as pool:
+            parts = list(pool.map(_render_chunk, *zip(*args)))
+    return np.concatenate(parts, axis=1)
+
+
+def robustness_metrics(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    chosen: list[tuple[str, float]],
+    threshold: float,
+    clean_probabilities: np.ndarray,
+) -> dict:
+    """`probabilities` (settings, images). Per change and strength: accuracy, misses, false rejects, and the
+    flip rate — the share of parts whose decision differs from the one on the unchanged photo (repeatability,
+    as in an attribute gauge R&R); then the worst case."""
+    labels = labels.astype(int)
+    clean = (clean_probabilities >= threshold).astype(int)
+    report: dict = {}
+    for (change, strength), p in zip(chosen, probabilities):
+        predicted = (p >= threshold).astype(int)
+        report.setdefault(change, {})[f"{strength:g}"] = {
+            "accuracy": round(float((predicted == labels).mean()), 6),
+            **dict(zip(("missed_defects", "false_rejects"), count_errors(labels, predicted))),
+            "flip_rate": round(float((predicted != clean).mean()), 6),
+        }
+    cells = [(change, strength, cell) for change, levels in report.items() for strength, cell in levels.items()]
+    worst = min(cells, key=lambda c: c[2]["accuracy"])
+    report["worst"] = {
+        "accuracy": worst[2]["accuracy"],
+        "change": f"{worst[0]} {worst[1]}",
+        "max_missed_defects": max(c[2]["missed_defects"] for c in cells),
+    }
+    return report
+
+
+def predict_renderings(predict, renders: np.ndarray) -> np.ndarray:
+    """Run `predict` (uint8 tensor -> probabilities) over each setting's images."""
+    return np.stack([predict(torch.from_numpy(r)) for r in renders])
+
+
+def evaluate_robustness(
+    params: RobustnessParams,
+    checkpoint_path: Path,
+    operating_point_path: Path,
+    prepared_dir: Path,
+    raw_dir: Path,
+    drift_reference_path: Path,
+    out_path: Path,
+    batch_size: int,
+) -> dict:
+    """The test photos re-taken under every change and strength, decided at the shipped operating point, with the
+    share of each rendering the input-drift check would flag."""
+    device = select_device("auto")
+    model, checkpoint = load_checkpoint(checkpoint_path, device)
+    operating_point = json.loads(Path(operating_point_path).read_text())
+    threshold, temperature = operating_point["threshold"], operating_point["temperature"]
+    test = load_split(prepared_dir, "test")
+
+    def predict(images: torch.Tensor) -> np.ndarray:
+        return sigmoid(predict_logits(model, images, batch_size, device).double().numpy() / temperature)
+
+    chosen = settings({change: getattr(params, change) for change in CHANGES})
+    preprocessing = checkpoint["preprocessing"]
+    renders = render(
+        raw_dir, test.paths, chosen, params.seed, preprocessing["image_size"], preprocessing["color_mode"], params.workers
+    )
+    labels = test.labels.numpy().astype(int)
+    report = robustness_metrics(predict_renderings(predict, renders), labels, chosen, threshold, predict(test.images))
+    reference = json.loads(Path(drift_reference_path).read_text())
+    for (change, strength), images in zip(chosen, renders):
+        report[change][f"{strength:g}"]["drift_flagged"] = round(
+            drift.share_flagged(drift.image_statistics(images), reference), 4
+        )
+    write_json(out_path, report)
+    return report
+
+
+def format_robustness(robustness: dict) -> str:
+    lines = [f"{'change':<12}{'strength':>9}{'accuracy':>10}{'missed':>8}{'false rej':>10}{'flipped':>9}{'drift flag':>11}"]
+    for change, levels in robustness.items():
+        if change == "worst":
+            continue
+        for strength, cell in levels.items():
+            lines.append(
+                f"{change:<12}{strength:>9}{cell['accuracy']:>10.2%}{cell['missed_defects']:>8}"
+                f"{cell['false_rejects']:>10}{cell['flip_rate']:>9.2%}{cell.get('drift_flagged', float('nan')):>11.0%}"
+            )
+    worst = robustness["worst"]
+    lines.append(f"worst: {worst['accuracy']:.2%} under {worst['change']}; at most {worst['max_missed_defects']} missed defects")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The networks, their augmentation and training, checkpoints, and batched prediction with PyTorch."""

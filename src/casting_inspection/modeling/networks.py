@@ -1,0 +1,210 @@
+"""The networks. Each takes float images in [0, 1] of shape (N, C, H, W) and returns one defect logit per image.
+
+Input standardisation lives inside the network, so a checkpoint or ONNX file needs nothing but the
+resize from `images.load_image` in front of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+
+from casting_inspection.core.errors import InspectionError
+
+CONFIG_VERSION = 2  # 1: no version key, no cnn.activation (relu) and no cnn.pooling (avg); 2: both present
+
+
+@dataclasses.dataclass(frozen=True)
+class CnnConfig:
+    widths: list[int]
+    convs_per_block: int
+    stem_stride: int
+    dropout: float
+    pooling: str  # avg, max or avgmax
+    activation: str  # relu or gelu
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a trained network: plain values, stored in the checkpoint with a version,
+    so adding a field to params.yaml never breaks loading an older checkpoint."""
+
+    model: str
+    in_channels: int
+    image_size: int
+    input_norm: str
+    mean: list[float]
+    std: list[float]
+    cnn: CnnConfig | None  # cnn only
+    mlp_hidden: list[int]
+
+    def to_dict(self) -> dict:
+        return {"version": CONFIG_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ModelConfig:
+        """Read a stored config of any version up to this one; fields a version lacked take what it meant then."""
+        raw = dict(raw)
+        version = raw.pop("version", 1)
+        if version > CONFIG_VERSION:
+            raise InspectionError(f"checkpoint config version {version} is newer than this code ({CONFIG_VERSION}); update it")
+        cnn = raw.pop("cnn") or None
+        if cnn is not None:
+            cnn = {"pooling": "avg", "activation": "relu"} | cnn
+            raw["cnn"] = CnnConfig(**{field.name: cnn[field.name] for field in dataclasses.fields(CnnConfig)})
+        else:
+            raw["cnn"] = None
+        return cls(**{field.name: raw[field.name] for field in dataclasses.fields(cls)})
+
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+class Standardize(nn.Module):
+    """Dataset mean/std, ImageNet's (what pretrained torchvision weights expect), or each image's own mean/std
+    (which ignores a global brightness change)."""
+
+    def __init__(self, mode: str, mean: list[float], std: list[float]):
+        super().__init__()
+        self.per_image = mode == "per_image"
+        if mode == "imagenet":
+            mean = IMAGENET_MEAN if len(mean) == 3 else [sum(IMAGENET_MEAN) / 3]
+            std = IMAGENET_STD if len(std) == 3 else [sum(IMAGENET_STD) / 3]
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_image:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            std = x.std(dim=(1, 2, 3), keepdim=True)
+            return (x - mean) / (std + 1e-3)
+        return (x - self.mean) / self.std
+
+
+def _conv_bn_act(c_in: int, c_out: int, activation: str, stride: int = 1) -> list[nn.Module]:
+    act = nn.ReLU(inplace=True) if activation == "relu" else nn.GELU()
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), act]
+
+
+class SmallVGG(nn.Module):
+    """VGG-style: a strided stem, then blocks of 3x3 conv + BatchNorm + ReLU, each ending in a 2x2 max-pool."""
+
+    def __init__(self, in_channels: int, cnn: CnnConfig):
+        super().__init__()
+        layers = _conv_bn_act(in_channels, cnn.widths[0], cnn.activation, stride=cnn.stem_stride)
+        c_in = cnn.widths[0]
+        for width in cnn.widths:
+            for _ in range(cnn.convs_per_block):
+                layers += _conv_bn_act(c_in, width, cnn.activation)
+                c_in = width
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pooling = cnn.pooling
+        self.head = nn.Sequential(nn.Dropout(cnn.dropout), nn.Linear(c_in * (2 if cnn.pooling == "avgmax" else 1), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x)
+        pooled = []
+        if self.pooling in ("avg", "avgmax"):
+            pooled.append(features.mean(dim=(2, 3)))
+        if self.pooling in ("max", "avgmax"):  # a pinhole fires in one place: an average over the part dilutes it
+            pooled.append(features.amax(dim=(2, 3)))
+        return self.head(torch.cat(pooled, dim=1))
+
+
+class SeedVGG(nn.Module):
+    """The published VGG-style recipe on this data: three conv + ReLU + max-pool blocks (32, 64, 128), a
+    dense layer of 128 with dropout 0.5 (3.3 M parameters at 224 px)."""
+
+    def __init__(self, in_channels: int, image_size: int):
+        super().__init__()
+        layers, c_in = [], in_channels
+        for width in (32, 64, 128):
+            layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c_in = width
+        side = image_size // 16
+        self.features = nn.Sequential(*layers, nn.MaxPool2d(2))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(128 * side * side, 128), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(128, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class MLP(nn.Module):
+    """Flattened pixels through fully connected layers: the published baselines (no hidden layer = logistic regression)."""
+
+    def __init__(self, in_features: int, hidden: list[int]):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        for width in hidden:
+            layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+            in_features = width
+        layers.append(nn.Linear(in_features, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _resnet18(in_channels: int, imagenet: bool) -> nn.Module:
+    network = resnet18(weights=None, num_classes=1)
+    if imagenet:
+        try:
+            state = ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        except Exception as exc:  # urllib/socket errors differ by platform; all mean "could not fetch"
+            raise InspectionError(
+                f"train.weights=imagenet: could not download the ResNet-18 ImageNet weights ({type(exc).__name__}); "
+                "this needs the internet (or the file in $TORCH_HOME/hub/checkpoints); set train.weights: none to train from scratch"
+            ) from None
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        network.load_state_dict(state, strict=False)
+    if in_channels == 1:
+        old = network.conv1
+        network.conv1 = nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
+        if imagenet:  # summed RGB filters answer a gray image as the RGB network answers its RGB copy
+            with torch.no_grad():
+                network.conv1.weight.copy_(old.weight.sum(dim=1, keepdim=True))
+    return network
+
+
+class InspectionNet(nn.Module):
+    def __init__(self, config: ModelConfig, imagenet_weights: bool = False):
+        super().__init__()
+        self.standardize = Standardize(config.input_norm, config.mean, config.std)
+        pixels = config.in_channels * config.image_size**2
+        if config.model == "cnn":
+            self.backbone = SmallVGG(config.in_channels, config.cnn)
+        elif config.model == "resnet18":
+            self.backbone = _resnet18(config.in_channels, imagenet_weights)
+        elif config.model == "vgg_seed":
+            self.backbone = SeedVGG(config.in_channels, config.image_size)
+        elif config.model == "mlp":
+            self.backbone = MLP(pixels, config.mlp_hidden)
+        elif config.model == "logreg":
+            self.backbone = MLP(pixels, [])
+        else:
+            raise InspectionError(f"unknown model '{config.model}' in checkpoint; retrain with this version")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.standardize(x)).squeeze(1)
+
+
+class ProbabilityNet(nn.Module):
+    """What ships: the defect probability per image, for ONNX and every consumer of the model."""
+
+    def __init__(self, net: InspectionNet, temperature: float = 1.0):
+        super().__init__()
+        self.net = net
+        self.temperature = temperature  # fitted on validation by evaluate; 1.0 = the raw network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x) / self.temperature)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

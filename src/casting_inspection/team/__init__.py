@@ -1,0 +1,1 @@
+"""Tools for a team: published recipes as presets, and the pull-request report."""

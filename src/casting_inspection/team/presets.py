@@ -1,0 +1,91 @@
+"""The published recipes on this data set as named DVC experiments on our pipeline (same data, split and evaluation).
+
+A preset is a file in `presets/`: `set:` the params it changes (one experiment), or `sweep:` lists of
+values (one queued experiment per combination, through DVC's own queue). This only builds the
+`dvc exp run` command; DVC runs, queues and records everything.
+
+Usage: python -m casting_inspection.team.presets NAME [--queue] [-S KEY=VALUE ...] [--dry-run]    (or: make preset NAME=...)
+       python -m casting_inspection.team.presets --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from casting_inspection.core.errors import InspectionError
+
+PRESETS_DIR = Path("presets")
+
+
+def _value(value) -> str:
+    """A param value as `dvc exp run -S` (YAML) reads it back."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value).replace(" ", "")
+    return str(value)
+
+
+def load(name: str, folder: Path = PRESETS_DIR) -> dict:
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
+        raise InspectionError(f"{path}: no such preset; known presets: {known}")
+    preset = YAML(typ="safe").load(path.read_text())
+    if not isinstance(preset, dict) or not ({"set", "sweep"} & set(preset)):
+        raise InspectionError(f"{path}: a preset needs a 'set:' or a 'sweep:' mapping of params")
+    return preset
+
+
+def command(name: str, preset: dict, queue: bool, extra: list[str] = ()) -> list[str]:
+    cmd = ["dvc", "exp", "run"]
+    for key, value in (preset.get("set") or {}).items():
+        cmd += ["-S", f"{key}={_value(value)}"]
+    for override in extra:  # after the preset's own, so they win: e.g. fewer epochs on a slow machine
+        cmd += ["-S", override]
+    sweep = preset.get("sweep") or {}
+    for key, values in sweep.items():  # Hydra's choice sweep: one experiment per combination
+        cmd += ["-S", f"{key}=" + ",".join(_value(v) for v in values)]
+    if sweep or queue:
+        cmd.append("--queue")
+    if not sweep:
+        cmd += ["-n", name]
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", help="preset name (a file presets/NAME.yaml)")
+    parser.add_argument("--queue", action="store_true", help="queue the experiment instead of running it (`dvc queue start`)")
+    parser.add_argument(
+        "--set",
+        "-S",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more param override, applied after the preset's (repeatable)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the dvc command only")
+    parser.add_argument("--list", action="store_true", help="list the presets")
+    args = parser.parse_args(argv)
+    try:
+        if args.list or not args.name:
+            for path in sorted(PRESETS_DIR.glob("*.yaml")):
+                print(f"{path.stem:<12} {YAML(typ='safe').load(path.read_text()).get('description', '')}")
+            return
+        cmd = command(args.name, load(args.name), args.queue, args.set)
+    except InspectionError as exc:
+        sys.exit(f"presets: error: {exc}")
+    print(" ".join(f"'{part}'" if any(c in part for c in '[],{}"') else part for part in cmd), flush=True)
+    if not args.dry_run:
+        sys.exit(subprocess.run(cmd).returncode)
+
+
+if __name__ == "__main__":
+    main()

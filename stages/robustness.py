@@ -1,0 +1,28 @@
+"""Stage robustness: the test photos re-taken under each line change, decided at the shipped operating point."""
+
+import argparse
+from pathlib import Path
+
+from casting_inspection.core.params import load_section
+from casting_inspection.core.stage import run_stage
+from casting_inspection.evaluation.robustness import evaluate_robustness, format_robustness
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--operating-point", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="the prepared array cache (test paths and labels)")
+    parser.add_argument("--raw", type=Path, required=True, help="the original photos, re-taken here")
+    parser.add_argument("--drift-reference", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    args = parser.parse_args()
+    params = load_section("robustness")
+    report = evaluate_robustness(
+        params, args.checkpoint, args.operating_point, args.data, args.raw, args.drift_reference, args.metrics, params.batch_size
+    )
+    print(format_robustness(report))
+
+
+if __name__ == "__main__":
+    run_stage("robustness", main)
