@@ -117,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=float, default=0.25, help="training epochs per recipe (fractions allowed)")
     args = parser.parse_args()
-    seed_everything(0, 0)
+    seed_everything(0)
     train, val = load_split(Path("data/prepared"), "train"), load_split(Path("data/prepared"), "val")
     n_images = max(16, int(len(train.images) * args.epochs))
     print(

@@ -1,5 +1,9 @@
 """Stage download: the raw train/test images, from Kaggle or from $CASTING_ARCHIVE (a zip or folder)."""
 
+from casting_inspection.core.numerics import pin_numerics
+
+pin_numerics()  # before numpy and torch load: the same bytes on every machine
+
 import argparse
 import os
 from pathlib import Path

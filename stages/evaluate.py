@@ -1,5 +1,9 @@
 """Stage evaluate: score the test split once with the trained checkpoint, at the operating point chosen on validation."""
 
+from casting_inspection.core.numerics import pin_numerics
+
+pin_numerics()  # before numpy and torch load: the same bytes on every machine
+
 import argparse
 import json
 from pathlib import Path

@@ -1,5 +1,9 @@
 """Stage export: ONNX with a dynamic batch axis, checked against PyTorch with onnxruntime."""
 
+from casting_inspection.core.numerics import pin_numerics
+
+pin_numerics()  # before numpy and torch load: the same bytes on every machine
+
 import argparse
 import json
 from pathlib import Path

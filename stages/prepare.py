@@ -1,5 +1,9 @@
 """Stage prepare: verify every image, find duplicates and leakage, split train/val, cache resized arrays."""
 
+from casting_inspection.core.numerics import pin_numerics
+
+pin_numerics()  # before numpy and torch load: the same bytes on every machine
+
 import argparse
 import json
 import os

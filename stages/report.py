@@ -1,5 +1,9 @@
 """Stage report: the inspection report, one self-contained HTML page under reports/."""
 
+from casting_inspection.core.numerics import pin_numerics
+
+pin_numerics()  # before numpy and torch load: the same bytes on every machine
+
 import argparse
 from pathlib import Path
 

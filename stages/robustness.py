@@ -1,5 +1,9 @@
 """Stage robustness: the test photos re-taken under each line change, decided at the shipped operating point."""
 
+from casting_inspection.core.numerics import pin_numerics
+
+pin_numerics()  # before numpy and torch load: the same bytes on every machine
+
 import argparse
 from pathlib import Path
 

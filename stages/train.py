@@ -1,5 +1,9 @@
 """Stage train: fit the network chosen by train.model; keep the epoch with the best validation loss."""
 
+from casting_inspection.core.numerics import pin_numerics
+
+pin_numerics()  # before numpy and torch load: the same bytes on every machine
+
 import argparse
 import json
 from pathlib import Path

@@ -25,7 +25,6 @@ FAST_PARAMS = {
         "cnn": {"widths": [8, 16], "convs_per_block": 1, "stem_stride": 1, "dropout": 0.0},
         "epochs": 3,
         "batch_size": 16,
-        "threads": 1,
         "lr": 3.0e-3,
     },
     "evaluate": {"batch_size": 32},

@@ -13,8 +13,9 @@ LABELS = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
 PROBS = np.array([0.95, 0.9, 0.9, 0.85, 0.8, 0.7, 0.6, 0.3, 0.2, 0.05, 0.45, 0.25, 0.15, 0.1, 0.08, 0.04, 0.03, 0.02, 0.01, 0.01])
 
 
-def threshold(operating_point, labels=LABELS, probs=PROBS, threshold=0.5, target_recall=0.995, cost_missed_defect=10.0,
-              defect_rate=0.02):
+def threshold(
+    operating_point, labels=LABELS, probs=PROBS, threshold=0.5, target_recall=0.995, cost_missed_defect=10.0, defect_rate=0.02
+):
     costs = Costs(cost_missed_defect, 1.0, defect_rate)
     return choose_threshold(operating_point, labels, probs, costs, threshold, target_recall)
 

@@ -21,7 +21,12 @@ def test_project_params_are_valid():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"train": {"lr": "fast"}}, "train.lr must be a number, got 'fast'"),
+        ({"train": {"lr": "fast"}}, "train.lr must be a finite number, got 'fast'"),
+        ({"train": {"lr": float("inf")}}, "train.lr must be a finite number, got inf"),
+        ({"download": {"timeout_s": float("inf")}}, "download.timeout_s must be a finite number"),
+        ({"evaluate": {"cost_missed_defect": float("nan")}}, "evaluate.cost_missed_defect must be a finite number"),
+        ({"train": {"seed": -1}}, "train.seed must be >= 0"),
+        ({"prepare": {"allowed_formats": ["JPEG", "EPS"]}}, "prepare.allowed_formats[1] must be one of ['JPEG', 'PNG', 'BMP']"),
         ({"train": {"lr": -1.0}}, "train.lr must be > 0"),
         (
             {"train": {"model": "vgg99"}},

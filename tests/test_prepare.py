@@ -45,7 +45,7 @@ def test_bad_files_rejected_good_ones_kept(raw_dir, tmp_path):
     rejected = pd.read_csv(out / "rejected.csv").set_index("path")["reason"].to_dict()
     assert rejected == {
         "train/def_front/empty.jpeg": "empty file",
-        "train/ok_front/notes.jpeg": "not an image (unrecognised file format)",
+        "train/ok_front/notes.jpeg": "not an image in an accepted format (JPEG, PNG, BMP)",
     }
     assert summary["rejected"] == 2
     assert summary["train"]["total"] + summary["val"]["total"] == 2 * 24 - 1  # the leaked train copy is dropped

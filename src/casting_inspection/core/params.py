@@ -8,6 +8,7 @@ loader returns as a string.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,8 @@ def check(rule):
 class DownloadParams:
     dataset: str
     timeout_s: float = check(_positive)
+    max_total_bytes: int = check(_positive)
+    max_entries: int = check(_positive)
 
     def __post_init__(self):
         if self.dataset.count("/") not in (1, 2) or not all(self.dataset.split("/")):
@@ -73,10 +76,12 @@ class PrepareParams:
     allowed_modes: list[str] = check(lambda v: None if v else "must list at least one mode")
     min_side: int = check(_positive)
     max_pixels: int = check(_positive)
+    allowed_formats: list[Literal["JPEG", "PNG", "BMP"]] = check(lambda v: None if v else "must list at least one format")
+    max_file_bytes: int = check(_positive)
     duplicates: Literal["drop", "report"]
     near_duplicates: NearDuplicateParams
     val_fraction: float = check(_fraction)
-    seed: int
+    seed: int = check(_non_negative)
     drift: DriftParams
 
 
@@ -124,8 +129,7 @@ class TrainParams:
     patience: int = check(_positive)
     bn_recalibration: int = check(_non_negative)
     augment: AugmentParams
-    seed: int
-    threads: int = check(_non_negative)
+    seed: int = check(_non_negative)
     device: Literal["auto", "cpu", "cuda"]
     distributed: bool
 
@@ -145,7 +149,7 @@ def _levels(low: float, high: float):
 class RobustnessParams:
     """Strengths of each line change the test split is re-taken under (see `perturbations.perturb`)."""
 
-    seed: int
+    seed: int = check(_non_negative)
     workers: int = check(_non_negative)
     batch_size: int = check(_positive)
     brightness: list[float] = _levels(0, 0.9)
@@ -174,7 +178,7 @@ class ExplainParams:
     confident: int = check(_positive)
     max_gallery: int = check(_positive)
     min_evidence_on_part: float = check(_fraction)
-    seed: int
+    seed: int = check(_non_negative)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +199,7 @@ class EvaluateParams:
 @dataclasses.dataclass(frozen=True)
 class Int8Params:
     calibration_images: int = check(_positive)
-    seed: int
+    seed: int = check(_non_negative)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,8 +266,8 @@ def _coerce(hint, value, key: str):
             raise InspectionError(f"params.yaml: {key} must be an integer, got {value!r}")
         return int(value)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InspectionError(f"params.yaml: {key} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InspectionError(f"params.yaml: {key} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

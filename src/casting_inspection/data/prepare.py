@@ -53,7 +53,15 @@ def _list_raw(raw_dir: Path) -> list[tuple[Path, str, str, str]]:
 
 def image_spec(params: PrepareParams) -> ImageSpec:
     """The checks and resize every consumer of the model repeats, from the prepare section."""
-    return ImageSpec(params.image_size, params.color_mode, list(params.allowed_modes), params.min_side, params.max_pixels)
+    return ImageSpec(
+        params.image_size,
+        params.color_mode,
+        list(params.allowed_modes),
+        params.min_side,
+        params.max_pixels,
+        list(params.allowed_formats),
+        params.max_file_bytes,
+    )
 
 
 def prepare_dataset(

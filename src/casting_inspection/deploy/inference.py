@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,17 @@ class Result:
 
     def row(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def decision_rule_problem(threshold: float, band: tuple[float, ...] | None) -> str | None:
+    """Why a threshold and review band could not decide safely (NaN decides every part ok), or None."""
+    if not (math.isfinite(threshold) and 0 < threshold < 1):
+        return f"threshold {threshold} is not a number in (0, 1)"
+    if band is None:
+        return None
+    if len(band) != 2 or not all(math.isfinite(v) for v in band) or not 0 <= band[0] <= threshold <= band[1] <= 1:
+        return f"review band {list(band)} is not [low, high] with 0 <= low <= threshold <= high <= 1"
+    return None
 
 
 class Inspector:
@@ -60,7 +72,10 @@ class Inspector:
             raise InspectionError(
                 f"{model_path}: metadata lacks {exc}; export it again with this version (dvc repro export)"
             ) from None
-        self.review_band = tuple(band) if band else None
+        self.review_band = tuple(float(v) for v in band) if band else None
+        problem = decision_rule_problem(self.threshold, self.review_band)
+        if problem:
+            raise InspectionError(f"{model_path}: cannot decide safely: {problem}; export it again (dvc repro export)")
         self.metadata = dict(metadata)
         self.path = model_path
         self.version = hashlib.sha256(data).hexdigest()[:12]
