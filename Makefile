@@ -27,9 +27,10 @@ report: install
 	@echo "open reports/index.html"
 
 # What this branch changes against BASE (params, metrics, plots), as Markdown: the pull-request comment.
+# CHECK=1: exit 1 when its decisions on the test photos show a real regression (pr-tolerances.yaml).
 BASE ?= main
 pr-report: install
-	@python -m casting_inspection.team.pr_report --base $(BASE) $(if $(PLOTS_OUT),--plots-out $(PLOTS_OUT))
+	@python -m casting_inspection.team.pr_report --base $(BASE) $(if $(PLOTS_OUT),--plots-out $(PLOTS_OUT)) $(if $(CHECK),--check)
 
 # A published recipe as a DVC experiment (presets/NAME.yaml); QUEUE=1 queues it for `dvc queue start`.
 preset: install

@@ -1,13 +1,16 @@
 """Bounded load test of the inspection service on loopback: a fixed number of requests from a few clients.
 
 Starts `casting-inspect serve` with the exported model on 127.0.0.1, sends real test photos (one per
-request, then 8 per request) from concurrent clients, and prints throughput and p50/p99 latency.
-Run after `make repro`: PYTHONPATH=src python bench/bench_service.py [--requests 400] [--clients 4]
+request, then 8 per request) from concurrent clients, and prints throughput and p50/p99 latency, then checks
+that the server's /metrics counted every request and decision.
+Run after `make repro`: PYTHONPATH=src python bench/bench_service.py [--requests 400] [--clients 4] [--server-args "..."]
+(hostile clients and the server's memory: bench/bench_service_memory.py)
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import socket
 import statistics
 import subprocess
@@ -20,6 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:
@@ -61,17 +65,33 @@ def run_load(url: str, photos: list[tuple[str, bytes]], requests: int, clients: 
     return row
 
 
+def check_metrics(url: str, requests: int) -> None:
+    """The server's own count of /predict answers and decisions (GET /metrics) against what was sent (warm-up included)."""
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(httpx.get(url + "/metrics").text)
+        for s in family.samples
+    }
+    answered = samples.get(("casting_inspect_requests_total", (("endpoint", "/predict"), ("status", "200"))), 0)
+    decided = {labels[0][1]: v for (name, labels), v in samples.items() if name == "casting_inspect_decisions_total"}
+    print(f"/metrics: {answered:.0f} of {requests} requests answered 200; decisions {decided}", flush=True)
+    if answered != requests:
+        raise RuntimeError(f"/metrics counted {answered:.0f} answered requests, {requests} were sent")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, default=Path("models/model.onnx"))
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--server-args", default="", help="more `serve` arguments, e.g. '--max-active 4'")
     args = parser.parse_args()
     paths = sorted(Path("data/raw/test").rglob("*.jpeg"))[:64]
     photos = [(p.name, p.read_bytes(), "image/jpeg") for p in paths]
     port = free_port()
+    command = [sys.executable, "-m", "casting_inspection.deploy.cli", "serve", "--port", str(port), "--model", str(args.model)]
     server = subprocess.Popen(
-        [sys.executable, "-m", "casting_inspection.deploy.cli", "serve", "--port", str(port), "--model", str(args.model)],
+        command + shlex.split(args.server_args),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -85,6 +105,7 @@ def main() -> None:
             except httpx.TransportError:
                 time.sleep(0.1)
         rows = [run_load(url, photos, args.requests, args.clients, n) for n in (1, 8)]
+        check_metrics(url, sum(row["requests"] + 2 * row["clients"] for row in rows))
     finally:
         server.terminate()
         server.wait(timeout=10)

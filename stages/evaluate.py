@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--drift", type=Path, required=True, help="input drift of the test split")
     parser.add_argument("--plots", type=Path, required=True)
     parser.add_argument("--operating-point", type=Path, required=True, help="the decision threshold, shipped with the model")
+    parser.add_argument("--guard", type=Path, required=True, help="the not-a-part guard's feature statistics")
     args = parser.parse_args()
     results = evaluate_model(
         load_section("evaluate"),
@@ -32,6 +33,7 @@ def main() -> None:
         args.drift,
         args.plots,
         args.operating_point,
+        args.guard,
     )
     print("evaluate: " + json.dumps({k: v for k, v in results.items() if k != "leak_free"}))
 

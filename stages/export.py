@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--onnx", type=Path, required=True)
     parser.add_argument("--int8", type=Path, required=True, help="the int8 edge model (export.int8)")
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--guard", type=Path, required=True, help="the not-a-part guard's feature statistics")
     args = parser.parse_args()
     results = export_onnx(
         load_section("export"),
@@ -32,6 +33,7 @@ def main() -> None:
         args.onnx,
         args.int8,
         args.metrics,
+        args.guard,
     )
     print("export: " + json.dumps(results))
 

@@ -20,10 +20,19 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, required=True, help="the original photos, re-taken here")
     parser.add_argument("--drift-reference", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--guard", type=Path, required=True, help="the not-a-part guard's feature statistics")
     args = parser.parse_args()
     params = load_section("robustness")
     report = evaluate_robustness(
-        params, args.checkpoint, args.operating_point, args.data, args.raw, args.drift_reference, args.metrics, params.batch_size
+        params,
+        args.checkpoint,
+        args.operating_point,
+        args.data,
+        args.raw,
+        args.drift_reference,
+        args.metrics,
+        params.batch_size,
+        args.guard,
     )
     print(format_robustness(report))
 

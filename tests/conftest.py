@@ -166,8 +166,12 @@ def exported_model(tmp_path_factory) -> dict:
     Returns its paths and the raw photos it can be tried on."""
     import json
 
+    from casting_inspection.data.dataset import load_split
     from casting_inspection.data.prepare import prepare_dataset
     from casting_inspection.deploy.export import export_onnx
+    from casting_inspection.evaluation.guard import fit_guard, save_guard
+    from casting_inspection.modeling.augmentation import build_augmentation
+    from casting_inspection.modeling.checkpoint import load_checkpoint
     from casting_inspection.modeling.training import train_model
 
     root = tmp_path_factory.mktemp("model")
@@ -176,7 +180,14 @@ def exported_model(tmp_path_factory) -> dict:
     prepared = root / "prepared"
     prepare_dataset(fast_section("prepare", root), raw, prepared, root / "data.json", root / "drift.json", workers=1)
     train_model(fast_section("train", root), prepared, root / "model.safetensors", root / "train.json", root / "live")
-    (root / "operating_point.json").write_text(json.dumps({"threshold": 0.5, "temperature": 1.0, "review_band": [0.4, 0.6]}))
+    model, _ = load_checkpoint(root / "model.safetensors")
+    train, val = load_split(prepared, "train"), load_split(prepared, "val")
+    augment = build_augmentation(True, True, 180.0, 0.08, 0.0, 0.4, 0.3, 1.0)
+    rules, tensors = fit_guard(model, train, val, fast_section("evaluate", root).guard, 64, augment, 4)
+    rules["novelty_threshold"] *= 3  # 8 validation photos set it at their maximum: a margin keeps generated parts decided
+    save_guard(root / "guard.safetensors", tensors)
+    operating_point = {"threshold": 0.5, "temperature": 1.0, "review_band": [0.4, 0.6], "guard": rules}
+    (root / "operating_point.json").write_text(json.dumps(operating_point))
     export_onnx(
         fast_section("export", root),
         root / "model.safetensors",
@@ -186,6 +197,7 @@ def exported_model(tmp_path_factory) -> dict:
         root / "model.onnx",
         root / "model.int8.onnx",
         root / "export.json",
+        root / "guard.safetensors",
     )
     return {
         "onnx": root / "model.onnx",

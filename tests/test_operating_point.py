@@ -85,3 +85,15 @@ def test_review_band_never_holds_more_than_its_share():
         low, high = band(share, labels, probs)
         assert low <= 0.5 <= high
         assert ((probs >= low) & (probs < high)).sum() <= share * 300
+
+
+def test_bayes_threshold_follows_costs_and_priors_not_single_photos():
+    """Reject when the line-prior probability of a defect exceeds the cost ratio: at a 50 % split and a 50 % line
+    with equal costs that is 0.5; dearer misses or more defects on the line lower it."""
+    assert threshold("bayes", cost_missed_defect=1.0, defect_rate=0.5) == pytest.approx(0.5)
+    assert threshold("bayes", cost_missed_defect=10.0, defect_rate=0.5) == pytest.approx(1 / 11)
+    rare = threshold("bayes", cost_missed_defect=10.0, defect_rate=0.02)
+    assert rare == pytest.approx(1 / (1 + 10 * (0.02 / 0.98)))  # LABELS: 10 of 20 defective, odds 1
+    moved = PROBS.copy()
+    moved[7] = 0.99  # one photo moves: min_cost may jump, the Bayes threshold does not
+    assert threshold("bayes", probs=moved, cost_missed_defect=10.0, defect_rate=0.02) == rare

@@ -21,6 +21,7 @@ PICTURES = {
     "gradcam_correct.png",
     "evidence_on_part.png",
     "evidence_off_part.png",
+    "not_a_part.png",
 }
 
 
@@ -44,7 +45,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert test["accuracy_low95"] <= test["accuracy"] <= test["accuracy_high95"]
     review = test["review"]
     assert 0 < review["low"] <= test["threshold"] <= review["high"] < 1
-    assert review["review"] == round((1 - review["automatic_share"]) * 17)
+    assert review["review"] == round((1 - review["automatic_share"]) * test["n"])
     assert review["val"]["review"] <= 0.02 * data["val"]["total"]  # at most review_share of the validation parts
     explanations = test["explanations"]
     assert set(explanations["evidence_on_part"]) == {"ok_front", "def_front", "errors"}
@@ -54,7 +55,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert report.count("<img") == len(PICTURES) + 2 and report.count("data:image/png;base64,") == len(PICTURES) + 2
     drawn = rendered_images(repo / "reports/index.html")  # in a real browser: every picture decodes and has a size
     assert len(drawn) == len(PICTURES) + 2 and all(image["decoded"] and image["width"] > 100 for image in drawn), drawn
-    assert test["operating_point"] == "min_cost" and 0 < test["threshold"] < 1
+    assert test["operating_point"] == "bayes" and 0 < test["threshold"] < 1
     assert {"line_defect_rate", "test_defect_rate"} == set(test["expected_cost_per_1000"])
     assert test["at_threshold_0_5"]["n"] == 17
     assert test["escape_rate_upper95"] >= test["escape_rate"] and 0 < test["false_reject_rate_upper95"] <= 1
@@ -81,6 +82,11 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
             assert cell["missed_defects"] + cell["false_rejects"] == round((1 - cell["accuracy"]) * 17)
             assert 0 <= cell["drift_flagged"] <= 1 and 0 <= cell["flip_rate"] <= 1
     assert robustness["blur"]["1.6"]["drift_flagged"] > 0.5  # sharpness falls out of the training range
+    for levels in (v for k, v in robustness.items() if k != "worst"):
+        assert all(0 <= cell["not_a_part"] <= 1 for cell in levels.values())
+    guard = test["not_a_part"]
+    assert guard["material"]["decided_ok"] == 0 and guard["material"]["caught"] >= 0.9 * guard["material"]["n"]
+    assert test["n"] + guard["test_flagged"] == 17  # every figure on the decided parts, the flagged ones apart
     drift = json.loads((repo / "metrics/drift.json").read_text())
     assert drift["n"] == 17 and {"brightness", "sharpness", "offset_x", "alarm"} <= set(drift)
     reference = json.loads(next(p.value for p in model.metadata_props if p.key == "drift_reference"))

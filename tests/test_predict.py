@@ -34,9 +34,10 @@ def test_folder_and_glob_give_one_row_per_image_with_the_models_decision(exporte
         "defect_probability",
         "threshold",
         "model_version",
+        "flag",
     ]
     assert len(rows) == len(list(test_dir.rglob("*.jpeg")))
-    assert set(rows["decision"]) <= {"ok", "defective", "review"}
+    assert set(rows["decision"]) <= {"ok", "defective", "review"}  # generated parts: all judged
     inspector = Inspector(exported_model["onnx"])
     assert (rows["model_version"] == inspector.version).all() and (rows["threshold"] == 0.5).all()
     band = (rows["defect_probability"] >= 0.4) & (rows["defect_probability"] < 0.6)
@@ -135,3 +136,41 @@ def test_a_model_that_cannot_decide_safely_refuses_to_load(exported_model, tmp_p
     onnx.save(model, str(broken))
     with pytest.raises(InspectionError, match="cannot decide safely: " + problem):
         Inspector(broken)
+
+
+def frames() -> dict[str, bytes]:
+    """What a line camera also sends: a black frame (lamp off), a white one, a 1000x40 strip, noise."""
+    from PIL import Image
+
+    def png(image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return buffer.getvalue()
+
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8))
+    return {
+        "black.png": png(Image.new("L", (300, 300), 0)),
+        "white.png": png(Image.new("L", (300, 300), 255)),
+        "strip.png": png(Image.new("L", (1000, 40), 120)),
+        "flat.png": png(Image.new("L", (300, 300), 140)),
+        "noise.png": png(noise),
+    }
+
+
+def test_a_photo_that_is_not_a_part_is_never_ok(exported_model, tmp_path):
+    for name, data in frames().items():
+        (tmp_path / name).write_bytes(data)
+    good = sorted((exported_model["raw"] / "test" / "ok_front").glob("*.jpeg"))[0]
+    (tmp_path / "good.jpeg").write_bytes(good.read_bytes())
+    result = predict(tmp_path, "--model", exported_model["onnx"])
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("path")
+    for name in ("black.png", "white.png", "strip.png", "flat.png"):
+        row = rows.loc[str(tmp_path / name)]
+        assert row["decision"] == "not_a_part" and row["flag"], (name, row.to_dict())
+    assert (rows["decision"] != "ok").sum() >= 5 - 1  # noise is caught by the photo checks or the novelty score
+    assert rows.loc[str(tmp_path / "good.jpeg"), "decision"] in {"ok", "defective", "review"}
+    about = json.loads(
+        subprocess.run([*CLI, "about", "--model", str(exported_model["onnx"])], capture_output=True, text=True, timeout=60).stdout
+    )
+    assert about["guard"]["max_aspect"] > 1 and "novelty_threshold" in about["guard"]

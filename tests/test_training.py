@@ -138,8 +138,16 @@ def test_a_checkpoint_written_before_newer_model_fields_still_loads(prepared, tm
     from casting_inspection.modeling.networks import CnnConfig
 
     cnn = {"widths": [8, 16], "convs_per_block": 1, "stem_stride": 1, "dropout": 0.0}  # no pooling, no activation
-    old = {"model": "cnn", "in_channels": 1, "image_size": 32, "input_norm": "per_image", "mean": [0.5], "std": [0.2],
-           "cnn": cnn, "mlp_hidden": []}
+    old = {
+        "model": "cnn",
+        "in_channels": 1,
+        "image_size": 32,
+        "input_norm": "per_image",
+        "mean": [0.5],
+        "std": [0.2],
+        "cnn": cnn,
+        "mlp_hidden": [],
+    }
     config = ModelConfig.from_dict(old)
     assert config.cnn == CnnConfig(**cnn, pooling="avg", activation="relu")
     torch.manual_seed(0)

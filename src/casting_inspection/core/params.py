@@ -182,8 +182,20 @@ class ExplainParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class GuardParams:
+    false_alarm_rate: float = check(_fraction)
+    shrinkage: float = check(lambda v: None if 0 <= v <= 1 else "must be in [0, 1]")
+    exposure: list[float] = check(lambda v: None if len(v) == 2 and 0 <= v[0] < v[1] <= 1 else "must be [low, high] in [0, 1]")
+    min_contrast: float = check(_non_negative)
+    max_clipped: float = check(_fraction)
+    max_aspect: float = check(lambda v: None if v >= 1 else "must be >= 1")
+    position_margin: float = check(_non_negative)
+    seed: int = check(_non_negative)
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluateParams:
-    operating_point: Literal["fixed", "target_recall", "min_cost"]
+    operating_point: Literal["fixed", "target_recall", "min_cost", "bayes"]
     threshold: float = check(_fraction)
     target_recall: float = check(lambda v: None if 0 < v <= 1 else "must be in (0, 1]")
     cost_missed_defect: float = check(_positive)
@@ -194,6 +206,7 @@ class EvaluateParams:
     batch_size: int = check(_positive)
     calibration: CalibrationParams
     explain: ExplainParams
+    guard: GuardParams
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ class Split:
     paths: list[str]
     leaked: np.ndarray  # bool (N,): a byte-identical copy exists in the official train split
     near_duplicate: np.ndarray  # bool (N,): a near copy (pHash) exists in the train or validation split
+    sizes: list[tuple[int, int]]  # each photo's original (width, height)
 
     @property
     def leak_free(self) -> np.ndarray:
@@ -41,7 +42,8 @@ def load_split(prepared_dir: Path, split: str) -> Split:
         raise InspectionError(f"{array_path} does not match manifest.csv; run the prepare stage again")
     labels = torch.tensor([CLASS_NAMES.index(label) for label in rows["label"]], dtype=torch.float32)
     near = rows["near_duplicate_of"].astype(str).ne("").to_numpy()
-    return Split(images, labels, rows["path"].tolist(), rows["leaked"].astype(str).eq("True").to_numpy(), near)
+    sizes = list(zip(rows["width"].astype(int), rows["height"].astype(int)))
+    return Split(images, labels, rows["path"].tolist(), rows["leaked"].astype(str).eq("True").to_numpy(), near, sizes)
 
 
 def load_preprocessing(prepared_dir: Path) -> dict:

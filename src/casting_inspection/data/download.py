@@ -2,16 +2,30 @@
 
 Either way only the official train/test image folders are kept, under a normalised layout
 `<out>/{train,test}/{def_front,ok_front}/<file>`, so both sources give byte-identical outputs.
+
+An archive is untrusted input. Before anything is written, the whole zip is refused when an entry
+escapes the output (absolute path, `..`, symbolic link), when its central directory declares more
+entries than `download.max_entries` or more bytes than `download.max_total_bytes`, or when an image
+entry is encrypted or compressed with a method Python cannot read. While extracting, the bytes
+really written are counted (a zip can declare fewer than it holds) and each entry's CRC is checked.
+Every refusal is one line naming the archive and what to do. Extraction goes to a hidden staging
+folder next to the output; SIGTERM removes it like Ctrl-C does, and staging folders left by a run
+that was killed outright (SIGKILL, power loss) are removed when the stage starts again.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
+import lzma
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 import zipfile
 import zlib
 from contextlib import contextmanager, redirect_stdout
@@ -29,32 +43,84 @@ TWO_WAYS = (
     f"{ARCHIVE_ENV}=/path/to/archive.zip (zip or folder with the Kaggle layout)"
 )
 _WANTED = re.compile(rf"(?:^|/)({'|'.join(SPLITS)})/({'|'.join(CLASS_NAMES)})/([^/]+)$")
+_KAGGLE_PREFIX = ".kaggle-"
+_CHUNK = 1 << 20
+_READABLE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_METHOD_NAMES = {1: "Shrink", 6: "Implode", 9: "Deflate64", 93: "Zstandard", 95: "XZ", 98: "PPMd", 99: "WinZip AES"}
+# What zipfile, zlib, bz2 (OSError) and lzma raise on a damaged or truncated member.
+_DAMAGED = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError)
+_REPACK = f"unpack it with a tool that can and set {ARCHIVE_ENV} to the folder, or get the Kaggle original"
 
 
 def fetch_raw_images(params: DownloadParams, out_dir: Path, archive: str | None) -> dict[str, int]:
     """Fill `out_dir` from `archive` (a zip or folder) or, when it is None, from Kaggle."""
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as staging:
-        if archive:
-            source = Path(archive).expanduser()
-            if not source.exists():
-                raise InspectionError(f"{ARCHIVE_ENV}={archive}: no such file or folder; fix the path")
-            _extract(source, staging)
-        else:
-            with tempfile.TemporaryDirectory(prefix=".kaggle-", dir=out_dir.parent) as download_dir:
-                zip_path = download_from_kaggle(params, Path(download_dir))
-                _extract(zip_path, staging)
-        counts = _count(staging)
+    with _sigterm_interrupts():
+        _remove_stale_staging(out_dir)
+        with atomic_dir(out_dir) as staging:
+            if archive:
+                source = Path(archive).expanduser()
+                if not source.exists():
+                    raise InspectionError(f"{ARCHIVE_ENV}={archive}: no such file or folder; fix the path")
+                _extract(source, staging, params)
+            else:
+                with tempfile.TemporaryDirectory(prefix=_KAGGLE_PREFIX, dir=out_dir.parent) as download_dir:
+                    zip_path = download_from_kaggle(params, Path(download_dir))
+                    _extract(zip_path, staging, params)
+            counts = _count(staging)
     return counts
 
 
-def _extract(source: Path, dest: Path) -> None:
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (what `kill`, systemd and CI timeouts send) raises KeyboardInterrupt, so that the `finally`
+    blocks that remove the staging folder run as on Ctrl-C; a second SIGTERM cannot cut that cleanup short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Remove the hidden folders an earlier run left next to `out_dir` when it was killed outright: the
+    staging and `.old` folders of `atomic_dir` and the Kaggle download folder. Nothing else is touched."""
+    if not out_dir.parent.is_dir():
+        return
+    stale = re.compile(
+        rf"\.{re.escape(out_dir.name)}\.(?:[A-Za-z0-9_]{{8}}\.tmp|old)|{re.escape(_KAGGLE_PREFIX)}[A-Za-z0-9_]{{8}}"
+    )
+    for entry in sorted(out_dir.parent.iterdir()):
+        if stale.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            print(f"download: removed {entry}, left behind by an earlier run that was killed")
+
+
+def _extract(source: Path, dest: Path, params: DownloadParams) -> None:
     if source.is_dir():
-        _copy_folder(source, dest)
+        _copy_folder(source, dest, params)
     elif zipfile.is_zipfile(source):
-        _extract_zip(source, dest)
+        _extract_zip(source, dest, params)
+    elif _starts_like_a_zip(source):
+        raise InspectionError(f"{source}: zip archive is truncated or damaged (no central directory); download it again")
     else:
         raise InspectionError(f"{source}: neither a zip archive nor a folder; give the Kaggle zip or its unpacked folder")
+
+
+def _starts_like_a_zip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def _target(relative: str, dest: Path) -> Path | None:
@@ -69,6 +135,11 @@ def _target(relative: str, dest: Path) -> Path | None:
     return dest / split / label / name
 
 
+def _shown(name: str) -> str:
+    """An entry name quoted for a one-line message: control characters (a newline in a name) escaped."""
+    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in name) + "'"
+
+
 def _unsafe_reason(name: str) -> str | None:
     normalized = name.replace("\\", "/")
     if normalized.startswith("/") or re.match(r"^[A-Za-z]:", normalized):
@@ -78,38 +149,142 @@ def _unsafe_reason(name: str) -> str | None:
     return None
 
 
-def _extract_zip(path: Path, dest: Path) -> None:
+@dataclasses.dataclass
+class _Budget:
+    """Bytes written so far against download.max_total_bytes: counted as written, since sizes can lie."""
+
+    source: Path
+    limit: int
+    written: int = 0
+
+    def take(self, n: int) -> None:
+        self.written += n
+        if self.written > self.limit:
+            raise InspectionError(
+                f"{self.source}: unpacks to more than download.max_total_bytes ({self.limit:,} bytes); "
+                "raise download.max_total_bytes in params.yaml if you trust this archive"
+            )
+
+
+def _check_caps(source: Path, entries: int, declared: int, params: DownloadParams) -> None:
+    """Refuse before writing anything: an archive over the caps is a zip bomb or not the data set."""
+    if entries > params.max_entries:
+        raise InspectionError(
+            f"{source}: holds {entries:,} entries, over download.max_entries ({params.max_entries:,}); "
+            "raise download.max_entries in params.yaml if you trust this archive"
+        )
+    if declared > params.max_total_bytes:
+        raise InspectionError(
+            f"{source}: declares {declared:,} bytes unpacked, over download.max_total_bytes ({params.max_total_bytes:,}); "
+            "raise download.max_total_bytes in params.yaml if you trust this archive"
+        )
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InspectionError(f"{path}: not a readable zip archive ({exc}); download it again") from exc
-    with archive:
+        return zipfile.ZipFile(path)
+    except (*_DAMAGED, NotImplementedError) as exc:
+        raise InspectionError(f"{path}: not a readable zip archive ({_one_line(exc)}); download it again") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _check_members(path: Path, members: list[zipfile.ZipInfo], params: DownloadParams) -> None:
+    """Refuse the whole archive before writing anything: unsafe names, caps, entries Python cannot read."""
+    for info in members:
+        reason = _unsafe_reason(info.filename)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            reason = "symbolic link"
+        if reason:
+            raise InspectionError(f"{path}: unsafe entry {_shown(info.filename)} ({reason}); refusing to extract this archive")
+    _check_caps(path, len(members), sum(info.file_size for info in members), params)
+    for info in members:
+        if info.is_dir() or _target(info.filename, Path()) is None:
+            continue  # never read, so it may be anything
+        if info.flag_bits & 0x1:
+            raise InspectionError(
+                f"{path}: entry {_shown(info.filename)} is encrypted (password-protected); "
+                f"give an archive without a password, or {_REPACK}"
+            )
+        if info.compress_type not in _READABLE_METHODS:
+            method = _METHOD_NAMES.get(info.compress_type, "unknown")
+            raise InspectionError(
+                f"{path}: entry {_shown(info.filename)} uses compression method {info.compress_type} ({method}), "
+                f"which Python's zipfile cannot read; re-zip it with deflate, or {_REPACK}"
+            )
+
+
+def _extract_zip(path: Path, dest: Path, params: DownloadParams) -> None:
+    with _open_zip(path) as archive:
         members = archive.infolist()
-        for info in members:  # refuse the whole archive before writing anything
-            reason = _unsafe_reason(info.filename)
-            if stat.S_ISLNK(info.external_attr >> 16):
-                reason = "symbolic link"
-            if reason:
-                raise InspectionError(f"{path}: unsafe entry '{info.filename}' ({reason}); refusing to extract this archive")
-        try:
-            broken = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:  # zlib.error: corrupt deflate data
-            raise InspectionError(f"{path}: archive is damaged ({exc}); download it again") from exc
-        if broken:
-            raise InspectionError(f"{path}: entry '{broken}' fails its CRC check; download the archive again")
+        _check_members(path, members, params)
+        budget = _Budget(path, params.max_total_bytes)
         for info in members:
-            if info.is_dir():
-                continue
-            target = _target(info.filename, dest)
-            if target is None:
-                continue
-            _claim(target, info.filename, path)
-            with archive.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
+            target = None if info.is_dir() else _target(info.filename, dest)
+            if target is not None:
+                _claim(target, info.filename, path)
+                _copy_member(archive, info, target, budget)
 
 
-def _copy_folder(root: Path, dest: Path) -> None:
+def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: _Budget) -> None:
+    """Copy one entry, counting what it really holds and checking its CRC here: zipfile cuts an entry at
+    its declared size, so asking for one byte more is what shows an entry that holds more than it says."""
+    probe = copy.copy(info)
+    probe.file_size = info.file_size + 1
+    del probe.CRC  # zipfile would check it against the cut data; it is checked below on all of it
+    damaged = f"{archive.filename}: entry {_shown(info.filename)} is damaged"
+    size, crc = 0, 0
+    try:
+        source = archive.open(probe)
+    except (*_DAMAGED, NotImplementedError, RuntimeError) as exc:
+        raise InspectionError(f"{damaged} ({_one_line(exc)}); download the archive again") from None
+    with source, _output(target) as out:
+        while True:
+            try:
+                chunk = source.read(_CHUNK)
+            except _DAMAGED as exc:
+                raise InspectionError(f"{damaged} ({_one_line(exc)}); download the archive again") from None
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > info.file_size:
+                raise InspectionError(
+                    f"{archive.filename}: entry {_shown(info.filename)} holds more than the {info.file_size:,} bytes it "
+                    "declares (a zip bomb, or a broken archive); refusing it: get the archive again from Kaggle"
+                )
+            budget.take(len(chunk))
+            crc = zlib.crc32(chunk, crc)
+            _write(out, chunk, target)
+    if size != info.file_size or crc != info.CRC:
+        raise InspectionError(f"{damaged}: it fails its CRC check; download the archive again")
+
+
+@contextmanager
+def _output(target: Path):
+    try:
+        out = open(target, "wb")
+    except OSError as exc:
+        raise InspectionError(f"{target}: cannot write ({exc.strerror}); check the disk and its permissions") from None
+    with out:
+        yield out
+
+
+def _write(out, chunk: bytes, target: Path) -> None:
+    try:
+        out.write(chunk)
+    except OSError as exc:
+        raise InspectionError(f"{target}: cannot write ({exc.strerror}); free space on that disk and run again") from None
+
+
+def _plan_folder(root: Path, dest: Path, params: DownloadParams) -> list[tuple[Path, str, Path]]:
+    """The files to copy, checked before anything is written: no links, only regular files, the caps."""
+    plan, entries, declared = [], 0, 0
     for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        entries += len(dirnames) + len(filenames)
+        _check_caps(root, entries, 0, params)  # stop walking a folder with millions of files early
         for name in sorted(dirnames + filenames):
             full = Path(dirpath) / name
             if full.is_symlink():
@@ -120,15 +295,35 @@ def _copy_folder(root: Path, dest: Path) -> None:
             full = Path(dirpath) / name
             relative = full.relative_to(root).as_posix()
             target = _target(relative, dest)
-            if target is not None:
-                _claim(target, relative, root)
-                shutil.copyfile(full, target)
+            if target is None:
+                continue
+            info = full.lstat()
+            if not stat.S_ISREG(info.st_mode):
+                raise InspectionError(f"{full}: not a regular file (a pipe or device?); remove it from the data folder")
+            declared += info.st_size
+            plan.append((full, relative, target))
+    _check_caps(root, entries, declared, params)
+    return plan
+
+
+def _copy_folder(root: Path, dest: Path, params: DownloadParams) -> None:
+    budget = _Budget(root, params.max_total_bytes)
+    for full, relative, target in _plan_folder(root, dest, params):
+        _claim(target, relative, root)
+        try:
+            source = open(full, "rb")
+        except OSError as exc:
+            raise InspectionError(f"{full}: cannot read ({exc.strerror}); fix its permissions") from None
+        with source, _output(target) as out:
+            while chunk := source.read(_CHUNK):
+                budget.take(len(chunk))  # counted as copied: a file may grow while it is copied
+                _write(out, chunk, target)
 
 
 def _claim(target: Path, member: str, source: Path) -> None:
     if target.exists():
         raise InspectionError(
-            f"{source}: '{member}' collides with another copy of {target.parent.parent.name}/"
+            f"{source}: {_shown(member)} collides with another copy of {target.parent.parent.name}/"
             f"{target.parent.name}/{target.name}; the archive holds two data roots, keep one"
         )
     target.parent.mkdir(parents=True, exist_ok=True)

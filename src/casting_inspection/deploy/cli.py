@@ -67,7 +67,7 @@ def _write_rows(rows: list[dict], fmt: str, out: Path | None) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from casting_inspection.deploy.inference import Inspector, Result
+    from casting_inspection.deploy.inference import DECISIONS, Inspector, Result
 
     inspector = Inspector(args.model, threads=args.threads)
     files, missing = expand(args.paths)
@@ -82,6 +82,10 @@ def predict(args: argparse.Namespace) -> int:
         named, unreadable = [], []
         for path in chunk:
             try:
+                if path.stat().st_size > inspector.spec.max_file_bytes:  # refused before it is read into memory
+                    reason = f"file too large: over the model's max_file_bytes={inspector.spec.max_file_bytes}"
+                    unreadable.append(Result(str(path), "", None, inspector.threshold, inspector.version, reason))
+                    continue
                 named.append((str(path), path.read_bytes()))
             except OSError as exc:
                 unreadable.append(
@@ -98,7 +102,7 @@ def predict(args: argparse.Namespace) -> int:
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     skipped = len(missing) + len(results) - len(decided)
-    counts = {d: sum(r.decision == d for r in decided) for d in ("ok", "defective", "review")}
+    counts = {d: sum(r.decision == d for r in decided) for d in DECISIONS}
     summary = ", ".join(f"{n} {d}" for d, n in counts.items() if n or d != "review")
     print(f"predict: {len(decided)} decided ({summary}); {skipped} skipped", file=sys.stderr)
     return SKIPPED_EXIT if skipped else 0
@@ -115,35 +119,105 @@ def _drift(inspector, arrays: list) -> str | None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    """The service behind its limits; no token means loopback only, so that no other machine reaches it unasked."""
     import uvicorn
 
+    from casting_inspection.deploy import service
     from casting_inspection.deploy.inference import Inspector
-    from casting_inspection.deploy.service import Limits, create_app
 
+    for flag in ("max_upload_mb", "max_files", "max_body_mb", "header_timeout", "body_timeout", "max_active", "max_connections"):
+        if not getattr(args, flag) > 0:
+            raise InspectionError(f"--{flag.replace('_', '-')} must be above 0 (got {getattr(args, flag)})")
+    token = service.resolve_token(args.token_file)
+    if token is None and not service.is_loopback(args.host):
+        raise InspectionError(
+            f"refusing to serve {args.host} without a token: set {service.TOKEN_ENV} or pass --token-file "
+            "(without one, only 127.0.0.1, ::1 or localhost)"
+        )
     inspector = Inspector(args.model, threads=args.threads)
-    app = create_app(inspector, Limits(max_upload_bytes=int(args.max_upload_mb * 1e6), max_files=args.max_files))
+    limits = service.Limits(
+        max_upload_bytes=int(args.max_upload_mb * 1e6),
+        max_files=args.max_files,
+        max_body_bytes=int(args.max_body_mb * 1e6),
+        body_timeout=args.body_timeout,
+        max_active=args.max_active,
+    )
+    app = service.create_app(inspector, limits, token=token)
     print(
-        f"serve: model {inspector.version} on http://{args.host}:{args.port} (POST /predict, GET /health, GET /model)",
+        f"serve: model {inspector.version} on http://{args.host}:{args.port} (POST /predict, GET /health, GET /model, GET /metrics)",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1)
+    if token:
+        print("serve: every endpoint but /health requires 'Authorization: Bearer <token>'", file=sys.stderr)
+    else:
+        print(
+            f"serve: unauthenticated, so local only ({args.host}); set {service.TOKEN_ENV} or --token-file to serve other machines",
+            file=sys.stderr,
+        )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        workers=1,
+        http=service.header_deadline_protocol(args.header_timeout),
+        limit_concurrency=args.max_connections,
+    )
     return 0
+
+
+def _serve_arguments(sub: argparse.ArgumentParser) -> None:
+    """The service's limits, deadlines and token (see `service`: each bounds what one client can cost the server)."""
+    sub.add_argument(
+        "--max-body-mb", type=float, default=64.0, help="largest request body, counted as it arrives, in MB (default: 64)"
+    )
+    sub.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds a client has to send its request headers (default: 10)"
+    )
+    sub.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a client has to send its whole request body, from the server's first read (default: 60)",
+    )
+    sub.add_argument("--max-active", type=int, default=2, help="uploads read and decided at once; the others wait (default: 2)")
+    sub.add_argument(
+        "--max-connections",
+        type=int,
+        default=64,
+        help="open connections before new requests get 503 (uvicorn's limit_concurrency; default: 64)",
+    )
+    sub.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the bearer token every endpoint but /health requires (else $CASTING_INSPECT_TOKEN; "
+        "with neither, only a loopback --host is allowed)",
+    )
 
 
 def watch(args: argparse.Namespace) -> int:
+    """Exit 2 when another watcher holds the inbox (so a service manager can tell it from a fault); with
+    --once, 3 when a complete photo could not be filed (it stays in the inbox, named on stderr)."""
     from casting_inspection.deploy.inference import Inspector
-    from casting_inspection.deploy.watch import watch_folder
+    from casting_inspection.deploy.watch import WatchBusy, watch_folder
 
+    if not args.log_wait >= 0:
+        raise InspectionError(f"--log-wait must be 0 or more seconds (got {args.log_wait})")
     inspector = Inspector(args.model, threads=args.threads)
-    watch_folder(
-        inspector,
-        Path(args.inbox),
-        Path(args.out) if args.out else Path(args.inbox) / "sorted",
-        poll_seconds=args.poll,
-        settle_seconds=args.settle,
-        once=args.once,
-    )
-    return 0
+    try:
+        left = watch_folder(
+            inspector,
+            Path(args.inbox),
+            Path(args.out) if args.out else Path(args.inbox) / "sorted",
+            poll_seconds=args.poll,
+            settle_seconds=args.settle,
+            once=args.once,
+            log_wait=args.log_wait,
+        )
+    except WatchBusy as exc:
+        print(f"casting-inspect watch: error: {exc}", file=sys.stderr)
+        return 2
+    return SKIPPED_EXIT if left else 0
 
 
 def about(args: argparse.Namespace) -> int:
@@ -151,6 +225,33 @@ def about(args: argparse.Namespace) -> int:
 
     print(json.dumps(Inspector(args.model).info(), indent=2))
     return 0
+
+
+def _add_watch(commands, common) -> None:
+    """The watch subcommand's arguments (its own function: build_parser stays short)."""
+    sub = commands.add_parser(
+        "watch",
+        help="decide photos as they arrive in a folder, then sort them",
+        description="Decide photos as they arrive in INBOX, log each decision, move each photo into OUT/<decision>/. "
+        "Exit status: 0 done (--once); 130 stopped by SIGTERM or Ctrl-C; 1 an error; 2 another watcher holds INBOX; "
+        "3 (--once) a complete photo could not be filed and stays in the inbox.",
+    )
+    sub.add_argument("inbox", help="the folder the camera writes to")
+    sub.add_argument("--out", help="where ok/, defective/, review/, rejected/ and the log go (default: INBOX/sorted)")
+    sub.add_argument("--poll", type=float, default=0.5, help="seconds between looks at the inbox (default: 0.5)")
+    sub.add_argument(
+        "--settle", type=float, default=1.0, help="a file is complete when unchanged for this many seconds (default: 1.0)"
+    )
+    sub.add_argument("--once", action="store_true", help="decide what is complete now, then stop")
+    sub.add_argument(
+        "--log-wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for a log another process holds locked before the photos wait for the next look "
+        "(with --once: exit 1, photos left in the inbox) (default: 60)",
+    )
+    common(sub)
+    sub.set_defaults(run=watch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,19 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     sub.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted file, in MB (default: 10)")
     sub.add_argument("--max-files", type=int, default=64, help="most images in one request (default: 64)")
+    _serve_arguments(sub)
     common(sub)
     sub.set_defaults(run=serve)
 
-    sub = commands.add_parser("watch", help="decide photos as they arrive in a folder, then sort them")
-    sub.add_argument("inbox", help="the folder the camera writes to")
-    sub.add_argument("--out", help="where ok/, defective/, review/, rejected/ and the log go (default: INBOX/sorted)")
-    sub.add_argument("--poll", type=float, default=0.5, help="seconds between looks at the inbox (default: 0.5)")
-    sub.add_argument(
-        "--settle", type=float, default=1.0, help="a file is complete when unchanged for this many seconds (default: 1.0)"
-    )
-    sub.add_argument("--once", action="store_true", help="decide what is complete now, then stop")
-    common(sub)
-    sub.set_defaults(run=watch)
+    _add_watch(commands, common)
 
     sub = commands.add_parser("about", help="which model, how it decides, where it came from")
     common(sub)

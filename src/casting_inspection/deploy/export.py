@@ -16,12 +16,14 @@ from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path, write_json
 from casting_inspection.core.params import ExportParams, Int8Params
 from casting_inspection.data.dataset import load_split
+from casting_inspection.evaluation.guard import load_guard
 from casting_inspection.evaluation.metrics import count_errors
 from casting_inspection.modeling.checkpoint import load_checkpoint
 from casting_inspection.modeling.networks import ProbabilityNet, count_parameters
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "defect_probability"
+NOVELTY_NAME = "novelty"  # the not-a-part guard's squared Mahalanobis distance (evaluation.guard)
 
 
 def one_digit(value: float) -> float:
@@ -50,13 +52,15 @@ def export_onnx(
     onnx_path: Path,
     int8_path: Path,
     metrics_path: Path,
+    guard_path: Path,
 ) -> dict:
     model, checkpoint = load_checkpoint(checkpoint_path, "cpu")
     operating_point = json.loads(Path(operating_point_path).read_text())
     threshold = operating_point["threshold"]
-    shipped = ProbabilityNet(model, operating_point["temperature"]).eval()
+    guard = load_guard(guard_path)
+    shipped = ProbabilityNet(model, operating_point["temperature"], guard or None).eval()
     test = load_split(prepared_dir, "test")
-    graph = _to_onnx(shipped, test.images[:2].float() / 255, params.opset)
+    graph = _to_onnx(shipped, test.images[:2].float() / 255, params.opset, bool(guard))
     metadata = _metadata(checkpoint, operating_point, checkpoint_path, drift_reference_path)
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
@@ -99,7 +103,7 @@ def export_onnx(
     return results
 
 
-def _to_onnx(shipped: torch.nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+def _to_onnx(shipped: torch.nn.Module, example: torch.Tensor, opset: int, guarded: bool) -> onnx.ModelProto:
     """The dynamo exporter with a dynamic batch axis, into memory."""
     with tempfile.TemporaryDirectory() as scratch:
         raw_path = Path(scratch) / "model.onnx"
@@ -108,7 +112,7 @@ def _to_onnx(shipped: torch.nn.Module, example: torch.Tensor, opset: int) -> onn
             (example,),
             str(raw_path),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=[OUTPUT_NAME, NOVELTY_NAME] if guarded else [OUTPUT_NAME],
             dynamo=True,
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             opset_version=opset,
@@ -127,6 +131,8 @@ def _metadata(checkpoint: dict, operating_point: dict, checkpoint_path: Path, dr
         # [low, high): parts in between go to a person (evaluate.review_share); "null" = accept/reject only
         "review_band": json.dumps(operating_point["review_band"]),
         "temperature": str(operating_point["temperature"]),  # already inside the graph: the output is calibrated
+        # not a part, not a decision: the photo checks and the novelty threshold (the graph's second output)
+        "guard": json.dumps(operating_point["guard"]),
         "image_size": str(checkpoint["preprocessing"]["image_size"]),
         "color_mode": checkpoint["preprocessing"]["color_mode"],
         # the checks and resize of casting_inspection.data.images.load_image, so every consumer prepares images as training did
@@ -147,7 +153,8 @@ def _both_runtimes(shipped: torch.nn.Module, onnx_path: Path, images: torch.Tens
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size].float() / 255
-            torch_probs.append(shipped(batch).numpy())
+            output = shipped(batch)
+            torch_probs.append((output[0] if isinstance(output, tuple) else output).numpy())
             onnx_probs.append(session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0])
     return np.concatenate(onnx_probs), np.concatenate(torch_probs)
 
@@ -203,6 +210,7 @@ def _int8(
             "per_channel": True,
             "activation_type": QuantType.QUInt8,
             "weight_type": QuantType.QInt8,
+            "op_types_to_quantize": ["Conv"],  # the head and the guard's distance stay float: few weights, exact scores
         }
         ranges = Path(scratch) / "ranges.json"
         quantize_static(str(prepared), str(tmp), Batches(), calibration_cache_path=ranges, **options)

@@ -17,18 +17,20 @@ import onnxruntime as ort
 
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.data.images import BadImage, ImageSpec, load_image
+from casting_inspection.data.plausibility import implausible, photo_statistics
 
-DECISIONS = ("ok", "defective", "review")
+DECISIONS = ("ok", "defective", "review", "not_a_part")
 
 
 @dataclasses.dataclass
 class Result:
     path: str
-    decision: str  # ok, defective or review; empty when the file was skipped
+    decision: str  # ok, defective, review or not_a_part; empty when the file was skipped
     defect_probability: float | None
     threshold: float
     model_version: str
     error: str = ""  # why the file was skipped
+    flag: str = ""  # why it is not a part the model can judge (decision not_a_part)
 
     def row(self) -> dict:
         return dataclasses.asdict(self)
@@ -68,6 +70,7 @@ class Inspector:
             band = json.loads(metadata["review_band"])
             self.spec = ImageSpec(**json.loads(metadata["preprocessing"]))
             self.drift_reference = json.loads(metadata["drift_reference"])
+            self.guard = json.loads(metadata["guard"])
         except (KeyError, ValueError, TypeError) as exc:
             raise InspectionError(
                 f"{model_path}: metadata lacks {exc}; export it again with this version (dvc repro export)"
@@ -81,13 +84,21 @@ class Inspector:
         self.version = hashlib.sha256(data).hexdigest()[:12]
         self.input_name = self.session.get_inputs()[0].name
 
-    def load(self, data: bytes) -> np.ndarray:
-        """uint8 (C, H, W), or BadImage with the reason."""
-        return load_image(data, self.spec)[0]
+    def probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Defect probability for uint8 images (N, C, H, W), and the guard's novelty score when the graph has one."""
+        outputs = self.session.run(None, {self.input_name: images.astype(np.float32) / 255})
+        return outputs[0].astype(np.float64), (outputs[1].astype(np.float64) if len(outputs) > 1 else None)
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Defect probability for uint8 images (N, C, H, W)."""
-        return self.session.run(None, {self.input_name: images.astype(np.float32) / 255})[0].astype(np.float64)
+    def flags(self, images: np.ndarray, sizes: list[tuple[int, int]], novelty: np.ndarray | None) -> list[str | None]:
+        """Per image, why it is not a part this model can judge (data.plausibility, then novelty), or None."""
+        reasons = implausible(photo_statistics(images), sizes, self.guard)
+        limit = self.guard.get("novelty_threshold")
+        if novelty is None or limit is None:
+            return reasons
+        return [
+            reason or (f"unlike every training photo (novelty {score:.0f} > {limit:.0f})" if score > limit else None)
+            for reason, score in zip(reasons, novelty)
+        ]
 
     def decide(self, probability: float) -> str:
         if self.review_band and self.review_band[0] <= probability < self.review_band[1]:
@@ -103,22 +114,32 @@ class Inspector:
         for start in range(0, len(named_files), batch_size):
             chunk = named_files[start : start + batch_size]
             slots: list[Result | None] = []
-            arrays = []
+            arrays, sizes = [], []
             for name, data in chunk:
                 try:
-                    arrays.append(self.load(data))
-                    slots.append(None)
+                    array, size = load_image(data, self.spec)
+                    arrays.append(array), sizes.append(size), slots.append(None)
                 except BadImage as exc:
                     slots.append(Result(name, "", None, round(self.threshold, 6), self.version, str(exc)))
             if decoded is not None:
                 decoded.extend(arrays)
-            probabilities = iter(self.probabilities(np.stack(arrays)) if arrays else [])
-            for (name, _), slot in zip(chunk, slots):
-                if slot is None:
-                    p = float(next(probabilities))
-                    slot = Result(name, self.decide(p), round(p, 6), round(self.threshold, 6), self.version)
-                results.append(slot)
+            results += self._decide_batch(chunk, slots, arrays, sizes)
         return results
+
+    def _decide_batch(self, chunk, slots, arrays, sizes) -> list[Result]:
+        """Fill the empty slots in order: the guard's flag first (never ok), then the threshold and band."""
+        if arrays:
+            stacked = np.stack(arrays)
+            probabilities, novelty = self.probabilities(stacked)
+            decided = iter(zip(probabilities, self.flags(stacked, sizes, novelty)))
+        out = []
+        for (name, _), slot in zip(chunk, slots):
+            if slot is None:
+                p, flag = next(decided)
+                decision = "not_a_part" if flag else self.decide(float(p))
+                slot = Result(name, decision, round(float(p), 6), round(self.threshold, 6), self.version, flag=flag or "")
+            out.append(slot)
+        return out
 
     def info(self) -> dict:
         """What `GET /model` and `predict --about` tell: which model, how it decides, where it came from."""
@@ -134,6 +155,7 @@ class Inspector:
                 "min_side": self.spec.min_side,
                 "max_pixels": self.spec.max_pixels,
             },
+            "guard": self.guard,
             "class_names": json.loads(self.metadata.get("class_names", "[]")),
             "source": json.loads(self.metadata.get("source", "{}")),
         }

@@ -4,146 +4,578 @@ Crash safety: a decision is committed to the SQLite log before its file is moved
 by file name and content hash. After a restart, a file still in the inbox whose decision is logged is
 moved where the log says, not decided again; a file with no logged decision is decided. Nothing is
 deleted: every file ends in ok/, defective/, review/ or rejected/ under the output folder.
+
+Faults of a plant that must neither stop the line nor lose a photo:
+- `--out` on another filesystem than the inbox (a rename fails with EXDEV): each photo is copied to a
+  hidden temporary file next to its destination, fsynced, checked against the content hash it was
+  decided on, linked under its final name, and only then deleted from the inbox. A copy cut short
+  leaves the photo in the inbox; the temporary is removed then, or at the next start after a SIGKILL.
+- the log locked by another process (a backup, an sqlite3 shell): each write is retried, with a note
+  on stderr, for up to `log_wait` seconds; then the photos wait in the inbox for the next look.
+- a second watcher on the same inbox: refused at start (`WatchBusy`), since the first holds an
+  exclusive flock on INBOX/.casting-inspect-watch.lock for as long as it runs.
+- two photos that would end under one name: nothing is ever overwritten. A taken name gets a short
+  content-hash suffix, and names are claimed with link()/O_EXCL, so a race cannot overwrite either.
+- every entry of the inbox that is not decided is named on stderr with why: hidden files and partial
+  downloads, folders, links, pipes, files modified too recently. A modification time in the future
+  (a writer whose clock is ahead) is judged by this machine's clock: decided once unchanged for `settle`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import fcntl
 import hashlib
 import os
+import re
 import signal
+import socket
 import sqlite3
+import stat
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from casting_inspection.core.errors import InspectionError
-from casting_inspection.deploy.inference import Inspector
+from casting_inspection.deploy.inference import Inspector, Result
 
-FOLDERS = {"ok": "ok", "defective": "defective", "review": "review", "": "rejected"}
+FOLDERS = {"ok": "ok", "defective": "defective", "review": "review", "not_a_part": "not_a_part", "": "rejected"}
 LOG_NAME = "inspections.sqlite"
+LOCK_NAME = ".casting-inspect-watch.lock"
 SCHEMA = """CREATE TABLE IF NOT EXISTS inspections (
     name TEXT NOT NULL, sha256 TEXT NOT NULL, decided_at TEXT NOT NULL, decision TEXT NOT NULL,
     defect_probability REAL, threshold REAL NOT NULL, model_version TEXT NOT NULL, reason TEXT NOT NULL,
     destination TEXT NOT NULL, PRIMARY KEY (name, sha256))"""
+PARTIAL_SUFFIXES = {".part", ".tmp", ".crdownload"}
+LINGER_SECONDS = 30.0  # a hidden or partial file is named once it stays this long: a writer's temporary is gone by then
+FUTURE_SECONDS = 1.0  # a modification time this far ahead of this machine's clock is "in the future"
+BATCH = 64
+_TEMPORARY = re.compile(r"\.watch-(\d+)-[0-9a-f]{16}\.tmp")  # a copy in progress, by process id
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
 
 
-def _is_candidate(path: Path) -> bool:
-    """Skip hidden files and the usual names of files still being written."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() not in {".part", ".tmp", ".crdownload"}
+class WatchBusy(InspectionError):
+    """Another watcher holds this inbox's lock (the CLI exits with status 2)."""
+
+
+class LogLocked(InspectionError):
+    """The log stayed locked by another process for longer than `log_wait`."""
+
+
+class _Changed(Exception):
+    """The photo in the inbox is no longer the one that was decided."""
+
+
+@dataclasses.dataclass
+class _Photo:
+    path: Path
+    data: bytes
+    digest: str
+    identity: tuple[int, int, int, int]  # device, inode, size, mtime: the file that was read
+
+
+def _note(message: str) -> None:
+    print(f"watch: {message}", file=sys.stderr, flush=True)
+
+
+def _skip_reason(name: str, info: os.stat_result) -> tuple[str, bool] | None:
+    """Why an inbox entry is not a photo to decide, and whether a writer may still be busy with it."""
+    if stat.S_ISLNK(info.st_mode):
+        return "a symbolic link, not followed (put the photo itself in the inbox)", False
+    if stat.S_ISDIR(info.st_mode):
+        return "a folder: only files directly in the inbox are decided", False
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a pipe, socket or device)", False
+    if name.startswith("."):
+        return "a hidden file (a writer's temporary?); left in the inbox", True
+    if Path(name).suffix.lower() in PARTIAL_SUFFIXES:
+        return f"named {Path(name).suffix}: still being written; decided once renamed", True
+    return None
+
+
+def _sha256_of(path: Path) -> str | None:
+    """Content hash of a regular file (not following a link), or None when it is anything else."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _names(destination: Path, digest: str):
+    """The names a photo may take in its folder, in order: its own, then with a short content-hash suffix."""
+    yield destination
+    stem, suffix = destination.stem[:150], destination.suffix[:20]
+    yield destination.with_name(f"{stem}.{digest[:8]}{suffix}")
+    for n in range(2, 100):
+        yield destination.with_name(f"{stem}.{digest[:8]}-{n}{suffix}")
+
+
+def _link_or_claim(staged: Path, candidate: Path) -> bool:
+    """Give `staged` the name `candidate` without ever overwriting: FileExistsError when it is taken.
+    Returns whether `staged` itself was moved (no hard links there) rather than linked."""
+    try:
+        os.link(staged, candidate, follow_symlinks=False)
+        return False
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise  # FileExistsError: taken; EXDEV: another filesystem
+    os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # claim the name
+    try:
+        os.replace(staged, candidate)  # over the empty placeholder just claimed, nothing else
+    except BaseException:
+        candidate.unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_inbox(inbox: Path, out: Path) -> int:
+    """One watcher per inbox: an exclusive flock on INBOX/.casting-inspect-watch.lock, held while it runs
+    (the kernel drops it when the process ends, however it ends). Returns the open descriptor."""
+    path = inbox / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise InspectionError(
+            f"{path}: cannot create the watcher's lock file ({exc.strerror}); the watcher needs write access to the inbox"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = " ".join(os.pread(fd, 300, 0).decode(errors="replace").split()) or "another process"
+        os.close(fd)
+        raise WatchBusy(
+            f"{inbox} is already being watched ({holder} holds the lock {path}); stop that watcher first, or watch another folder"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, sorting into {out.resolve()}\n".encode(), 0)
+    return fd
 
 
 class Watcher:
-    def __init__(self, inspector: Inspector, inbox: Path, out: Path, settle_seconds: float):
+    def __init__(self, inspector: Inspector, inbox: Path, out: Path, settle_seconds: float, log_wait: float = 60.0):
         if not inbox.is_dir():
             raise InspectionError(f"{inbox}: no such folder to watch")
-        self.inspector, self.inbox, self.out, self.settle = inspector, inbox, out, settle_seconds
-        for folder in FOLDERS.values():
-            (out / folder).mkdir(parents=True, exist_ok=True)
-        self.log = sqlite3.connect(out / LOG_NAME)
-        self.log.execute("PRAGMA journal_mode=WAL")
-        self.log.execute(SCHEMA)
-        self.log.commit()
-        self.seen: dict[Path, tuple[int, int]] = {}  # size and mtime at the last look
+        self.inspector, self.inbox, self.out, self.settle, self.log_wait = inspector, inbox, out, settle_seconds, log_wait
+        self.seen: dict[Path, tuple[tuple[int, int], float]] = {}  # size and mtime at the last look, and since when
+        self.skipped: dict[tuple[str, str], float] = {}  # entries left alone, and when they were first seen so
+        self.noted: set[tuple[str, str]] = set()  # what was said already, so that a poll does not repeat it
+        self.left = 0  # complete photos that could not be filed this run; they stay in the inbox
+        self.log = None
+        self.lock = _lock_inbox(inbox, out)
+        try:
+            self.copying = self._check_out()
+            self.log = self._open_log()
+        except BaseException:
+            self.close()
+            raise
 
-    def complete_files(self, now: float) -> list[Path]:
-        """Files unchanged since the last look and not modified for `settle` seconds."""
-        ready, current = [], {}
-        for path in sorted(self.inbox.iterdir()):
-            if not _is_candidate(path):
-                continue
+    def close(self) -> None:
+        """Close the log and release the inbox (also done by the kernel when the process ends)."""
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_out(self) -> dict[Path, bool]:
+        """Make and try the output folders before the first photo: writable, and on the inbox's filesystem
+        (a rename) or not (copy, sync, check, delete). Removes copies left by a watcher that was killed."""
+        copying = {}
+        inbox_device = self.inbox.stat().st_dev
+        for name in FOLDERS.values():
+            folder = self.out / name
             try:
-                stat = path.stat()
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".watch-probe-{os.getpid()}"
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
+                probe.unlink()
+            except OSError as exc:
+                raise InspectionError(
+                    f"{folder}: cannot write there ({exc.strerror}); give --out a folder this user can write"
+                ) from None
+            for entry in folder.iterdir():
+                match = _TEMPORARY.fullmatch(entry.name)
+                if match and not _pid_alive(int(match.group(1))):
+                    entry.unlink(missing_ok=True)
+                    _note(
+                        f"removed {entry}, a copy cut short when an earlier watcher was killed (its photo is still in the inbox)"
+                    )
+            copying[folder] = folder.stat().st_dev != inbox_device
+            if copying[folder]:
+                _note(
+                    f"{folder} is on another filesystem than {self.inbox}: each photo is copied, synced and checked there before it leaves the inbox"
+                )
+        return copying
+
+    def _open_log(self) -> sqlite3.Connection:
+        path = self.out / LOG_NAME
+        try:
+            self.log = sqlite3.connect(path, timeout=max(0.1, min(5.0, self.log_wait)))
+        except sqlite3.Error as exc:
+            raise InspectionError(f"{path}: cannot open the log ({exc}); check the --out folder") from None
+
+        def create() -> None:
+            self.log.execute("PRAGMA journal_mode=WAL")
+            self.log.execute(SCHEMA)
+            self.log.commit()
+
+        self._retry("open it", create)
+        return self.log
+
+    def _retry(self, what: str, work):
+        """Run `work` (whole transactions) again while another process holds the log: the busy timeout
+        waits up to 5 s per try, with a note on stderr each time, for `log_wait` seconds in all."""
+        path = self.out / LOG_NAME
+        deadline = time.monotonic() + self.log_wait
+        while True:
+            try:
+                return work()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise InspectionError(
+                        f"{path}: the log cannot be written ({exc}); check the disk and the --out folder"
+                    ) from None
+                self.log.rollback()
+                if time.monotonic() >= deadline:
+                    raise LogLocked(
+                        f"{path}: locked by another process for over {self.log_wait:g} s (could not {what}); "
+                        "close that program (an sqlite3 shell, a backup) or raise --log-wait; the photos wait in the inbox"
+                    ) from None
+                _note(f"the log {path} is locked by another process ({exc}); waiting to {what}")
+                time.sleep(0.1)
+            except sqlite3.DatabaseError as exc:
+                raise InspectionError(f"{path}: not a usable SQLite log ({exc}); move it aside and start again") from None
+
+    def _note_once(self, name: str, reason: str) -> None:
+        if (name, reason) not in self.noted:
+            self.noted.add((name, reason))
+            _note(f"{name}: {reason}")
+
+    def scan(self, now: float, patient: bool = True) -> list[tuple[Path, os.stat_result]]:
+        """The inbox's regular, visible files. Every other entry is named once on stderr with why it is
+        left alone; hidden and partial files only after LINGER_SECONDS (unless `patient` is False), since
+        a writer usually renames them a moment later."""
+        found, skipped = [], {}
+        for path in sorted(self.inbox.iterdir()):
+            try:
+                info = path.lstat()
             except FileNotFoundError:
                 continue
-            current[path] = (stat.st_size, stat.st_mtime_ns)
-            stable = self.seen.get(path) == current[path] or self.settle == 0
-            if stable and now - stat.st_mtime >= self.settle:
+            if path.name == LOCK_NAME or (stat.S_ISDIR(info.st_mode) and path.resolve() == self.out.resolve()):
+                continue  # the watcher's own lock file and output folder
+            skip = _skip_reason(path.name, info)
+            if skip is None:
+                found.append((path, info))
+                continue
+            reason, transient = skip
+            skipped[(path.name, reason)] = first = self.skipped.get((path.name, reason), now)
+            if not (transient and patient) or now - first >= LINGER_SECONDS:
+                self._note_once(path.name, f"skipped: {reason}")
+        self.skipped = skipped
+        present = {path.name for path, _ in found} | {name for name, _ in skipped}
+        self.noted = {(name, reason) for name, reason in self.noted if name in present}
+        return found
+
+    def complete_files(self, now: float) -> list[Path]:
+        """Files unchanged since the last look and either not modified for `settle` seconds or seen
+        unchanged for that long by this machine's clock (what counts when the writer's clock is ahead)."""
+        ready, current = [], {}
+        for path, info in self.scan(now):
+            signature = (info.st_size, info.st_mtime_ns)
+            previous = self.seen.get(path)
+            unchanged = previous is not None and previous[0] == signature
+            since = previous[1] if unchanged else now
+            current[path] = (signature, since)
+            age = now - info.st_mtime
+            if age < -FUTURE_SECONDS:
+                self._note_once(
+                    path.name,
+                    f"modified {-age:.0f} s in the future by this machine's clock (the writer's clock is ahead?); "
+                    f"decided once unchanged for {self.settle:g} s",
+                )
+            if (unchanged or self.settle == 0) and (age >= self.settle or now - since >= self.settle):
                 ready.append(path)
         self.seen = current
         return ready
 
+    def once(self) -> list[Path]:
+        """One look for --once: files not modified for `settle` seconds are complete; a file modified in the
+        future is watched for `settle` seconds and decided if it did not change; a recent one is left."""
+        now, ready, future = time.time(), [], []
+        for path, info in self.scan(now, patient=False):
+            age = now - info.st_mtime
+            if age >= self.settle:
+                ready.append(path)
+            elif age < -FUTURE_SECONDS:
+                future.append((path, (info.st_size, info.st_mtime_ns)))
+                _note(
+                    f"{path.name}: modified {-age:.0f} s in the future by this machine's clock (the writer's clock is ahead?); "
+                    f"decided if unchanged for {self.settle:g} s"
+                )
+            else:
+                _note(
+                    f"{path.name}: modified {age:.1f} s ago, under --settle {self.settle:g} s; may still be being written, left for the next run"
+                )
+        if future:
+            time.sleep(self.settle)
+        for path, signature in future:
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue
+            if (info.st_size, info.st_mtime_ns) == signature:
+                ready.append(path)
+            else:
+                _note(f"{path.name}: still changing; left for the next run")
+        return sorted(ready)
+
     def process(self, paths: list[Path]) -> int:
-        """Decide (or re-file) these complete files; returns how many were handled."""
-        fresh, handled = [], 0
+        """Decide (or re-file) these complete files; returns how many were filed. One that cannot be read
+        or filed stays in the inbox, named on stderr, for the next look."""
+        photos = self._read(paths)
+        logged = self._retry("look up earlier decisions", lambda: self._logged(photos))
+        fresh = [photo for photo in photos if (photo.path.name, photo.digest) not in logged]
+        results = self.inspector.inspect([(photo.path.name, photo.data) for photo in fresh]) if fresh else []
+        claimed = set(logged.values())
+        destinations = self._retry("log the decisions", lambda: self._log(fresh, results, set(claimed)))
+        shown = {(photo.path.name, photo.digest): result for photo, result in zip(fresh, results)}
+        filed = 0
+        for photo in photos:
+            key = (photo.path.name, photo.digest)
+            final = self._file_safely(photo, logged.get(key) or destinations[key])
+            if final is None:
+                continue
+            filed += 1
+            if key in shown:
+                result = shown[key]
+                probability = f"{result.defect_probability:.4f}" if result.defect_probability is not None else "-"
+                renamed = f"  -> {final.name}" if final.name != photo.path.name else ""
+                reason = f"  ({result.error or result.flag})" if result.error or result.flag else ""
+                print(f"{result.decision or 'rejected':<10}{probability:>8}  {photo.path.name}{renamed}{reason}", flush=True)
+        return filed
+
+    def _read(self, paths: list[Path]) -> list[_Photo]:
+        photos = []
         for path in paths:
             try:
-                data = path.read_bytes()
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             except OSError as exc:
-                print(f"watch: cannot read {path.name} yet ({exc.strerror}); will retry", file=sys.stderr)
+                self._note_once(path.name, f"cannot be read yet ({exc.strerror}); tried again at the next look")
                 continue
-            digest = hashlib.sha256(data).hexdigest()
-            logged = self.log.execute(
-                "SELECT destination FROM inspections WHERE name=? AND sha256=?", (path.name, digest)
+            with os.fdopen(fd, "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    self._note_once(path.name, "skipped: not a regular file")
+                    continue
+                data = f.read()
+            identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+            photos.append(_Photo(path, data, hashlib.sha256(data).hexdigest(), identity))
+        return photos
+
+    def _logged(self, photos: list[_Photo]) -> dict[tuple[str, str], Path]:
+        """Where the log says each of these photos goes, for those decided before (a restart)."""
+        found = {}
+        for photo in photos:
+            row = self.log.execute(
+                "SELECT destination FROM inspections WHERE name=? AND sha256=?", (photo.path.name, photo.digest)
             ).fetchone()
-            if logged:  # decided before a restart, not yet moved
-                self._move(path, Path(logged[0]))
-                handled += 1
-            else:
-                fresh.append((path, digest, data))
-        if not fresh:
-            return handled
-        results = self.inspector.inspect([(path.name, data) for path, _, data in fresh])
+            if row:
+                found[(photo.path.name, photo.digest)] = Path(row[0])
+        return found
+
+    def _log(self, fresh: list[_Photo], results: list[Result], claimed: set[Path]) -> dict[tuple[str, str], Path]:
+        """One transaction: every decision is logged before any file moves. A row another watcher wrote
+        first (same name and content, one --out for two inboxes) is kept, and its destination used."""
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        moves = []
-        with self.log:  # one transaction: every decision is logged before any file moves
-            for (path, digest, _), result in zip(fresh, results):
-                destination = self._destination(FOLDERS[result.decision], path.name, digest)
+        destinations = {}
+        with self.log:
+            for photo, result in zip(fresh, results):
+                destination = self._free_name(self.out / FOLDERS[result.decision], photo, claimed)
                 self.log.execute(
-                    "INSERT INTO inspections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO inspections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name, sha256) DO NOTHING",
                     (
-                        path.name,
-                        digest,
+                        photo.path.name,
+                        photo.digest,
                         stamp,
                         result.decision or "rejected",
                         result.defect_probability,
                         result.threshold,
                         result.model_version,
-                        result.error,
+                        result.error or result.flag,  # why skipped, or why not a part
                         str(destination),
                     ),
                 )
-                moves.append((path, destination, result))
-        for path, destination, result in moves:
-            self._move(path, destination)
-            shown = f"{result.defect_probability:.4f}" if result.defect_probability is not None else "-"
-            print(
-                f"{result.decision or 'rejected':<10}{shown:>8}  {path.name}" + (f"  ({result.error})" if result.error else ""),
-                flush=True,
+                (logged,) = self.log.execute(
+                    "SELECT destination FROM inspections WHERE name=? AND sha256=?", (photo.path.name, photo.digest)
+                ).fetchone()
+                destinations[(photo.path.name, photo.digest)] = Path(logged)
+                claimed.add(Path(logged))
+        return destinations
+
+    def _free_name(self, folder: Path, photo: _Photo, claimed: set[Path]) -> Path:
+        """The first name for this photo that no other file has (a camera that reuses names: keep both)."""
+        for candidate in _names(folder / photo.path.name, photo.digest):
+            if candidate not in claimed and (not os.path.lexists(candidate) or _sha256_of(candidate) == photo.digest):
+                return candidate
+        return candidate  # 100 names taken: filing it will say so
+
+    def _file_safely(self, photo: _Photo, destination: Path) -> Path | None:
+        """File one photo; on a fault it stays in the inbox, named on stderr, and the watcher goes on."""
+        try:
+            return self._file(photo, destination)
+        except _Changed:
+            self._note_once(photo.path.name, "changed after it was decided; it stays in the inbox and is decided again")
+        except OSError as exc:
+            self._note_once(
+                photo.path.name,
+                f"cannot be filed into {destination.parent} ({exc.strerror or exc}); it stays in the inbox, tried again at the next look",
             )
-        return handled + len(moves)
+        self.left += 1
+        return None
 
-    def _destination(self, folder: str, name: str, digest: str) -> Path:
-        target = self.out / folder / name
-        if target.exists():  # a camera that reuses names: keep both
-            target = target.with_name(f"{target.stem}.{digest[:8]}{target.suffix}")
-        return target
+    def _file(self, photo: _Photo, destination: Path) -> Path:
+        """Put the photo at `destination`, or under the next free name when another file has it, and only
+        then take it out of the inbox: a copy to another filesystem is synced and checked first."""
+        folder = destination.parent
+        staged = self._copy_in(photo, folder) if self.copying.get(folder) else photo.path
+        try:
+            final, moved = self._claim(staged, photo.digest, destination)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV or staged != photo.path:
+                raise
+            self.copying[folder] = True  # a bind mount or a mount below --out: same device number, no rename
+            _note(f"{folder} cannot take a rename from {self.inbox} (EXDEV): photos are copied, synced and checked there")
+            return self._file(photo, destination)
+        finally:
+            if staged != photo.path:
+                staged.unlink(missing_ok=True)
+        if staged != photo.path:
+            _fsync_dir(folder)
+        if final != destination:
+            self._retry("record where it was filed", lambda: self._relog(photo, final))
+        if not (moved and staged == photo.path):
+            self._remove_from_inbox(photo, final)
+        return final
 
-    def _move(self, source: Path, destination: Path) -> None:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, destination)  # atomic on one filesystem; the file is never in two places or none
+    def _claim(self, staged: Path, digest: str, destination: Path) -> tuple[Path, bool]:
+        """The name `staged` now also has: `destination` or the next free one; or a name where this very
+        photo already is (a restart after the link, before the inbox copy was removed)."""
+        for candidate in _names(destination, digest):
+            try:
+                return candidate, _link_or_claim(staged, candidate)
+            except FileExistsError:
+                if _sha256_of(candidate) == digest:
+                    return candidate, False
+        raise OSError(errno.EEXIST, f"{destination.name} and 98 variants of it are taken by other files")
+
+    def _copy_in(self, photo: _Photo, folder: Path) -> Path:
+        """A synced copy of the photo in a hidden temporary next to its destination, checked to hold the
+        content that was decided; the inbox copy is untouched."""
+        temporary = folder / f".watch-{os.getpid()}-{photo.digest[:16]}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+        try:
+            with open(photo.path, "rb") as source, os.fdopen(fd, "wb") as copy:
+                copied = hashlib.sha256()
+                while chunk := source.read(1 << 20):
+                    copied.update(chunk)
+                    copy.write(chunk)
+                copy.flush()
+                os.fsync(copy.fileno())
+            if copied.hexdigest() != photo.digest:
+                raise _Changed
+            if temporary.stat().st_size != photo.identity[2] or _sha256_of(temporary) != photo.digest:
+                raise OSError(errno.EIO, "the copy does not read back as written")
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        return temporary
+
+    def _relog(self, photo: _Photo, final: Path) -> None:
+        with self.log:
+            self.log.execute(
+                "UPDATE inspections SET destination=? WHERE name=? AND sha256=?", (str(final), photo.path.name, photo.digest)
+            )
+
+    def _remove_from_inbox(self, photo: _Photo, final: Path) -> None:
+        """Delete the inbox copy, unless a new file took its name meanwhile (that one is decided next)."""
+        try:
+            info = photo.path.lstat()
+        except FileNotFoundError:
+            return
+        if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != photo.identity:
+            self._note_once(
+                photo.path.name, f"was replaced in the inbox after it was filed as {final}; the new one is decided next"
+            )
+            return
+        photo.path.unlink()
 
 
 def watch_folder(
-    inspector: Inspector, inbox: Path, out: Path, poll_seconds: float, settle_seconds: float, once: bool = False
-) -> None:
-    watcher = Watcher(inspector, inbox, out, settle_seconds)
+    inspector: Inspector,
+    inbox: Path,
+    out: Path,
+    poll_seconds: float,
+    settle_seconds: float,
+    once: bool = False,
+    log_wait: float = 60.0,
+) -> int:
+    """Watch until SIGTERM or Ctrl-C (KeyboardInterrupt), or look once; returns how many complete photos
+    could not be filed (they stay in the inbox, each named on stderr)."""
 
     def stop(signum, frame):  # systemd and `kill` send SIGTERM; stop between files, as on Ctrl-C
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
-    print(
-        f"watch: {inbox} -> {out} (model {inspector.version}; log {out / LOG_NAME})" + ("" if once else "; Ctrl-C stops"),
-        file=sys.stderr,
-    )
-    if once:  # one look: what has not been modified for `settle` seconds counts as complete
-        ready = [p for p in sorted(inbox.iterdir()) if _is_candidate(p) and time.time() - p.stat().st_mtime >= settle_seconds]
-        for start in range(0, len(ready), 64):
-            watcher.process(ready[start : start + 64])
-        return
-    while True:
-        ready = watcher.complete_files(time.time())
-        for start in range(0, len(ready), 64):
-            watcher.process(ready[start : start + 64])
-        time.sleep(poll_seconds)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with Watcher(inspector, inbox, out, settle_seconds, log_wait) as watcher:
+            print(
+                f"watch: {inbox} -> {out} (model {inspector.version}; log {out / LOG_NAME})" + ("" if once else "; Ctrl-C stops"),
+                file=sys.stderr,
+                flush=True,
+            )
+            if once:
+                ready = watcher.once()
+                for start in range(0, len(ready), BATCH):
+                    watcher.process(ready[start : start + BATCH])
+                return watcher.left
+            while True:
+                ready = watcher.complete_files(time.time())
+                try:
+                    for start in range(0, len(ready), BATCH):
+                        watcher.process(ready[start : start + BATCH])
+                except LogLocked as exc:
+                    _note(f"{exc}; trying again at the next look")
+                time.sleep(poll_seconds)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -18,11 +18,15 @@ from casting_inspection.core.files import atomic_path, write_json, write_text
 from casting_inspection.core.params import EvaluateParams
 from casting_inspection.data import drift
 from casting_inspection.data.dataset import Split, load_split
+from casting_inspection.data.images import ImageSpec
 from casting_inspection.evaluation.calibration import calibration_metrics, fit_temperature, sigmoid
 from casting_inspection.evaluation.explain import evidence_on_part, gradcam, part_mask
 from casting_inspection.evaluation.galleries import Tile, draw_tiles, evidence_chart
+from casting_inspection.evaluation.guard import Decider, fit_guard, guard_reasons, save_guard
 from casting_inspection.evaluation.metrics import Costs, decision_metrics, review_metrics
+from casting_inspection.evaluation.not_a_part import not_a_part_figures
 from casting_inspection.evaluation.operating_point import choose_review_band, choose_threshold
+from casting_inspection.modeling.augmentation import build_augmentation
 from casting_inspection.modeling.checkpoint import load_checkpoint
 from casting_inspection.modeling.predict import predict_logits, select_device
 
@@ -40,10 +44,11 @@ def evaluate_model(
     drift_path: Path,
     plots_dir: Path,
     operating_point_path: Path,
+    guard_path: Path,
 ) -> dict:
     device = select_device("auto")
-    model, _ = load_checkpoint(checkpoint_path, device)
-    test, val = load_split(prepared_dir, "test"), load_split(prepared_dir, "val")
+    model, checkpoint = load_checkpoint(checkpoint_path, device)
+    train, val, test = (load_split(prepared_dir, split) for split in ("train", "val", "test"))
 
     def logits_of(images: torch.Tensor) -> np.ndarray:
         return predict_logits(model, images, params.batch_size, device).double().numpy()
@@ -56,19 +61,26 @@ def evaluate_model(
         params.operating_point, val_labels, val_probabilities, costs, params.threshold, params.target_recall
     )
     band = choose_review_band(params.review_share, val_labels, val_probabilities, threshold, costs)
+    augment = checkpoint["train_params"]["augment"]
+    training_augmentation = build_augmentation(**{k: v for k, v in augment.items() if k != "group"})
+    rules, tensors = fit_guard(model, train, val, params.guard, params.batch_size, training_augmentation, augment["group"])
+    flags = guard_reasons(rules, tensors, model, test.images, test.sizes, params.batch_size)
     probabilities = sigmoid(test_logits / temperature)
+    decided = np.array([flag is None for flag in flags])
     results = test_figures(
-        params, test, probabilities, sigmoid(test_logits), val_labels, val_probabilities, threshold, band, temperature
+        params, test, probabilities, sigmoid(test_logits), val_labels, val_probabilities, threshold, band, temperature, decided
     )
+    spec = ImageSpec(**checkpoint["preprocessing"])
+    decide = Decider(model, temperature, threshold, band, rules, tensors, params.batch_size)
+    results["not_a_part"] = not_a_part_figures(params, decide, test, val, flags, spec, Path(plots_dir) / "images")
     evidence, results["explanations"] = _explain(
         params, model, test, val, probabilities, val_probabilities, threshold, Path(plots_dir) / "images"
     )
-    report = _plots(params, test, probabilities, sigmoid(test_logits), threshold, band, evidence, Path(plots_dir))
+    report = _plots(params, test, probabilities, sigmoid(test_logits), threshold, band, evidence, flags, Path(plots_dir))
     write_json(metrics_path, results)
-    write_json(
-        operating_point_path,
-        {"threshold": threshold, "temperature": temperature, "review_band": list(band) if band is not None else None},
-    )
+    operating_point = {"threshold": threshold, "temperature": temperature, "review_band": list(band) if band else None}
+    write_json(operating_point_path, {**operating_point, "guard": rules})
+    save_guard(guard_path, tensors)
     print(report)
     reference = json.loads(Path(drift_reference_path).read_text())
     drift_report = drift.drift_report(drift.image_statistics(test.images), reference)
@@ -90,12 +102,16 @@ def test_figures(
     threshold: float,
     band: tuple[float, float] | None,
     temperature: float,
+    decided: np.ndarray,
 ) -> dict:
-    """metrics/test.json: at the operating point, on the leak-free subset, at 0.5, and the calibration."""
-    labels, costs = test.labels.numpy().astype(int), costs_of(params)
+    """metrics/test.json on the parts that were decided (the guard's flags are counted in `not_a_part`): at the
+    operating point, on the leak-free subset, at 0.5, and the calibration."""
+    labels, costs = test.labels.numpy().astype(int)[decided], costs_of(params)
+    probabilities, raw_probabilities = probabilities[decided], raw_probabilities[decided]
     results = decision_metrics(labels, probabilities, threshold)
     escape, false_reject = results["escape_rate"], results["false_reject_rate"]
     val_figures = decision_metrics(val_labels, val_probabilities, threshold)
+    leak_free = test.leak_free[decided]
     results = {
         "operating_point": params.operating_point,
         "threshold": round(threshold, 6),
@@ -104,7 +120,7 @@ def test_figures(
             "line_defect_rate": costs.per_1000(escape, false_reject),
             "test_defect_rate": costs.per_1000(escape, false_reject, labels.mean()),
         },
-        "leak_free": decision_metrics(labels[test.leak_free], probabilities[test.leak_free], threshold),
+        "leak_free": decision_metrics(labels[leak_free], probabilities[leak_free], threshold),
         "at_threshold_0_5": decision_metrics(labels, probabilities, 0.5),
         "val_at_threshold": {k: val_figures[k] for k in ("missed_defects", "false_rejects", "accuracy")},
         "calibration": {
@@ -131,6 +147,7 @@ def _plots(
     threshold: float,
     band,
     evidence: np.ndarray,
+    flags: list[str | None],
     plots_dir: Path,
 ) -> str:
     """dvclive plots, the classification report and the per-part predictions table; returns the report text."""
@@ -173,6 +190,9 @@ def _plots(
         table.insert(
             4, "disposition", np.where(probabilities < band[0], "accept", np.where(probabilities >= band[1], "reject", "review"))
         )
+    table["not_a_part"] = [flag or "" for flag in flags]  # why the guard flagged it; such a part is never decided
+    if band is not None:
+        table.loc[table["not_a_part"] != "", "disposition"] = "not_a_part"
     with atomic_path(plots_dir / "predictions.csv") as tmp:
         table.to_csv(tmp, index=False)
     return report

@@ -4,6 +4,7 @@ that `dvc plots show` and `dvc plots diff` display."""
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +16,7 @@ import numpy as np  # noqa: E402
 from casting_inspection import CLASS_NAMES  # noqa: E402
 from casting_inspection.core.files import atomic_path  # noqa: E402
 
-RIGHT, WRONG = "#1a7f37", "#cf222e"
+RIGHT, WRONG, FLAGGED = "#1a7f37", "#cf222e", "#bc4c00"
 SHORT = {"ok_front": "ok", "def_front": "defective"}
 
 
@@ -27,6 +28,7 @@ class Tile:
     threshold: float
     heatmap: np.ndarray | None = None
     note: str = ""
+    flag: str = ""  # why the guard called it not a part (then label may be -1: no true class)
 
     @property
     def correct(self) -> bool:
@@ -34,6 +36,8 @@ class Tile:
 
     @property
     def caption(self) -> str:
+        if self.flag:
+            return textwrap.fill(f"not a part: {self.flag}", 34)
         true, predicted = SHORT[CLASS_NAMES[self.label]], SHORT[CLASS_NAMES[int(self.probability >= self.threshold)]]
         return f"true {true} / pred {predicted}\np(defect) {self.probability:.3f}" + (f"\n{self.note}" if self.note else "")
 
@@ -49,7 +53,7 @@ def draw_tiles(tiles: list[Tile], title: str, out: Path, columns: int = 6) -> No
         axis.imshow(tile.image, cmap="gray", vmin=0, vmax=255)
         if tile.heatmap is not None:
             axis.imshow(tile.heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        colour = RIGHT if tile.correct else WRONG
+        colour = FLAGGED if tile.flag else RIGHT if tile.correct else WRONG
         axis.axis("on")
         axis.set_xticks([])
         axis.set_yticks([])

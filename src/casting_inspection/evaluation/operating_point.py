@@ -13,10 +13,20 @@ def candidate_thresholds(probabilities: np.ndarray) -> np.ndarray:
     return np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2, [(values[-1] + 1) / 2]])
 
 
+def bayes_threshold(costs: Costs, split_defect_rate: float) -> float:
+    """The threshold on calibrated probabilities where rejecting starts to cost less than accepting, on a line
+    with the costs' defect rate: probabilities calibrated on a split with `split_defect_rate` defective parts
+    are moved to the line's prior (odds times the ratio of prior odds), then compared with the cost ratio.
+    It depends on no single photo, so it does not jump when the model is retrained."""
+    line_odds = costs.defect_rate / (1 - costs.defect_rate)
+    split_odds = split_defect_rate / (1 - split_defect_rate)
+    return 1 / (1 + costs.missed_defect / costs.false_reject * line_odds / split_odds)
+
+
 def choose_threshold(
     rule: str, labels: np.ndarray, probabilities: np.ndarray, costs: Costs, fixed: float, target_recall: float
 ) -> float:
-    """`fixed`: that threshold. `target_recall`: the highest threshold whose validation recall reaches the
+    """`fixed`: that threshold. `bayes`: `bayes_threshold` (needs calibrated probabilities). `target_recall`: the highest threshold whose validation recall reaches the
     target, so the fewest false rejects. `min_cost`: the lowest expected cost per part on a line with the
     costs' defect rate, from the validation escape and false-reject rates (ties: the highest threshold) —
     not from raw validation counts, whose split is 57 % defective.
@@ -24,6 +34,8 @@ def choose_threshold(
     if rule == "fixed":
         return fixed
     labels = labels.astype(bool)
+    if rule == "bayes":
+        return bayes_threshold(costs, float(labels.mean()))
     thresholds = candidate_thresholds(probabilities)
     rejected = probabilities[None, :] >= thresholds[:, None]  # (thresholds, parts)
     missed = (~rejected & labels).sum(axis=1)

@@ -44,6 +44,11 @@ PICTURES = [
         "Share of each heatmap's mass inside the part, found in each image as a disc.",
     ),
     ("evidence_off_part.png", "Decisions whose evidence lies off the part", "Worth a look even when the decision is right."),
+    (
+        "not_a_part.png",
+        "Not a part: what the guard flagged, and why",
+        "Flagged test photos, then the generated not-a-part photos (MISSED = decided).",
+    ),
 ]
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1f2328}
@@ -229,6 +234,26 @@ Worst: {_pct(robustness["worst"]["accuracy"])} under {html.escape(robustness["wo
 {_table(["change", "strength", "accuracy", "missed defects", "false rejects", "flipped", "drift flagged"], rows)}"""
 
 
+def _not_a_part(test: dict, robustness: dict) -> str:
+    guard = test["not_a_part"]
+    material = guard["material"]
+    flagged = [
+        f"{change} {strength}: {_pct(cell.get('not_a_part'), 1)}"
+        for change, levels in robustness.items()
+        if change != "worst"
+        for strength, cell in levels.items()
+    ]
+    reasons = ", ".join(f"{reason} ({n})" for reason, n in guard["test_reasons"].items()) or "none"
+    return f"""<h2>Not a part, not a decision</h2>
+<p>A photo the model cannot judge (a dark or blown-out frame, a flat frame, a strip or crop, no part where parts are, or
+pooled features unlike every training photo) is <b>not_a_part</b>, never ok. The novelty threshold is set on validation
+for a {_pct(guard["val_flagged_share"], 1)} false-alarm rate. Test split: {guard["test_flagged"]} of {test["n"] + guard["test_flagged"]}
+photos flagged ({reasons}); the figures above are on the {test["n"]} decided. Generated not-a-part photos:
+{material["caught"]} of {material["n"]} caught, {material["decided_ok"]} decided ok
+{("(missed: " + html.escape(", ".join(material["missed"])) + ")") if material["missed"] else ""}.
+Parts re-taken under line changes flagged: {html.escape("; ".join(flagged))}.</p>"""
+
+
 def _trust(test: dict, evaluate_dir: Path) -> str:
     calibration, explanations = test["calibration"], test["explanations"]
     evidence = explanations["evidence_on_part"]
@@ -283,6 +308,7 @@ def write_report(metrics_dir: Path, plots_dir: Path, out_path: Path) -> Path:
     body = "\n".join(
         [
             _headline(test, train),
+            _not_a_part(test, robustness),
             _robustness(robustness, export),
             _trust(test, evaluate_dir),
             _pictures(images_dir, plots_dir, train),

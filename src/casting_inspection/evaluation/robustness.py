@@ -18,6 +18,7 @@ from casting_inspection.data import drift
 from casting_inspection.data.dataset import load_split
 from casting_inspection.data.images import preprocess
 from casting_inspection.evaluation.calibration import sigmoid
+from casting_inspection.evaluation.guard import guard_reasons, load_guard
 from casting_inspection.evaluation.metrics import count_errors
 from casting_inspection.evaluation.perturbations import CHANGES, perturb, rng_for
 from casting_inspection.modeling.checkpoint import load_checkpoint
@@ -108,6 +109,7 @@ def evaluate_robustness(
     drift_reference_path: Path,
     out_path: Path,
     batch_size: int,
+    guard_path: Path,
 ) -> dict:
     """The test photos re-taken under every change and strength, decided at the shipped operating point, with the
     share of each rendering the input-drift check would flag."""
@@ -128,23 +130,26 @@ def evaluate_robustness(
     labels = test.labels.numpy().astype(int)
     report = robustness_metrics(predict_renderings(predict, renders), labels, chosen, threshold, predict(test.images))
     reference = json.loads(Path(drift_reference_path).read_text())
+    rules, tensors = operating_point["guard"], load_guard(guard_path)
     for (change, strength), images in zip(chosen, renders):
-        report[change][f"{strength:g}"]["drift_flagged"] = round(
-            drift.share_flagged(drift.image_statistics(images), reference), 4
-        )
+        cell = report[change][f"{strength:g}"]
+        cell["drift_flagged"] = round(drift.share_flagged(drift.image_statistics(images), reference), 4)
+        flags = guard_reasons(rules, tensors, model, torch.from_numpy(images), test.sizes, batch_size)
+        cell["not_a_part"] = round(float(np.mean([flag is not None for flag in flags])), 4)  # a part flagged wrongly
     write_json(out_path, report)
     return report
 
 
 def format_robustness(robustness: dict) -> str:
-    lines = [f"{'change':<12}{'strength':>9}{'accuracy':>10}{'missed':>8}{'false rej':>10}{'flipped':>9}{'drift flag':>11}"]
+    header = ("change", "strength", "accuracy", "missed", "false rej", "flipped", "drift flag", "not a part")
+    lines = [f"{header[0]:<12}" + "".join(f"{h:>11}" for h in header[1:])]
     for change, levels in robustness.items():
         if change == "worst":
             continue
         for strength, cell in levels.items():
             lines.append(
-                f"{change:<12}{strength:>9}{cell['accuracy']:>10.2%}{cell['missed_defects']:>8}"
-                f"{cell['false_rejects']:>10}{cell['flip_rate']:>9.2%}{cell.get('drift_flagged', float('nan')):>11.0%}"
+                f"{change:<12}{strength:>11}{cell['accuracy']:>11.2%}{cell['missed_defects']:>11}{cell['false_rejects']:>11}"
+                f"{cell['flip_rate']:>11.2%}{cell.get('drift_flagged', float('nan')):>11.0%}{cell.get('not_a_part', float('nan')):>11.1%}"
             )
     worst = robustness["worst"]
     lines.append(f"worst: {worst['accuracy']:.2%} under {worst['change']}; at most {worst['max_missed_defects']} missed defects")

@@ -105,14 +105,18 @@ class SmallVGG(nn.Module):
         self.pooling = cnn.pooling
         self.head = nn.Sequential(nn.Dropout(cnn.dropout), nn.Linear(c_in * (2 if cnn.pooling == "avgmax" else 1), 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The vector the head decides from: also what the not-a-part guard measures novelty on."""
         features = self.features(x)
         pooled = []
         if self.pooling in ("avg", "avgmax"):
             pooled.append(features.mean(dim=(2, 3)))
         if self.pooling in ("max", "avgmax"):  # a pinhole fires in one place: an average over the part dilutes it
             pooled.append(features.amax(dim=(2, 3)))
-        return self.head(torch.cat(pooled, dim=1))
+        return torch.cat(pooled, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(x))
 
 
 class SeedVGG(nn.Module):
@@ -193,17 +197,35 @@ class InspectionNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.standardize(x)).squeeze(1)
 
+    @property
+    def has_features(self) -> bool:
+        return isinstance(self.backbone, SmallVGG)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of the small CNN (the only network with a guard in feature space)."""
+        return self.backbone.pooled(self.standardize(x))
+
 
 class ProbabilityNet(nn.Module):
-    """What ships: the defect probability per image, for ONNX and every consumer of the model."""
+    """What ships: the defect probability per image and, when a guard is given, the squared Mahalanobis
+    distance of the image's pooled features from the training split's (the not-a-part novelty score)."""
 
-    def __init__(self, net: InspectionNet, temperature: float = 1.0):
+    def __init__(self, net: InspectionNet, temperature: float = 1.0, guard: dict | None = None):
         super().__init__()
         self.net = net
         self.temperature = temperature  # fitted on validation by evaluate; 1.0 = the raw network
+        self.guarded = guard is not None
+        if guard is not None:
+            self.register_buffer("feature_means", guard["means"].float())  # (classes, D)
+            self.register_buffer("whitening", guard["whitening"].float())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x) / self.temperature)
+    def forward(self, x: torch.Tensor):
+        if not self.guarded:
+            return torch.sigmoid(self.net(x) / self.temperature)
+        pooled = self.net.pooled(x)
+        probability = torch.sigmoid(self.net.backbone.head(pooled).squeeze(1) / self.temperature)
+        whitened = (pooled[:, None, :] - self.feature_means[None]) @ self.whitening  # (N, classes, D)
+        return probability, (whitened * whitened).sum(dim=2).amin(dim=1)  # to the nearer class
 
 
 def count_parameters(model: nn.Module) -> int:
