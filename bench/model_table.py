@@ -1,8 +1,9 @@
 """The model comparison table, from `dvc exp show --json` (never typed by hand).
 
 One row for the committed default (HEAD) and one per experiment on it that DVC recorded (the
-presets, sweeps): model, input, params, epochs, train time, test figures at each run's own
-validation-chosen threshold, robustness, and ONNX throughput measured by its export stage.
+presets, sweeps): model, input, params, epochs, test figures at each run's own validation-chosen
+threshold and robustness. Timings are not in the metrics (outputs hold no timings): train time and
+throughput come from the stage logs and `bench/bench_inference.py`.
 Usage (after the experiments ran): python bench/model_table.py [--all-commits]
 """
 
@@ -22,7 +23,7 @@ def _row(name: str, entry: dict) -> dict | None:
     data = entry.get("data") or {}
     params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
     train, test = _metrics(entry, "metrics/train.json"), _metrics(entry, "metrics/test.json")
-    export, robustness = _metrics(entry, "metrics/export.json"), _metrics(entry, "metrics/robustness.json")
+    robustness = _metrics(entry, "metrics/robustness.json")
     if not test or not params:
         return None
     prepare, training = params["prepare"], params["train"]
@@ -35,12 +36,10 @@ def _row(name: str, entry: dict) -> dict | None:
         "lr": f"{training['lr']:g}",
         "epochs": f"{train['epochs_run']} of {training['epochs']}",
         "val loss": f"{train['val_loss']:.4f}",
-        "train time": f"{train['train_seconds']:.0f} s ({train['seconds_per_epoch']:.1f} s/epoch)",
         "test accuracy": f"{100 * test['accuracy']:.2f} % ({test['n'] - errors}/{test['n']})",
         "missed / false rej.": f"{test['missed_defects']} / {test['false_rejects']}",
         "threshold": f"{test['threshold']:.3f}",
         "worst line change": f"{100 * robustness['worst']['accuracy']:.2f} %" if robustness else "",
-        "ONNX img/s (b64)": f"{export['int8']['float_images_per_s_batch64']:,.0f}" if export.get("int8") else "",
     }
 
 

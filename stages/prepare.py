@@ -20,9 +20,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--drift-reference", type=Path, required=True, help="training range of the input-drift statistics")
+    parser.add_argument("--line", type=Path, help="the plant's own labelled photos (casting-inspect review / import-line)")
     args = parser.parse_args()
     summary = prepare_dataset(
-        load_section("prepare"), args.raw, args.out, args.metrics, args.drift_reference, workers=os.cpu_count() or 1
+        load_section("prepare"),
+        args.raw,
+        args.out,
+        args.metrics,
+        args.drift_reference,
+        workers=os.cpu_count() or 1,
+        line_dir=args.line,
     )
     print("prepare: " + json.dumps(summary))
 

@@ -134,10 +134,10 @@ def project_copy(tmp_path) -> Path:
     """The project's pipeline (dvc.yaml, stages, src) in a fresh git + DVC repository, with fast params."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("dvc.yaml", "stages", "src", ".gitignore"):
+    for name in ("dvc.yaml", "stages", "src", ".gitignore", "data/line"):
         source = PROJECT / name
         if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy(source, repo / name)
     write_params(repo / "params.yaml", FAST_PARAMS)

@@ -16,6 +16,8 @@ from casting_inspection.modeling.checkpoint import load_checkpoint
 from casting_inspection.modeling.training import train_model
 from conftest import FAST_PARAMS, PROJECT, fast_section, project_env, write_params, write_raw
 
+pytestmark = pytest.mark.slow  # real processes, servers, browsers or dvc runs: skipped by `pytest -m "not slow"`
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):

@@ -268,6 +268,7 @@ def test_staging_left_by_a_killed_run_is_removed(tmp_path, kaggle_zip):
     assert sum(".raw.k1ll3d_0.tmp, left behind" in line for line in result.stdout.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_sigterm_during_extraction_removes_the_staging_folder(tmp_path):
     """16 entries of 64 MB of zeros (a 4.6 MB zip) take a few seconds to write: SIGTERM arrives midway."""
     archive = tmp_path / "slow.zip"

@@ -23,7 +23,7 @@ STAGE_ROOM = {
     "report": "evaluation",
     "export": "deploy",
 }
-SERVING = ["deploy/inference.py", "deploy/service.py", "deploy/watch.py", "deploy/cli.py"]
+SERVING = ["deploy/inference.py", "deploy/service.py", "deploy/watch.py", "deploy/review.py", "deploy/cli.py"]
 
 
 def _module_file(dotted: str) -> Path | None:

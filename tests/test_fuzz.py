@@ -310,6 +310,7 @@ def test_the_gs_trap_catches_pillow_left_to_guess(gs_trap, tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_cli_predict_on_a_folder_of_hostile_files(exported_model, gs_trap, tmp_path):
     from casting_inspection.deploy.cli import SKIPPED_EXIT
 

@@ -38,6 +38,8 @@ import pytest
 from PIL import Image
 from ruamel.yaml import YAML
 
+pytestmark = pytest.mark.slow  # real processes, servers, browsers or dvc runs: skipped by `pytest -m "not slow"`
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())["download"]["dataset"]
 OWNER, SLUG = DATASET.split("/")[:2]

@@ -64,6 +64,7 @@ def test_unknown_change_is_refused(photo):
         perturb(photo, "fog", 1.0, np.random.default_rng(0))
 
 
+@pytest.mark.slow
 def test_rendering_is_the_same_with_one_or_two_worker_processes(tmp_path):
     paths = []
     for i in range(6):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import onnx
 import pandas as pd
@@ -11,7 +12,9 @@ import pytest
 
 from browser import rendered_images
 from casting_inspection.modeling.checkpoint import load_checkpoint
-from conftest import project_env, run
+from conftest import jpeg_bytes, part_image, project_env, run
+
+pytestmark = pytest.mark.slow  # real processes, servers, browsers or dvc runs: skipped by `pytest -m "not slow"`
 
 STAGES = ["download", "prepare", "train", "evaluate", "robustness", "export", "report"]
 PICTURES = {
@@ -149,6 +152,26 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     pictures_diff = json.loads(run(["dvc", "plots", "diff", "--json", "HEAD"], repo, env).stdout)["data"]
     sample = pictures_diff["plots/evaluate/images/sample_grid.png"]
     assert {entry["revisions"][0] for entry in sample} == {"HEAD", "workspace"}  # both experiments' pictures, side by side
+
+    # learning from the line: a plant's labelled folder joins training and gives a second test set
+    run(["git", "checkout", "params.yaml"], repo)
+    plant = repo.parent / "plant"
+    for folder, defective in (("NG", True), ("OK", False)):
+        (plant / folder).mkdir(parents=True)
+        for i in range(10):
+            (plant / folder / f"{i}.jpeg").write_bytes(jpeg_bytes(part_image(defective, seed=500 + i + 50 * defective)))
+    cli = [sys.executable, "-m", "casting_inspection.deploy.cli", "import-line", str(plant), "--map", "NG=defective"]
+    run([*cli, "--map", "OK=ok", "--line", "data/line", "--model", "models/model.onnx", "--inspector", "qa"], repo, env)
+    with_line = run(["dvc", "repro"], repo, env)
+    assert ran_stages(with_line.stdout)[:3] == ["prepare", "train", "evaluate"]  # the new labels retrain
+    line = json.loads((repo / "metrics/data.json").read_text())["line"]
+    assert line["photos"] == 20 and line["line_test"] > 0
+    assert line["train"] + line["val"] + line["line_test"] + line["dropped"] == 20  # dropped: near copies of official photos
+    line_test = json.loads((repo / "metrics/test.json").read_text())["line_test"]
+    assert line_test["photos"] == line["line_test"] and "accuracy" in line_test
+    manifest = pd.read_csv(repo / "data/prepared/manifest.csv", keep_default_na=False)
+    used = manifest[(manifest["source"] == "line") & (manifest["status"] == "ok")]
+    assert set(used["split"]) <= {"train", "val", "line_test"}  # never the official test split
 
 
 def test_missing_archive_gives_one_line(project_copy, tmp_path):

@@ -11,6 +11,8 @@ from ruamel.yaml import YAML
 
 from conftest import PROJECT, project_env, run
 
+pytestmark = pytest.mark.slow  # real processes, servers, browsers or dvc runs: skipped by `pytest -m "not slow"`
+
 DVC_YAML = """stages:
   train:
     cmd: python train.py

@@ -12,6 +12,8 @@ from browser import rendered_images
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.evaluation.report import write_report
 
+pytestmark = pytest.mark.slow  # real processes, servers, browsers or dvc runs: skipped by `pytest -m "not slow"`
+
 
 def test_missing_metrics_are_named(tmp_path):
     with pytest.raises(InspectionError, match=r"data\.json: missing; run the pipeline first"):

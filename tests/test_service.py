@@ -22,6 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from casting_inspection.deploy.inference import Inspector
 from casting_inspection.deploy.service import TOKEN_ENV, reason_category, resolve_token
 
+pytestmark = pytest.mark.slow  # real processes, servers, browsers or dvc runs: skipped by `pytest -m "not slow"`
+
 TOKEN = "s3cret-Token_42"
 BOUNDARY = b"hostile-boundary"
 # The module's server: files of at most 200 kB, 8 files, a 500 kB body, 2 s for the headers and 2 s for the body.

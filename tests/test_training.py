@@ -92,6 +92,7 @@ def test_resnet18_from_scratch_takes_gray_or_rgb(channels):
     assert 11_000_000 < count_parameters(net) < 11_300_000
 
 
+@pytest.mark.slow
 def test_imagenet_weights_offline_fail_clearly(tmp_path):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))

@@ -22,6 +22,8 @@ from casting_inspection.deploy import cli
 from casting_inspection.deploy.inference import Inspector
 from casting_inspection.deploy.watch import FOLDERS, LOCK_NAME, LOG_NAME, Watcher
 
+pytestmark = pytest.mark.slow  # real processes, servers, browsers or dvc runs: skipped by `pytest -m "not slow"`
+
 CLI = [sys.executable, "-m", "casting_inspection.deploy.cli", "watch"]
 
 

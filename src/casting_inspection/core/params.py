@@ -70,6 +70,11 @@ class NearDuplicateParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class LineParams:
+    test_fraction: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
 class PrepareParams:
     image_size: int = check(lambda v: None if 16 <= v <= 1024 else "must be between 16 and 1024")
     color_mode: Literal["L", "RGB"]
@@ -83,6 +88,7 @@ class PrepareParams:
     val_fraction: float = check(_fraction)
     seed: int = check(_non_negative)
     drift: DriftParams
+    line: LineParams
 
 
 @dataclasses.dataclass(frozen=True)

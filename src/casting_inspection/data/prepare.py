@@ -22,10 +22,11 @@ from casting_inspection import CLASS_NAMES, SPLITS
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_dir, write_json
 from casting_inspection.core.params import PrepareParams
-from casting_inspection.data import drift, near_duplicates
+from casting_inspection.data import drift, line, near_duplicates
 from casting_inspection.data.images import BadImage, ImageSpec, load_image
 
-CACHE_SPLITS = ("train", "val", "test")
+CACHE_SPLITS = ("train", "val", "test", "line_test")  # line_test: the plant's own held-out photos (may be empty)
+REQUIRED_SPLITS = ("train", "val", "test")
 
 
 def _verify(job: tuple[Path, str, ImageSpec]):
@@ -51,6 +52,14 @@ def _list_raw(raw_dir: Path) -> list[tuple[Path, str, str, str]]:
     return files
 
 
+def _list_line(line_dir: Path | None) -> list[tuple[Path, str, str, str]]:
+    """The plant's reviewed and imported photos that training may use (data.line: agreed verdicts only)."""
+    if line_dir is None or not (Path(line_dir) / line.LABELS_NAME).exists():
+        return []
+    labels = line.training_labels(Path(line_dir))
+    return [(Path(line_dir) / image, f"line/{image}", "line", label) for image, label in zip(labels["image"], labels["label"])]
+
+
 def image_spec(params: PrepareParams) -> ImageSpec:
     """The checks and resize every consumer of the model repeats, from the prepare section."""
     return ImageSpec(
@@ -65,9 +74,15 @@ def image_spec(params: PrepareParams) -> ImageSpec:
 
 
 def prepare_dataset(
-    params: PrepareParams, raw_dir: Path, out_dir: Path, metrics_path: Path, drift_path: Path, workers: int
+    params: PrepareParams,
+    raw_dir: Path,
+    out_dir: Path,
+    metrics_path: Path,
+    drift_path: Path,
+    workers: int,
+    line_dir: Path | None = None,
 ) -> dict:
-    files = _list_raw(Path(raw_dir))
+    files = _list_raw(Path(raw_dir)) + _list_line(line_dir)
     spec = image_spec(params)
     jobs = [(path, relative, spec) for path, relative, _, _ in files]
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -83,15 +98,17 @@ def prepare_dataset(
     _mark_duplicates(table, params.duplicates)
     table["split"] = ""
     _assign_splits(table, params)
+    _assign_line_splits(table, arrays, params)
     pairs = _mark_near_duplicates(table, arrays, params)
     table["index"] = -1
     with atomic_dir(Path(out_dir)) as staging:
         for split in CACHE_SPLITS:
             rows = table.index[table["split"] == split]
-            if len(rows) == 0:
+            if len(rows) == 0 and split in REQUIRED_SPLITS:
                 raise InspectionError(f"no usable images left for the {split} split (all rejected or dropped); check {raw_dir}")
             table.loc[rows, "index"] = range(len(rows))
-            stacked = np.stack([arrays[i] for i in rows])
+            shape = (0, 3 if spec.color_mode == "RGB" else 1, spec.image_size, spec.image_size)
+            stacked = np.stack([arrays[i] for i in rows]) if len(rows) else np.empty(shape, np.uint8)
             np.save(staging / f"{split}.npy", stacked)
             if split == "train":
                 drift_reference = drift.reference(
@@ -102,6 +119,7 @@ def prepare_dataset(
             "label",
             "split",
             "official_split",
+            "source",
             "sha256",
             "size",
             "width",
@@ -192,6 +210,53 @@ def _assign_splits(table: pd.DataFrame, params: PrepareParams) -> None:
     table.loc[train.index[~is_val], "split"] = "train"
 
 
+def _assign_line_splits(table: pd.DataFrame, arrays: list, params: PrepareParams) -> None:
+    """The plant's photos: a copy (exact or pHash-near) of an official test photo is dropped (it would leak);
+    the rest, in groups of near copies so none straddles two splits, go to line_test (held out, the plant's
+    own test set), validation and training. Never into the official test split."""
+    table["source"] = np.where(table["official_split"] == "line", "line", "kaggle")
+    rows = table.index[(table["official_split"] == "line") & (table["status"] == "ok")]
+    if len(rows) == 0:
+        return
+    test = table.index[table["split"] == "test"]
+    indices = list(rows) + list(test)
+    hashes = near_duplicates.perceptual_hashes([arrays[i] for i in indices], params.near_duplicates.hash_size)
+    close = near_duplicates.distances(hashes, hashes) <= params.near_duplicates.max_distance
+    leaks = (
+        close[: len(rows), len(rows) :].any(axis=1)
+        | table.loc[rows, "sha256"].isin(set(table["sha256"][table["source"] == "kaggle"])).to_numpy()
+    )
+    table.loc[rows[leaks], ["status", "reason"]] = ["dropped", "a copy of an official test or train photo"]
+    keep = rows[~leaks]
+    group = _components(close[: len(rows), : len(rows)][np.ix_(~leaks, ~leaks)])
+    rng = np.random.default_rng(params.seed)
+    order = rng.permutation(group.max() + 1) if len(group) else np.array([], int)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    share = rank[group] / max(len(order), 1)
+    line = params.line
+    table.loc[keep, "split"] = np.where(
+        share < line.test_fraction,
+        "line_test",
+        np.where(share < line.test_fraction + (1 - line.test_fraction) * params.val_fraction, "val", "train"),
+    )
+
+
+def _components(adjacent: np.ndarray) -> np.ndarray:
+    """Connected components of a symmetric boolean adjacency matrix: a group id per node."""
+    group = np.full(len(adjacent), -1)
+    for start in range(len(adjacent)):
+        if group[start] >= 0:
+            continue
+        stack, group[start] = [start], start
+        while stack:
+            node = stack.pop()
+            for other in np.flatnonzero(adjacent[node] & (group < 0)):
+                group[other] = start
+                stack.append(other)
+    return np.unique(group, return_inverse=True)[1]
+
+
 def _summary(table: pd.DataFrame) -> dict:
     counts = {}
     for split in CACHE_SPLITS:
@@ -199,9 +264,16 @@ def _summary(table: pd.DataFrame) -> dict:
         counts[split] = {label: int((rows["label"] == label).sum()) for label in CLASS_NAMES} | {"total": len(rows)}
     official = table["official_split"]
     dup = table["duplicate_of"] != ""
+    line_rows = table[table["source"] == "line"]
     return {
         "images": len(table),
         **counts,
+        "line": {  # the plant's own photos (data/line): where they went
+            "photos": len(line_rows),
+            **{split: int((line_rows["split"] == split).sum()) for split in ("train", "val", "line_test")},
+            "dropped": int((line_rows["status"] == "dropped").sum()),
+            "rejected": int((line_rows["status"] == "rejected").sum()),
+        },
         "rejected": int((table["status"] == "rejected").sum()),
         "dropped": int((table["status"] == "dropped").sum()),
         "duplicates": {

@@ -4,6 +4,8 @@
   casting-inspect serve [--host 127.0.0.1] [--port 8000]              the HTTP inspection service
   casting-inspect watch INBOX [--out DIR]                             decide photos as a camera drops them
   casting-inspect about                                               which model, how it decides, where it came from
+  casting-inspect review --watch-out OUT [--line data/line]           label the photos the watcher left for a person
+  casting-inspect import-line FOLDER --map NG=defective --map OK=ok   add a folder the plant already labelled
 
 Exit status: 0 all decided; 3 some files were skipped (each named on stderr with its reason); 1 an error.
 """
@@ -254,6 +256,113 @@ def _add_watch(commands, common) -> None:
     sub.set_defaults(run=watch)
 
 
+def _login_name(given: str | None) -> str:
+    """Who labels: --inspector, else the login name; every verdict carries it."""
+    import getpass
+
+    from casting_inspection.data.line import check_inspector
+
+    if given is None:
+        try:
+            given = getpass.getuser()
+        except (KeyError, OSError):
+            raise InspectionError("cannot tell who is labelling: pass --inspector NAME") from None
+    return check_inspector(given)
+
+
+def _verdict_maps(maps: list[str]) -> dict[str, str]:
+    """--map NAME=VERDICT, each sub-folder once."""
+    mapping = {}
+    for item in maps:
+        name, sep, verdict = item.partition("=")
+        if not sep or not name or not verdict:
+            raise InspectionError(f"--map {item}: write it as SUBFOLDER=VERDICT, e.g. --map NG=defective")
+        if name in mapping and mapping[name] != verdict:
+            raise InspectionError(f"--map {item}: sub-folder {name!r} is already mapped to {mapping[name]}")
+        mapping[name] = verdict
+    return mapping
+
+
+def import_line(args: argparse.Namespace) -> int:
+    """Exit 3 when some files were skipped (each named on stderr with its reason), as predict does."""
+    from casting_inspection.data.line import import_folder
+    from casting_inspection.deploy.inference import Inspector
+
+    mapping, inspector = _verdict_maps(args.map), _login_name(args.inspector)
+    spec = Inspector(args.model, threads=1).spec  # the checks and limits of the model the photos will train
+    report = import_folder(Path(args.folder), mapping, Path(args.line), spec, inspector)
+    for path, reason in report.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in report.recorded.items() if n)
+    print(
+        f"import-line: {sum(report.recorded.values())} verdicts by {inspector} recorded in {args.line} ({counts or 'none'}); "
+        f"{len(report.duplicates)} already counted; {len(report.skipped)} skipped",
+        file=sys.stderr,
+    )
+    return SKIPPED_EXIT if report.skipped else 0
+
+
+def review(args: argparse.Namespace) -> int:
+    """The review station; like serve, no token means loopback only."""
+    import uvicorn
+
+    from casting_inspection.deploy import review as station
+    from casting_inspection.deploy import service
+    from casting_inspection.deploy.inference import Inspector
+
+    inspector = _login_name(args.inspector)
+    token = service.resolve_token(args.token_file)
+    if token is None and not service.is_loopback(args.host):
+        raise InspectionError(
+            f"refusing to serve {args.host} without a token: set {service.TOKEN_ENV} or pass --token-file "
+            "(without one, only 127.0.0.1, ::1 or localhost)"
+        )
+    spec = Inspector(args.model, threads=1).spec
+    app = station.create_review_app(station.Station(Path(args.watch_out), Path(args.line), spec, inspector), token, args.host)
+    print(f"review: {inspector} labels {args.watch_out} into {args.line} on http://{args.host}:{args.port}/", file=sys.stderr)
+    if token:
+        print("review: the page asks for the token; every call sends it as 'Authorization: Bearer <token>'", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1, http=service.header_deadline_protocol(10.0))
+    return 0
+
+
+def _add_line_commands(commands, common) -> None:
+    """review and import-line: people's verdicts flowing into the line data set (data/line.py)."""
+    DEFAULT_LINE = "data/line"  # data.line.DEFAULT_LINE; importing it here would load pandas for every command
+
+    sub = commands.add_parser(
+        "review",
+        help="a web page to label the photos the watcher left for a person",
+        description="Serve the review station: the photos `watch` decided review or not_a_part, most uncertain first; "
+        "keys d defective, o ok, n not a part, s skip, u undo. Each verdict copies the photo into the line data set.",
+    )
+    sub.add_argument("--watch-out", required=True, help="the --out folder of casting-inspect watch (read only)")
+    sub.add_argument("--line", default=str(DEFAULT_LINE), help=f"the line data set (default: {DEFAULT_LINE})")
+    sub.add_argument("--inspector", help="who labels (default: your login name)")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sub.add_argument("--port", type=int, default=8100, help="port (default: 8100)")
+    sub.add_argument(
+        "--token-file", type=Path, help="bearer token file (else $CASTING_INSPECT_TOKEN); required for a non-loopback --host"
+    )
+    common(sub)
+    sub.set_defaults(run=review)
+
+    sub = commands.add_parser(
+        "import-line",
+        help="add a folder of photos the plant already labelled to the line data set",
+        description="Add FOLDER/<class>/... photos with one verdict each; every class sub-folder must be mapped. "
+        "Exit status: 0 all added; 3 some files were skipped (named on stderr); 1 an error.",
+    )
+    sub.add_argument("folder", help="the labelled folder, one sub-folder per class")
+    sub.add_argument(
+        "--map", action="append", default=[], metavar="SUBFOLDER=VERDICT", help="e.g. --map NG=defective --map OK=ok"
+    )
+    sub.add_argument("--line", default=str(DEFAULT_LINE), help=f"the line data set (default: {DEFAULT_LINE})")
+    sub.add_argument("--inspector", help="who labelled them (default: your login name)")
+    common(sub)
+    sub.set_defaults(run=import_line)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="casting-inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -288,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(run=serve)
 
     _add_watch(commands, common)
+    _add_line_commands(commands, common)
 
     sub = commands.add_parser("about", help="which model, how it decides, where it came from")
     common(sub)

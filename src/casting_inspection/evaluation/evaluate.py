@@ -73,6 +73,7 @@ def evaluate_model(
     spec = ImageSpec(**checkpoint["preprocessing"])
     decide = Decider(model, temperature, threshold, band, rules, tensors, params.batch_size)
     results["not_a_part"] = not_a_part_figures(params, decide, test, val, flags, spec, Path(plots_dir) / "images")
+    results["line_test"] = line_test_figures(decide, load_split(prepared_dir, "line_test"), threshold, band)
     evidence, results["explanations"] = _explain(
         params, model, test, val, probabilities, val_probabilities, threshold, Path(plots_dir) / "images"
     )
@@ -90,6 +91,22 @@ def evaluate_model(
     )
     _release_gate(params, results, metrics_path)
     return results
+
+
+def line_test_figures(decide, line_test: Split, threshold: float, band) -> dict | None:
+    """The plant's own held-out photos (data/line), decided as the shipped model decides; None when there are none."""
+    if not line_test.paths:
+        return None
+    outcomes = decide(line_test.images, line_test.sizes)
+    decided = np.array([flag is None for _, _, flag in outcomes])
+    labels = line_test.labels.numpy().astype(int)[decided]
+    probabilities = np.array([p for _, p, _ in outcomes])[decided]
+    figures = {"photos": len(outcomes), "not_a_part": int((~decided).sum())}
+    if len(labels):
+        figures |= decision_metrics(labels, probabilities, threshold)
+        if band is not None:
+            figures["review"] = review_metrics(labels, probabilities, band)
+    return figures
 
 
 def test_figures(

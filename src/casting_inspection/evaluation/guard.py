@@ -65,7 +65,7 @@ def augmented(images: torch.Tensor, augment: torch.nn.Module, group: int, seed: 
 def fit_guard(model: InspectionNet, train: Split, val: Split, params, batch_size: int, augment, group: int) -> tuple[dict, dict]:
     """The rules (for the metadata) and the tensors (class means, whitening) of the guard. `params`: evaluate.guard;
     `augment`/`group`: the training augmentation from the checkpoint. The threshold: the 1 - false_alarm_rate
-    quantile of validation parts, clean and augmented."""
+    quantile of the validation parts' novelty."""
     images = torch.cat([train.images, augmented(train.images, augment, group, params.seed)])
     rules = {
         "exposure": list(params.exposure),
@@ -78,10 +78,8 @@ def fit_guard(model: InspectionNet, train: Split, val: Split, params, batch_size
         return {**rules, "novelty_threshold": None, "false_alarm_rate": None}, {}
     labels = torch.cat([train.labels, train.labels]).numpy().astype(int)
     means, whitening = fit_novelty(pooled_features(model, images, batch_size), labels, params.shrinkage)
-    val_images = torch.cat([val.images, augmented(val.images, augment, group, params.seed + 1)])
-    threshold = float(
-        np.quantile(novelty(pooled_features(model, val_images, batch_size), means, whitening), 1 - params.false_alarm_rate)
-    )
+    val_novelty = novelty(pooled_features(model, val.images, batch_size), means, whitening)
+    threshold = float(np.quantile(val_novelty, 1 - params.false_alarm_rate))
     tensors = {"means": torch.from_numpy(means).float(), "whitening": torch.from_numpy(whitening).float()}
     return {**rules, "novelty_threshold": threshold, "false_alarm_rate": params.false_alarm_rate}, tensors
 

@@ -254,6 +254,28 @@ photos flagged ({reasons}); the figures above are on the {test["n"]} decided. Ge
 Parts re-taken under line changes flagged: {html.escape("; ".join(flagged))}.</p>"""
 
 
+def _line(data: dict, test: dict) -> str:
+    """The plant's own photos: how many joined training, and the line test set beside the official one."""
+    line, scored = data.get("line", {}), test.get("line_test")
+    if not line.get("photos"):
+        return (
+            "<h2>Photos from the line</h2><p>None yet: label the photos waiting for a person with "
+            "<code>casting-inspect review</code>, or add a labelled folder with <code>casting-inspect import-line</code>.</p>"
+        )
+    figures = (
+        "none held out"
+        if not scored
+        else (
+            f"{scored['photos']} held out as the line test set: accuracy {_pct(scored.get('accuracy'))}, "
+            f"{scored.get('missed_defects', 0)} missed defects, {scored.get('false_rejects', 0)} false rejects, "
+            f"{scored['not_a_part']} not a part"
+        )
+    )
+    return f"""<h2>Photos from the line</h2>
+<p>{line["photos"]} photos labelled by the plant's inspectors (agreed verdicts only): {line["train"]} joined training,
+{line["val"]} validation; {line["dropped"]} dropped as copies of official photos. {html.escape(figures)}.</p>"""
+
+
 def _trust(test: dict, evaluate_dir: Path) -> str:
     calibration, explanations = test["calibration"], test["explanations"]
     evidence = explanations["evidence_on_part"]
@@ -309,6 +331,7 @@ def write_report(metrics_dir: Path, plots_dir: Path, out_path: Path) -> Path:
         [
             _headline(test, train),
             _not_a_part(test, robustness),
+            _line(data, test),
             _robustness(robustness, export),
             _trust(test, evaluate_dir),
             _pictures(images_dir, plots_dir, train),

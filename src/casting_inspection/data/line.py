@@ -1,0 +1,321 @@
+"""The line data set: photos the plant's inspectors labelled, to flow back into training.
+
+A folder versioned by DVC (default `data/line/`, `dvc add data/line`):
+- `images/<sha256>.<ext>`: each photo once, named by the SHA-256 of its bytes (the same photo twice is
+  one photo), its extension from its content, checked with `images.load_image` before it is stored;
+- `labels.csv`: one row per verdict (`COLUMNS`), appended, never edited: a person who changes their mind
+  adds a row, and their latest one counts. The one exception is `undo_last` (a slip of the key, taken
+  back at once). Every write replaces the whole file atomically, under an flock on the folder, so that
+  the review station and an import running at once cannot lose each other's rows.
+
+`training_labels` is what training reads: one row per photo, each inspector's latest verdict counted
+once; photos whose inspectors disagree stay in `labels.csv` (the disagreement is information) but are
+left out, as are photos that are not parts. NumPy, pandas and Pillow only: the serving path imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import fcntl
+import hashlib
+import io
+import math
+import os
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.files import atomic_path
+from casting_inspection.data.images import BadImage, ImageSpec, load_image
+
+DEFAULT_LINE = Path("data/line")
+LABELS_NAME = "labels.csv"
+IMAGES_DIR = "images"
+COLUMNS = ("sha256", "image", "verdict", "inspector", "labelled_at", "source", "model_version", "defect_probability")
+VERDICTS = ("defective", "ok", "not_a_part")
+TRAINING_LABELS = {"defective": "def_front", "ok": "ok_front"}  # the class folder names of the Kaggle data set
+TRAINING_COLUMNS = ["sha256", "image", "label", "inspectors", "disputed"]
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "TIFF": "tif", "WEBP": "webp"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SOURCE = re.compile(r"review|import:[^\r\n]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """One person's verdict on one stored photo; `labelled_at` is set when it is recorded (UTC)."""
+
+    sha256: str
+    image: str  # relative to the line folder: images/<sha256>.<ext>
+    verdict: str  # defective, ok or not_a_part
+    inspector: str
+    source: str  # review, or import:<folder name>
+    model_version: str = ""  # the model that decided the photo, when known
+    defect_probability: float | None = None  # what that model said, when known
+    labelled_at: str = ""
+
+    def row(self) -> dict[str, str]:
+        probability = "" if self.defect_probability is None else repr(float(self.defect_probability))
+        return dataclasses.asdict(self) | {"defect_probability": probability}
+
+
+def check_inspector(name: str) -> str:
+    """The inspector's name, stripped; one line naming it when it cannot stand in a CSV cell or in the
+    'anna=ok; ben=defective' lists of `disagreements`."""
+    stripped = (name or "").strip()
+    if not stripped or len(stripped) > 64 or not stripped.isprintable() or ";" in stripped or "=" in stripped:
+        raise InspectionError(
+            f"inspector name {name!r}: give 1 to 64 printable characters, without ';' or '=' (--inspector NAME)"
+        )
+    return stripped
+
+
+def add_photo(line_dir: Path, data: bytes, spec: ImageSpec) -> tuple[str, str]:
+    """Store a photo once under its content hash, after the checks every other input gets.
+    Returns (sha256, image path relative to `line_dir`); raises `images.BadImage` (the one-line reason)
+    for a file that is not a usable photo, which is then not stored."""
+    load_image(data, spec)  # the reason a bad file is refused is the same as in prepare, predict and serve
+    with Image.open(io.BytesIO(data), formats=list(spec.allowed_formats)) as image:  # header only: already checked
+        extension = EXTENSIONS.get(image.format or "", (image.format or "img").lower())
+    digest = hashlib.sha256(data).hexdigest()
+    relative = f"{IMAGES_DIR}/{digest}.{extension}"
+    target = Path(line_dir) / relative
+    if not target.is_file():
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+    return digest, relative
+
+
+@contextlib.contextmanager
+def _locked(line_dir: Path):
+    """An exclusive flock on the line folder itself (no lock file inside what DVC versions)."""
+    line_dir = Path(line_dir)
+    try:
+        line_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(line_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise InspectionError(f"{line_dir}: cannot use it as the line data set ({exc.strerror}); check --line") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield line_dir
+    finally:
+        os.close(fd)
+
+
+def _read_rows(line_dir: Path) -> list[dict[str, str]]:
+    """Every row of labels.csv, in the order written; [] when there is none yet."""
+    path = Path(line_dir) / LABELS_NAME
+    if not path.exists():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != COLUMNS:
+                raise InspectionError(
+                    f"{path}: not a line labels file (columns {reader.fieldnames}, expected {list(COLUMNS)}); "
+                    "restore it (dvc checkout data/line) or move it aside"
+                )
+            return list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InspectionError(f"{path}: cannot read it ({exc}); restore it (dvc checkout data/line)") from None
+
+
+def _write_rows(line_dir: Path, rows: list[dict[str, str]]) -> None:
+    """The whole file, to a temporary next to it, renamed over it: never half written."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(Path(line_dir) / LABELS_NAME) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def _check_verdict(line_dir: Path, verdict: Verdict) -> None:
+    """A row that training can trust: a known verdict on a photo that is stored, by a named person."""
+    if verdict.verdict not in VERDICTS:
+        raise InspectionError(f"verdict {verdict.verdict!r}: must be one of {', '.join(VERDICTS)}")
+    if not _SHA256.fullmatch(verdict.sha256) or Path(verdict.image).stem != verdict.sha256:
+        raise InspectionError(f"{verdict.image}: not a photo of the line data set (images/<sha256>.<ext>); add it first")
+    if not (Path(line_dir) / verdict.image).is_file():
+        raise InspectionError(f"{Path(line_dir) / verdict.image}: no such photo; add it (add_photo) before its verdict")
+    if not _SOURCE.fullmatch(verdict.source):
+        raise InspectionError(f"source {verdict.source!r}: must be 'review' or 'import:<folder name>'")
+    p = verdict.defect_probability
+    if p is not None and not (math.isfinite(p) and 0 <= p <= 1):
+        raise InspectionError(f"defect probability {p} of {verdict.image}: must be empty or in [0, 1]")
+    check_inspector(verdict.inspector)
+
+
+def append_verdicts(line_dir: Path, verdicts: Iterable[Verdict]) -> list[Verdict]:
+    """Append verdicts to labels.csv in one atomic rewrite (an import of thousands is one write, not
+    thousands). Returns them as recorded, with their time."""
+    line_dir, now = Path(line_dir), datetime.now(UTC).isoformat(timespec="seconds")
+    recorded = [dataclasses.replace(v, inspector=v.inspector.strip(), labelled_at=v.labelled_at or now) for v in verdicts]
+    for verdict in recorded:
+        _check_verdict(line_dir, verdict)
+    if recorded:
+        with _locked(line_dir):
+            _write_rows(line_dir, _read_rows(line_dir) + [v.row() for v in recorded])
+    return recorded
+
+
+def append_verdict(line_dir: Path, verdict: Verdict) -> Verdict:
+    """One verdict (the review station's key press), appended atomically."""
+    return append_verdicts(line_dir, [verdict])[0]
+
+
+def undo_last(line_dir: Path, inspector: str, source: str | None = None) -> dict[str, str] | None:
+    """Take back this inspector's last verdict (of `source` only, when given): the one row ever removed,
+    since a slip of the key is not a verdict. Returns the removed row, or None when there was none."""
+    inspector = check_inspector(inspector)
+    with _locked(line_dir):
+        rows = _read_rows(line_dir)
+        for index in range(len(rows) - 1, -1, -1):
+            row = rows[index]
+            if row["inspector"] == inspector and (source is None or row["source"] == source):
+                _write_rows(line_dir, rows[:index] + rows[index + 1 :])
+                return row
+    return None
+
+
+def read_labels(line_dir: Path) -> pd.DataFrame:
+    """Every verdict ever recorded, in the order written (all columns as text; empty when unknown)."""
+    return pd.DataFrame(_read_rows(line_dir), columns=list(COLUMNS))
+
+
+def latest_verdicts(line_dir: Path) -> pd.DataFrame:
+    """Each inspector's latest verdict per photo: a person who changed their mind counts once, as they last said."""
+    labels = read_labels(line_dir)
+    return labels.drop_duplicates(["sha256", "inspector"], keep="last").reset_index(drop=True)
+
+
+def _by_photo(line_dir: Path) -> pd.DataFrame:
+    """One row per photo: its image, its inspectors, their distinct verdicts, who said what, and whether they conflict."""
+    latest = latest_verdicts(line_dir)
+    latest["said"] = latest["inspector"] + "=" + latest["verdict"]
+    grouped = latest.groupby("sha256", sort=False)
+    photos = pd.DataFrame(
+        {
+            "image": grouped["image"].last(),
+            "inspectors": grouped["inspector"].agg(lambda names: ";".join(sorted(names))),
+            "verdicts": grouped["verdict"].agg(lambda verdicts: tuple(sorted(set(verdicts)))),
+            "said": grouped["said"].agg(lambda said: "; ".join(sorted(said))),
+        }
+    )
+    photos["disputed"] = photos["verdicts"].map(len) > 1
+    return photos.rename_axis("sha256").reset_index()
+
+
+def training_labels(line_dir: Path = DEFAULT_LINE, include_disputed: bool = False) -> pd.DataFrame:
+    """What training may use: one row per photo its inspectors agree is defective or ok, with the label
+    as a class folder name (def_front, ok_front). Disputed photos and not-a-part photos are left out;
+    `include_disputed` adds the disputed ones (label empty, disputed True) for a report."""
+    photos = _by_photo(line_dir)
+    if photos.empty:
+        return pd.DataFrame(columns=TRAINING_COLUMNS).astype({"disputed": bool})
+    agreed = photos["verdicts"].map(lambda v: TRAINING_LABELS.get(v[0], "") if len(v) == 1 else "")
+    photos["label"] = agreed
+    keep = (agreed != "") | (photos["disputed"] & include_disputed)
+    return photos.loc[keep, TRAINING_COLUMNS].reset_index(drop=True)
+
+
+def disagreements(line_dir: Path = DEFAULT_LINE) -> pd.DataFrame:
+    """Photos whose inspectors' latest verdicts conflict, with who said what ('anna=defective; ben=ok'):
+    the ones to settle, or to learn what the inspectors disagree on."""
+    photos = _by_photo(line_dir)
+    columns = ["sha256", "image", "inspectors", "verdicts"]
+    if photos.empty:
+        return pd.DataFrame(columns=columns)
+    disputed = photos[photos["disputed"]].assign(verdicts=lambda t: t["said"])
+    return disputed[columns].reset_index(drop=True)
+
+
+@dataclasses.dataclass
+class ImportReport:
+    """What an import did: verdicts recorded per verdict, files that were a photo already counted, files skipped."""
+
+    recorded: dict[str, int]
+    duplicates: list[str]
+    skipped: list[tuple[str, str]]  # (path, reason)
+
+
+def class_folders(folder: Path, mapping: dict[str, str]) -> dict[Path, str]:
+    """Each class sub-folder of `folder` with the verdict it maps to; one line naming what is unmapped,
+    mapped but absent, or mapped to no verdict, before anything is added."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InspectionError(f"{folder}: no such folder to import")
+    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subfolders:
+        raise InspectionError(f"{folder}: no class sub-folders; put the photos in FOLDER/<class>/ and map each with --map")
+    for name, verdict in mapping.items():
+        if verdict not in VERDICTS:
+            raise InspectionError(f"--map {name}={verdict}: the verdict must be one of {', '.join(VERDICTS)}")
+        if name not in subfolders:
+            raise InspectionError(
+                f"--map {name}={verdict}: {folder} has no sub-folder {name!r} (it has: {', '.join(subfolders)})"
+            )
+    unmapped = [name for name in subfolders if name not in mapping]
+    if unmapped:
+        maps = " ".join(f"--map {name}=<{'|'.join(VERDICTS)}>" for name in unmapped)
+        raise InspectionError(f"{folder}: sub-folder(s) {', '.join(unmapped)} not mapped to a verdict; add {maps}")
+    return {folder / name: mapping[name] for name in subfolders}
+
+
+def import_folder(folder: Path, mapping: dict[str, str], line_dir: Path, spec: ImageSpec, inspector: str) -> ImportReport:
+    """Add a folder the plant already labelled (FOLDER/<class>/...) with one verdict per photo, source
+    `import:<folder name>`. A bad file is skipped with its reason; a photo already counted (twice in the
+    folder, or labelled so by this inspector before) is stored and recorded once; a photo found in two
+    classes is recorded in neither (say which it is, then import again)."""
+    classes, inspector = class_folders(folder, mapping), check_inspector(inspector)
+    report = ImportReport(dict.fromkeys(VERDICTS, 0), [], [])
+    report.skipped += [
+        (str(p), "not in a class sub-folder, so it has no label") for p in sorted(Path(folder).iterdir()) if p.is_file()
+    ]
+    mine = latest_verdicts(line_dir).query("inspector == @inspector")
+    before = dict(zip(mine["sha256"], mine["verdict"]))
+    pending: dict[str, tuple[Verdict, str]] = {}  # sha256 -> (its verdict, the first file found with it)
+    both_ways: set[str] = set()
+    source = f"import:{Path(folder).resolve().name}"
+    for class_dir, verdict in classes.items():
+        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+            stored = _store(path, line_dir, spec, report)
+            if stored is None:
+                continue
+            digest, image = stored
+            first = pending.get(digest)
+            if digest in both_ways or (first and first[0].verdict != verdict):
+                if first:
+                    both_ways.add(digest)
+                    report.skipped.append((first[1], f"the same photo as {path} (another class); recorded in neither"))
+                    del pending[digest]
+                report.skipped.append(
+                    (str(path), f"the same photo as {first[1] if first else 'another file'} (another class); recorded in neither")
+                )
+            elif first or before.get(digest) == verdict:
+                report.duplicates.append(str(path))
+            else:
+                pending[digest] = (Verdict(digest, image, verdict, inspector, source), str(path))
+    for recorded in append_verdicts(line_dir, [verdict for verdict, _ in pending.values()]):
+        report.recorded[recorded.verdict] += 1
+    return report
+
+
+def _store(path: Path, line_dir: Path, spec: ImageSpec, report: ImportReport) -> tuple[str, str] | None:
+    """Add one file's photo; a file that cannot be read or is not a usable photo is named in the report."""
+    try:
+        if path.stat().st_size > spec.max_file_bytes:  # refused before it is read into memory
+            report.skipped.append((str(path), f"file too large: over the model's max_file_bytes={spec.max_file_bytes}"))
+            return None
+        return add_photo(line_dir, path.read_bytes(), spec)
+    except OSError as exc:
+        report.skipped.append((str(path), f"cannot read ({exc.strerror})"))
+    except BadImage as exc:
+        report.skipped.append((str(path), str(exc)))
+    return None
