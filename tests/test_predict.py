@@ -140,7 +140,7 @@ def test_a_model_that_cannot_decide_safely_refuses_to_load(exported_model, tmp_p
 
 def frames() -> dict[str, bytes]:
     """What a line camera also sends: a black frame (lamp off), a white one, a 1000x40 strip, noise."""
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     def png(image) -> bytes:
         buffer = io.BytesIO()
@@ -148,12 +148,15 @@ def frames() -> dict[str, bytes]:
         return buffer.getvalue()
 
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8))
+    bar = Image.new("L", (300, 300), 200)
+    ImageDraw.Draw(bar).rectangle([20, 130, 280, 170], fill=40)  # another object on the table: not round
     return {
         "black.png": png(Image.new("L", (300, 300), 0)),
         "white.png": png(Image.new("L", (300, 300), 255)),
         "strip.png": png(Image.new("L", (1000, 40), 120)),
         "flat.png": png(Image.new("L", (300, 300), 140)),
         "noise.png": png(noise),
+        "bar.png": png(bar),
     }
 
 
@@ -165,10 +168,10 @@ def test_a_photo_that_is_not_a_part_is_never_ok(exported_model, tmp_path):
     result = predict(tmp_path, "--model", exported_model["onnx"])
     assert result.returncode == 0, result.stderr
     rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("path")
-    for name in ("black.png", "white.png", "strip.png", "flat.png"):
+    for name in ("black.png", "white.png", "strip.png", "flat.png", "bar.png"):
         row = rows.loc[str(tmp_path / name)]
         assert row["decision"] == "not_a_part" and row["flag"], (name, row.to_dict())
-    assert (rows["decision"] != "ok").sum() >= 5 - 1  # noise is caught by the photo checks or the novelty score
+    assert (rows["decision"] != "ok").sum() >= 6 - 1  # noise is caught by the photo checks or the novelty score
     assert rows.loc[str(tmp_path / "good.jpeg"), "decision"] in {"ok", "defective", "review"}
     about = json.loads(
         subprocess.run([*CLI, "about", "--model", str(exported_model["onnx"])], capture_output=True, text=True, timeout=60).stdout

@@ -17,30 +17,40 @@ PART_CONTRAST = 0.08  # grey levels (0-1) by which a part's pixel differs from t
 
 
 def photo_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
-    """Per uint8 image (N, C, H, W): brightness, contrast, clipped share (near 0 or 255), and the part's
-    centre (offset from the frame centre) and radius (sqrt of its area / pi), as fractions of the side."""
+    """Per uint8 image (N, C, H, W): brightness, contrast, clipped share (near 0 or 255), the part's centre
+    (offset from the frame centre) and radius (sqrt of its area / pi) as fractions of the side, and its
+    roundness: how much of it a disc of the same area at the same centre covers (intersection over union;
+    an impeller is round, a bar, a triangle or a cut-off part is not)."""
     gray = np.asarray(images).astype(np.float32).mean(axis=1) / 255  # (N, H, W)
     height, width = gray.shape[-2:]
     difference = np.abs(gray - background_level(gray[:, None])[:, 0])
     mass = np.maximum(difference.sum(axis=(1, 2)), 1e-6)
     ys = np.linspace(-0.5, 0.5, height, dtype=np.float32).reshape(1, height, 1)
     xs = np.linspace(-0.5, 0.5, width, dtype=np.float32).reshape(1, 1, width)
+    part = difference > PART_CONTRAST
+    offset_x, offset_y = (difference * xs).sum(axis=(1, 2)) / mass, (difference * ys).sum(axis=(1, 2)) / mass
+    radius = np.sqrt(part.mean(axis=(1, 2)) / np.pi)
+    disc = (xs - offset_x[:, None, None]) ** 2 + (ys - offset_y[:, None, None]) ** 2 <= radius[:, None, None] ** 2
+    union = np.maximum((part | disc).sum(axis=(1, 2)), 1)
     return {
         "brightness": gray.mean(axis=(1, 2)),
         "contrast": gray.std(axis=(1, 2)),
         "clipped": ((gray <= 5 / 255) | (gray >= 250 / 255)).mean(axis=(1, 2)),
-        "offset_x": (difference * xs).sum(axis=(1, 2)) / mass,
-        "offset_y": (difference * ys).sum(axis=(1, 2)) / mass,
-        "radius": np.sqrt((difference > PART_CONTRAST).mean(axis=(1, 2)) / np.pi),
+        "offset_x": offset_x,
+        "offset_y": offset_y,
+        "radius": radius,
+        "roundness": (part & disc).sum(axis=(1, 2)) / union,
     }
 
 
 def part_range(statistics: dict[str, np.ndarray], margin: float) -> dict[str, list[float]]:
-    """Where parts are in training photos (0.1-99.9 % of each), widened by `margin` (a fraction of the side)."""
-    return {
+    """Where parts are in training photos (0.1-99.9 % of each), widened by `margin` (a fraction of the side),
+    and how round they are at least (0.1 % of training photos, less the margin)."""
+    ranges = {
         name: [float(np.quantile(statistics[name], 0.001)) - margin, float(np.quantile(statistics[name], 0.999)) + margin]
         for name in ("offset_x", "offset_y", "radius")
     }
+    return ranges | {"roundness": [float(np.quantile(statistics["roundness"], 0.001)) - margin, 1.0]}
 
 
 def implausible(statistics: dict[str, np.ndarray], sizes: list[tuple[int, int]], rules: dict) -> list[str | None]:
