@@ -83,7 +83,9 @@ def main() -> None:
         )
         print(f"peak resident memory of the largest stage process: {peak_mib:.0f} MiB")
         train = json.loads((repo / "metrics/train.json").read_text())
-        print(f"train: {times.get('train', 0) / train['epochs_run']:.1f} s/epoch (mean), {train['epochs_run']} epochs, {train['params']:,} params")
+        print(
+            f"train: {times.get('train', 0) / train['epochs_run']:.1f} s/epoch (mean), {train['epochs_run']} epochs, {train['params']:,} params"
+        )
 
         results = []
         for i, seed in enumerate(args.seeds):

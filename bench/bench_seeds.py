@@ -15,12 +15,14 @@ pin_numerics()
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from casting_inspection.core.params import load_section  # noqa: E402
 from casting_inspection.data.dataset import load_split  # noqa: E402
@@ -41,13 +43,14 @@ def one_seed(seed: int, data: Path, scratch: Path) -> dict:
     train_model(params, data, scratch / "model.safetensors", scratch / "train.json", scratch / "live")
     seconds = time.perf_counter() - started
     model, _ = load_checkpoint(scratch / "model.safetensors")
+    digest = hashlib.sha256((scratch / "model.safetensors").read_bytes()).hexdigest()[:16]
     evaluate = load_section("evaluate")
     val, test = load_split(data, "val"), load_split(data, "test")
-    val_logits = predict_logits(model, val.images, 256, "cpu").double().numpy()
-    test_logits = predict_logits(model, test.images, 256, "cpu").double().numpy()
+    val_logits = predict_logits(model, val.images, 256, torch.device("cpu")).double().numpy()
+    test_logits = predict_logits(model, test.images, 256, torch.device("cpu")).double().numpy()
     temperature = fit_temperature(val_logits, val.labels.numpy())
     val_p, test_p = sigmoid(val_logits / temperature), sigmoid(test_logits / temperature)
-    out = {"seed": seed, "train_s": seconds}
+    out = {"seed": seed, "train_s": seconds, "checkpoint": digest}
     for rule in RULES:
         t = choose_threshold(rule, val.labels.numpy(), val_p, costs_of(evaluate), evaluate.threshold, evaluate.target_recall)
         out[rule] = {

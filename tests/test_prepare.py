@@ -11,7 +11,7 @@ import pytest
 
 from casting_inspection.core.params import load_section
 from casting_inspection.data.prepare import prepare_dataset
-from conftest import FAST_PARAMS, PROJECT, kaggle_files
+from conftest import FAST_PARAMS, PROJECT, jpeg_bytes, kaggle_files, part_image
 
 PARAMS = dataclasses.replace(load_section("prepare", PROJECT / "params.yaml"), **FAST_PARAMS["prepare"])
 BAD_FILES = {
@@ -33,10 +33,10 @@ def raw_dir(tmp_path):
     return root
 
 
-def run_prepare(raw_dir, tmp_path, **changes):
+def run_prepare(raw_dir, tmp_path, line_dir=None, **changes):
     params = dataclasses.replace(PARAMS, **changes)
     out, metrics = tmp_path / "prepared", tmp_path / "data.json"
-    summary = prepare_dataset(params, raw_dir, out, metrics, tmp_path / "drift.json", workers=1)
+    summary = prepare_dataset(params, raw_dir, out, metrics, tmp_path / "drift.json", workers=1, line_dir=line_dir)
     return summary, pd.read_csv(out / "manifest.csv", keep_default_na=False), out
 
 
@@ -56,6 +56,33 @@ def test_bad_files_rejected_good_ones_kept(raw_dir, tmp_path):
         rows = manifest[manifest["split"] == split]
         assert images.shape == (len(rows), 1, 32, 32) and images.dtype == np.uint8
         assert sorted(rows["index"]) == list(range(len(rows)))
+    from casting_inspection.data.dataset import load_split
+
+    train = load_split(out, "train")  # the rejected files' empty sizes do not spoil the columns
+    assert all(isinstance(w, int) and w > 0 for size in train.sizes for w in size)
+
+
+def test_line_photos_join_training_never_the_official_test_split(raw_dir, tmp_path):
+    """A plant's labelled photo goes to train, val or line_test; a copy of an official test photo, even with the
+    other label, is dropped and does not remove the official photo; a photo named but missing is one reason."""
+    from casting_inspection.data import line
+    from casting_inspection.data.prepare import image_spec
+
+    spec, line_dir = image_spec(PARAMS), tmp_path / "line"
+    photos = [jpeg_bytes(part_image(i % 2 == 0, seed=900 + i)) for i in range(8)]
+    official = (raw_dir / "test/ok_front").iterdir().__next__().read_bytes()
+    verdicts = []
+    for i, data in enumerate([*photos, official]):
+        sha, image = line.add_photo(line_dir, data, spec)
+        verdicts.append(line.Verdict(sha, image, "defective" if i % 2 == 0 else "ok", "qa", "import:plant"))
+    line.append_verdicts(line_dir, verdicts)
+    (line_dir / verdicts[1].image).unlink()  # named in labels.csv, gone from the folder
+    summary, manifest, _ = run_prepare(raw_dir, tmp_path, line_dir=line_dir)
+    rows = manifest[manifest["source"] == "line"].set_index("path")
+    assert set(rows.loc[rows["status"] == "ok", "split"]) <= {"train", "val", "line_test"}
+    assert rows.loc[f"line/{verdicts[-1].image}", "status"] == "dropped"  # a copy of an official photo
+    assert rows.loc[f"line/{verdicts[1].image}", "reason"].startswith("cannot read")
+    assert summary["test"]["total"] == 17 and summary["line"]["photos"] == 9
 
 
 def test_leaked_copy_dropped_from_train_and_flagged_in_test(raw_dir, tmp_path):

@@ -21,6 +21,8 @@ PINNED = {
     "MKL_CBWR": "AVX2,STRICT",  # MKL's code path, and results independent of its thread count
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # NumPy's AVX-512 loops
+    "OPENBLAS_CORETYPE": "Haswell",  # NumPy's and SciPy's BLAS: AVX2 kernels
+    "OPENBLAS_NUM_THREADS": str(THREADS),
     "OMP_NUM_THREADS": str(THREADS),
     "MKL_NUM_THREADS": str(THREADS),
 }

@@ -42,7 +42,7 @@ def load_split(prepared_dir: Path, split: str) -> Split:
         raise InspectionError(f"{array_path} does not match manifest.csv; run the prepare stage again")
     labels = torch.tensor([CLASS_NAMES.index(label) for label in rows["label"]], dtype=torch.float32)
     near = rows["near_duplicate_of"].astype(str).ne("").to_numpy()
-    sizes = list(zip(rows["width"].astype(int), rows["height"].astype(int)))
+    sizes = list(zip(pd.to_numeric(rows["width"]).astype(int), pd.to_numeric(rows["height"]).astype(int)))
     return Split(images, labels, rows["path"].tolist(), rows["leaked"].astype(str).eq("True").to_numpy(), near, sizes)
 
 

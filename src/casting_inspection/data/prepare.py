@@ -31,7 +31,19 @@ REQUIRED_SPLITS = ("train", "val", "test")
 
 def _verify(job: tuple[Path, str, ImageSpec]):
     path, relative, spec = job
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # a line photo named in labels.csv but gone from data/line
+        reason = f"cannot read ({exc.strerror})"
+        return {
+            "path": relative,
+            "sha256": "",
+            "size": 0,
+            "width": None,
+            "height": None,
+            "status": "rejected",
+            "reason": reason,
+        }, None
     record = {"path": relative, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     try:
         array, (width, height) = load_image(data, spec)
@@ -90,6 +102,7 @@ def prepare_dataset(
         progress = tqdm(pool.map(_verify, jobs, chunksize=64), total=len(jobs), desc="verify", unit="img", disable=None)
         results = list(progress)
     table = pd.DataFrame([record for record, _ in results])
+    table[["width", "height"]] = table[["width", "height"]].astype("Int64")  # a rejected file has none: not 300.0
     table.insert(1, "label", [label for *_, label in files])
     table.insert(2, "official_split", [split for _, _, split, _ in files])
     arrays = [array for _, array in results]
@@ -144,7 +157,7 @@ def prepare_dataset(
 
 def _mark_duplicates(table: pd.DataFrame, policy: str) -> None:
     """Flag byte-identical copies; with policy 'drop', drop repeated train copies and train copies of test images."""
-    usable = table[table["status"] == "ok"]
+    usable = table[(table["status"] == "ok") & (table["official_split"] != "line")]  # line copies: _assign_line_splits
     for _, group in usable.groupby("sha256", sort=False):
         if len(group) < 2:
             continue
@@ -218,7 +231,7 @@ def _assign_line_splits(table: pd.DataFrame, arrays: list, params: PrepareParams
     rows = table.index[(table["official_split"] == "line") & (table["status"] == "ok")]
     if len(rows) == 0:
         return
-    test = table.index[table["split"] == "test"]
+    test = table.index[(table["source"] == "kaggle") & (table["status"] == "ok")]  # every official photo in use
     indices = list(rows) + list(test)
     hashes = near_duplicates.perceptual_hashes([arrays[i] for i in indices], params.near_duplicates.hash_size)
     close = near_duplicates.distances(hashes, hashes) <= params.near_duplicates.max_distance

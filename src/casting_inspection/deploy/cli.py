@@ -52,6 +52,13 @@ def expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     return files, missing
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _write_rows(rows: list[dict], fmt: str, out: Path | None) -> None:
     buffer = io.StringIO()
     if fmt == "csv":
@@ -63,9 +70,12 @@ def _write_rows(rows: list[dict], fmt: str, out: Path | None) -> None:
             buffer.write(json.dumps(row) + "\n")
     if out is None:
         sys.stdout.write(buffer.getvalue())
-    else:
+        return
+    try:
         with atomic_path(out) as tmp:
             tmp.write_text(buffer.getvalue())
+    except OSError as exc:
+        raise InspectionError(f"--out {out}: cannot write ({exc.strerror}); name a file in a writable folder") from None
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -377,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("paths", nargs="+", help="image files, folders (searched for image files) or glob patterns")
     sub.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="output rows (default: csv)")
     sub.add_argument("--out", type=Path, help="write the rows here instead of stdout")
-    sub.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
+    sub.add_argument("--batch-size", type=_positive_int, default=64, help="images per model call (default: 64)")
     sub.add_argument(
         "--drift-min-images",
         type=int,

@@ -77,6 +77,8 @@ class Inspector:
             ) from None
         self.review_band = tuple(float(v) for v in band) if band else None
         problem = decision_rule_problem(self.threshold, self.review_band)
+        if self.guard.get("novelty_threshold") is not None and len(self.session.get_outputs()) < 2:
+            problem = "the guard's novelty threshold is set but the graph has no novelty output"
         if problem:
             raise InspectionError(f"{model_path}: cannot decide safely: {problem}; export it again (dvc repro export)")
         self.metadata = dict(metadata)

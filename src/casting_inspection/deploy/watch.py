@@ -398,9 +398,13 @@ class Watcher:
                 if not stat.S_ISREG(info.st_mode):
                     self._note_once(path.name, "skipped: not a regular file")
                     continue
-                data = f.read()
+                limit = self.inspector.spec.max_file_bytes
+                data = f.read(limit + 1)  # a bigger file is refused unread past this (load_image: file too large)
+            digest = hashlib.sha256(data).hexdigest() if len(data) <= limit else _sha256_of(path)
+            if digest is None:
+                continue
             identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-            photos.append(_Photo(path, data, hashlib.sha256(data).hexdigest(), identity))
+            photos.append(_Photo(path, data, digest, identity))
         return photos
 
     def _logged(self, photos: list[_Photo]) -> dict[tuple[str, str], Path]:

@@ -124,10 +124,10 @@ class Decider:
     def __call__(self, images: torch.Tensor, sizes: list[tuple[int, int]]) -> list[tuple[str, float, str | None]]:
         """(decision, defect probability, guard reason) per image."""
         flags = guard_reasons(self.rules, self.tensors, self.model, images, sizes, self.batch_size)
+        device = next(self.model.parameters()).device
         with torch.no_grad():
-            logits = torch.cat(
-                [self.model(to_input(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
-            )
+            batches = (to_input(images[i : i + self.batch_size].to(device)) for i in range(0, len(images), self.batch_size))
+            logits = torch.cat([self.model(batch).cpu() for batch in batches])
         probabilities = torch.sigmoid(logits.double() / self.temperature).numpy()
         out = []
         for flag, p in zip(flags, probabilities):

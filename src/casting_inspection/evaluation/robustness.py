@@ -71,19 +71,22 @@ def robustness_metrics(
     chosen: list[tuple[str, float]],
     threshold: float,
     clean_probabilities: np.ndarray,
+    decided: np.ndarray | None = None,
 ) -> dict:
-    """`probabilities` (settings, images). Per change and strength: accuracy, misses, false rejects, and the
-    flip rate — the share of parts whose decision differs from the one on the unchanged photo (repeatability,
-    as in an attribute gauge R&R); then the worst case."""
+    """`probabilities` (settings, images). Per change and strength, on the parts the guard let through to a
+    decision (`decided`, same shape; all when None): accuracy, misses, false rejects, and the flip rate — the
+    share of parts whose decision differs from the one on the unchanged photo (repeatability, as in an
+    attribute gauge R&R); then the worst case. The share the guard flagged is added by the caller."""
     labels = labels.astype(int)
     clean = (clean_probabilities >= threshold).astype(int)
+    decided = np.ones(probabilities.shape, bool) if decided is None else decided
     report: dict = {}
-    for (change, strength), p in zip(chosen, probabilities):
-        predicted = (p >= threshold).astype(int)
+    for (change, strength), p, kept in zip(chosen, probabilities, decided):
+        predicted = (p >= threshold).astype(int)[kept]
         report.setdefault(change, {})[f"{strength:g}"] = {
-            "accuracy": round(float((predicted == labels).mean()), 6),
-            **dict(zip(("missed_defects", "false_rejects"), count_errors(labels, predicted))),
-            "flip_rate": round(float((predicted != clean).mean()), 6),
+            "accuracy": round(float((predicted == labels[kept]).mean()), 6),
+            **dict(zip(("missed_defects", "false_rejects"), count_errors(labels[kept], predicted))),
+            "flip_rate": round(float((predicted != clean[kept]).mean()), 6),
         }
     cells = [(change, strength, cell) for change, levels in report.items() for strength, cell in levels.items()]
     worst = min(cells, key=lambda c: c[2]["accuracy"])
@@ -128,14 +131,20 @@ def evaluate_robustness(
         raw_dir, test.paths, chosen, params.seed, preprocessing["image_size"], preprocessing["color_mode"], params.workers
     )
     labels = test.labels.numpy().astype(int)
-    report = robustness_metrics(predict_renderings(predict, renders), labels, chosen, threshold, predict(test.images))
-    reference = json.loads(Path(drift_reference_path).read_text())
     rules, tensors = operating_point["guard"], load_guard(guard_path)
-    for (change, strength), images in zip(chosen, renders):
+    decided = np.array(
+        [
+            [flag is None for flag in guard_reasons(rules, tensors, model, torch.from_numpy(images), test.sizes, batch_size)]
+            for images in renders
+        ]
+    )
+    probabilities = predict_renderings(predict, renders)
+    report = robustness_metrics(probabilities, labels, chosen, threshold, predict(test.images), decided)
+    reference = json.loads(Path(drift_reference_path).read_text())
+    for (change, strength), images, kept in zip(chosen, renders, decided):
         cell = report[change][f"{strength:g}"]
         cell["drift_flagged"] = round(drift.share_flagged(drift.image_statistics(images), reference), 4)
-        flags = guard_reasons(rules, tensors, model, torch.from_numpy(images), test.sizes, batch_size)
-        cell["not_a_part"] = round(float(np.mean([flag is not None for flag in flags])), 4)  # a part flagged wrongly
+        cell["not_a_part"] = round(float(1 - kept.mean()), 4)  # parts the guard flagged: a false alarm each
     write_json(out_path, report)
     return report
 
