@@ -72,7 +72,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             runs.append(one_seed(seed, args.data, Path(scratch)))
         print(
-            f"seed {seed}: trained in {runs[-1]['train_s']:.0f} s; "
+            f"seed {seed}: trained in {runs[-1]['train_s']:.0f} s, checkpoint sha256 {runs[-1]['checkpoint']}; "
             + "; ".join(f"{r} threshold {runs[-1][r]['threshold']:.3f}" for r in RULES),
             flush=True,
         )
