@@ -13,6 +13,7 @@ import torch
 
 from casting_inspection.core.params import load_section
 from casting_inspection.data.dataset import load_split
+from casting_inspection.evaluation.perturbations import CHANGES
 from casting_inspection.evaluation.robustness import predict_renderings, render, robustness_metrics, settings
 from casting_inspection.modeling.checkpoint import load_checkpoint
 from casting_inspection.modeling.predict import predict_logits
@@ -39,7 +40,7 @@ def main() -> None:
     temperature = operating_point.get("temperature", 1.0)
     model, checkpoint = load_checkpoint(args.checkpoint)
     split = load_split(args.data, args.split)
-    chosen = settings(params)
+    chosen = settings({change: getattr(params, change) for change in CHANGES})
     started = time.perf_counter()
     renders = render(
         args.raw,

@@ -117,3 +117,14 @@ def test_the_serving_path_needs_no_torch_and_no_params(module):
 def test_each_stage_reads_its_own_params_section(stage):
     """The report only reads what the other stages wrote, so it has no section of its own."""
     assert PIPELINE[stage].get("params") == (None if stage == "report" else [stage])
+
+
+@pytest.mark.parametrize("module", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_function_is_longer_than_a_screen(module):
+    """60 lines is a lot: a longer function does several things and hides its steps."""
+    long = [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(ast.parse(module.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert not long, f"{module.name}: {', '.join(long)}"

@@ -27,6 +27,24 @@ from casting_inspection.data.images import BadImage, ImageSpec, load_image
 
 CACHE_SPLITS = ("train", "val", "test", "line_test")  # line_test: the plant's own held-out photos (may be empty)
 REQUIRED_SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = (
+    "path",
+    "label",
+    "split",
+    "official_split",
+    "source",
+    "sha256",
+    "size",
+    "width",
+    "height",
+    "status",
+    "reason",
+    "duplicate_of",
+    "leaked",
+    "near_duplicate_of",
+    "near_distance",
+    "index",
+)
 
 
 def _verify(job: tuple[Path, str, ImageSpec]):
@@ -115,37 +133,8 @@ def prepare_dataset(
     pairs = _mark_near_duplicates(table, arrays, params)
     table["index"] = -1
     with atomic_dir(Path(out_dir)) as staging:
-        for split in CACHE_SPLITS:
-            rows = table.index[table["split"] == split]
-            if len(rows) == 0 and split in REQUIRED_SPLITS:
-                raise InspectionError(f"no usable images left for the {split} split (all rejected or dropped); check {raw_dir}")
-            table.loc[rows, "index"] = range(len(rows))
-            shape = (0, 3 if spec.color_mode == "RGB" else 1, spec.image_size, spec.image_size)
-            stacked = np.stack([arrays[i] for i in rows]) if len(rows) else np.empty(shape, np.uint8)
-            np.save(staging / f"{split}.npy", stacked)
-            if split == "train":
-                drift_reference = drift.reference(
-                    drift.image_statistics(stacked), params.drift.quantiles, params.drift.alarm_share
-                )
-        columns = [
-            "path",
-            "label",
-            "split",
-            "official_split",
-            "source",
-            "sha256",
-            "size",
-            "width",
-            "height",
-            "status",
-            "reason",
-            "duplicate_of",
-            "leaked",
-            "near_duplicate_of",
-            "near_distance",
-            "index",
-        ]
-        table[columns].to_csv(staging / "manifest.csv", index=False)
+        drift_reference = _write_cache(staging, table, arrays, spec, params, raw_dir)
+        table[list(MANIFEST_COLUMNS)].to_csv(staging / "manifest.csv", index=False)
         table.loc[table["status"] == "rejected", ["path", "reason"]].to_csv(staging / "rejected.csv", index=False)
         pairs.to_csv(staging / "near_duplicates.csv", index=False)
         write_json(staging / "preprocessing.json", dataclasses.asdict(spec))
@@ -153,6 +142,21 @@ def prepare_dataset(
     summary = _summary(table)
     write_json(Path(metrics_path), summary)
     return summary
+
+
+def _write_cache(staging: Path, table: pd.DataFrame, arrays: list, spec: ImageSpec, params: PrepareParams, raw_dir: Path) -> dict:
+    """The uint8 array of each split, in manifest order (column `index`); returns the drift reference of train."""
+    for split in CACHE_SPLITS:
+        rows = table.index[table["split"] == split]
+        if len(rows) == 0 and split in REQUIRED_SPLITS:
+            raise InspectionError(f"no usable images left for the {split} split (all rejected or dropped); check {raw_dir}")
+        table.loc[rows, "index"] = range(len(rows))
+        shape = (0, 3 if spec.color_mode == "RGB" else 1, spec.image_size, spec.image_size)
+        stacked = np.stack([arrays[i] for i in rows]) if len(rows) else np.empty(shape, np.uint8)
+        np.save(staging / f"{split}.npy", stacked)
+        if split == "train":
+            reference = drift.reference(drift.image_statistics(stacked), params.drift.quantiles, params.drift.alarm_share)
+    return reference
 
 
 def _mark_duplicates(table: pd.DataFrame, policy: str) -> None:

@@ -67,24 +67,21 @@ def export_onnx(
     onnx.checker.check_model(graph)
     with atomic_path(onnx_path) as tmp:
         onnx.save(graph, str(tmp))
-    (onnx_probs, onnx_novelty), (torch_probs, torch_novelty) = _both_runtimes(shipped, onnx_path, test.images, params.batch_size)
-    max_abs_diff = float(np.abs(onnx_probs - torch_probs).max())
-    flips = int(((onnx_probs >= threshold) != (torch_probs >= threshold)).sum())
-    results = {
-        "onnx_label_agreement": float(np.mean((onnx_probs >= threshold) == (torch_probs >= threshold))),
-        # PyTorch and ONNX Runtime as two "operators" deciding the same parts at the chosen threshold
-        "onnx_decision_flips": flips,
-        "onnx_flip_rate": round(flips / len(onnx_probs), 6),
-        "onnx_max_abs_diff": one_digit(max_abs_diff),
-        "onnx_bytes": Path(onnx_path).stat().st_size,
-        "params": count_parameters(model),
-        "opset": params.opset,
-        "threshold": threshold,
-        "images_checked": len(onnx_probs),
-    }
-    limit = operating_point["guard"].get("novelty_threshold")
-    if limit is not None:  # the guard's second output, as the two runtimes compute it
-        results["onnx_guard_flips"] = int(((onnx_novelty > limit) != (torch_novelty > limit)).sum())
+    onnx_out, torch_out = _both_runtimes(shipped, onnx_path, test.images, params.batch_size)
+    agreement = _agreement(onnx_out, torch_out, threshold, operating_point["guard"].get("novelty_threshold"))
+    guard_flips = {key: agreement.pop(key) for key in ("onnx_guard_flips",) if key in agreement}
+    results = (
+        agreement
+        | {
+            "onnx_bytes": Path(onnx_path).stat().st_size,
+            "params": count_parameters(model),
+            "opset": params.opset,
+            "threshold": threshold,
+            "images_checked": len(onnx_out[0]),
+        }
+        | guard_flips
+    )
+    onnx_probs, max_abs_diff = onnx_out[0], float(np.abs(onnx_out[0] - torch_out[0]).max())
     train = load_split(prepared_dir, "train")
     results["int8"] = _int8(
         params.int8,
@@ -103,6 +100,21 @@ def export_onnx(
             f"ONNX and PyTorch disagree by {max_abs_diff:.2e} on test images (export.max_abs_diff={params.max_abs_diff:g}); "
             f"see {metrics_path}"
         )
+    return results
+
+
+def _agreement(onnx_out: tuple, torch_out: tuple, threshold: float, novelty_limit: float | None) -> dict:
+    """PyTorch and ONNX Runtime as two "operators" deciding the same parts: decision and guard flips."""
+    (onnx_probs, onnx_novelty), (torch_probs, torch_novelty) = onnx_out, torch_out
+    flips = int(((onnx_probs >= threshold) != (torch_probs >= threshold)).sum())
+    results = {
+        "onnx_label_agreement": float(np.mean((onnx_probs >= threshold) == (torch_probs >= threshold))),
+        "onnx_decision_flips": flips,
+        "onnx_flip_rate": round(flips / len(onnx_probs), 6),
+        "onnx_max_abs_diff": one_digit(float(np.abs(onnx_probs - torch_probs).max())),
+    }
+    if novelty_limit is not None:  # the guard's second output, as the two runtimes compute it
+        results["onnx_guard_flips"] = int(((onnx_novelty > novelty_limit) != (torch_novelty > novelty_limit)).sum())
     return results
 
 
@@ -188,24 +200,9 @@ def _round_ranges(path: Path, digits: int = 4) -> None:
     path.write_text(json.dumps(rounded(json.loads(path.read_text()))))
 
 
-def _int8(
-    params: Int8Params,
-    float_path: Path,
-    int8_path: Path,
-    train_images: torch.Tensor,
-    test_images: torch.Tensor,
-    test_labels: np.ndarray,
-    float_probs: np.ndarray,
-    threshold: float,
-    batch_size: int,
-) -> dict:
-    """Static int8 quantization calibrated on training images; its size, speed and decisions against the float model."""
+def _quantize(float_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
+    """QDQ int8 convolutions from activation ranges measured on `calibration` and rounded (see _round_ranges)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
-
-    pick = np.random.default_rng(params.seed).choice(
-        len(train_images), min(params.calibration_images, len(train_images)), replace=False
-    )
-    calibration = train_images[np.sort(pick)].numpy().astype(np.float32) / 255
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -223,8 +220,8 @@ def _int8(
             "per_channel": True,
             "activation_type": QuantType.QUInt8,
             "weight_type": QuantType.QInt8,
-            "op_types_to_quantize": ["Conv"],
-            "reduce_range": True,  # 7-bit weights: no saturation in AVX2's u8*s8 path, the same int32 sums as VNNI  # the head and the guard's distance stay float: few weights, exact scores
+            "op_types_to_quantize": ["Conv"],  # the head and the guard's distance stay float: few weights, exact scores
+            "reduce_range": True,  # 7-bit weights: no saturation in AVX2's u8*s8 path, the same int32 sums as VNNI
         }
         ranges = Path(scratch) / "ranges.json"
         quantize_static(str(prepared), str(tmp), Batches(), calibration_cache_path=ranges, **options)
@@ -235,6 +232,24 @@ def _int8(
         for prop in onnx.load(str(float_path)).metadata_props:  # the same threshold, spec and source travel with it
             quantized.metadata_props.add(key=prop.key, value=prop.value)
         onnx.save(quantized, str(tmp))
+
+
+def _int8(
+    params: Int8Params,
+    float_path: Path,
+    int8_path: Path,
+    train_images: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: np.ndarray,
+    float_probs: np.ndarray,
+    threshold: float,
+    batch_size: int,
+) -> dict:
+    """Static int8 quantization calibrated on training images; its size and decisions against the float model."""
+    pick = np.random.default_rng(params.seed).choice(
+        len(train_images), min(params.calibration_images, len(train_images)), replace=False
+    )
+    _quantize(float_path, int8_path, train_images[np.sort(pick)].numpy().astype(np.float32) / 255)
     images = test_images.numpy().astype(np.float32) / 255
     int8_session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
     int8_probs = np.concatenate(

@@ -228,7 +228,7 @@ def _explain(
     """Grad-CAM for every test decision, its share on the part, and the galleries; returns the per-part
     evidence share and the figures for the metrics."""
     config = params.explain
-    labels, val_labels = test.labels.numpy().astype(int), val.labels.numpy().astype(int)
+    labels = test.labels.numpy().astype(int)
     predicted = (probabilities >= threshold).astype(int)
     heatmaps = gradcam(model, test.images, predicted)
     grey = test.images.float().mean(dim=1).round().to(torch.uint8).numpy()  # (N, H, W): colour images shown in grey
@@ -248,59 +248,8 @@ def _explain(
         "flagged_off_part": int(flagged.sum()),
         "flagged_off_part_errors": int((flagged & wrong).sum()),
     }
-
-    def tiles(split, split_probabilities, indices, with_heatmap=False) -> list[Tile]:
-        return [
-            Tile(
-                split.images[i].float().mean(dim=0).round().to(torch.uint8).numpy(),
-                int(split.labels[i]),
-                float(split_probabilities[i]),
-                threshold,
-                heatmaps[i] if with_heatmap else None,
-                f"on part {evidence[i]:.0%}" if with_heatmap else "",
-            )
-            for i in indices
-        ]
-
-    def most_confident_errors(split_labels, split_probabilities) -> np.ndarray:
-        errors = np.flatnonzero((split_probabilities >= threshold) != split_labels)
-        return errors[np.argsort(-np.abs(split_probabilities[errors] - threshold))][: config.max_gallery]
-
-    rng = np.random.default_rng(config.seed)
-    sample = np.sort(rng.choice(len(labels), min(config.sample_grid, len(labels)), replace=False))
-    draw_tiles(
-        tiles(test, probabilities, sample),
-        f"Test sample: {len(sample)} parts at threshold {threshold:.3f}",
-        images_dir / "sample_grid.png",
-    )
-    test_errors = most_confident_errors(labels, probabilities)
-    draw_tiles(
-        tiles(test, probabilities, test_errors, with_heatmap=True),
-        f"Test errors with Grad-CAM: {int(wrong.sum())} of {len(labels)}",
-        images_dir / "errors_test.png",
-    )
-    val_errors = most_confident_errors(val_labels, val_probabilities)
-    draw_tiles(
-        tiles(val, val_probabilities, val_errors),
-        f"Validation errors: {int(((val_probabilities >= threshold) != val_labels).sum())} of {len(val_labels)}",
-        images_dir / "errors_val.png",
-    )
-    confident = []
-    for k in (0, 1):
-        right = np.flatnonzero((labels == k) & ~wrong)
-        margin = np.abs(probabilities[right] - threshold)
-        order = right[np.argsort(-margin)]
-        confident += list(order[: config.confident]) + list(order[::-1][: config.confident])
-    draw_tiles(
-        tiles(test, probabilities, confident, with_heatmap=True),
-        "Correct test parts with Grad-CAM: most and least confident of each class",
-        images_dir / "gradcam_correct.png",
-    )
-    draw_tiles(
-        tiles(test, probabilities, np.flatnonzero(flagged)[: config.max_gallery], with_heatmap=True),
-        f"Decisions with evidence off the part (< {config.min_evidence_on_part:.0%} on it): {int(flagged.sum())}",
-        images_dir / "evidence_off_part.png",
-    )
+    gallery = _Gallery(threshold, heatmaps, evidence, config.max_gallery)
+    _draw_galleries(config, gallery, test, val, probabilities, val_probabilities, flagged, images_dir)
     evidence_chart(
         {name: value if value is not None else float("nan") for name, value in shares.items()},
         figures["part_area_share"],
@@ -308,6 +257,68 @@ def _explain(
         images_dir / "evidence_on_part.png",
     )
     return evidence, figures
+
+
+class _Gallery:
+    """Tiles of parts at the operating point, with the test split's Grad-CAM when asked."""
+
+    def __init__(self, threshold: float, heatmaps: np.ndarray, evidence: np.ndarray, most: int):
+        self.threshold, self.heatmaps, self.evidence, self.most = threshold, heatmaps, evidence, most
+
+    def tiles(self, split, probabilities, indices, with_heatmap=False) -> list[Tile]:
+        return [
+            Tile(
+                split.images[i].float().mean(dim=0).round().to(torch.uint8).numpy(),
+                int(split.labels[i]),
+                float(probabilities[i]),
+                self.threshold,
+                self.heatmaps[i] if with_heatmap else None,
+                f"on part {self.evidence[i]:.0%}" if with_heatmap else "",
+            )
+            for i in indices
+        ]
+
+    def most_confident_errors(self, labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        errors = np.flatnonzero((probabilities >= self.threshold) != labels)
+        return errors[np.argsort(-np.abs(probabilities[errors] - self.threshold))][: self.most]
+
+
+def _draw_galleries(config, gallery: _Gallery, test, val, probabilities, val_probabilities, flagged, images_dir: Path) -> None:
+    """The sample grid, both error galleries, the most and least confident right decisions, evidence off the part."""
+    labels, val_labels, threshold = test.labels.numpy().astype(int), val.labels.numpy().astype(int), gallery.threshold
+    wrong = (probabilities >= threshold).astype(int) != labels
+    rng = np.random.default_rng(config.seed)
+    sample = np.sort(rng.choice(len(labels), min(config.sample_grid, len(labels)), replace=False))
+    draw_tiles(
+        gallery.tiles(test, probabilities, sample),
+        f"Test sample: {len(sample)} parts at threshold {threshold:.3f}",
+        images_dir / "sample_grid.png",
+    )
+    draw_tiles(
+        gallery.tiles(test, probabilities, gallery.most_confident_errors(labels, probabilities), with_heatmap=True),
+        f"Test errors with Grad-CAM: {int(wrong.sum())} of {len(labels)}",
+        images_dir / "errors_test.png",
+    )
+    draw_tiles(
+        gallery.tiles(val, val_probabilities, gallery.most_confident_errors(val_labels, val_probabilities)),
+        f"Validation errors: {int(((val_probabilities >= threshold) != val_labels).sum())} of {len(val_labels)}",
+        images_dir / "errors_val.png",
+    )
+    confident = []
+    for k in (0, 1):
+        right = np.flatnonzero((labels == k) & ~wrong)
+        order = right[np.argsort(-np.abs(probabilities[right] - threshold))]
+        confident += list(order[: config.confident]) + list(order[::-1][: config.confident])
+    draw_tiles(
+        gallery.tiles(test, probabilities, confident, with_heatmap=True),
+        "Correct test parts with Grad-CAM: most and least confident of each class",
+        images_dir / "gradcam_correct.png",
+    )
+    draw_tiles(
+        gallery.tiles(test, probabilities, np.flatnonzero(flagged)[: config.max_gallery], with_heatmap=True),
+        f"Decisions with evidence off the part (< {config.min_evidence_on_part:.0%} on it): {int(flagged.sum())}",
+        images_dir / "evidence_off_part.png",
+    )
 
 
 def _release_gate(params: EvaluateParams, results: dict, metrics_path: Path) -> None:

@@ -83,13 +83,14 @@ def robustness_metrics(
     report: dict = {}
     for (change, strength), p, kept in zip(chosen, probabilities, decided):
         predicted = (p >= threshold).astype(int)[kept]
+        share = (lambda hits: round(float(hits.mean()), 6)) if kept.any() else (lambda hits: None)  # none decided
         report.setdefault(change, {})[f"{strength:g}"] = {
-            "accuracy": round(float((predicted == labels[kept]).mean()), 6),
+            "accuracy": share(predicted == labels[kept]),
             **dict(zip(("missed_defects", "false_rejects"), count_errors(labels[kept], predicted))),
-            "flip_rate": round(float((predicted != clean[kept]).mean()), 6),
+            "flip_rate": share(predicted != clean[kept]),
         }
     cells = [(change, strength, cell) for change, levels in report.items() for strength, cell in levels.items()]
-    worst = min(cells, key=lambda c: c[2]["accuracy"])
+    worst = min(cells, key=lambda c: 2.0 if c[2]["accuracy"] is None else c[2]["accuracy"])
     report["worst"] = {
         "accuracy": worst[2]["accuracy"],
         "change": f"{worst[0]} {worst[1]}",
@@ -152,14 +153,25 @@ def evaluate_robustness(
 def format_robustness(robustness: dict) -> str:
     header = ("change", "strength", "accuracy", "missed", "false rej", "flipped", "drift flag", "not a part")
     lines = [f"{header[0]:<12}" + "".join(f"{h:>11}" for h in header[1:])]
+
+    def pct(value, digits: int) -> str:  # None: every part of that rendering was flagged, none decided
+        return "n/a" if value is None else f"{value:.{digits}%}"
+
     for change, levels in robustness.items():
         if change == "worst":
             continue
         for strength, cell in levels.items():
-            lines.append(
-                f"{change:<12}{strength:>11}{cell['accuracy']:>11.2%}{cell['missed_defects']:>11}{cell['false_rejects']:>11}"
-                f"{cell['flip_rate']:>11.2%}{cell.get('drift_flagged', float('nan')):>11.0%}{cell.get('not_a_part', float('nan')):>11.1%}"
+            values = (
+                pct(cell["accuracy"], 2),
+                cell["missed_defects"],
+                cell["false_rejects"],
+                pct(cell["flip_rate"], 2),
+                pct(cell.get("drift_flagged"), 0),
+                pct(cell.get("not_a_part"), 1),
             )
+            lines.append(f"{change:<12}{strength:>11}" + "".join(f"{str(v):>11}" for v in values))
     worst = robustness["worst"]
-    lines.append(f"worst: {worst['accuracy']:.2%} under {worst['change']}; at most {worst['max_missed_defects']} missed defects")
+    lines.append(
+        f"worst: {pct(worst['accuracy'], 2)} under {worst['change']}; at most {worst['max_missed_defects']} missed defects"
+    )
     return "\n".join(lines)
