@@ -73,7 +73,11 @@ def main() -> None:
             runs.append(one_seed(seed, args.data, Path(scratch)))
         print(
             f"seed {seed}: trained in {runs[-1]['train_s']:.0f} s, checkpoint sha256 {runs[-1]['checkpoint']}; "
-            + "; ".join(f"{r} threshold {runs[-1][r]['threshold']:.3f}" for r in RULES),
+            + "; ".join(
+                f"{r} threshold {runs[-1][r]['threshold']:.3f}: test {int((runs[-1][r]['decisions'] == runs[-1]['labels']).sum())}"
+                f"/{len(runs[-1]['labels'])}"
+                for r in RULES
+            ),
             flush=True,
         )
     labels = runs[0]["labels"]
