@@ -1,5 +1,8 @@
-"""What pinning the numerics costs: training epochs with the stages' pins (2 threads, AVX2 code paths) against
-the machine's own settings (CASTING_NUMERICS=native), each in a fresh process on the prepared real data.
+"""What pinning the numerics costs, and whether it holds: training epochs with the stages' pins (2 threads,
+AVX2 code paths) against the machine's own settings (CASTING_NUMERICS=native), each in a fresh process on
+the prepared real data; then the same short training as another machine would run it — one core
+(`taskset -c 0`) and an environment asking for other threads and instruction sets — whose weights must
+hash the same.
 
 Usage (after `dvc repro prepare`): python bench/bench_numerics.py [--epochs 3] [--repeats 1]
 """
@@ -24,16 +27,26 @@ from casting_inspection.modeling.training import train_model
 params = dataclasses.replace(load_section("train"), epochs=int(sys.argv[1]))
 out = Path(sys.argv[2])
 train_model(params, Path("data/prepared"), out / "model.safetensors", out / "train.json", out / "live")
-print("threads", torch.get_num_threads(), "capability", torch.backends.cpu.get_cpu_capability(), "pinned", pinned)
+import hashlib
+digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()[:16]
+print("threads", torch.get_num_threads(), "capability", torch.backends.cpu.get_cpu_capability(), "pinned", pinned,
+      "weights", digest)
 """
+ELSEWHERE = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "ATEN_CPU_CAPABILITY": "default",
+    "ONEDNN_MAX_CPU_ISA": "SSE41",
+    "OPENBLAS_CORETYPE": "Prescott",
+}  # what another machine's setup may say
 
 
-def run(mode: str, epochs: int) -> tuple[list[float], str]:
+def run(mode: str, epochs: int, prefix: tuple = (), **extra: str) -> tuple[list[float], str]:
     """Per-epoch seconds (from the training log) and the settings line, for one fresh process."""
-    env = dict(os.environ, CASTING_NUMERICS=mode, PYTHONPATH="src")
+    env = dict(os.environ, CASTING_NUMERICS=mode, PYTHONPATH="src", **extra)
     with tempfile.TemporaryDirectory() as scratch:
         result = subprocess.run(
-            [sys.executable, "-c", SCRIPT, str(epochs), scratch], env=env, capture_output=True, text=True, check=True
+            [*prefix, sys.executable, "-c", SCRIPT, str(epochs), scratch], env=env, capture_output=True, text=True, check=True
         )
     seconds = [float(s) for s in re.findall(r"^epoch .*?([0-9.]+)s(?:  \*best)?$", result.stdout, re.M)]
     return seconds, result.stdout.strip().splitlines()[-1]
@@ -41,18 +54,25 @@ def run(mode: str, epochs: int) -> tuple[list[float], str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per timed run; 0 = only the same-bytes check")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     if not Path("data/prepared/train.npy").exists():
         raise SystemExit("data/prepared is missing: run `dvc repro prepare` first")
     medians = {}
-    for mode in ("reproducible", "native") * args.repeats:
+    for mode in ("reproducible", "native") * args.repeats if args.epochs else ():
         seconds, settings = run(mode, args.epochs)
         print(f"{mode:<12} epochs {', '.join(f'{s:.1f}' for s in seconds)} s  ({settings})", flush=True)
         medians.setdefault(mode, []).extend(seconds[1:] or seconds)  # the first epoch warms up
-    pinned, native = statistics.median(medians["reproducible"]), statistics.median(medians["native"])
-    print(f"median epoch: pinned {pinned:.1f} s, native {native:.1f} s: pinning costs {pinned / native - 1:+.0%}")
+    if medians:
+        pinned, native = statistics.median(medians["reproducible"]), statistics.median(medians["native"])
+        print(f"median epoch: pinned {pinned:.1f} s, native {native:.1f} s: pinning costs {pinned / native - 1:+.0%}")
+    here = run("reproducible", 1)[1].split()[-1]
+    elsewhere = run("reproducible", 1, ("taskset", "-c", "0"), **ELSEWHERE)[1].split()[-1]
+    print(
+        f"one epoch, 2 cores: weights {here}; 1 core with {ELSEWHERE}: weights {elsewhere}; "
+        + ("identical" if here == elsewhere else "DIFFERENT")
+    )
 
 
 if __name__ == "__main__":
