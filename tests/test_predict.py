@@ -177,3 +177,12 @@ def test_a_photo_that_is_not_a_part_is_never_ok(exported_model, tmp_path):
         subprocess.run([*CLI, "about", "--model", str(exported_model["onnx"])], capture_output=True, text=True, timeout=60).stdout
     )
     assert about["guard"]["max_aspect"] > 1 and "novelty_threshold" in about["guard"]
+
+
+def test_a_pipe_given_by_name_is_skipped_not_read(exported_model, tmp_path):
+    """Reading a FIFO would block until a writer appears: it is named and skipped."""
+    import os
+
+    os.mkfifo(tmp_path / "camera.jpg")
+    result = predict(tmp_path / "camera.jpg", "--model", exported_model["onnx"])
+    assert f"skipped {tmp_path / 'camera.jpg'}: not a regular file" in result.stderr

@@ -42,6 +42,8 @@ def expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
                 missing.append((item, "folder holds no image files"))
         elif path.is_file():
             files.append(path)
+        elif path.exists():  # a pipe, socket or device: reading it could block the line
+            missing.append((item, "not a regular file"))
         elif glob.has_magic(item):
             found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
             files += found
