@@ -30,7 +30,7 @@ def test_project_params_are_valid():
         ({"train": {"lr": -1.0}}, "train.lr must be > 0"),
         (
             {"train": {"model": "vgg99"}},
-            "train.model must be one of ['cnn', 'resnet18', 'vgg_seed', 'mlp', 'logreg'], got 'vgg99'",
+            "train.model must be one of ['cnn', 'resnet18', 'efficientnet_lite0', 'vgg_seed', 'mlp', 'logreg'], got 'vgg99'",
         ),
         ({"train": {"epochs": 2.5}}, "train.epochs must be an integer"),
         ({"train": {"cnn": {"widths": []}}}, "train.cnn.widths must be a non-empty list"),

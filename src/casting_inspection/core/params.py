@@ -121,11 +121,12 @@ class AugmentParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    model: Literal["cnn", "resnet18", "vgg_seed", "mlp", "logreg"]
+    model: Literal["cnn", "resnet18", "efficientnet_lite0", "vgg_seed", "mlp", "logreg"]
     weights: Literal["none", "imagenet"]
+    freeze: int = check(_non_negative)
     cnn: CnnParams
     mlp: MlpParams
-    input_norm: Literal["dataset", "per_image", "imagenet"]
+    input_norm: Literal["dataset", "per_image", "imagenet", "symmetric"]
     optimizer: Literal["adamw", "adam", "sgd"]
     lr: float = check(_positive)
     weight_decay: float = check(_non_negative)
@@ -140,8 +141,12 @@ class TrainParams:
     distributed: bool
 
     def __post_init__(self):
-        if self.weights == "imagenet" and self.model != "resnet18":
-            raise InspectionError("params.yaml: train.weights=imagenet needs train.model=resnet18")
+        if self.weights == "imagenet" and self.model not in ("resnet18", "efficientnet_lite0"):
+            raise InspectionError("params.yaml: train.weights=imagenet needs train.model=resnet18 or efficientnet_lite0")
+        if self.freeze and self.weights != "imagenet":
+            raise InspectionError(
+                "params.yaml: train.freeze keeps pretrained stages as they are; it needs train.weights=imagenet"
+            )
 
 
 def _levels(low: float, high: float):

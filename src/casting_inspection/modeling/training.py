@@ -107,10 +107,11 @@ def augmentation(params: AugmentParams) -> nn.Module:
 
 
 def _optimizer(params: TrainParams, model: nn.Module) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]  # not the frozen stages (train.freeze)
     if params.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=params.lr, weight_decay=params.weight_decay, momentum=0.9, nesterov=True)
+        return torch.optim.SGD(trainable, lr=params.lr, weight_decay=params.weight_decay, momentum=0.9, nesterov=True)
     cls = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    return cls(trainable, lr=params.lr, weight_decay=params.weight_decay)
 
 
 def _scheduler(params: TrainParams, optimizer, total_steps: int):
@@ -169,6 +170,7 @@ class Run:
 
 def _setup(params: TrainParams, job: Job, device: torch.device, train: Split, config: ModelConfig) -> Run:
     model = InspectionNet(config, imagenet_weights=params.weights == "imagenet").to(device)
+    model.freeze(params.freeze)
     model = model.to(memory_format=torch.channels_last)
     images, labels = train.images.to(device), train.labels.to(device)
     optimizer = _optimizer(params, model)
