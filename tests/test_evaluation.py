@@ -58,3 +58,23 @@ def test_review_counts_parts_sent_to_a_person_as_caught():
     assert result["review"] == 3 and result["review_defects"] == 2 and result["automatic_share"] == pytest.approx(5 / 8)
     assert result["missed_defects"] == 1 and result["false_rejects"] == 0  # the defect at 0.1 is accepted
     assert result["escape_rate"] == pytest.approx(0.25) and result["escape_rate_upper95"] > 0.25
+
+
+def test_novelty_is_the_mahalanobis_distance_to_the_nearer_class_each_with_its_own_spread():
+    from casting_inspection.evaluation.guard import fit_novelty, novelty
+
+    rng = np.random.default_rng(0)
+    good = rng.normal(0.0, 1.0, (4000, 3))
+    defective = rng.normal(10.0, 4.0, (4000, 3))  # defects vary more than good parts
+    features = np.concatenate([good, defective])
+    labels = np.repeat([0, 1], 4000)
+    means, whitening = fit_novelty(features, labels, shrinkage=0.0)
+    assert means.shape == (2, 3) and whitening.shape == (2, 3, 3)
+    probe = np.array([[10.0, 10.0, 22.0], [0.0, 0.0, 3.0], [0.0, 0.0, -12.0]])
+    scores = novelty(probe, means, whitening)
+    assert scores[0] == pytest.approx(9.0, rel=0.1)  # 3 defect-sigmas out: usual for a defect
+    assert scores[1] == pytest.approx(9.0, rel=0.1)  # 3 good-sigmas out
+    assert scores[2] > 4 * scores[0]  # 12 good-sigmas out, 6.5 defect-sigmas: far from both
+    inverse = np.linalg.inv(np.cov(defective, rowvar=False))
+    exact = (probe[0] - defective.mean(axis=0)) @ inverse @ (probe[0] - defective.mean(axis=0))
+    assert scores[0] == pytest.approx(exact, rel=1e-6)

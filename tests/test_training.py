@@ -229,7 +229,7 @@ def test_efficientnet_lite0_exports_with_its_guard_and_onnx_runtime_agrees(tmp_p
     net = InspectionNet(
         ModelConfig("efficientnet_lite0", 3, 64, "symmetric", [0.5] * 3, [0.2] * 3, None, []), imagenet_weights=True
     ).eval()
-    guard = {"means": torch.zeros(2, 1280), "whitening": torch.eye(1280)}
+    guard = {"means": torch.zeros(2, 1280), "whitening": torch.stack([torch.eye(1280), 2 * torch.eye(1280)])}
     shipped = ProbabilityNet(net, temperature=1.5, guard=guard).eval()
     images = torch.rand(3, 3, 64, 64)
     graph = _to_onnx(shipped, images[:1], 18, guarded=True)

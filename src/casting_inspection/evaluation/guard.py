@@ -35,21 +35,27 @@ def pooled_features(model: InspectionNet, images: torch.Tensor, batch_size: int)
 
 
 def fit_novelty(features: np.ndarray, labels: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
-    """Class means (2, D) and the whitening matrix W of the shared within-class covariance (shrunk toward its
-    diagonal): novelty = min over the classes of ||(f - mean_c) W||^2, the squared Mahalanobis distance to the
-    nearer class. Good and defective parts sit apart in feature space; one Gaussian over both flags the
-    unusual defects (checked on held-out training photos: 0.70 % flagged against 0.52 % with class means)."""
-    means = np.stack([features[labels == c].mean(axis=0) for c in (0, 1)])
-    centred = features - means[labels.astype(int)]
-    covariance = np.cov(centred, rowvar=False)
+    """Per class, its mean (2, D) and the whitening matrix W (2, D, D) of its own covariance (shrunk toward its
+    diagonal): novelty = min over the classes of ||(f - mean_c) W_c||^2, the squared Mahalanobis distance to the
+    nearer class. Each class gets its own spread because defects vary far more than good castings: with one
+    shared covariance the 10 validation parts of highest novelty were all defective, 0.71 % of validation parts
+    shifted 20 px were flagged and 23 of 37 strangers were caught by novelty alone; with one per class, 3 of those
+    10 are defective, 0.10 % shifted parts are flagged and 27 of 37 strangers are caught (same 0.2 % false-alarm rate)."""
+    fits = [_gaussian(features[labels == c], shrinkage) for c in (0, 1)]
+    return np.stack([mean for mean, _ in fits]), np.stack([whitening for _, whitening in fits])
+
+
+def _gaussian(features: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+    mean = features.mean(axis=0)
+    covariance = np.cov(features - mean, rowvar=False)
     covariance = (1 - shrinkage) * covariance + shrinkage * np.diag(np.diag(covariance))
     covariance += 1e-6 * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
     cholesky = np.linalg.cholesky(covariance)  # covariance = C C^T, so d^2 = ||C^-1 (f - mean)||^2
-    return means, np.ascontiguousarray(np.linalg.inv(cholesky).T)
+    return mean, np.ascontiguousarray(np.linalg.inv(cholesky).T)
 
 
 def novelty(features: np.ndarray, means: np.ndarray, whitening: np.ndarray) -> np.ndarray:
-    distances = [(((features - mean) @ whitening) ** 2).sum(axis=1) for mean in means]
+    distances = [(((features - mean) @ w) ** 2).sum(axis=1) for mean, w in zip(means, whitening)]
     return np.min(distances, axis=0)
 
 

@@ -288,14 +288,15 @@ class ProbabilityNet(nn.Module):
         self.guarded = guard is not None
         if guard is not None:
             self.register_buffer("feature_means", guard["means"].float())  # (classes, D)
-            self.register_buffer("whitening", guard["whitening"].float())
+            self.register_buffer("whitening", guard["whitening"].float())  # (classes, D, D): each class its own
 
     def forward(self, x: torch.Tensor):
         if not self.guarded:
             return torch.sigmoid(self.net(x) / self.temperature)
         pooled = self.net.pooled(x)
         probability = torch.sigmoid(self.net.backbone.head(pooled).squeeze(1) / self.temperature)
-        whitened = (pooled[:, None, :] - self.feature_means[None]) @ self.whitening  # (N, classes, D)
+        centred = pooled[:, None, :] - self.feature_means[None]  # (N, classes, D)
+        whitened = torch.einsum("ncd,cde->nce", centred, self.whitening)
         return probability, (whitened * whitened).sum(dim=2).amin(dim=1)  # to the nearer class
 
 
