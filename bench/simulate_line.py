@@ -96,7 +96,12 @@ def simulate(photos: int, seed: int, work: Path) -> None:
     run(["dvc", "repro", "export"], repo)
     manifest = pd.read_csv(repo / "data/prepared/manifest.csv", keep_default_na=False)
     line = manifest[manifest["source"] == "line"]
-    print("\nline photos:", line.groupby(["split", "label"]).size().to_dict(), "| dropped:", int((line["status"] == "dropped").sum()))
+    print(
+        "\nline photos:",
+        line.groupby(["split", "label"]).size().to_dict(),
+        "| dropped:",
+        int((line["status"] == "dropped").sum()),
+    )
     held_out = line[line["split"] == "line_test"]
     files = [repo / "data/line" / Path(p).relative_to("line") for p in held_out["path"]]
     labels = (held_out["label"] == "def_front").to_numpy().astype(int)
