@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -200,39 +201,61 @@ def test_efficientnet_lite0_loads_imagenet_weights_from_the_wheel_without_a_netw
 
 
 def test_freeze_keeps_the_leading_pretrained_stages_and_trains_the_rest():
-    from casting_inspection.modeling.training import _optimizer
+    from casting_inspection.modeling.training import _optimizer, recalibrate_batchnorm
 
     config = ModelConfig("efficientnet_lite0", 3, 64, "symmetric", [0.5] * 3, [0.2] * 3, None, [])
     net = InspectionNet(config, imagenet_weights=True)
     net.freeze(10)  # stem and the first 9 blocks
-    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    before = {name: t.detach().clone() for name, t in net.state_dict().items()}
     params = dataclasses.replace(
         load_section("train", PROJECT / "params.yaml"), model="efficientnet_lite0", weights="imagenet", freeze=10
     )
     optimizer = _optimizer(params, net)
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    frozen = {
+        name
+        for name, p in net.named_parameters()
+        if name.startswith(("backbone.net._conv_stem", "backbone.net._bn0", "backbone.net._blocks.8."))
+    }
+    assert frozen and not any(id(p) in optimized for name, p in net.named_parameters() if name in frozen)
+    net.train()
     loss = torch.nn.functional.binary_cross_entropy_with_logits(net(torch.rand(4, 3, 64, 64)), torch.tensor([0.0, 1, 0, 1]))
     loss.backward()
     optimizer.step()
-    changed = {name for name, p in net.named_parameters() if not torch.equal(p, before[name])}
-    assert not any(name.startswith(("backbone.net._conv_stem", "backbone.net._blocks.8.")) for name in changed)
-    assert {"backbone.head.1.weight", "backbone.net._blocks.9._project_conv.weight"} <= changed
-    with pytest.raises(InspectionError, match="train.freeze=18: this network has 18 stages"):
-        net.freeze(18)
+    recalibrate_batchnorm(net, torch.randint(0, 255, (8, 3, 64, 64), dtype=torch.uint8), 4, torch.device("cpu"))
+    after = net.state_dict()
+    changed = {name for name in before if not torch.equal(after[name], before[name])}
+    assert not any(
+        name.startswith(("backbone.net._conv_stem", "backbone.net._bn0", "backbone.net._blocks.8.")) for name in changed
+    )
+    assert {
+        "backbone.head.1.weight",
+        "backbone.net._blocks.9._project_conv.weight",
+        "backbone.net._blocks.9._bn2.running_mean",
+    } <= changed
+    assert net.training and not net.backbone.net._blocks[8].training and net.backbone.net._blocks[9].training
+    net.freeze(18)  # everything but the new last layer
+    with pytest.raises(InspectionError, match="train.freeze=19: this network has 18 stages to freeze; use at most that"):
+        net.freeze(19)
 
 
 def test_efficientnet_lite0_exports_with_its_guard_and_onnx_runtime_agrees(tmp_path):
     import onnxruntime
 
     from casting_inspection.deploy.export import _to_onnx
+    from casting_inspection.evaluation.guard import fit_novelty
+    from casting_inspection.evaluation.guard import novelty as guard_novelty
     from casting_inspection.modeling.networks import ProbabilityNet
 
     net = InspectionNet(
         ModelConfig("efficientnet_lite0", 3, 64, "symmetric", [0.5] * 3, [0.2] * 3, None, []), imagenet_weights=True
     ).eval()
-    guard = {"means": torch.zeros(2, 1280), "whitening": torch.stack([torch.eye(1280), 2 * torch.eye(1280)])}
-    shipped = ProbabilityNet(net, temperature=1.5, guard=guard).eval()
     images = torch.rand(3, 3, 64, 64)
-    graph = _to_onnx(shipped, images[:1], 18, guarded=True)
+    features = net.pooled(torch.rand(40, 3, 64, 64)).detach().double().numpy()
+    means, whitening = fit_novelty(features, np.repeat([0, 1], 20), shrinkage=0.5)  # triangular, one per class
+    guard = {"means": torch.from_numpy(means), "whitening": torch.from_numpy(whitening)}
+    shipped = ProbabilityNet(net, temperature=1.5, guard=guard).eval()
+    graph = _to_onnx(shipped, images[:2], 18, guarded=True)  # a batch of 1 would fix the batch axis at 1
     session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     probability, novelty = session.run(None, {session.get_inputs()[0].name: images.numpy()})
     with torch.no_grad():
@@ -240,6 +263,8 @@ def test_efficientnet_lite0_exports_with_its_guard_and_onnx_runtime_agrees(tmp_p
     assert probability.shape == (3,) and novelty.shape == (3,)
     torch.testing.assert_close(torch.from_numpy(probability), expected_probability, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(torch.from_numpy(novelty), expected_novelty, atol=1e-2, rtol=1e-4)
+    reference = guard_novelty(net.pooled(images).detach().double().numpy(), means, whitening)  # what set the threshold
+    np.testing.assert_allclose(novelty, reference, rtol=1e-3)
 
 
 def test_weights_and_freeze_need_a_pretrained_network():
@@ -250,3 +275,17 @@ def test_weights_and_freeze_need_a_pretrained_network():
         InspectionError, match="train.freeze keeps pretrained stages as they are; it needs train.weights=imagenet"
     ):
         dataclasses.replace(base, model="efficientnet_lite0", freeze=3)
+
+
+def test_a_guard_file_from_before_the_per_class_covariance_still_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    from casting_inspection.evaluation.guard import load_guard, novelty
+
+    shared = torch.linalg.cholesky(torch.tensor([[2.0, 0.3], [0.3, 1.0]])).inverse().T.contiguous()
+    save_file({"means": torch.tensor([[0.0, 0.0], [3.0, 3.0]]), "whitening": shared}, str(tmp_path / "guard.safetensors"))
+    guard = load_guard(tmp_path / "guard.safetensors")
+    assert guard["whitening"].shape == (2, 2, 2)
+    point = np.array([[1.0, -1.0]])
+    expected = min(float((((point - m) @ shared.double().numpy()) ** 2).sum()) for m in ([0.0, 0.0], [3.0, 3.0]))
+    assert novelty(point, guard["means"].double().numpy(), guard["whitening"].double().numpy())[0] == pytest.approx(expected)

@@ -117,7 +117,11 @@ def save_guard(path: Path, tensors: dict) -> None:
 
 def load_guard(path: Path) -> dict:
     tensors = load_file(str(path))
-    return {} if "empty" in tensors else tensors
+    if "empty" in tensors:
+        return {}
+    if tensors["whitening"].dim() == 2:  # before the per-class covariance: one shared by both classes
+        tensors["whitening"] = tensors["whitening"].expand(len(tensors["means"]), -1, -1).contiguous()
+    return tensors
 
 
 class Decider:

@@ -210,7 +210,7 @@ class EfficientNetLite0(nn.Module):
         net._fc = nn.Identity()  # ImageNet's classifier: replaced by `head`
         self.net = net
         self.head = nn.Sequential(nn.Dropout(net._global_params.dropout_rate), nn.Linear(1280, 1))
-        self.cam_layer = net._bn1  # the last map (the 1x1 head conv's, normalised); ReLU6 is shared with the stem
+        self.cam_layer = nn.Identity()  # marks the last map, after its ReLU6 (a module of its own: ReLU6 is shared)
 
     def stages(self) -> list[nn.Module]:
         """Stem, the 16 inverted-residual blocks, the head conv: what `train.freeze` counts, input side first."""
@@ -222,7 +222,7 @@ class EfficientNetLite0(nn.Module):
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """The vector the head decides from (also what the not-a-part guard measures novelty on)."""
-        return self.net.extract_features(x).mean(dim=(2, 3))
+        return self.cam_layer(self.net.extract_features(x)).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pooled(x))
@@ -255,18 +255,27 @@ class InspectionNet(nn.Module):
             self.backbone = MLP(pixels, [])
         else:
             raise InspectionError(f"unknown model '{config.model}' in checkpoint; retrain with this version")
+        self.frozen = 0  # leading backbone stages kept as pretrained (train.freeze)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.standardize(x)).squeeze(1)
 
     def freeze(self, stages: int) -> None:
-        """Keep the first `stages` stages of a pretrained backbone at their weights (no gradients, no updates):
-        the generic ImageNet filters stay, and an epoch costs the backward pass of the rest only."""
+        """Keep the first `stages` stages of a pretrained backbone as they are: weights (no gradients) and
+        BatchNorm statistics (always in eval mode, see `train`). The generic ImageNet filters stay, and an epoch
+        costs the backward pass of the rest only."""
         available = _stages(self.backbone)
-        if stages >= len(available) and stages:
-            raise InspectionError(f"train.freeze={stages}: this network has {len(available)} stages to freeze; use fewer")
+        if stages > len(available):
+            raise InspectionError(f"train.freeze={stages}: this network has {len(available)} stages to freeze; use at most that")
         for stage in available[:stages]:
             stage.requires_grad_(False)
+        self.frozen = stages
+
+    def train(self, mode: bool = True) -> InspectionNet:
+        super().train(mode)
+        for stage in _stages(self.backbone)[: self.frozen]:
+            stage.eval()  # frozen stages: ImageNet's BatchNorm statistics, no drop-connect
+        return self
 
     @property
     def has_features(self) -> bool:

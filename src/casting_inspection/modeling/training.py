@@ -30,7 +30,7 @@ from casting_inspection.core.params import AugmentParams, TrainParams
 from casting_inspection.data.dataset import Split, load_preprocessing, load_split
 from casting_inspection.modeling.augmentation import augment_batch, build_augmentation
 from casting_inspection.modeling.checkpoint import save_checkpoint
-from casting_inspection.modeling.networks import CnnConfig, InspectionNet, ModelConfig, count_parameters
+from casting_inspection.modeling.networks import CnnConfig, EfficientNetLite0, InspectionNet, ModelConfig, count_parameters
 from casting_inspection.modeling.predict import mixed_precision, predict_logits, select_device, to_input
 
 
@@ -124,7 +124,7 @@ def _scheduler(params: TrainParams, optimizer, total_steps: int):
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> None:
+def recalibrate_batchnorm(model: InspectionNet, images: torch.Tensor, batch_size: int, device: torch.device) -> None:
     """Re-estimate BatchNorm statistics for the current weights.
 
     With Adam at a high learning rate the weights move faster than BatchNorm's running averages
@@ -133,8 +133,24 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: in
     validation loss mean what it says, and so early stopping and best-epoch choice too.
     """
     batches = (to_input(images[i : i + batch_size]) for i in range(0, len(images), batch_size))
+    if not model.frozen and not isinstance(model.backbone, EfficientNetLite0):
+        with torch.no_grad():  # torch's own, in train mode: what the committed models were trained with
+            update_bn(batches, model, device)
+        return
+    # frozen stages keep their pretrained statistics; drop-connect would skew the ones estimated
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight.requires_grad]
+    was_training, momenta = model.training, {layer: layer.momentum for layer in layers}
+    model.eval()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a plain average over all batches
+        layer.train()
     with torch.no_grad():
-        update_bn(batches, model, device)
+        for batch in batches:
+            model(batch.to(device))
+    for layer in layers:
+        layer.momentum = momenta[layer]
+    model.train(was_training)
 
 
 def _evaluate(model, split: Split, batch_size: int, device) -> tuple[float, float]:
