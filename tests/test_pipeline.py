@@ -61,7 +61,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert len(drawn) == len(PICTURES) + 2 and all(image["decoded"] and image["width"] > 100 for image in drawn), drawn
     assert test["operating_point"] == "bayes" and 0 < test["threshold"] < 1
     assert {"line_defect_rate", "test_defect_rate"} == set(test["expected_cost_per_1000"])
-    assert test["at_threshold_0_5"]["n"] == 17
+    assert test["at_threshold_0_5"]["n"] == 17 - test["not_a_part"]["test_flagged"]  # the flagged ones are apart
     assert test["escape_rate_upper95"] >= test["escape_rate"] and 0 < test["false_reject_rate_upper95"] <= 1
     calibration = test["calibration"]
     assert calibration["temperature"] > 0 and {"brier", "ece"} == set(calibration["after"]) == set(calibration["before"])
@@ -77,7 +77,9 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     _, checkpoint = load_checkpoint(repo / "models/model.safetensors")
     assert checkpoint["class_names"] == ["ok_front", "def_front"] and checkpoint["config"]["version"] >= 2
     predictions = pd.read_csv(repo / "plots/evaluate/predictions.csv")
-    assert len(predictions) == 17 and set(predictions["disposition"]) <= {"accept", "reject", "review"}
+    assert len(predictions) == 17 and set(predictions["disposition"]) <= {"accept", "reject", "review", "not_a_part"}
+    flagged = predictions["disposition"] == "not_a_part"
+    assert flagged.sum() == test["not_a_part"]["test_flagged"] and predictions["not_a_part"].notna().eq(flagged).all()
     assert predictions["evidence_on_part"].between(0, 1).all()
     robustness = json.loads((repo / "metrics/robustness.json").read_text())
     assert set(robustness) == {"brightness", "contrast", "rotation", "shift", "blur", "jpeg", "worst"}
