@@ -28,7 +28,7 @@ from casting_inspection.evaluation.not_a_part import not_a_part_figures
 from casting_inspection.evaluation.operating_point import choose_review_band, choose_threshold
 from casting_inspection.modeling.augmentation import build_augmentation
 from casting_inspection.modeling.checkpoint import load_checkpoint
-from casting_inspection.modeling.predict import predict_logits, select_device
+from casting_inspection.modeling.predict import predict_logits, predict_logits_and_features, select_device
 
 
 def costs_of(params: EvaluateParams) -> Costs:
@@ -53,7 +53,8 @@ def evaluate_model(
     def logits_of(images: torch.Tensor) -> np.ndarray:
         return predict_logits(model, images, params.batch_size, device).double().numpy()
 
-    val_logits, test_logits = logits_of(val.images), logits_of(test.images)
+    test_logits, test_features = predict_logits_and_features(model, test.images, params.batch_size, device)
+    val_logits, test_logits = logits_of(val.images), test_logits.double().numpy()
     temperature = fit_temperature(val_logits, val.labels.numpy()) if params.calibration.temperature_scaling else 1.0
     val_labels, val_probabilities = val.labels.numpy().astype(int), sigmoid(val_logits / temperature)
     costs = costs_of(params)
@@ -64,7 +65,7 @@ def evaluate_model(
     augment = checkpoint["train_params"]["augment"]
     training_augmentation = build_augmentation(**{k: v for k, v in augment.items() if k != "group"})
     rules, tensors = fit_guard(model, train, val, params.guard, params.batch_size, training_augmentation, augment["group"])
-    flags = guard_reasons(rules, tensors, model, test.images, test.sizes, params.batch_size)
+    flags = guard_reasons(rules, tensors, test.images, test.sizes, test_features)
     probabilities = sigmoid(test_logits / temperature)
     decided = np.array([flag is None for flag in flags])
     results = test_figures(

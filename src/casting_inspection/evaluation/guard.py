@@ -20,7 +20,7 @@ from casting_inspection.data.dataset import Split
 from casting_inspection.data.plausibility import implausible, part_range, photo_statistics
 from casting_inspection.modeling.augmentation import augment_batch
 from casting_inspection.modeling.networks import InspectionNet
-from casting_inspection.modeling.predict import to_input
+from casting_inspection.modeling.predict import predict_logits_and_features, to_input
 
 
 @torch.no_grad()
@@ -91,14 +91,15 @@ def fit_guard(model: InspectionNet, train: Split, val: Split, params, batch_size
 
 
 def guard_reasons(
-    rules: dict, tensors: dict, model: InspectionNet, images: torch.Tensor, sizes: list[tuple[int, int]], batch_size: int
+    rules: dict, tensors: dict, images: torch.Tensor, sizes: list[tuple[int, int]], features: torch.Tensor | None
 ) -> list[str | None]:
-    """Per image, why it is not a part the model can judge, or None."""
+    """Per image, why it is not a part the model can judge, or None. `features`: the images' pooled features
+    (`predict_logits_and_features`), None for a network without them."""
     reasons = implausible(photo_statistics(images.numpy()), sizes, rules)
     if rules["novelty_threshold"] is None:
         return reasons
     means, whitening = tensors["means"].double().numpy(), tensors["whitening"].double().numpy()
-    scores = novelty(pooled_features(model, images, batch_size), means, whitening)
+    scores = novelty(features.double().numpy(), means, whitening)
     return [
         reason
         or (
@@ -133,11 +134,9 @@ class Decider:
 
     def __call__(self, images: torch.Tensor, sizes: list[tuple[int, int]]) -> list[tuple[str, float, str | None]]:
         """(decision, defect probability, guard reason) per image."""
-        flags = guard_reasons(self.rules, self.tensors, self.model, images, sizes, self.batch_size)
         device = next(self.model.parameters()).device
-        with torch.no_grad():
-            batches = (to_input(images[i : i + self.batch_size].to(device)) for i in range(0, len(images), self.batch_size))
-            logits = torch.cat([self.model(batch).cpu() for batch in batches])
+        logits, features = predict_logits_and_features(self.model, images, self.batch_size, device)
+        flags = guard_reasons(self.rules, self.tensors, images, sizes, features)
         probabilities = torch.sigmoid(logits.double() / self.temperature).numpy()
         out = []
         for flag, p in zip(flags, probabilities):

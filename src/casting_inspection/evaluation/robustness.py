@@ -22,7 +22,7 @@ from casting_inspection.evaluation.guard import guard_reasons, load_guard
 from casting_inspection.evaluation.metrics import count_errors
 from casting_inspection.evaluation.perturbations import CHANGES, perturb, rng_for
 from casting_inspection.modeling.checkpoint import load_checkpoint
-from casting_inspection.modeling.predict import predict_logits, select_device
+from casting_inspection.modeling.predict import predict_logits, predict_logits_and_features, select_device
 
 
 def settings(strengths: dict[str, list[float]]) -> list[tuple[str, float]]:
@@ -133,13 +133,14 @@ def evaluate_robustness(
     )
     labels = test.labels.numpy().astype(int)
     rules, tensors = operating_point["guard"], load_guard(guard_path)
-    decided = np.array(
-        [
-            [flag is None for flag in guard_reasons(rules, tensors, model, torch.from_numpy(images), test.sizes, batch_size)]
-            for images in renders
-        ]
-    )
-    probabilities = predict_renderings(predict, renders)
+
+    def decide(images: torch.Tensor) -> tuple[np.ndarray, list[bool]]:  # one forward pass for both
+        logits, features = predict_logits_and_features(model, images, batch_size, device)
+        kept = [flag is None for flag in guard_reasons(rules, tensors, images, test.sizes, features)]
+        return sigmoid(logits.double().numpy() / temperature), kept
+
+    outcomes = [decide(torch.from_numpy(images)) for images in renders]
+    probabilities, decided = np.stack([p for p, _ in outcomes]), np.array([kept for _, kept in outcomes])
     report = robustness_metrics(probabilities, labels, chosen, threshold, predict(test.images), decided)
     reference = json.loads(Path(drift_reference_path).read_text())
     for (change, strength), images, kept in zip(chosen, renders, decided):

@@ -34,3 +34,22 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int, devi
     with mixed_precision(device):
         out = [model(to_input(images[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(out)
+
+
+@torch.no_grad()
+def predict_logits_and_features(
+    model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits and, for a network with pooled features (what the not-a-part guard measures), those features, from
+    one forward pass: the head reads the very vector the guard does, so a second pass would compute it again.
+    The logits are bit-identical to `predict_logits` (the same operations on the same batches)."""
+    if not model.has_features:
+        return predict_logits(model, images, batch_size, device), None
+    model.eval()
+    logits, features = [], []
+    with mixed_precision(device):
+        for i in range(0, len(images), batch_size):
+            pooled = model.pooled(to_input(images[i : i + batch_size].to(device)))
+            logits.append(model.backbone.head(pooled).squeeze(1).float().cpu())
+            features.append(pooled.float().cpu())
+    return torch.cat(logits), torch.cat(features)
