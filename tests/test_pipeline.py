@@ -61,6 +61,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert len(drawn) == len(PICTURES) + 2 and all(image["decoded"] and image["width"] > 100 for image in drawn), drawn
     assert test["operating_point"] == "bayes" and 0 < test["threshold"] < 1
     assert {"line_defect_rate", "test_defect_rate"} == set(test["expected_cost_per_1000"])
+    assert test["not_a_part"]["test_flagged"] <= 3  # generated parts like the training ones: a few at most
     assert test["at_threshold_0_5"]["n"] == 17 - test["not_a_part"]["test_flagged"]  # the flagged ones are apart
     assert test["escape_rate_upper95"] >= test["escape_rate"] and 0 < test["false_reject_rate_upper95"] <= 1
     calibration = test["calibration"]

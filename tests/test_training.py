@@ -291,16 +291,17 @@ def test_a_guard_file_from_before_the_per_class_covariance_still_loads(tmp_path)
     assert novelty(point, guard["means"].double().numpy(), guard["whitening"].double().numpy())[0] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("model", ["cnn", "mlp"])
-def test_one_pass_gives_the_same_logits_and_the_guards_features(model):
+@pytest.mark.parametrize("model, pooling", [("cnn", "avg"), ("cnn", "max"), ("cnn", "avgmax"), ("mlp", "avg")])
+def test_one_pass_gives_the_same_logits_and_the_guards_features(model, pooling):
     from casting_inspection.evaluation.guard import pooled_features
     from casting_inspection.modeling.networks import CnnConfig
     from casting_inspection.modeling.predict import predict_logits_and_features
 
-    cnn = CnnConfig([8, 16], 1, 2, 0.1, "avgmax", "relu")
-    net = InspectionNet(ModelConfig(model, 1, 32, "per_image", [0.5], [0.2], cnn, [16])).eval()
+    cnn = CnnConfig([8, 16], 1, 2, 0.5, pooling, "relu")
+    net = InspectionNet(ModelConfig(model, 1, 32, "per_image", [0.5], [0.2], cnn, [16])).train()  # it must switch to eval
     images = torch.randint(0, 255, (7, 1, 32, 32), dtype=torch.uint8)
     logits, features = predict_logits_and_features(net, images, 3, torch.device("cpu"))
+    assert not net.training
     assert torch.equal(logits, predict_logits(net, images, 3, torch.device("cpu")))  # bit for bit: the same batches
     if model == "cnn":
         assert np.array_equal(features.double().numpy(), pooled_features(net, images, 3))

@@ -42,14 +42,25 @@ def predict_logits_and_features(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits and, for a network with pooled features (what the not-a-part guard measures), those features, from
     one forward pass: the head reads the very vector the guard does, so a second pass would compute it again.
-    The logits are bit-identical to `predict_logits` (the same operations on the same batches)."""
+    On the CPU the logits are bit-identical to `predict_logits` (the same operations on the same batches). On CUDA,
+    where `predict_logits` runs in bfloat16, the features still come from a float32 pass: the guard's threshold
+    was fitted on float32 features, and the shipped ONNX graph computes them so."""
     if not model.has_features:
         return predict_logits(model, images, batch_size, device), None
+    if device.type == "cuda":
+        return predict_logits(model, images, batch_size, device), _pooled(model, images, batch_size, device)
     model.eval()
     logits, features = [], []
-    with mixed_precision(device):
-        for i in range(0, len(images), batch_size):
-            pooled = model.pooled(to_input(images[i : i + batch_size].to(device)))
-            logits.append(model.backbone.head(pooled).squeeze(1).float().cpu())
-            features.append(pooled.float().cpu())
+    for i in range(0, len(images), batch_size):
+        pooled = model.pooled(to_input(images[i : i + batch_size].to(device)))
+        logits.append(model.backbone.head(pooled).squeeze(1).float().cpu())
+        features.append(pooled.float().cpu())
     return torch.cat(logits), torch.cat(features)
+
+
+@torch.no_grad()
+def _pooled(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    model.eval()
+    return torch.cat(
+        [model.pooled(to_input(images[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(images), batch_size)]
+    )
