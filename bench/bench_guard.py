@@ -7,8 +7,8 @@ Usage (after `make repro`): PYTHONPATH=src python bench/bench_guard.py [--repeat
 import argparse
 import json
 import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +20,12 @@ from casting_inspection.deploy.inference import Inspector
 from casting_inspection.modeling.checkpoint import load_checkpoint
 from casting_inspection.modeling.networks import ProbabilityNet
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inference import timings  # noqa: E402
+
 
 def median_ms(call, repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(timings(call, repeats, warmup=1))
 
 
 def unguarded_session(checkpoint: Path, temperature: float, example: torch.Tensor) -> ort.InferenceSession:
