@@ -41,7 +41,7 @@ def _row(name: str, entry: dict) -> dict | None:
     errors = test["missed_defects"] + test["false_rejects"]
     return {
         "experiment": name,
-        "model": training["model"] + (f" ({training['cnn'].get('activation', 'relu')})" if training["model"] == "cnn" else ""),
+        "model": _model(training),
         "input": f"{prepare['image_size']}×{prepare['image_size']}×{3 if prepare['color_mode'] == 'RGB' else 1}",
         "params": f"{train['params']:,}",
         "lr": f"{training['lr']:g}",
@@ -51,7 +51,22 @@ def _row(name: str, entry: dict) -> dict | None:
         "missed / false rej.": f"{test['missed_defects']} / {test['false_rejects']}",
         "threshold": f"{test['threshold']:.3f}",
         "worst line change": _worst(robustness),
+        "strangers caught (decided ok)": _strangers(test),
     }
+
+
+def _model(training: dict) -> str:
+    if training["model"] == "cnn":
+        return f"cnn ({training['cnn'].get('activation', 'relu')})"
+    if training.get("weights") == "imagenet":
+        return f"{training['model']} (ImageNet, {training.get('freeze', 0)} stages frozen)"
+    return training["model"]
+
+
+def _strangers(test: dict) -> str:
+    """The generated not-a-part material: how much the run's guard catches, and how much it would pass as ok."""
+    material = (test.get("not_a_part") or {}).get("material") or {}
+    return f"{material['caught']} of {material['n']} ({material['decided_ok']})" if material else ""
 
 
 def _flagged(test: dict) -> str:
