@@ -20,18 +20,12 @@ from casting_inspection.data.dataset import Split
 from casting_inspection.data.plausibility import implausible, part_range, photo_statistics
 from casting_inspection.modeling.augmentation import augment_batch
 from casting_inspection.modeling.networks import InspectionNet
-from casting_inspection.modeling.predict import predict_logits_and_features, to_input
+from casting_inspection.modeling.predict import predict_features, predict_logits_and_features
 
 
-@torch.no_grad()
 def pooled_features(model: InspectionNet, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    """(N, D) float64 pooled features of uint8 images, in order (CPU, eval mode)."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = [
-        model.pooled(to_input(images[i : i + batch_size].to(device))).double().cpu() for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(out).numpy()
+    """(N, D) float64 pooled features of uint8 images, in order, on the model's device: the guard's statistics."""
+    return predict_features(model, images, batch_size, next(model.parameters()).device).double().numpy()
 
 
 def fit_novelty(features: np.ndarray, labels: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:

@@ -48,7 +48,7 @@ def predict_logits_and_features(
     if not model.has_features:
         return predict_logits(model, images, batch_size, device), None
     if device.type == "cuda":
-        return predict_logits(model, images, batch_size, device), _pooled(model, images, batch_size, device)
+        return predict_logits(model, images, batch_size, device), predict_features(model, images, batch_size, device)
     model.eval()
     logits, features = [], []
     for i in range(0, len(images), batch_size):
@@ -59,7 +59,8 @@ def predict_logits_and_features(
 
 
 @torch.no_grad()
-def _pooled(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+def predict_features(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """(N, D) float32 pooled features of uint8 images, in order; eval mode, full precision (what the guard fits)."""
     model.eval()
     return torch.cat(
         [model.pooled(to_input(images[i : i + batch_size].to(device))).float().cpu() for i in range(0, len(images), batch_size)]
