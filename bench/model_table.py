@@ -5,7 +5,7 @@ presets, sweeps): model, input, params, epochs, test figures at each run's own v
 threshold and robustness. Timings are not in the metrics (outputs hold no timings): train time and
 throughput come from the stage logs and, with `--speed`, from timing each run's own shipped ONNX model
 (found in the DVC cache by its hash) at batch 64 in this process, one after another, so the figures compare.
-Usage (after the experiments ran): python bench/model_table.py [--all-commits] [--speed]
+Usage (after the experiments ran): python bench/model_table.py [--all-commits] [--speed REPEATS]
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import timings  # noqa: E402
-
 
 def _metrics(entry: dict, path: str) -> dict:
     return ((entry.get("data") or {}).get("metrics") or {}).get(path, {}).get("data", {})
@@ -35,7 +32,7 @@ def _row(name: str, entry: dict) -> dict | None:
     params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
     train, test = _metrics(entry, "metrics/train.json"), _metrics(entry, "metrics/test.json")
     robustness = _metrics(entry, "metrics/robustness.json")
-    if not test or not params or "params" not in train:  # a run that failed or is still running
+    if not test or not params or "params" not in train:
         return None
     prepare, training = params["prepare"], params["train"]
     errors = test["missed_defects"] + test["false_rejects"]
@@ -45,7 +42,7 @@ def _row(name: str, entry: dict) -> dict | None:
         "input": f"{prepare['image_size']}×{prepare['image_size']}×{3 if prepare['color_mode'] == 'RGB' else 1}",
         "params": f"{train['params']:,}",
         "lr": f"{training['lr']:g}",
-        "epochs": f"{train['epochs_run']} of {training['epochs']}",
+        "epochs (best)": f"{train['epochs_run']} of {training['epochs']} ({train.get('best_epoch', '?')})",
         "val loss": f"{train['val_loss']:.4f}",
         "test accuracy": f"{100 * test['accuracy']:.2f} % ({test['n'] - errors}/{test['n']}{_flagged(test)})",
         "missed / false rej.": f"{test['missed_defects']} / {test['false_rejects']}",
@@ -66,7 +63,9 @@ def _model(training: dict) -> str:
 def _strangers(test: dict) -> str:
     """The generated not-a-part material: how much the run's guard catches, and how much it would pass as ok."""
     material = (test.get("not_a_part") or {}).get("material") or {}
-    return f"{material['caught']} of {material['n']} ({material['decided_ok']})" if material else ""
+    if not {"caught", "n", "decided_ok"} <= set(material):
+        return ""
+    return f"{material['caught']} of {material['n']} ({material['decided_ok']})"
 
 
 def _flagged(test: dict) -> str:
@@ -84,9 +83,13 @@ def _worst(robustness: dict) -> str:
 
 def onnx_images_per_second(entry: dict, repeats: int) -> str:
     """Median throughput at batch 64 of the run's `models/model.onnx`, read from the local DVC cache."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_inference import timings  # torch and the package load only when timing
+
     out = ((entry.get("data") or {}).get("outs") or {}).get("models/model.onnx") or {}
     digest = out.get("hash") or ""
-    cached = Path(".dvc/cache/files/md5", digest[:2], digest[2:])
+    cache = subprocess.run(["dvc", "cache", "dir"], capture_output=True, text=True).stdout.strip()
+    cached = Path(cache, "files", "md5", digest[:2], digest[2:])
     if not digest or not cached.is_file():
         return "not in the local cache"
     session = ort.InferenceSession(str(cached), providers=["CPUExecutionProvider"])
@@ -106,6 +109,8 @@ def main() -> None:
     parser.add_argument("--all-commits", action="store_true", help="experiments on every commit, not only HEAD's")
     parser.add_argument("--speed", type=int, metavar="REPEATS", default=0, help="time each ONNX model REPEATS times")
     args = parser.parse_args()
+    if args.speed < 0:
+        parser.error("--speed takes a positive number of repeats")
     cmd = ["dvc", "exp", "show", "--json"] + (["--all-commits"] if args.all_commits else [])
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -116,6 +121,8 @@ def main() -> None:
         if position == 0:  # HEAD: the committed default
             rows += _with_speed(_row(f"default (HEAD {commit['rev'][:7]})", commit), commit, args.speed)
         for experiment in commit.get("experiments") or []:
+            if (experiment.get("executor") or {}).get("state") in ("queued", "running", "failed"):
+                continue  # such a run shows its baseline's metrics, not its own
             for run in experiment.get("revs") or []:
                 rows += _with_speed(_row(run.get("name") or run["rev"][:7], run), run, args.speed)
     if not rows:
