@@ -26,8 +26,6 @@ def _metrics(entry: dict, path: str) -> dict:
 
 
 def _row(name: str, entry: dict) -> dict | None:
-    if entry.get("error"):  # a failed run shows its baseline's metrics: not its own
-        return None
     data = entry.get("data") or {}
     params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
     train, test = _metrics(entry, "metrics/train.json"), _metrics(entry, "metrics/test.json")
@@ -81,15 +79,14 @@ def _worst(robustness: dict) -> str:
     return f"{100 * worst['accuracy']:.2f} %" + (f" ({worst['change']})" if worst.get("change") else "")
 
 
-def onnx_images_per_second(entry: dict, repeats: int) -> str:
+def onnx_images_per_second(entry: dict, cache: Path, repeats: int) -> str:
     """Median throughput at batch 64 of the run's `models/model.onnx`, read from the local DVC cache."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_inference import timings  # torch and the package load only when timing
 
     out = ((entry.get("data") or {}).get("outs") or {}).get("models/model.onnx") or {}
     digest = out.get("hash") or ""
-    cache = subprocess.run(["dvc", "cache", "dir"], capture_output=True, text=True).stdout.strip()
-    cached = Path(cache, "files", "md5", digest[:2], digest[2:])
+    cached = cache / "files" / "md5" / digest[:2] / digest[2:]
     if not digest or not cached.is_file():
         return "not in the local cache"
     session = ort.InferenceSession(str(cached), providers=["CPUExecutionProvider"])
@@ -98,9 +95,9 @@ def onnx_images_per_second(entry: dict, repeats: int) -> str:
     return f"{64 / statistics.median(timings(lambda: session.run(None, feed), repeats)):,.0f}"
 
 
-def _with_speed(row: dict | None, entry: dict, repeats: int) -> list[dict]:
-    if row and repeats:
-        row["ONNX img/s (b64)"] = onnx_images_per_second(entry, repeats)
+def _with_speed(row: dict | None, entry: dict, cache: Path | None, repeats: int) -> list[dict]:
+    if row and cache:
+        row["ONNX img/s (b64)"] = onnx_images_per_second(entry, cache, repeats)
     return [row] if row else []
 
 
@@ -115,16 +112,17 @@ def main() -> None:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed: {result.stderr.strip()}")
+    cache = Path(subprocess.run(["dvc", "cache", "dir"], capture_output=True, text=True).stdout.strip()) if args.speed else None
     rows = []
     commits = [c for c in json.loads(result.stdout) if c["rev"] != "workspace"]
     for position, commit in enumerate(commits):
         if position == 0:  # HEAD: the committed default
-            rows += _with_speed(_row(f"default (HEAD {commit['rev'][:7]})", commit), commit, args.speed)
+            rows += _with_speed(_row(f"default (HEAD {commit['rev'][:7]})", commit), commit, cache, args.speed)
         for experiment in commit.get("experiments") or []:
             if (experiment.get("executor") or {}).get("state") in ("queued", "running", "failed"):
                 continue  # such a run shows its baseline's metrics, not its own
             for run in experiment.get("revs") or []:
-                rows += _with_speed(_row(run.get("name") or run["rev"][:7], run), run, args.speed)
+                rows += _with_speed(_row(run.get("name") or run["rev"][:7], run), run, cache, args.speed)
     if not rows:
         sys.exit("no experiment with metrics yet: run some first (see README, Experiments)")
     header = list(rows[0])
