@@ -24,13 +24,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-import conftest  # noqa: E402
+from test_fuzz import SEED, crafted_files, good_files, ico_bomb, mutants, png_claiming, reason_category  # noqa: E402
+
+import conftest  # noqa: E402  (the exported_model fixture)
+from casting_inspection.core.decision import DECISIONS  # noqa: E402
 from casting_inspection.core.params import load_section  # noqa: E402
 from casting_inspection.data.images import BadImage, load_image  # noqa: E402
 from casting_inspection.data.prepare import image_spec  # noqa: E402
-from casting_inspection.deploy.inference import DECISIONS, Inspector  # noqa: E402
-from conftest import jpeg_bytes, part_image  # noqa: E402
-from test_fuzz import SEED, crafted_files, good_files, ico_bomb, mutants, png_claiming, reason_category  # noqa: E402
+from casting_inspection.serving.inference import Inspector  # noqa: E402
+from helpers import jpeg_bytes, part_image  # noqa: E402
 
 # One call in a fresh process: resident memory just before it, and the high-water mark after it.
 MEASURE = """

@@ -2,12 +2,13 @@
 AVX2 code paths) against the machine's own settings (CASTING_NUMERICS=native), each in a fresh process on
 the prepared real data; then the same short training as another machine would run it — one core
 (`taskset -c 0`) and an environment asking for other threads and instruction sets — whose weights must
-hash the same.
+hash the same. `intel-only` is the same pins with MKL's AVX2 branch, which MKL honours on Intel CPUs only.
 
 Usage (after `dvc repro prepare`): python bench/bench_numerics.py [--epochs 3] [--repeats 1]
 """
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -17,10 +18,11 @@ import tempfile
 from pathlib import Path
 
 SCRIPT = """
-import dataclasses, sys, time
+import dataclasses, json, os, sys, time
 from pathlib import Path
-from casting_inspection.core.numerics import pin_numerics
-pinned = pin_numerics()
+from casting_inspection.core import numerics
+numerics.PINNED.update(json.loads(os.environ.get("BENCH_PINS", "{}")))
+pinned = numerics.pin_numerics()
 import torch
 from casting_inspection.core.params import load_section
 from casting_inspection.modeling.training import train_model
@@ -39,6 +41,7 @@ ELSEWHERE = {
     "ONEDNN_MAX_CPU_ISA": "SSE41",
     "OPENBLAS_CORETYPE": "Prescott",
 }  # what another machine's setup may say
+INTEL_ONLY = {"MKL_CBWR": "AVX2,STRICT", "OPENBLAS_NUM_THREADS": "2"}  # MKL's AVX2 branch: honoured on Intel CPUs only
 
 
 def run(mode: str, epochs: int, prefix: tuple = (), **extra: str) -> tuple[list[float], str]:
@@ -60,13 +63,18 @@ def main() -> None:
     if not Path("data/prepared/train.npy").exists():
         raise SystemExit("data/prepared is missing: run `dvc repro prepare` first")
     medians = {}
-    for mode in ("reproducible", "native") * args.repeats if args.epochs else ():
-        seconds, settings = run(mode, args.epochs)
-        print(f"{mode:<12} epochs {', '.join(f'{s:.1f}' for s in seconds)} s  ({settings})", flush=True)
-        medians.setdefault(mode, []).extend(seconds[1:] or seconds)  # the first epoch warms up
+    variants = {"pinned": ("reproducible", {}), "intel-only": ("reproducible", INTEL_ONLY), "native": ("native", {})}
+    for name in list(variants) * args.repeats if args.epochs else ():
+        mode, pins = variants[name]
+        seconds, settings = run(mode, args.epochs, BENCH_PINS=json.dumps(pins))
+        print(f"{name:<12} epochs {', '.join(f'{s:.1f}' for s in seconds)} s  ({settings})", flush=True)
+        medians.setdefault(name, []).extend(seconds[1:] or seconds)  # the first epoch warms up
     if medians:
-        pinned, native = statistics.median(medians["reproducible"]), statistics.median(medians["native"])
-        print(f"median epoch: pinned {pinned:.1f} s, native {native:.1f} s: pinning costs {pinned / native - 1:+.0%}")
+        pinned, intel, native = (statistics.median(medians[name]) for name in variants)
+        print(
+            f"median epoch: pinned {pinned:.1f} s, MKL's Intel-only AVX2 branch {intel:.1f} s, native {native:.1f} s: "
+            f"the vendor-independent pins cost {pinned / intel - 1:+.0%} against the Intel-only ones, {pinned / native - 1:+.0%} against native"
+        )
     here = run("reproducible", 1)[1].split()[-1]
     elsewhere = run("reproducible", 1, ("taskset", "-c", "0"), **ELSEWHERE)[1].split()[-1]
     print(

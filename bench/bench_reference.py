@@ -14,6 +14,7 @@ Usage: PYTHONPATH=src python bench/bench_reference.py [--epochs 0.25]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import sys
 import time
@@ -30,9 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from casting_inspection.core.params import load_section  # noqa: E402
 from casting_inspection.data.dataset import load_split  # noqa: E402
-from casting_inspection.modeling.augmentation import augment_batch
+from casting_inspection.modeling.augmentation import (
+    augment_batch,
+    augmentation_from,  # noqa: E402
+)
 from casting_inspection.modeling.networks import InspectionNet, count_parameters  # noqa: E402
-from casting_inspection.modeling.training import augmentation, model_config, seed_everything  # noqa: E402
+from casting_inspection.modeling.training import model_config, seed_everything  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -141,7 +145,7 @@ def main() -> None:
             params.lr,
             params.weight_decay,
             "bce",
-            augmentation(params.augment),
+            augmentation_from(dataclasses.asdict(params.augment)),
         ),
     }
     rows = []

@@ -26,8 +26,8 @@ import torch  # noqa: E402
 
 from casting_inspection.core.params import load_section  # noqa: E402
 from casting_inspection.data.dataset import load_split  # noqa: E402
+from casting_inspection.evaluation.calibrate import costs_of  # noqa: E402
 from casting_inspection.evaluation.calibration import fit_temperature, sigmoid  # noqa: E402
-from casting_inspection.evaluation.evaluate import costs_of  # noqa: E402
 from casting_inspection.evaluation.operating_point import choose_threshold  # noqa: E402
 from casting_inspection.modeling.checkpoint import load_checkpoint  # noqa: E402
 from casting_inspection.modeling.predict import predict_logits  # noqa: E402

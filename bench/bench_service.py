@@ -89,7 +89,7 @@ def main() -> None:
     paths = sorted(Path("data/raw/test").rglob("*.jpeg"))[:64]
     photos = [(p.name, p.read_bytes(), "image/jpeg") for p in paths]
     port = free_port()
-    command = [sys.executable, "-m", "casting_inspection.deploy.cli", "serve", "--port", str(port), "--model", str(args.model)]
+    command = [sys.executable, "-m", "casting_inspection.serving.cli", "serve", "--port", str(port), "--model", str(args.model)]
     server = subprocess.Popen(
         command + shlex.split(args.server_args),
         stdout=subprocess.DEVNULL,

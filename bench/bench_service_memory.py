@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--file-kb", type=int, default=1000, help="size of each photo in the parallel bodies (default: 1000)")
     args = parser.parse_args()
     port = free_port()
-    command = [sys.executable, "-m", "casting_inspection.deploy.cli", "serve", "--port", str(port), "--model", str(args.model)]
+    command = [sys.executable, "-m", "casting_inspection.serving.cli", "serve", "--port", str(port), "--model", str(args.model)]
     server = subprocess.Popen(command + shlex.split(args.server_args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

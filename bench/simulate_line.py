@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from casting_inspection.deploy.inference import Inspector
 from casting_inspection.evaluation.perturbations import perturb
+from casting_inspection.serving.inference import Inspector
 
 PROJECT = Path(__file__).resolve().parents[1]
 CLASSES = {"def_front": "defective", "ok_front": "ok"}

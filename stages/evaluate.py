@@ -10,7 +10,7 @@ from pathlib import Path
 
 from casting_inspection.core.params import load_section
 from casting_inspection.core.stage import run_stage
-from casting_inspection.evaluation.evaluate import evaluate_model
+from casting_inspection.evaluation.evaluate import EvaluateOutputs, evaluate_model
 
 
 def main() -> None:
@@ -24,16 +24,15 @@ def main() -> None:
     parser.add_argument("--operating-point", type=Path, required=True, help="the decision threshold, shipped with the model")
     parser.add_argument("--guard", type=Path, required=True, help="the not-a-part guard's feature statistics")
     args = parser.parse_args()
+    outputs = EvaluateOutputs(
+        metrics=args.metrics, drift=args.drift, plots=args.plots, operating_point=args.operating_point, guard=args.guard
+    )
     results = evaluate_model(
         load_section("evaluate"),
-        args.checkpoint,
-        args.data,
-        args.drift_reference,
-        args.metrics,
-        args.drift,
-        args.plots,
-        args.operating_point,
-        args.guard,
+        checkpoint_path=args.checkpoint,
+        prepared_dir=args.data,
+        drift_reference_path=args.drift_reference,
+        out=outputs,
     )
     print("evaluate: " + json.dumps({k: v for k, v in results.items() if k != "leak_free"}))
 

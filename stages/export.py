@@ -10,7 +10,7 @@ from pathlib import Path
 
 from casting_inspection.core.params import load_section
 from casting_inspection.core.stage import run_stage
-from casting_inspection.deploy.export import export_onnx
+from casting_inspection.export.onnx import export_onnx
 
 
 def main() -> None:

@@ -3,6 +3,7 @@ validation, calibration, curves, the predictions table, Grad-CAM galleries, inpu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,88 +14,75 @@ from dvclive import Live
 from sklearn import metrics as skm
 
 from casting_inspection import CLASS_NAMES
+from casting_inspection.core.decision import DecisionRule
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path, write_json, write_text
 from casting_inspection.core.params import EvaluateParams
 from casting_inspection.data import drift
 from casting_inspection.data.dataset import Split, load_split
 from casting_inspection.data.images import ImageSpec
-from casting_inspection.evaluation.calibration import calibration_metrics, fit_temperature, sigmoid
+from casting_inspection.evaluation.calibrate import OperatingPoint, Scored, calibrate, costs_of
+from casting_inspection.evaluation.calibration import calibration_metrics, sigmoid
 from casting_inspection.evaluation.explain import evidence_on_part, gradcam, part_mask
 from casting_inspection.evaluation.galleries import Tile, draw_tiles, evidence_chart
-from casting_inspection.evaluation.guard import Decider, fit_guard, guard_reasons, save_guard
-from casting_inspection.evaluation.metrics import Costs, decision_metrics, review_metrics
+from casting_inspection.evaluation.guard import Decider, guard_reasons
+from casting_inspection.evaluation.metrics import decision_metrics, review_metrics
 from casting_inspection.evaluation.not_a_part import not_a_part_figures
-from casting_inspection.evaluation.operating_point import choose_review_band, choose_threshold
-from casting_inspection.modeling.augmentation import build_augmentation
 from casting_inspection.modeling.checkpoint import load_checkpoint
-from casting_inspection.modeling.predict import predict_logits, predict_logits_and_features, select_device
+from casting_inspection.modeling.predict import predict_logits_and_features, select_device
 
 
-def costs_of(params: EvaluateParams) -> Costs:
-    return Costs(params.cost_missed_defect, params.cost_false_reject, params.defect_rate)
+@dataclasses.dataclass(frozen=True)
+class EvaluateOutputs:
+    """Where the evaluate stage writes: metrics, drift, plots, and the operating point and guard that ship."""
+
+    metrics: Path
+    drift: Path
+    plots: Path
+    operating_point: Path
+    guard: Path
 
 
 def evaluate_model(
-    params: EvaluateParams,
-    checkpoint_path: Path,
-    prepared_dir: Path,
-    drift_reference_path: Path,
-    metrics_path: Path,
-    drift_path: Path,
-    plots_dir: Path,
-    operating_point_path: Path,
-    guard_path: Path,
+    params: EvaluateParams, checkpoint_path: Path, prepared_dir: Path, drift_reference_path: Path, out: EvaluateOutputs
 ) -> dict:
+    """Calibrate on validation, write the operating point, then score the test split once with it."""
     device = select_device("auto")
     model, checkpoint = load_checkpoint(checkpoint_path, device)
     train, val, test = (load_split(prepared_dir, split) for split in ("train", "val", "test"))
-
-    def logits_of(images: torch.Tensor) -> np.ndarray:
-        return predict_logits(model, images, params.batch_size, device).double().numpy()
-
-    test_logits, test_features = predict_logits_and_features(model, test.images, params.batch_size, device)
-    val_logits, test_logits = logits_of(val.images), test_logits.double().numpy()
-    temperature = fit_temperature(val_logits, val.labels.numpy()) if params.calibration.temperature_scaling else 1.0
-    val_labels, val_probabilities = val.labels.numpy().astype(int), sigmoid(val_logits / temperature)
-    costs = costs_of(params)
-    threshold = choose_threshold(
-        params.operating_point, val_labels, val_probabilities, costs, params.threshold, params.target_recall
-    )
-    band = choose_review_band(params.review_share, val_labels, val_probabilities, threshold, costs)
-    augment = checkpoint["train_params"]["augment"]
-    training_augmentation = build_augmentation(**{k: v for k, v in augment.items() if k != "group"})
-    rules, tensors = fit_guard(model, train, val, params.guard, params.batch_size, training_augmentation, augment["group"])
-    flags = guard_reasons(rules, tensors, test.images, test.sizes, test_features)
-    probabilities = sigmoid(test_logits / temperature)
-    decided = np.array([flag is None for flag in flags])
-    results = test_figures(
-        params, test, probabilities, sigmoid(test_logits), val_labels, val_probabilities, threshold, band, temperature, decided
-    )
+    point, val_scored = calibrate(params, model, checkpoint, train, val, device)
+    point.save(out.operating_point, out.guard)
+    logits, features = predict_logits_and_features(model, test.images, params.batch_size, device)
+    logits = logits.double().numpy()
+    scored = Scored(test.labels.numpy().astype(int), sigmoid(logits / point.temperature), sigmoid(logits))
+    flags = guard_reasons(point.guard_rules, point.guard_tensors, test.images, test.sizes, features)
+    results = test_figures(params, test, scored, val_scored, point, np.array([flag is None for flag in flags]))
+    decide = Decider(model, point.temperature, point.rule, point.guard_rules, point.guard_tensors, params.batch_size)
     spec = ImageSpec(**checkpoint["preprocessing"])
-    decide = Decider(model, temperature, threshold, band, rules, tensors, params.batch_size)
-    results["not_a_part"] = not_a_part_figures(params, decide, test, val, flags, spec, Path(plots_dir) / "images")
-    results["line_test"] = line_test_figures(decide, load_split(prepared_dir, "line_test"), threshold, band)
+    results["not_a_part"] = not_a_part_figures(params, decide, test, val, flags, spec, Path(out.plots) / "images")
+    results["line_test"] = line_test_figures(decide, load_split(prepared_dir, "line_test"), point.rule)
+    threshold = point.rule.threshold
     evidence, results["explanations"] = _explain(
-        params, model, test, val, probabilities, val_probabilities, threshold, Path(plots_dir) / "images"
+        params, model, test, val, scored.probabilities, val_scored.probabilities, threshold, Path(out.plots) / "images"
     )
-    report = _plots(params, test, probabilities, sigmoid(test_logits), threshold, band, evidence, flags, Path(plots_dir))
-    write_json(metrics_path, results)
-    operating_point = {"threshold": threshold, "temperature": temperature, "review_band": list(band) if band else None}
-    write_json(operating_point_path, {**operating_point, "guard": rules})
-    save_guard(guard_path, tensors)
+    report = _plots(params, test, scored, point.rule, evidence, flags, Path(out.plots))
+    write_json(out.metrics, results)
     print(report)
+    _drift(test, drift_reference_path, out.drift)
+    _release_gate(params, results, out.metrics)
+    return results
+
+
+def _drift(test: Split, drift_reference_path: Path, drift_path: Path) -> None:
     reference = json.loads(Path(drift_reference_path).read_text())
     drift_report = drift.drift_report(drift.image_statistics(test.images), reference)
     write_json(drift_path, drift_report)
     print(
         drift.drift_warning(drift_report) or f"input drift: none on the test split (alarm share {reference['alarm_share']:.0%})"
     )
-    _release_gate(params, results, metrics_path)
-    return results
 
 
-def line_test_figures(decide, line_test: Split, threshold: float, band) -> dict | None:
+def line_test_figures(decide, line_test: Split, rule: DecisionRule) -> dict | None:
     """The plant's own held-out photos (data/line), decided as the shipped model decides; None when there are none."""
     if not line_test.paths:
         return None
@@ -104,31 +92,23 @@ def line_test_figures(decide, line_test: Split, threshold: float, band) -> dict 
     probabilities = np.array([p for _, p, _ in outcomes])[decided]
     figures = {"photos": len(outcomes), "not_a_part": int((~decided).sum())}
     if len(labels):
-        figures |= decision_metrics(labels, probabilities, threshold)
-        if band is not None:
-            figures["review"] = review_metrics(labels, probabilities, band)
+        figures |= decision_metrics(labels, probabilities, rule.threshold)
+        if rule.band is not None:
+            figures["review"] = review_metrics(labels, probabilities, rule.band)
     return figures
 
 
 def test_figures(
-    params: EvaluateParams,
-    test: Split,
-    probabilities: np.ndarray,
-    raw_probabilities: np.ndarray,
-    val_labels: np.ndarray,
-    val_probabilities: np.ndarray,
-    threshold: float,
-    band: tuple[float, float] | None,
-    temperature: float,
-    decided: np.ndarray,
+    params: EvaluateParams, test: Split, scored: Scored, val: Scored, point: OperatingPoint, decided: np.ndarray
 ) -> dict:
     """metrics/test.json on the parts that were decided (the guard's flags are counted in `not_a_part`): at the
     operating point, on the leak-free subset, at 0.5, and the calibration."""
-    labels, costs = test.labels.numpy().astype(int)[decided], costs_of(params)
-    probabilities, raw_probabilities = probabilities[decided], raw_probabilities[decided]
+    labels, costs = scored.labels[decided], costs_of(params)
+    probabilities, raw_probabilities = scored.probabilities[decided], scored.raw[decided]
+    threshold, band, temperature = point.rule.threshold, point.rule.band, point.temperature
     results = decision_metrics(labels, probabilities, threshold)
     escape, false_reject = results["escape_rate"], results["false_reject_rate"]
-    val_figures = decision_metrics(val_labels, val_probabilities, threshold)
+    val_figures = decision_metrics(val.labels, val.probabilities, threshold)
     leak_free = test.leak_free[decided]
     results = {
         "operating_point": params.operating_point,
@@ -152,7 +132,7 @@ def test_figures(
             "low": round(band[0], 6),
             "high": round(band[1], 6),
             **review_metrics(labels, probabilities, band),
-            "val": review_metrics(val_labels, val_probabilities, band),
+            "val": review_metrics(val.labels, val.probabilities, band),
         }
     return results
 
@@ -160,17 +140,16 @@ def test_figures(
 def _plots(
     params: EvaluateParams,
     test: Split,
-    probabilities: np.ndarray,
-    raw_probabilities: np.ndarray,
-    threshold: float,
-    band,
+    scored: Scored,
+    rule: DecisionRule,
     evidence: np.ndarray,
     flags: list[str | None],
     plots_dir: Path,
 ) -> str:
     """dvclive plots, the classification report and the per-part predictions table; returns the report text."""
-    labels, names = test.labels.numpy().astype(int), np.array(CLASS_NAMES)
-    predicted = (probabilities >= threshold).astype(int)
+    labels, names = scored.labels, np.array(CLASS_NAMES)
+    probabilities, raw_probabilities = scored.probabilities, scored.raw
+    predicted = (probabilities >= rule.threshold).astype(int)
     bins = params.calibration.bins
     with Live(str(plots_dir), dvcyaml=False, save_dvc_exp=False) as live:
         live.log_sklearn_plot("confusion_matrix", names[labels].tolist(), names[predicted].tolist(), name="confusion_matrix.json")
@@ -204,13 +183,8 @@ def _plots(
             "near_duplicate": test.near_duplicate,
         }
     )
-    if band is not None:
-        table.insert(
-            4, "disposition", np.where(probabilities < band[0], "accept", np.where(probabilities >= band[1], "reject", "review"))
-        )
+    table.insert(4, "decision", [decision for decision, _ in rule.decide_all(probabilities, flags, None)])
     table["not_a_part"] = [flag or "" for flag in flags]  # why the guard flagged it; such a part is never decided
-    if band is not None:
-        table.loc[table["not_a_part"] != "", "disposition"] = "not_a_part"
     with atomic_path(plots_dir / "predictions.csv") as tmp:
         table.to_csv(tmp, index=False)
     return report

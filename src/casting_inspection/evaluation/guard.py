@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from casting_inspection.core.decision import DecisionRule, novelty_flag, novelty_score
 from casting_inspection.core.files import atomic_path
 from casting_inspection.data.dataset import Split
 from casting_inspection.data.plausibility import implausible, part_range, photo_statistics
@@ -30,11 +31,9 @@ def pooled_features(model: InspectionNet, images: torch.Tensor, batch_size: int)
 
 def fit_novelty(features: np.ndarray, labels: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
     """Per class, its mean (2, D) and the whitening matrix W (2, D, D) of its own covariance (shrunk toward its
-    diagonal): novelty = min over the classes of ||(f - mean_c) W_c||^2, the squared Mahalanobis distance to the
-    nearer class. Each class gets its own spread because defects vary far more than good castings: with one
-    shared covariance the 10 validation parts of highest novelty were all defective, 0.71 % of validation parts
-    shifted 20 px were flagged and 23 of 37 strangers were caught by novelty alone; with one per class, 3 of those
-    10 are defective, 0.10 % shifted parts are flagged and 27 of 37 strangers are caught (same 0.2 % false-alarm rate)."""
+    diagonal): novelty = min over the classes of ||(f - mean_c) W_c||^2 (core.decision.novelty_score), the squared
+    Mahalanobis distance to the nearer class. Each class gets its own spread because defects vary far more than good
+    castings: one shared spread would call an unusual defect a stranger (docs/not-a-part.md has the figures)."""
     fits = [_gaussian(features[labels == c], shrinkage) for c in (0, 1)]
     return np.stack([mean for mean, _ in fits]), np.stack([whitening for _, whitening in fits])
 
@@ -49,8 +48,7 @@ def _gaussian(features: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.nd
 
 
 def novelty(features: np.ndarray, means: np.ndarray, whitening: np.ndarray) -> np.ndarray:
-    distances = [(((features - mean) @ w) ** 2).sum(axis=1) for mean, w in zip(means, whitening)]
-    return np.min(distances, axis=0)
+    return novelty_score(features, means, whitening, np)
 
 
 def augmented(images: torch.Tensor, augment: torch.nn.Module, group: int, seed: int) -> torch.Tensor:
@@ -94,15 +92,7 @@ def guard_reasons(
         return reasons
     means, whitening = tensors["means"].double().numpy(), tensors["whitening"].double().numpy()
     scores = novelty(features.double().numpy(), means, whitening)
-    return [
-        reason
-        or (
-            f"unlike every training photo (novelty {score:.0f} > {rules['novelty_threshold']:.0f})"
-            if score > rules["novelty_threshold"]
-            else None
-        )
-        for reason, score in zip(reasons, scores)
-    ]
+    return [reason or novelty_flag(score, rules["novelty_threshold"]) for reason, score in zip(reasons, scores)]
 
 
 def save_guard(path: Path, tensors: dict) -> None:
@@ -114,31 +104,25 @@ def load_guard(path: Path) -> dict:
     tensors = load_file(str(path))
     if "empty" in tensors:
         return {}
-    if tensors["whitening"].dim() == 2:  # before the per-class covariance: one shared by both classes
+    if tensors["whitening"].dim() == 2:  # a guard file with one covariance shared by both classes
         tensors["whitening"] = tensors["whitening"].expand(len(tensors["means"]), -1, -1).contiguous()
     return tensors
 
 
 class Decider:
-    """The shipped decision for uint8 images, in PyTorch: the guard first, then the threshold and review band."""
+    """The shipped decision for uint8 images, in PyTorch: the guard's reasons, then the rule (core.decision)."""
 
-    def __init__(self, model, temperature, threshold, band, rules, tensors, batch_size):
-        self.model, self.temperature, self.threshold, self.band = model, temperature, threshold, band
-        self.rules, self.tensors, self.batch_size = rules, tensors, batch_size
+    def __init__(self, model, temperature: float, rule: DecisionRule, guard_rules: dict, tensors: dict, batch_size: int):
+        self.model, self.temperature, self.rule = model, temperature, rule
+        self.guard_rules, self.tensors, self.batch_size = guard_rules, tensors, batch_size
 
     def __call__(self, images: torch.Tensor, sizes: list[tuple[int, int]]) -> list[tuple[str, float, str | None]]:
         """(decision, defect probability, guard reason) per image."""
         device = next(self.model.parameters()).device
         logits, features = predict_logits_and_features(self.model, images, self.batch_size, device)
-        flags = guard_reasons(self.rules, self.tensors, images, sizes, features)
+        flags = guard_reasons(self.guard_rules, self.tensors, images, sizes, features)
         probabilities = torch.sigmoid(logits.double() / self.temperature).numpy()
-        out = []
-        for flag, p in zip(flags, probabilities):
-            if flag:
-                decision = "not_a_part"
-            elif self.band and self.band[0] <= p < self.band[1]:
-                decision = "review"
-            else:
-                decision = "defective" if p >= self.threshold else "ok"
-            out.append((decision, float(p), flag))
-        return out
+        return [
+            (decision, float(p), flag)
+            for p, (decision, flag) in zip(probabilities, self.rule.decide_all(probabilities, flags, None))
+        ]

@@ -126,20 +126,39 @@ def _card(title: str, value: str, note: str, tone: str = "") -> str:
 
 
 def _cards(test: dict) -> str:
-    """The headline: what shipped, what was scrapped, accuracy, cost, and the share decided automatically."""
+    """The headline: what the shipped configuration does to a part. With a review band, the parts in it go to a
+    person, so the shipped and scrapped figures are those of the automatic decisions (the two-way figures beside)."""
+    shipped = test.get("review") or test
+    two_way = f"; without the review band: {test['missed_defects']}" if test.get("review") else ""
     cards = [
         _card(
             "Defective parts shipped",
-            f"{test['missed_defects']} of {test['defects']}",
-            f"escape rate {_pct(test['escape_rate'])}; 95 % upper bound {_pct(test['escape_rate_upper95'])}",
-            "bad" if test["missed_defects"] else "good",
+            f"{shipped['missed_defects']} of {test['defects']}",
+            f"escape rate {_pct(shipped['escape_rate'])}; 95 % upper bound {_pct(shipped['escape_rate_upper95'])}{two_way}",
+            "bad" if shipped["missed_defects"] else "good",
         ),
         _card(
             "Good parts scrapped",
-            f"{test['false_rejects']} of {test['good_parts']}",
-            f"false-reject rate {_pct(test['false_reject_rate'])}; 95 % upper bound {_pct(test['false_reject_rate_upper95'])}",
-            "bad" if test["false_rejects"] else "good",
+            f"{shipped['false_rejects']} of {test['good_parts']}",
+            f"false-reject rate {_pct(shipped['false_reject_rate'])}; "
+            f"95 % upper bound {_pct(shipped['false_reject_rate_upper95'])}",
+            "bad" if shipped["false_rejects"] else "good",
         ),
+    ]
+    review = test.get("review")
+    if review:
+        cards.append(
+            _card(
+                "Sent to a person",
+                f"{review['review']} parts",
+                f"{review['review_defects']} of them defective; p in [{review['low']:.3f}, {review['high']:.3f}); "
+                f"{_pct(review['automatic_share'], 1)} decided automatically",
+            )
+        )
+    flagged = (test.get("not_a_part") or {}).get("test_flagged")
+    if flagged is not None:
+        cards.append(_card("Not a part", f"{flagged} photos", "never decided: the guard's reasons are below"))
+    cards += [
         _card(
             "Accuracy", _pct(test["accuracy"]), f"95 % interval {_pct(test['accuracy_low95'])} – {_pct(test['accuracy_high95'])}"
         ),
@@ -149,17 +168,6 @@ def _cards(test: dict) -> str:
             "in scrapped-good-part units, at the line's defect rate",
         ),
     ]
-    review = test.get("review")
-    if review:
-        cards.append(
-            _card(
-                "Decided automatically",
-                _pct(review["automatic_share"], 1),
-                f"{review['review']} parts to a person (p in [{review['low']:.3f}, {review['high']:.3f})); "
-                f"{review['missed_defects']} defects shipped",
-                "bad" if review["missed_defects"] else "good",
-            )
-        )
     return f'<div class="cards">{"".join(cards)}</div>'
 
 

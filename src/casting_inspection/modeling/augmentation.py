@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -52,6 +53,13 @@ def build_augmentation(
     if blur:
         steps.append(v2.GaussianBlur(kernel_size=2 * math.ceil(2 * blur) + 1, sigma=(0.1, blur)))  # +/- 2 sigma
     return v2.Compose(steps) if steps else v2.Identity()  # every augmentation off: the published recipes' setting
+
+
+def augmentation_from(settings: dict) -> nn.Module:
+    """The one way a pipeline is built from train.augment (as params.yaml or a checkpoint holds it): training,
+    the guard's fitting and the tests all get the same pipeline from the same settings."""
+    names = inspect.signature(build_augmentation).parameters
+    return build_augmentation(**{name: settings[name] for name in names})
 
 
 def augment_batch(augment: nn.Module, images: torch.Tensor, group: int) -> torch.Tensor:

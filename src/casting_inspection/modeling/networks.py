@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from casting_inspection.core.decision import novelty_score
 from casting_inspection.core.errors import InspectionError
 
 CONFIG_VERSION = 2  # 1: no version key, no cnn.activation (relu) and no cnn.pooling (avg); 2: both present
@@ -304,9 +305,7 @@ class ProbabilityNet(nn.Module):
             return torch.sigmoid(self.net(x) / self.temperature)
         pooled = self.net.pooled(x)
         probability = torch.sigmoid(self.net.backbone.head(pooled).squeeze(1) / self.temperature)
-        centred = pooled[:, None, :] - self.feature_means[None]  # (N, classes, D)
-        whitened = torch.einsum("ncd,cde->nce", centred, self.whitening)
-        return probability, (whitened * whitened).sum(dim=2).amin(dim=1)  # to the nearer class
+        return probability, novelty_score(pooled, self.feature_means, self.whitening, torch)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -26,9 +26,9 @@ from tqdm import tqdm
 from casting_inspection import CLASS_NAMES
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import write_json
-from casting_inspection.core.params import AugmentParams, TrainParams
+from casting_inspection.core.params import TrainParams
 from casting_inspection.data.dataset import Split, load_preprocessing, load_split
-from casting_inspection.modeling.augmentation import augment_batch, build_augmentation
+from casting_inspection.modeling.augmentation import augment_batch, augmentation_from
 from casting_inspection.modeling.checkpoint import save_checkpoint
 from casting_inspection.modeling.networks import CnnConfig, EfficientNetLite0, InspectionNet, ModelConfig, count_parameters
 from casting_inspection.modeling.predict import mixed_precision, predict_logits, select_device, to_input
@@ -89,20 +89,6 @@ def model_config(params: TrainParams, train: Split) -> ModelConfig:
         pixels.std(dim=1).tolist(),
         CnnConfig(**dataclasses.asdict(params.cnn)),
         list(params.mlp.hidden),
-    )
-
-
-def augmentation(params: AugmentParams) -> nn.Module:
-    """The train.augment section as the augmentation pipeline (the group size is applied per batch)."""
-    return build_augmentation(
-        params.flip,
-        params.rotate90,
-        params.degrees,
-        params.translate,
-        params.scale,
-        params.brightness,
-        params.contrast,
-        params.blur,
     )
 
 
@@ -205,7 +191,7 @@ def _setup(params: TrainParams, job: Job, device: torch.device, train: Split, co
         network,
         optimizer,
         scheduler,
-        augmentation(params.augment),
+        augmentation_from(dataclasses.asdict(params.augment)),
         images,
         labels,
         recalibration,

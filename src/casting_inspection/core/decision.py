@@ -1,0 +1,78 @@
+"""How a part is decided: the one rule every consumer applies (evaluate, robustness, export, predict, serve,
+watch), with its validity check, the novelty score and the words for each outcome.
+
+Free of PyTorch and of params: the numbers come from the model's operating point (evaluate chooses them on
+validation; export writes them into the ONNX metadata). A photo the guard flags is `not_a_part` and is never
+decided; the others go to a person inside the review band [low, high), are `defective` at or above the
+threshold, and `ok` below it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+OK, DEFECTIVE, REVIEW, NOT_A_PART = "ok", "defective", "review", "not_a_part"
+DECISIONS = (OK, DEFECTIVE, REVIEW, NOT_A_PART)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionRule:
+    """The operating point: the defect-probability threshold, the review band (None: no band) and the
+    guard's novelty threshold (None: a network without features, or no novelty check)."""
+
+    threshold: float
+    band: tuple[float, float] | None = None
+    novelty_threshold: float | None = None
+
+    def problem(self) -> str | None:
+        """Why this rule could not decide safely (a NaN threshold would call every part ok), or None."""
+        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and 0 < self.threshold < 1):
+            return f"threshold {self.threshold} is not a number in (0, 1)"
+        if self.novelty_threshold is not None and not math.isfinite(self.novelty_threshold):
+            return f"novelty threshold {self.novelty_threshold} is not a finite number"
+        band = self.band
+        if band is None:
+            return None
+        if len(band) != 2 or not all(math.isfinite(v) for v in band) or not 0 <= band[0] <= self.threshold <= band[1] <= 1:
+            return f"review band {list(band)} is not [low, high] with 0 <= low <= threshold <= high <= 1"
+        return None
+
+    def novelty_flag(self, score: float | None) -> str | None:
+        return novelty_flag(score, self.novelty_threshold)
+
+    def decide(self, probability: float, flag: str | None = None) -> str:
+        """One part: a flagged photo is not a part; else review inside the band, else the threshold decides."""
+        if flag:
+            return NOT_A_PART
+        if self.band is not None and self.band[0] <= probability < self.band[1]:
+            return REVIEW
+        return DEFECTIVE if probability >= self.threshold else OK
+
+    def decide_all(
+        self, probabilities: Sequence[float], photo_flags: Sequence[str | None], novelty: Sequence[float] | None
+    ) -> list[tuple[str, str | None]]:
+        """(decision, flag) per part: the photo's own checks first, then the novelty score, then the rule."""
+        scores = [None] * len(probabilities) if novelty is None else [float(s) for s in novelty]
+        out = []
+        for p, photo_flag, score in zip(probabilities, photo_flags, scores):
+            flag = photo_flag or self.novelty_flag(score)
+            out.append((self.decide(float(p), flag), flag))
+        return out
+
+
+def novelty_flag(score: float | None, limit: float | None) -> str | None:
+    """The guard's reason when a photo's features lie farther from training than the novelty threshold allows."""
+    if score is None or limit is None or score <= limit:
+        return None
+    return f"unlike every training photo (novelty {score:.0f} > {limit:.0f})"
+
+
+def novelty_score(features, means, whitening, xp):
+    """The guard's novelty: the squared Mahalanobis distance of each feature vector (N, D) to the nearer class,
+    each class c with its mean (C, D) and whitening matrix W_c (C, D, D): min_c ||(f - mean_c) W_c||^2.
+    `xp` is numpy or torch: the same definition runs in NumPy and inside the exported ONNX graph."""
+    centred = features[:, None, None, :] - means[None, :, None, :]  # (N, C, 1, D)
+    whitened = xp.matmul(centred, whitening[None]).squeeze(-2)  # (N, C, D)
+    return xp.amin((whitened * whitened).sum(-1), -1)

@@ -1,0 +1,435 @@
+"""`casting-inspect`: the exported model at work on the line.
+
+  casting-inspect predict PATH... [--format csv|jsonl] [--out FILE]   decide image files, folders or globs
+  casting-inspect serve [--host 127.0.0.1] [--port 8000]              the HTTP inspection service
+  casting-inspect watch INBOX [--out DIR]                             decide photos as a camera drops them
+  casting-inspect about                                               which model, how it decides, where it came from
+  casting-inspect review --watch-out OUT [--line data/line]           label the photos the watcher left for a person
+  casting-inspect import-line FOLDER --map NG=defective --map OK=ok   add a folder the plant already labelled
+
+Exit status: 0 all decided; 3 some files were skipped (each named on stderr with its reason); 1 an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.files import atomic_path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+SKIPPED_EXIT = 3
+DEFAULT_MODEL = Path("models/model.onnx")
+
+
+def expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given, folders walked for image files (sorted), glob patterns expanded; what matched nothing is named."""
+    files, missing = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += found
+            if not found:
+                missing.append((item, "folder holds no image files"))
+        elif path.is_file():
+            files.append(path)
+        elif path.exists():  # a pipe, socket or device: reading it could block the line
+            missing.append((item, "not a regular file"))
+        elif glob.has_magic(item):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            files += found
+            if not found:
+                missing.append((item, "pattern matches no file"))
+        else:
+            missing.append((item, "no such file or folder"))
+    return files, missing
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _write_rows(rows: list[dict], fmt: str, out: Path | None) -> None:
+    buffer = io.StringIO()
+    if fmt == "csv":
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["path"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        for row in rows:
+            buffer.write(json.dumps(row) + "\n")
+    if out is None:
+        sys.stdout.write(buffer.getvalue())
+        return
+    try:
+        with atomic_path(out) as tmp:
+            tmp.write_text(buffer.getvalue())
+    except OSError as exc:
+        raise InspectionError(f"--out {out}: cannot write ({exc.strerror}); name a file in a writable folder") from None
+
+
+def predict(args: argparse.Namespace) -> int:
+    from casting_inspection.core.decision import DECISIONS
+    from casting_inspection.serving.inference import Inspector, Result
+
+    inspector = Inspector(args.model, threads=args.threads)
+    files, missing = expand(args.paths)
+    for item, reason in missing:
+        print(f"skipped {item}: {reason}", file=sys.stderr)
+    results, arrays = [], []
+    batches = range(0, len(files), args.batch_size)
+    for start in tqdm(
+        batches, desc="predict", unit="batch", file=sys.stderr, disable=None if len(files) > args.batch_size else True
+    ):
+        chunk = files[start : start + args.batch_size]
+        named, unreadable = [], []
+        for path in chunk:
+            try:
+                if path.stat().st_size > inspector.spec.max_file_bytes:  # refused before it is read into memory
+                    reason = f"file too large: over the model's max_file_bytes={inspector.spec.max_file_bytes}"
+                    unreadable.append(Result(str(path), "", None, inspector.threshold, inspector.version, reason))
+                    continue
+                named.append((str(path), path.read_bytes()))
+            except OSError as exc:
+                unreadable.append(
+                    Result(str(path), "", None, inspector.threshold, inspector.version, f"cannot read ({exc.strerror})")
+                )
+        for result in unreadable + inspector.inspect(named, args.batch_size, decoded=arrays):
+            if result.error:
+                print(f"skipped {result.path}: {result.error}", file=sys.stderr)
+            results.append(result)
+    decided = [r for r in results if not r.error]
+    _write_rows([{k: v for k, v in r.row().items() if k != "error"} for r in decided], args.format, args.out)
+    if len(decided) >= args.drift_min_images:
+        warning = _drift(inspector, arrays)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    skipped = len(missing) + len(results) - len(decided)
+    counts = {d: sum(r.decision == d for r in decided) for d in DECISIONS}
+    summary = ", ".join(f"{n} {d}" for d, n in counts.items() if n or d != "review")
+    print(f"predict: {len(decided)} decided ({summary}); {skipped} skipped", file=sys.stderr)
+    return SKIPPED_EXIT if skipped else 0
+
+
+def _drift(inspector, arrays: list) -> str | None:
+    """Input drift of this batch against the model's training range (the warning a line operator needs)."""
+    import numpy as np
+
+    from casting_inspection.data import drift
+
+    report = drift.drift_report(drift.image_statistics(np.stack(arrays)), inspector.drift_reference)
+    return drift.drift_warning(report)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """The service behind its limits; no token means loopback only, so that no other machine reaches it unasked."""
+    import uvicorn
+
+    from casting_inspection.serving import service
+    from casting_inspection.serving.inference import Inspector
+
+    for flag in ("max_upload_mb", "max_files", "max_body_mb", "header_timeout", "body_timeout", "max_active", "max_connections"):
+        if not getattr(args, flag) > 0:
+            raise InspectionError(f"--{flag.replace('_', '-')} must be above 0 (got {getattr(args, flag)})")
+    token = service.resolve_token(args.token_file)
+    if token is None and not service.is_loopback(args.host):
+        raise InspectionError(
+            f"refusing to serve {args.host} without a token: set {service.TOKEN_ENV} or pass --token-file "
+            "(without one, only 127.0.0.1, ::1 or localhost)"
+        )
+    inspector = Inspector(args.model, threads=args.threads)
+    limits = service.Limits(
+        max_upload_bytes=int(args.max_upload_mb * 1e6),
+        max_files=args.max_files,
+        max_body_bytes=int(args.max_body_mb * 1e6),
+        body_timeout=args.body_timeout,
+        max_active=args.max_active,
+    )
+    app = service.create_app(inspector, limits, token=token)
+    print(
+        f"serve: model {inspector.version} on http://{args.host}:{args.port} (POST /predict, GET /health, GET /model, GET /metrics)",
+        file=sys.stderr,
+    )
+    if token:
+        print("serve: every endpoint but /health requires 'Authorization: Bearer <token>'", file=sys.stderr)
+    else:
+        print(
+            f"serve: unauthenticated, so local only ({args.host}); set {service.TOKEN_ENV} or --token-file to serve other machines",
+            file=sys.stderr,
+        )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        workers=1,
+        http=service.header_deadline_protocol(args.header_timeout),
+        limit_concurrency=args.max_connections,
+    )
+    return 0
+
+
+def _serve_arguments(sub: argparse.ArgumentParser) -> None:
+    """The service's limits, deadlines and token (see `service`: each bounds what one client can cost the server)."""
+    sub.add_argument(
+        "--max-body-mb", type=float, default=64.0, help="largest request body, counted as it arrives, in MB (default: 64)"
+    )
+    sub.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds a client has to send its request headers (default: 10)"
+    )
+    sub.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a client has to send its whole request body, from the server's first read (default: 60)",
+    )
+    sub.add_argument("--max-active", type=int, default=2, help="uploads read and decided at once; the others wait (default: 2)")
+    sub.add_argument(
+        "--max-connections",
+        type=int,
+        default=64,
+        help="open connections before new requests get 503 (uvicorn's limit_concurrency; default: 64)",
+    )
+    sub.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the bearer token every endpoint but /health requires (else $CASTING_INSPECT_TOKEN; "
+        "with neither, only a loopback --host is allowed)",
+    )
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Exit 2 when another watcher holds the inbox (so a service manager can tell it from a fault); with
+    --once, 3 when a complete photo could not be filed (it stays in the inbox, named on stderr)."""
+    from casting_inspection.serving.inference import Inspector
+    from casting_inspection.serving.watch.inbox import WatchBusy
+    from casting_inspection.serving.watch.watcher import watch_folder
+
+    if not args.log_wait >= 0:
+        raise InspectionError(f"--log-wait must be 0 or more seconds (got {args.log_wait})")
+    inspector = Inspector(args.model, threads=args.threads)
+    try:
+        left = watch_folder(
+            inspector,
+            Path(args.inbox),
+            Path(args.out) if args.out else Path(args.inbox) / "sorted",
+            poll_seconds=args.poll,
+            settle_seconds=args.settle,
+            once=args.once,
+            log_wait=args.log_wait,
+        )
+    except WatchBusy as exc:
+        print(f"casting-inspect watch: error: {exc}", file=sys.stderr)
+        return 2
+    return SKIPPED_EXIT if left else 0
+
+
+def about(args: argparse.Namespace) -> int:
+    from casting_inspection.serving.inference import Inspector
+
+    print(json.dumps(Inspector(args.model).info(), indent=2))
+    return 0
+
+
+def _add_watch(commands, common) -> None:
+    """The watch subcommand's arguments (its own function: build_parser stays short)."""
+    sub = commands.add_parser(
+        "watch",
+        help="decide photos as they arrive in a folder, then sort them",
+        description="Decide photos as they arrive in INBOX, log each decision, move each photo into OUT/<decision>/. "
+        "Exit status: 0 done (--once); 130 stopped by SIGTERM or Ctrl-C; 1 an error; 2 another watcher holds INBOX; "
+        "3 (--once) a complete photo could not be filed and stays in the inbox.",
+    )
+    sub.add_argument("inbox", help="the folder the camera writes to")
+    sub.add_argument("--out", help="where ok/, defective/, review/, rejected/ and the log go (default: INBOX/sorted)")
+    sub.add_argument("--poll", type=float, default=0.5, help="seconds between looks at the inbox (default: 0.5)")
+    sub.add_argument(
+        "--settle", type=float, default=1.0, help="a file is complete when unchanged for this many seconds (default: 1.0)"
+    )
+    sub.add_argument("--once", action="store_true", help="decide what is complete now, then stop")
+    sub.add_argument(
+        "--log-wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for a log another process holds locked before the photos wait for the next look "
+        "(with --once: exit 1, photos left in the inbox) (default: 60)",
+    )
+    common(sub)
+    sub.set_defaults(run=watch)
+
+
+def _login_name(given: str | None) -> str:
+    """Who labels: --inspector, else the login name; every verdict carries it."""
+    import getpass
+
+    from casting_inspection.data.line import check_inspector
+
+    if given is None:
+        try:
+            given = getpass.getuser()
+        except (KeyError, OSError):
+            raise InspectionError("cannot tell who is labelling: pass --inspector NAME") from None
+    return check_inspector(given)
+
+
+def _verdict_maps(maps: list[str]) -> dict[str, str]:
+    """--map NAME=VERDICT, each sub-folder once."""
+    mapping = {}
+    for item in maps:
+        name, sep, verdict = item.partition("=")
+        if not sep or not name or not verdict:
+            raise InspectionError(f"--map {item}: write it as SUBFOLDER=VERDICT, e.g. --map NG=defective")
+        if name in mapping and mapping[name] != verdict:
+            raise InspectionError(f"--map {item}: sub-folder {name!r} is already mapped to {mapping[name]}")
+        mapping[name] = verdict
+    return mapping
+
+
+def import_line(args: argparse.Namespace) -> int:
+    """Exit 3 when some files were skipped (each named on stderr with its reason), as predict does."""
+    from casting_inspection.data.line import import_folder
+    from casting_inspection.serving.inference import Inspector
+
+    mapping, inspector = _verdict_maps(args.map), _login_name(args.inspector)
+    spec = Inspector(args.model, threads=1).spec  # the checks and limits of the model the photos will train
+    report = import_folder(Path(args.folder), mapping, Path(args.line), spec, inspector)
+    for path, reason in report.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in report.recorded.items() if n)
+    print(
+        f"import-line: {sum(report.recorded.values())} verdicts by {inspector} recorded in {args.line} ({counts or 'none'}); "
+        f"{len(report.duplicates)} already counted; {len(report.skipped)} skipped",
+        file=sys.stderr,
+    )
+    return SKIPPED_EXIT if report.skipped else 0
+
+
+def review(args: argparse.Namespace) -> int:
+    """The review station; like serve, no token means loopback only."""
+    import uvicorn
+
+    from casting_inspection.serving import service
+    from casting_inspection.serving.inference import Inspector
+    from casting_inspection.serving.review import station
+
+    inspector = _login_name(args.inspector)
+    token = service.resolve_token(args.token_file)
+    if token is None and not service.is_loopback(args.host):
+        raise InspectionError(
+            f"refusing to serve {args.host} without a token: set {service.TOKEN_ENV} or pass --token-file "
+            "(without one, only 127.0.0.1, ::1 or localhost)"
+        )
+    spec = Inspector(args.model, threads=1).spec
+    app = station.create_review_app(station.Station(Path(args.watch_out), Path(args.line), spec, inspector), token, args.host)
+    print(f"review: {inspector} labels {args.watch_out} into {args.line} on http://{args.host}:{args.port}/", file=sys.stderr)
+    if token:
+        print("review: the page asks for the token; every call sends it as 'Authorization: Bearer <token>'", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1, http=service.header_deadline_protocol(10.0))
+    return 0
+
+
+def _add_line_commands(commands, common) -> None:
+    """review and import-line: people's verdicts flowing into the line data set (data/line.py)."""
+    DEFAULT_LINE = "data/line"  # data.line.DEFAULT_LINE; importing it here would load pandas for every command
+
+    sub = commands.add_parser(
+        "review",
+        help="a web page to label the photos the watcher left for a person",
+        description="Serve the review station: the photos `watch` decided review or not_a_part, most uncertain first; "
+        "keys d defective, o ok, n not a part, s skip, u undo. Each verdict copies the photo into the line data set.",
+    )
+    sub.add_argument("--watch-out", required=True, help="the --out folder of casting-inspect watch (read only)")
+    sub.add_argument("--line", default=str(DEFAULT_LINE), help=f"the line data set (default: {DEFAULT_LINE})")
+    sub.add_argument("--inspector", help="who labels (default: your login name)")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sub.add_argument("--port", type=int, default=8100, help="port (default: 8100)")
+    sub.add_argument(
+        "--token-file", type=Path, help="bearer token file (else $CASTING_INSPECT_TOKEN); required for a non-loopback --host"
+    )
+    common(sub)
+    sub.set_defaults(run=review)
+
+    sub = commands.add_parser(
+        "import-line",
+        help="add a folder of photos the plant already labelled to the line data set",
+        description="Add FOLDER/<class>/... photos with one verdict each; every class sub-folder must be mapped. "
+        "Exit status: 0 all added; 3 some files were skipped (named on stderr); 1 an error.",
+    )
+    sub.add_argument("folder", help="the labelled folder, one sub-folder per class")
+    sub.add_argument(
+        "--map", action="append", default=[], metavar="SUBFOLDER=VERDICT", help="e.g. --map NG=defective --map OK=ok"
+    )
+    sub.add_argument("--line", default=str(DEFAULT_LINE), help=f"the line data set (default: {DEFAULT_LINE})")
+    sub.add_argument("--inspector", help="who labelled them (default: your login name)")
+    common(sub)
+    sub.set_defaults(run=import_line)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="casting-inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub):
+        sub.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"exported ONNX model (default: {DEFAULT_MODEL})")
+        sub.add_argument("--threads", type=int, default=0, help="CPU threads for ONNX Runtime; 0 = all cores (default)")
+
+    sub = commands.add_parser("predict", help="decide image files, folders or glob patterns")
+    sub.add_argument("paths", nargs="+", help="image files, folders (searched for image files) or glob patterns")
+    sub.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="output rows (default: csv)")
+    sub.add_argument("--out", type=Path, help="write the rows here instead of stdout")
+    sub.add_argument("--batch-size", type=_positive_int, default=64, help="images per model call (default: 64)")
+    sub.add_argument(
+        "--drift-min-images",
+        type=int,
+        default=20,
+        help="check input drift when at least this many images were decided (default: 20)",
+    )
+    common(sub)
+    sub.set_defaults(run=predict)
+
+    sub = commands.add_parser("serve", help="the HTTP inspection service (FastAPI on uvicorn)")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sub.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    sub.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted file, in MB (default: 10)")
+    sub.add_argument("--max-files", type=int, default=64, help="most images in one request (default: 64)")
+    _serve_arguments(sub)
+    common(sub)
+    sub.set_defaults(run=serve)
+
+    _add_watch(commands, common)
+    _add_line_commands(commands, common)
+
+    sub = commands.add_parser("about", help="which model, how it decides, where it came from")
+    common(sub)
+    sub.set_defaults(run=about)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.run(args)
+    except InspectionError as exc:
+        print(f"casting-inspect {args.command}: error: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

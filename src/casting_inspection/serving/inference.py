@@ -1,0 +1,135 @@
+"""The exported model at work: load the ONNX file once, check and resize images exactly as training did
+(`images.load_image`, with the spec the model carries), and decide each part.
+
+Used by the predict, serve and watch commands; nothing here needs the pipeline's data or params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from casting_inspection.core.decision import DecisionRule
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.data.images import BadImage, ImageSpec, load_image
+from casting_inspection.data.plausibility import implausible, photo_statistics
+
+
+@dataclasses.dataclass
+class Result:
+    path: str
+    decision: str  # ok, defective, review or not_a_part; empty when the file was skipped
+    defect_probability: float | None
+    threshold: float
+    model_version: str
+    error: str = ""  # why the file was skipped
+    flag: str = ""  # why it is not a part the model can judge (decision not_a_part)
+
+    def row(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Inspector:
+    """One loaded model. Thread-safe for concurrent `probabilities` calls (ONNX Runtime sessions are)."""
+
+    def __init__(self, model_path: Path, threads: int = 0):
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise InspectionError(f"{model_path}: no such model; run the pipeline (dvc repro) or pass --model")
+        data = model_path.read_bytes()
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for a bad file
+            raise InspectionError(
+                f"{model_path}: not a loadable ONNX model ({type(exc).__name__}); export it again (dvc repro export)"
+            ) from None
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.threshold = float(metadata["threshold"])
+            band = json.loads(metadata["review_band"])
+            self.spec = ImageSpec(**json.loads(metadata["preprocessing"]))
+            self.drift_reference = json.loads(metadata["drift_reference"])
+            self.guard = json.loads(metadata["guard"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InspectionError(
+                f"{model_path}: metadata lacks {exc}; export it again with this version (dvc repro export)"
+            ) from None
+        self.review_band = tuple(float(v) for v in band) if band else None
+        self.rule = DecisionRule(self.threshold, self.review_band, self.guard.get("novelty_threshold"))
+        problem = self.rule.problem()
+        if self.rule.novelty_threshold is not None and len(self.session.get_outputs()) < 2:
+            problem = "the guard's novelty threshold is set but the graph has no novelty output"
+        if problem:
+            raise InspectionError(f"{model_path}: cannot decide safely: {problem}; export it again (dvc repro export)")
+        self.metadata = dict(metadata)
+        self.path = model_path
+        self.version = hashlib.sha256(data).hexdigest()[:12]
+        self.input_name = self.session.get_inputs()[0].name
+
+    def probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Defect probability for uint8 images (N, C, H, W), and the guard's novelty score when the graph has one."""
+        outputs = self.session.run(None, {self.input_name: images.astype(np.float32) / 255})
+        return outputs[0].astype(np.float64), (outputs[1].astype(np.float64) if len(outputs) > 1 else None)
+
+    def inspect(
+        self, named_files: list[tuple[str, bytes]], batch_size: int = 64, decoded: list[np.ndarray] | None = None
+    ) -> list[Result]:
+        """Decide every file, in order; a file that is not a usable image is skipped with its reason.
+        `decoded`, when given, receives the arrays of the decided images (for a drift check without decoding twice)."""
+        results: list[Result] = []
+        for start in range(0, len(named_files), batch_size):
+            chunk = named_files[start : start + batch_size]
+            slots: list[Result | None] = []
+            arrays, sizes = [], []
+            for name, data in chunk:
+                try:
+                    array, size = load_image(data, self.spec)
+                    arrays.append(array), sizes.append(size), slots.append(None)
+                except BadImage as exc:
+                    slots.append(Result(name, "", None, round(self.threshold, 6), self.version, str(exc)))
+            if decoded is not None:
+                decoded.extend(arrays)
+            results += self._decide_batch(chunk, slots, arrays, sizes)
+        return results
+
+    def _decide_batch(self, chunk, slots, arrays, sizes) -> list[Result]:
+        """Fill the empty slots in order with the one decision rule (core.decision): the photo's checks, then novelty."""
+        if arrays:
+            stacked = np.stack(arrays)
+            probabilities, novelty = self.probabilities(stacked)
+            photo_flags = implausible(photo_statistics(stacked), sizes, self.guard)
+            decided = iter(zip(probabilities, self.rule.decide_all(probabilities, photo_flags, novelty)))
+        out = []
+        for (name, _), slot in zip(chunk, slots):
+            if slot is None:
+                p, (decision, flag) = next(decided)
+                slot = Result(name, decision, round(float(p), 6), round(self.threshold, 6), self.version, flag=flag or "")
+            out.append(slot)
+        return out
+
+    def info(self) -> dict:
+        """What `GET /model` and `predict --about` tell: which model, how it decides, where it came from."""
+        return {
+            "model_version": self.version,
+            "path": str(self.path),
+            "threshold": self.threshold,
+            "review_band": list(self.review_band) if self.review_band else None,
+            "input": {
+                "image_size": self.spec.image_size,
+                "color_mode": self.spec.color_mode,
+                "allowed_modes": self.spec.allowed_modes,
+                "min_side": self.spec.min_side,
+                "max_pixels": self.spec.max_pixels,
+            },
+            "guard": self.guard,
+            "class_names": json.loads(self.metadata.get("class_names", "[]")),
+            "source": json.loads(self.metadata.get("source", "{}")),
+        }

@@ -1,0 +1,361 @@
+"""The inspection service: FastAPI over one loaded model.
+
+POST /predict (multipart, one or several files in the field `files`), GET /health, GET /model, GET /metrics.
+Every error is a 4xx with a one-line JSON body that says what to change; clients never see a stack trace.
+
+What a hostile or broken client cannot do (`Guard`, `HeaderDeadline`): send a body larger than the limits (counted
+as it arrives, chunked or not, and refused at once), take longer than the deadlines for its headers or body, reach
+anything but /health without the token when one is set, or have more than `max_active` uploads in memory at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import ipaddress
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import h11
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info, generate_latest
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.serving.inference import Inspector
+
+log = logging.getLogger("casting_inspection.serving.service")
+
+TOKEN_ENV = "CASTING_INSPECT_TOKEN"
+ENDPOINTS = ("/predict", "/health", "/model", "/metrics")  # the endpoint label; anything else is "other"
+MAX_LABEL_VALUES = 32  # per label, so that no input can grow the metrics without bound
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int  # per file, refused as soon as a file passes it
+    max_files: int  # per request
+    max_body_bytes: int = 64_000_000  # the whole request body, counted as it arrives
+    body_timeout: float = 60.0  # seconds to receive the whole body, from the moment the server starts reading it
+    max_active: int = 2  # uploads read and decided at once; the others wait (this bounds the memory)
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, message: str, **details):
+        super().__init__(message)
+        self.status, self.message, self.details = status, message, details
+
+
+def resolve_token(token_file: Path | None, environ=os.environ) -> str | None:
+    """The bearer token from --token-file, else from $CASTING_INSPECT_TOKEN; None when neither is set."""
+    if token_file is not None:
+        try:
+            token, source = Path(token_file).read_text(encoding="utf-8").strip(), str(token_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InspectionError(f"{token_file}: cannot read the token file ({getattr(exc, 'strerror', None) or exc})") from None
+    elif environ.get(TOKEN_ENV) is not None:
+        token, source = environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"
+    else:
+        return None
+    if not token:
+        raise InspectionError(f"{source} is empty: put the token in it (one line)")
+    if not (token.isascii() and token.isprintable() and " " not in token):
+        raise InspectionError(f"{source}: the token must be one word of printable ASCII (it travels in an HTTP header)")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: the only addresses served without a token."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def reason_category(reason: str) -> str:
+    """The first words of a rejection reason ('absurd size', 'not an image'): a label value that names no file."""
+    head = re.split(r"[:(]", reason, maxsplit=1)[0]
+    return " ".join(re.findall(r"[a-z]+", head.lower())[:3]) or "other"
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry per app (several apps in one process do not collide)."""
+
+    def __init__(self, model_version: str):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("casting_inspect_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
+        self.latency = Histogram("casting_inspect_request_seconds", "Time to answer a request", ["endpoint"], registry=r)
+        self.decisions = Counter("casting_inspect_decisions", "Decisions returned to clients", ["decision"], registry=r)
+        self.rejected = Counter("casting_inspect_files_rejected", "Files refused, by reason category", ["reason"], registry=r)
+        Info("casting_inspect_model", "The model being served", registry=r).info({"version": model_version})
+        self._seen: dict[str, set[str]] = {"decision": set(), "reason": set()}
+
+    def bounded(self, label: str, value: str) -> str:
+        """`value`, or 'other' once the label has MAX_LABEL_VALUES values."""
+        seen = self._seen[label]
+        if value not in seen and len(seen) >= MAX_LABEL_VALUES:
+            return "other"
+        seen.add(value)
+        return value
+
+    def request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def decided(self, decision: str) -> None:
+        self.decisions.labels(self.bounded("decision", decision)).inc()
+
+    def reject(self, reason: str) -> None:
+        self.rejected.labels(self.bounded("reason", reason_category(reason))).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Body:
+    """The request body as it arrives: bytes counted and a deadline, both raised as ClientErrors the app answers."""
+
+    def __init__(self, scope, receive, limits: Limits):
+        headers = dict(scope["headers"])
+        self.done = headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers  # no body
+        self.receive_, self.limits, self.received, self.deadline = receive, limits, 0, None
+
+    async def receive(self):
+        if self.done:
+            return await self.receive_()
+        loop = asyncio.get_running_loop()
+        if self.deadline is None:  # from the first read: a request waiting for a free slot is not penalised
+            self.deadline = loop.time() + self.limits.body_timeout
+        try:
+            async with asyncio.timeout(self.deadline - loop.time()):
+                message = await self.receive_()
+        except TimeoutError:
+            raise ClientError(
+                408, f"request body not received within {self.limits.body_timeout:g} s: send it faster or in smaller requests"
+            ) from None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limits.max_body_bytes:
+                raise ClientError(
+                    413, f"request body larger than {self.limits.max_body_bytes} bytes: send fewer or smaller files"
+                )
+            self.done = not message.get("more_body", False)
+        return message
+
+
+class Guard:
+    """Pure ASGI middleware in front of FastAPI: the token, the body's size and time limits, request metrics.
+    A response sent before the body was read in full closes the connection, so the rest is never read."""
+
+    def __init__(self, app, limits: Limits, token: str | None, metrics: Metrics):
+        self.app, self.limits, self.metrics = app, limits, metrics
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        body, status, started = _Body(scope, receive, self.limits), 500, time.perf_counter()
+
+        async def send_closing(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if not body.done:  # the rest of the body is not wanted: close rather than read it
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            refusal = self.refusal(dict(scope["headers"]), scope["path"])
+            await (refusal or self.app)(scope, body.receive, send_closing)
+        finally:
+            self.metrics.request(endpoint, status, time.perf_counter() - started)
+
+    def refusal(self, headers: dict[bytes, bytes], path: str) -> JSONResponse | None:
+        """401 without the token (except /health); 413 when the declared length is over the limit."""
+        if self.token and path != "/health":
+            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+            if not (scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)):
+                message = "missing or wrong token: send the header 'Authorization: Bearer <token>'"
+                return JSONResponse({"error": message}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+            message = f"request body larger than {self.limits.max_body_bytes} bytes: send fewer or smaller files"
+            return JSONResponse({"error": message}, status_code=413)
+        return None
+
+
+class HeaderDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for the request line and headers, which uvicorn 0.54 lacks (its
+    keep-alive timer only runs between requests and every byte resets it): the connection is closed when they are
+    not complete `header_timeout` seconds after the connection opened or the request's first byte arrived."""
+
+    header_timeout = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()  # a connection that never sends a byte is closed too
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and self.conn.their_state is h11.IDLE:
+            self._arm()
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the headers are in: the body's deadline is the app's (Guard)
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _expire(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def header_deadline_protocol(seconds: float) -> type[HeaderDeadline]:
+    """The protocol class to give uvicorn (`http=`), with its header deadline."""
+    return type("HeaderDeadline", (HeaderDeadline,), {"header_timeout": seconds})
+
+
+class _LimitedMultiPart(MultiPartParser):
+    """Starlette's multipart parser, refusing a file as soon as it passes the per-file limit, not after spooling it."""
+
+    def __init__(self, headers, stream, max_upload_bytes: int, **kwargs):
+        super().__init__(headers, stream, **kwargs)
+        self.max_upload_bytes, self.part_bytes = max_upload_bytes, 0
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self.part_bytes = 0
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self.part_bytes += end - start
+        upload = self._current_part.file
+        if upload is not None and self.part_bytes > self.max_upload_bytes:
+            raise ClientError(413, f"{upload.filename}: larger than {self.max_upload_bytes} bytes", file=upload.filename)
+        super().on_part_data(data, start, end)
+
+
+async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
+    """(name, bytes) of the files in the field `files`, read as they stream in and refused at the first limit passed."""
+    parser = _LimitedMultiPart(
+        request.headers, request.stream(), limits.max_upload_bytes, max_files=limits.max_files, max_fields=16
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ClientError(
+            400, f"{exc.message.rstrip('.')}: send at most {limits.max_files} files in one well-formed multipart body"
+        ) from None
+    except ClientDisconnect:
+        raise ClientError(400, "the client went away before the request body was complete") from None
+    try:
+        uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
+        if not uploads:
+            raise ClientError(400, "no files: send one or more images in the multipart field 'files'")
+        named = []
+        for upload in uploads:  # each spooled copy is freed as soon as it is read: one copy of the body, not two
+            named.append((upload.filename or "", await upload.read()))
+            await upload.close()
+        return named
+    finally:
+        await form.close()
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ClientError)
+    async def client_error(request: Request, exc: ClientError):
+        return JSONResponse({"error": exc.message, **exc.details}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": "invalid request", "details": [e.get("msg", "") for e in exc.errors()]}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)  # the trace stays in the server's log
+        return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
+
+
+def create_app(inspector: Inspector, limits: Limits, token: str | None = None) -> FastAPI:
+    """The app, behind its Guard; with a token every endpoint but /health requires it."""
+    app = FastAPI(
+        title="Casting inspection",
+        version=inspector.version,
+        description="Decides whether a cast impeller in a top-view photo is defective.",
+    )
+    metrics = Metrics(inspector.version)
+    app.add_middleware(Guard, limits=limits, token=token, metrics=metrics)
+    _error_handlers(app)
+    gate = asyncio.Semaphore(limits.max_active)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "model_version": inspector.version}
+
+    @app.get("/model")
+    def model() -> dict:
+        return inspector.info()
+
+    @app.get("/metrics")
+    def scrape() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ClientError(415, "send the images as multipart/form-data in the field 'files'")
+        async with gate:  # at most max_active bodies in memory and being decided at once
+            try:
+                named = await read_uploads(request, limits)
+            except ClientError as exc:
+                if "file" in exc.details:
+                    metrics.reject("file too large: over the upload limit")
+                raise
+            results = await run_in_threadpool(inspector.inspect, named)
+        bad = [{"file": r.path, "reason": r.error} for r in results if r.error]
+        for item in bad:
+            metrics.reject(item["reason"])
+        if bad:
+            raise ClientError(422, "not a usable image: " + "; ".join(f"{b['file']}: {b['reason']}" for b in bad), files=bad)
+        for r in results:
+            metrics.decided(r.decision)
+        return {
+            "model_version": inspector.version,
+            "threshold": inspector.threshold,
+            "review_band": list(inspector.review_band) if inspector.review_band else None,
+            "results": [
+                {"file": r.path, "decision": r.decision, "defect_probability": r.defect_probability}
+                | ({"not_a_part": r.flag} if r.flag else {})  # why the model would not judge this photo
+                for r in results
+            ],
+        }
+
+    return app

@@ -1,0 +1,425 @@
+"""Inline inspection: decide photos as a camera drops them into a folder, log each decision, sort the files.
+
+Crash safety: a decision is committed to the SQLite log before its file is moved, and the log is keyed
+by file name and content hash. After a restart, a file still in the inbox whose decision is logged is
+moved where the log says, not decided again; a file with no logged decision is decided. Nothing is
+deleted: every file ends in ok/, defective/, review/ or rejected/ under the output folder.
+
+Faults of a plant that must neither stop the line nor lose a photo:
+- `--out` on another filesystem than the inbox (a rename fails with EXDEV): each photo is copied to a
+  hidden temporary file next to its destination, fsynced, checked against the content hash it was
+  decided on, linked under its final name, and only then deleted from the inbox. A copy cut short
+  leaves the photo in the inbox; the temporary is removed then, or at the next start after a SIGKILL.
+- the log locked by another process (a backup, an sqlite3 shell): each write is retried, with a note
+  on stderr, for up to `log_wait` seconds; then the photos wait in the inbox for the next look.
+- a second watcher on the same inbox: refused at start (`WatchBusy`), since the first holds an
+  exclusive flock on INBOX/.casting-inspect-watch.lock for as long as it runs.
+- two photos that would end under one name: nothing is ever overwritten. A taken name gets a short
+  content-hash suffix, and names are claimed with link()/O_EXCL, so a race cannot overwrite either.
+- every entry of the inbox that is not decided is named on stderr with why: hidden files and partial
+  downloads, folders, links, pipes, files modified too recently. A modification time in the future
+  (a writer whose clock is ahead) is judged by this machine's clock: decided once unchanged for `settle`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import os
+import signal
+import stat
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.serving.inference import Inspector, Result
+from casting_inspection.serving.watch.filing import FOLDERS, TEMPORARY, fsync_dir, link_or_claim, names, sha256_of
+from casting_inspection.serving.watch.inbox import (
+    FUTURE_SECONDS,
+    LINGER_SECONDS,
+    LOCK_NAME,
+    lock_inbox,
+    note,
+    pid_alive,
+    skip_reason,
+)
+from casting_inspection.serving.watch.log import LOG_NAME, InspectionLog, LogLocked
+
+BATCH = 64
+
+
+class _Changed(Exception):
+    """The photo in the inbox is no longer the one that was decided."""
+
+
+@dataclasses.dataclass
+class _Photo:
+    path: Path
+    data: bytes
+    digest: str
+    identity: tuple[int, int, int, int]  # device, inode, size, mtime: the file that was read
+
+
+class Watcher:
+    def __init__(self, inspector: Inspector, inbox: Path, out: Path, settle_seconds: float, log_wait: float = 60.0):
+        if not inbox.is_dir():
+            raise InspectionError(f"{inbox}: no such folder to watch")
+        self.inspector, self.inbox, self.out, self.settle, self.log_wait = inspector, inbox, out, settle_seconds, log_wait
+        self.seen: dict[Path, tuple[tuple[int, int], float]] = {}  # size and mtime at the last look, and since when
+        self.skipped: dict[tuple[str, str], float] = {}  # entries left alone, and when they were first seen so
+        self.noted: set[tuple[str, str]] = set()  # what was said already, so that a poll does not repeat it
+        self.left = 0  # complete photos that could not be filed this run; they stay in the inbox
+        self.log: InspectionLog | None = None
+        self.lock = lock_inbox(inbox, out)
+        try:
+            self.copying = self._check_out()
+            self.log = InspectionLog(out, log_wait)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the log and release the inbox (also done by the kernel when the process ends)."""
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_out(self) -> dict[Path, bool]:
+        """Make and try the output folders before the first photo: writable, and on the inbox's filesystem
+        (a rename) or not (copy, sync, check, delete). Removes copies left by a watcher that was killed."""
+        copying = {}
+        inbox_device = self.inbox.stat().st_dev
+        for name in FOLDERS.values():
+            folder = self.out / name
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".watch-probe-{os.getpid()}"
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
+                probe.unlink()
+            except OSError as exc:
+                raise InspectionError(
+                    f"{folder}: cannot write there ({exc.strerror}); give --out a folder this user can write"
+                ) from None
+            for entry in folder.iterdir():
+                match = TEMPORARY.fullmatch(entry.name)
+                if match and not pid_alive(int(match.group(1))):
+                    entry.unlink(missing_ok=True)
+                    note(
+                        f"removed {entry}, a copy cut short when an earlier watcher was killed (its photo is still in the inbox)"
+                    )
+            copying[folder] = folder.stat().st_dev != inbox_device
+            if copying[folder]:
+                note(
+                    f"{folder} is on another filesystem than {self.inbox}: each photo is copied, synced and checked there before it leaves the inbox"
+                )
+        return copying
+
+    def _note_once(self, name: str, reason: str) -> None:
+        if (name, reason) not in self.noted:
+            self.noted.add((name, reason))
+            note(f"{name}: {reason}")
+
+    def scan(self, now: float, patient: bool = True) -> list[tuple[Path, os.stat_result]]:
+        """The inbox's regular, visible files. Every other entry is named once on stderr with why it is
+        left alone; hidden and partial files only after LINGER_SECONDS (unless `patient` is False), since
+        a writer usually renames them a moment later."""
+        found, skipped = [], {}
+        for path in sorted(self.inbox.iterdir()):
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue
+            if path.name == LOCK_NAME or (stat.S_ISDIR(info.st_mode) and path.resolve() == self.out.resolve()):
+                continue  # the watcher's own lock file and output folder
+            skip = skip_reason(path.name, info)
+            if skip is None:
+                found.append((path, info))
+                continue
+            reason, transient = skip
+            skipped[(path.name, reason)] = first = self.skipped.get((path.name, reason), now)
+            if not (transient and patient) or now - first >= LINGER_SECONDS:
+                self._note_once(path.name, f"skipped: {reason}")
+        self.skipped = skipped
+        present = {path.name for path, _ in found} | {name for name, _ in skipped}
+        self.noted = {(name, reason) for name, reason in self.noted if name in present}
+        return found
+
+    def complete_files(self, now: float) -> list[Path]:
+        """Files unchanged since the last look and either not modified for `settle` seconds or seen
+        unchanged for that long by this machine's clock (what counts when the writer's clock is ahead)."""
+        ready, current = [], {}
+        for path, info in self.scan(now):
+            signature = (info.st_size, info.st_mtime_ns)
+            previous = self.seen.get(path)
+            unchanged = previous is not None and previous[0] == signature
+            since = previous[1] if unchanged else now
+            current[path] = (signature, since)
+            age = now - info.st_mtime
+            if age < -FUTURE_SECONDS:
+                self._note_once(
+                    path.name,
+                    f"modified {-age:.0f} s in the future by this machine's clock (the writer's clock is ahead?); "
+                    f"decided once unchanged for {self.settle:g} s",
+                )
+            if (unchanged or self.settle == 0) and (age >= self.settle or now - since >= self.settle):
+                ready.append(path)
+        self.seen = current
+        return ready
+
+    def once(self) -> list[Path]:
+        """One look for --once: files not modified for `settle` seconds are complete; a file modified in the
+        future is watched for `settle` seconds and decided if it did not change; a recent one is left."""
+        now, ready, future = time.time(), [], []
+        for path, info in self.scan(now, patient=False):
+            age = now - info.st_mtime
+            if age >= self.settle:
+                ready.append(path)
+            elif age < -FUTURE_SECONDS:
+                future.append((path, (info.st_size, info.st_mtime_ns)))
+                note(
+                    f"{path.name}: modified {-age:.0f} s in the future by this machine's clock (the writer's clock is ahead?); "
+                    f"decided if unchanged for {self.settle:g} s"
+                )
+            else:
+                note(
+                    f"{path.name}: modified {age:.1f} s ago, under --settle {self.settle:g} s; may still be being written, left for the next run"
+                )
+        if future:
+            time.sleep(self.settle)
+        for path, signature in future:
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue
+            if (info.st_size, info.st_mtime_ns) == signature:
+                ready.append(path)
+            else:
+                note(f"{path.name}: still changing; left for the next run")
+        return sorted(ready)
+
+    def process(self, paths: list[Path]) -> int:
+        """Decide (or re-file) these complete files; returns how many were filed. One that cannot be read
+        or filed stays in the inbox, named on stderr, for the next look."""
+        photos = self._read(paths)
+        logged = self.log.retry("look up earlier decisions", lambda: self._logged(photos))
+        fresh = [photo for photo in photos if (photo.path.name, photo.digest) not in logged]
+        results = self.inspector.inspect([(photo.path.name, photo.data) for photo in fresh]) if fresh else []
+        claimed = set(logged.values())
+        destinations = self.log.retry("log the decisions", lambda: self._log(fresh, results, set(claimed)))
+        shown = {(photo.path.name, photo.digest): result for photo, result in zip(fresh, results)}
+        filed = 0
+        for photo in photos:
+            key = (photo.path.name, photo.digest)
+            final = self._file_safely(photo, logged.get(key) or destinations[key])
+            if final is None:
+                continue
+            filed += 1
+            if key in shown:
+                result = shown[key]
+                probability = f"{result.defect_probability:.4f}" if result.defect_probability is not None else "-"
+                renamed = f"  -> {final.name}" if final.name != photo.path.name else ""
+                reason = f"  ({result.error or result.flag})" if result.error or result.flag else ""
+                print(f"{result.decision or 'rejected':<10}{probability:>8}  {photo.path.name}{renamed}{reason}", flush=True)
+        return filed
+
+    def _read(self, paths: list[Path]) -> list[_Photo]:
+        photos = []
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError as exc:
+                self._note_once(path.name, f"cannot be read yet ({exc.strerror}); tried again at the next look")
+                continue
+            with os.fdopen(fd, "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    self._note_once(path.name, "skipped: not a regular file")
+                    continue
+                limit = self.inspector.spec.max_file_bytes
+                data = f.read(limit + 1)  # a bigger file is refused unread past this (load_image: file too large)
+            digest = hashlib.sha256(data).hexdigest() if len(data) <= limit else sha256_of(path)
+            if digest is None:
+                continue
+            identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+            photos.append(_Photo(path, data, digest, identity))
+        return photos
+
+    def _logged(self, photos: list[_Photo]) -> dict[tuple[str, str], Path]:
+        """Where the log says each of these photos goes, for those decided before (a restart)."""
+        found = {(p.path.name, p.digest): self.log.destination(p.path.name, p.digest) for p in photos}
+        return {key: destination for key, destination in found.items() if destination is not None}
+
+    def _log(self, fresh: list[_Photo], results: list[Result], claimed: set[Path]) -> dict[tuple[str, str], Path]:
+        """One transaction: every decision is logged before any file moves. A row another watcher wrote
+        first (same name and content, one --out for two inboxes) is kept, and its destination used."""
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        destinations = {}
+        with self.log.db:
+            for photo, result in zip(fresh, results):
+                destination = self._free_name(self.out / FOLDERS[result.decision], photo, claimed)
+                self.log.db.execute(
+                    "INSERT INTO inspections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name, sha256) DO NOTHING",
+                    (
+                        photo.path.name,
+                        photo.digest,
+                        stamp,
+                        result.decision or "rejected",
+                        result.defect_probability,
+                        result.threshold,
+                        result.model_version,
+                        result.error or result.flag,  # why skipped, or why not a part
+                        str(destination),
+                    ),
+                )
+                (logged,) = self.log.db.execute(
+                    "SELECT destination FROM inspections WHERE name=? AND sha256=?", (photo.path.name, photo.digest)
+                ).fetchone()
+                destinations[(photo.path.name, photo.digest)] = Path(logged)
+                claimed.add(Path(logged))
+        return destinations
+
+    def _free_name(self, folder: Path, photo: _Photo, claimed: set[Path]) -> Path:
+        """The first name for this photo that no other file has (a camera that reuses names: keep both)."""
+        for candidate in names(folder / photo.path.name, photo.digest):
+            if candidate not in claimed and (not os.path.lexists(candidate) or sha256_of(candidate) == photo.digest):
+                return candidate
+        return candidate  # 100 names taken: filing it will say so
+
+    def _file_safely(self, photo: _Photo, destination: Path) -> Path | None:
+        """File one photo; on a fault it stays in the inbox, named on stderr, and the watcher goes on."""
+        try:
+            return self._file(photo, destination)
+        except _Changed:
+            self._note_once(photo.path.name, "changed after it was decided; it stays in the inbox and is decided again")
+        except OSError as exc:
+            self._note_once(
+                photo.path.name,
+                f"cannot be filed into {destination.parent} ({exc.strerror or exc}); it stays in the inbox, tried again at the next look",
+            )
+        self.left += 1
+        return None
+
+    def _file(self, photo: _Photo, destination: Path) -> Path:
+        """Put the photo at `destination`, or under the next free name when another file has it, and only
+        then take it out of the inbox: a copy to another filesystem is synced and checked first."""
+        folder = destination.parent
+        staged = self._copy_in(photo, folder) if self.copying.get(folder) else photo.path
+        try:
+            final, moved = self._claim(staged, photo.digest, destination)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV or staged != photo.path:
+                raise
+            self.copying[folder] = True  # a bind mount or a mount below --out: same device number, no rename
+            note(f"{folder} cannot take a rename from {self.inbox} (EXDEV): photos are copied, synced and checked there")
+            return self._file(photo, destination)
+        finally:
+            if staged != photo.path:
+                staged.unlink(missing_ok=True)
+        if staged != photo.path:
+            fsync_dir(folder)
+        if final != destination:
+            self.log.retry("record where it was filed", lambda: self._relog(photo, final))
+        if not (moved and staged == photo.path):
+            self._remove_from_inbox(photo, final)
+        return final
+
+    def _claim(self, staged: Path, digest: str, destination: Path) -> tuple[Path, bool]:
+        """The name `staged` now also has: `destination` or the next free one; or a name where this very
+        photo already is (a restart after the link, before the inbox copy was removed)."""
+        for candidate in names(destination, digest):
+            try:
+                return candidate, link_or_claim(staged, candidate)
+            except FileExistsError:
+                if sha256_of(candidate) == digest:
+                    return candidate, False
+        raise OSError(errno.EEXIST, f"{destination.name} and 98 variants of it are taken by other files")
+
+    def _copy_in(self, photo: _Photo, folder: Path) -> Path:
+        """A synced copy of the photo in a hidden temporary next to its destination, checked to hold the
+        content that was decided; the inbox copy is untouched."""
+        temporary = folder / f".watch-{os.getpid()}-{photo.digest[:16]}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+        try:
+            with open(photo.path, "rb") as source, os.fdopen(fd, "wb") as copy:
+                copied = hashlib.sha256()
+                while chunk := source.read(1 << 20):
+                    copied.update(chunk)
+                    copy.write(chunk)
+                copy.flush()
+                os.fsync(copy.fileno())
+            if copied.hexdigest() != photo.digest:
+                raise _Changed
+            if temporary.stat().st_size != photo.identity[2] or sha256_of(temporary) != photo.digest:
+                raise OSError(errno.EIO, "the copy does not read back as written")
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        return temporary
+
+    def _relog(self, photo: _Photo, final: Path) -> None:
+        self.log.refile(photo.path.name, photo.digest, final)
+
+    def _remove_from_inbox(self, photo: _Photo, final: Path) -> None:
+        """Delete the inbox copy, unless a new file took its name meanwhile (that one is decided next)."""
+        try:
+            info = photo.path.lstat()
+        except FileNotFoundError:
+            return
+        if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != photo.identity:
+            self._note_once(
+                photo.path.name, f"was replaced in the inbox after it was filed as {final}; the new one is decided next"
+            )
+            return
+        photo.path.unlink()
+
+
+def watch_folder(
+    inspector: Inspector,
+    inbox: Path,
+    out: Path,
+    poll_seconds: float,
+    settle_seconds: float,
+    once: bool = False,
+    log_wait: float = 60.0,
+) -> int:
+    """Watch until SIGTERM or Ctrl-C (KeyboardInterrupt), or look once; returns how many complete photos
+    could not be filed (they stay in the inbox, each named on stderr)."""
+
+    def stop(signum, frame):  # systemd and `kill` send SIGTERM; stop between files, as on Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with Watcher(inspector, inbox, out, settle_seconds, log_wait) as watcher:
+            print(
+                f"watch: {inbox} -> {out} (model {inspector.version}; log {out / LOG_NAME})" + ("" if once else "; Ctrl-C stops"),
+                file=sys.stderr,
+                flush=True,
+            )
+            if once:
+                ready = watcher.once()
+                for start in range(0, len(ready), BATCH):
+                    watcher.process(ready[start : start + BATCH])
+                return watcher.left
+            while True:
+                ready = watcher.complete_files(time.time())
+                try:
+                    for start in range(0, len(ready), BATCH):
+                        watcher.process(ready[start : start + BATCH])
+                except LogLocked as exc:
+                    note(f"{exc}; trying again at the next look")
+                time.sleep(poll_seconds)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

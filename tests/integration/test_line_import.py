@@ -1,0 +1,191 @@
+"""The line data set and `casting-inspect import-line`: a folder the plant already labelled, with its own folder
+names, flows into data/line/ once per photo, bad files named and skipped; inspectors who disagree are kept
+apart from training, and each inspector's latest verdict counts once."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from casting_inspection.data import line
+from casting_inspection.data.images import BadImage
+from casting_inspection.serving import cli
+from casting_inspection.serving.inference import Inspector
+from helpers import jpeg_bytes, part_image
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def plant_folder(root: Path, name: str = "plant") -> tuple[Path, dict[str, bytes]]:
+    """NG/ and OK/ as a plant names them, photos of mixed sizes and formats, one photo twice, one bad file.
+    Returns the folder and, per good file, its bytes."""
+    folder = root / name
+    files = {
+        "NG/cast_1.jpg": jpeg_bytes(part_image(True, 1, size=64)),
+        "NG/cast_2.jpg": jpeg_bytes(part_image(True, 2, size=96)),
+        "NG/line3/cast_3.png": png_bytes(part_image(True, 3, size=150)),
+        "OK/cast_4.jpg": jpeg_bytes(part_image(False, 4, size=80)),
+        "OK/cast_5.jpeg": jpeg_bytes(part_image(False, 5, size=64)),
+    }
+    files["OK/copy_of_4.jpg"] = files["OK/cast_4.jpg"]  # the same photo twice: one photo
+    for relative, data in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(data)
+    (folder / "NG/notes.jpg").write_text("not a photo, whatever its name says")
+    return folder, files
+
+
+def import_line(model: Path, folder: Path, line_dir: Path, *args: str) -> int:
+    """`casting-inspect import-line` in this process; its exit status."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["import-line", str(folder), "--line", str(line_dir), "--model", str(model), *args])
+    return exited.value.code
+
+
+def rows(line_dir: Path) -> list[dict]:
+    with open(line_dir / line.LABELS_NAME, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_import_stores_each_photo_once_and_names_the_bad_file(exported_model, tmp_path, capsys):
+    folder, files = plant_folder(tmp_path)
+    line_dir = tmp_path / "line"
+    code = import_line(exported_model["onnx"], folder, line_dir, "--map", "NG=defective", "--map", "OK=ok", "--inspector", "qa")
+    err = capsys.readouterr().err
+    skipped = [text for text in err.splitlines() if text.startswith("skipped")]
+    assert code == cli.SKIPPED_EXIT
+    assert skipped == [f"skipped {folder / 'NG/notes.jpg'}: not an image in an accepted format (JPEG, PNG, BMP)"]
+    assert "5 verdicts by qa recorded" in err and "(3 defective, 2 ok)" in err and "1 already counted" in err
+
+    stored = sorted((line_dir / "images").iterdir())
+    assert len(stored) == 5  # six good files, one of them twice
+    for path in stored:
+        assert path.stem == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert path.suffix in {".jpg", ".png"}
+    assert sorted(p.read_bytes() for p in stored) == sorted(set(files.values()))
+    assert sorted(p.name for p in line_dir.iterdir()) == ["images", "labels.csv"]  # no temporary left behind
+
+    written = rows(line_dir)
+    assert list(written[0]) == list(line.COLUMNS) and len(written) == 5
+    verdict_of = {hashlib.sha256(files[r]).hexdigest(): ("defective" if r.startswith("NG") else "ok") for r in files}
+    for row in written:
+        assert row["verdict"] == verdict_of[row["sha256"]] and row["image"].startswith(f"images/{row['sha256']}.")
+        assert (row["inspector"], row["source"], row["model_version"], row["defect_probability"]) == (
+            "qa",
+            "import:plant",
+            "",
+            "",
+        )
+        assert datetime.fromisoformat(row["labelled_at"]).utcoffset().total_seconds() == 0
+
+    training = line.training_labels(line_dir)
+    assert list(training.columns) == ["sha256", "image", "label", "inspectors", "disputed"]
+    assert sorted(training["label"]) == ["def_front"] * 3 + ["ok_front"] * 2
+    assert not training["disputed"].any() and set(training["inspectors"]) == {"qa"}
+
+    # Importing the same folder again adds nothing: every photo is already labelled so by this inspector.
+    assert (
+        import_line(exported_model["onnx"], folder, line_dir, "--map", "NG=defective", "--map", "OK=ok", "--inspector", "qa") == 3
+    )
+    assert "0 verdicts by qa recorded" in capsys.readouterr().err
+    assert len(rows(line_dir)) == 5 and len(list((line_dir / "images").iterdir())) == 5
+
+
+def test_every_sub_folder_must_be_mapped_and_each_error_is_one_line(exported_model, tmp_path, capsys):
+    folder, _ = plant_folder(tmp_path)
+    (folder / "Unsure").mkdir()
+    line_dir = tmp_path / "line"
+    cases = [
+        (
+            ["--map", "NG=defective", "--map", "OK=ok"],
+            ["sub-folder(s) Unsure not mapped", "--map Unsure=<defective|ok|not_a_part>"],
+        ),
+        (["--map", "NG=defective", "--map", "OK=fine", "--map", "Unsure=ok"], ["--map OK=fine: the verdict must be one of"]),
+        (["--map", "NG=defective", "--map", "OK=ok", "--map", "Unsure=ok", "--map", "ng=defective"], ["no sub-folder 'ng'"]),
+        (["--map", "NG"], ["--map NG: write it as SUBFOLDER=VERDICT"]),
+    ]
+    for args, expected in cases:
+        assert import_line(exported_model["onnx"], folder, line_dir, *args, "--inspector", "qa") == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("casting-inspect import-line: error: "), err
+        assert all(text in err for text in expected), err
+    assert not line_dir.exists() or not any(line_dir.rglob("*.*"))  # nothing added before the mapping is right
+
+
+def test_a_photo_in_two_classes_is_recorded_in_neither(exported_model, tmp_path, capsys):
+    folder = tmp_path / "plant"
+    for relative in ("NG/a.jpg", "OK/b.jpg"):
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(jpeg_bytes(part_image(True, 7)))
+    (folder / "OK/c.jpg").write_bytes(jpeg_bytes(part_image(False, 8)))
+    line_dir = tmp_path / "line"
+    assert (
+        import_line(exported_model["onnx"], folder, line_dir, "--map", "NG=defective", "--map", "OK=ok", "--inspector", "qa") == 3
+    )
+    skipped = [text for text in capsys.readouterr().err.splitlines() if text.startswith("skipped")]
+    assert len(skipped) == 2 and all("recorded in neither" in text for text in skipped)
+    assert [r["verdict"] for r in rows(line_dir)] == ["ok"]
+
+
+def test_inspectors_who_disagree_are_kept_but_left_out_of_training(exported_model, tmp_path):
+    """The plant says defective, Anna says ok: the photo stays in labels.csv, disputed, not in training;
+    when Anna changes her mind, her latest verdict is the one that counts, once."""
+    folder, files = plant_folder(tmp_path)
+    line_dir = tmp_path / "line"
+    assert (
+        import_line(exported_model["onnx"], folder, line_dir, "--map", "NG=defective", "--map", "OK=ok", "--inspector", "qa") == 3
+    )
+    second = tmp_path / "second_look"
+    (second / "good").mkdir(parents=True)
+    (second / "good" / "x.jpg").write_bytes(files["NG/cast_1.jpg"])
+    (second / "good" / "y.jpg").write_bytes(files["OK/cast_5.jpeg"])  # agrees with the plant
+    assert import_line(exported_model["onnx"], second, line_dir, "--map", "good=ok", "--inspector", "anna") == 0
+    disputed = hashlib.sha256(files["NG/cast_1.jpg"]).hexdigest()
+    agreed = hashlib.sha256(files["OK/cast_5.jpeg"]).hexdigest()
+
+    training = line.training_labels(line_dir).set_index("sha256")
+    assert disputed not in training.index and len(training) == 4
+    assert training.loc[agreed, "inspectors"] == "anna;qa" and training.loc[agreed, "label"] == "ok_front"
+    everything = line.training_labels(line_dir, include_disputed=True).set_index("sha256")
+    assert everything.loc[disputed, "disputed"] and everything.loc[disputed, "label"] == ""
+    listed = line.disagreements(line_dir)
+    assert list(listed["sha256"]) == [disputed] and listed["verdicts"].item() == "anna=ok; qa=defective"
+    assert sum(r["sha256"] == disputed for r in rows(line_dir)) == 2  # both verdicts stay: the disagreement is information
+
+    image = everything.loc[disputed, "image"]
+    line.append_verdict(line_dir, line.Verdict(disputed, image, "defective", "anna", "review", "abc123", 0.47))
+    training = line.training_labels(line_dir).set_index("sha256")
+    assert training.loc[disputed, "label"] == "def_front" and training.loc[disputed, "inspectors"] == "anna;qa"
+    assert line.disagreements(line_dir).empty and len(rows(line_dir)) == 8  # appended, nothing rewritten
+
+    assert line.undo_last(line_dir, "anna")["verdict"] == "defective"  # taken back: disputed again
+    assert list(line.disagreements(line_dir)["sha256"]) == [disputed] and len(rows(line_dir)) == 7
+
+    line.append_verdict(line_dir, line.Verdict(agreed, training.loc[agreed, "image"], "not_a_part", "ben", "review"))
+    assert agreed not in set(line.training_labels(line_dir)["sha256"])  # not a part, to someone: disputed
+    assert agreed in set(line.disagreements(line_dir)["sha256"])
+
+
+def test_a_bad_photo_is_not_added_and_a_verdict_needs_a_stored_photo(exported_model, tmp_path):
+    spec = Inspector(exported_model["onnx"]).spec
+    with pytest.raises(BadImage, match="too small"):
+        line.add_photo(tmp_path / "line", jpeg_bytes(part_image(True, 1, size=8)), spec)
+    assert not (tmp_path / "line" / "images").exists()
+    with pytest.raises(line.InspectionError, match="no such photo"):
+        line.append_verdict(tmp_path / "line", line.Verdict("0" * 64, f"images/{'0' * 64}.jpg", "ok", "anna", "review"))
+    digest, image = line.add_photo(tmp_path / "line", jpeg_bytes(part_image(True, 1)), spec)
+    with pytest.raises(line.InspectionError, match="verdict 'fine'"):
+        line.append_verdict(tmp_path / "line", line.Verdict(digest, image, "fine", "anna", "review"))
+    with pytest.raises(line.InspectionError, match="inspector name"):
+        line.append_verdict(tmp_path / "line", line.Verdict(digest, image, "ok", " ", "review"))
+    assert not (tmp_path / "line" / line.LABELS_NAME).exists()

@@ -1,0 +1,188 @@
+"""`casting-inspect predict` on an exported model: rows for good files, reasons for bad ones, the exit status says which."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.data.images import load_image
+from casting_inspection.serving.inference import Inspector
+
+CLI = [sys.executable, "-m", "casting_inspection.serving.cli"]
+
+
+def predict(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "predict", *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_folder_and_glob_give_one_row_per_image_with_the_models_decision(exported_model):
+    test_dir = exported_model["raw"] / "test"
+    result = predict(test_dir, "--model", exported_model["onnx"])
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(io.StringIO(result.stdout))
+    assert list(rows.columns) == [
+        "path",
+        "decision",
+        "defect_probability",
+        "threshold",
+        "model_version",
+        "flag",
+    ]
+    assert len(rows) == len(list(test_dir.rglob("*.jpeg")))
+    assert set(rows["decision"]) <= {"ok", "defective", "review"}  # generated parts: all judged
+    inspector = Inspector(exported_model["onnx"])
+    assert (rows["model_version"] == inspector.version).all() and (rows["threshold"] == 0.5).all()
+    band = (rows["defect_probability"] >= 0.4) & (rows["defect_probability"] < 0.6)
+    assert (rows.loc[band, "decision"] == "review").all() and not (rows.loc[~band, "decision"] == "review").any()
+
+    pattern = str(test_dir / "def_front" / "*.jpeg")
+    jsonl = predict(pattern, "--format", "jsonl", "--model", exported_model["onnx"])
+    lines = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    assert len(lines) == len(list((test_dir / "def_front").glob("*.jpeg"))) and jsonl.returncode == 0
+
+
+def test_same_probability_as_the_pipelines_preprocessing(exported_model):
+    """One preprocessing path: the CLI's probability equals the model run on the prepare stage's array."""
+    path = next((exported_model["raw"] / "test" / "def_front").glob("*.jpeg"))
+    row = pd.read_csv(io.StringIO(predict(path, "--model", exported_model["onnx"]).stdout)).iloc[0]
+    spec = Inspector(exported_model["onnx"]).spec
+    prepared = json.loads((exported_model["prepared"] / "preprocessing.json").read_text())
+    assert spec.__dict__ == prepared
+    array, _ = load_image(path.read_bytes(), spec)
+    session = ort.InferenceSession(str(exported_model["onnx"]), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"image": array[None].astype(np.float32) / 255})[0][0]
+    assert row["defect_probability"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_bad_files_are_skipped_with_a_reason_and_the_exit_status_says_so(exported_model, tmp_path):
+    good = next((exported_model["raw"] / "test" / "ok_front").glob("*.jpeg"))
+    (tmp_path / "notes.jpeg").write_text("not a photo")
+    (tmp_path / "empty.png").write_bytes(b"")
+    out = tmp_path / "decisions.csv"
+    result = predict(
+        good,
+        tmp_path / "notes.jpeg",
+        tmp_path / "empty.png",
+        tmp_path / "missing.jpeg",
+        "--out",
+        out,
+        "--model",
+        exported_model["onnx"],
+    )
+    assert result.returncode == 3
+    assert len(pd.read_csv(out)) == 1 and result.stdout == ""
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == 3
+    assert any("notes.jpeg: not an image" in line for line in skipped)
+    assert any("empty.png: empty file" in line for line in skipped)
+    assert any("missing.jpeg: no such file or folder" in line for line in skipped)
+
+
+def test_missing_model_is_one_clear_line(tmp_path):
+    result = predict(tmp_path, "--model", tmp_path / "nowhere.onnx")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"casting-inspect predict: error: {tmp_path / 'nowhere.onnx'}: no such model; run the pipeline (dvc repro) or pass --model"
+    ]
+
+
+def test_about_tells_where_the_model_came_from(exported_model):
+    result = subprocess.run([*CLI, "about", "--model", str(exported_model["onnx"])], capture_output=True, text=True, timeout=60)
+    info = json.loads(result.stdout)
+    assert info["threshold"] == 0.5 and info["review_band"] == [0.4, 0.6] and info["input"]["image_size"] == 32
+    assert len(info["source"]["checkpoint_md5"]) == 32 and info["source"]["train_params"]["lr"] > 0
+
+
+def test_int8_model_decides_like_the_float_one(exported_model):
+    export = json.loads(exported_model["export"].read_text())["int8"]
+    assert export["bytes"] < export["float_bytes"] and 0 <= export["decision_agreement"] <= 1
+    assert "images_per_s_batch64" not in export  # timings live in bench/, not in an output
+    int8 = Inspector(exported_model["int8"])
+    assert int8.threshold == 0.5 and int8.review_band == (0.4, 0.6)  # the metadata travels with it
+
+
+def test_a_darker_camera_gets_a_drift_warning(exported_model, tmp_path):
+    from PIL import Image, ImageEnhance
+
+    for k, path in enumerate(sorted((exported_model["raw"] / "test").rglob("*.jpeg"))):
+        ImageEnhance.Brightness(Image.open(path)).enhance(0.4).save(tmp_path / f"dark_{k}.jpeg", quality=90)
+    result = predict(tmp_path, "--drift-min-images", "5", "--model", exported_model["onnx"])
+    assert result.returncode == 0
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "brightness" in warnings[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [("threshold", "nan", "threshold nan"), ("threshold", "1.5", "threshold 1.5"), ("review_band", "[0.9, 0.95]", "review band")],
+)
+def test_a_model_that_cannot_decide_safely_refuses_to_load(exported_model, tmp_path, key, value, problem):
+    """A NaN threshold decides every part ok (every comparison is false): fail closed, at load."""
+    import onnx
+
+    model = onnx.load(str(exported_model["onnx"]))
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = value
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    with pytest.raises(InspectionError, match="cannot decide safely: " + problem):
+        Inspector(broken)
+
+
+def frames() -> dict[str, bytes]:
+    """What a line camera also sends: a black frame (lamp off), a white one, a 1000x40 strip, noise."""
+    from PIL import Image, ImageDraw
+
+    def png(image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return buffer.getvalue()
+
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8))
+    bar = Image.new("L", (300, 300), 200)
+    ImageDraw.Draw(bar).rectangle([20, 130, 280, 170], fill=40)  # another object on the table: not round
+    return {
+        "black.png": png(Image.new("L", (300, 300), 0)),
+        "white.png": png(Image.new("L", (300, 300), 255)),
+        "strip.png": png(Image.new("L", (1000, 40), 120)),
+        "flat.png": png(Image.new("L", (300, 300), 140)),
+        "noise.png": png(noise),
+        "bar.png": png(bar),
+    }
+
+
+def test_a_photo_that_is_not_a_part_is_never_ok(exported_model, tmp_path):
+    for name, data in frames().items():
+        (tmp_path / name).write_bytes(data)
+    good = sorted((exported_model["raw"] / "test" / "ok_front").glob("*.jpeg"))[0]
+    (tmp_path / "good.jpeg").write_bytes(good.read_bytes())
+    result = predict(tmp_path, "--model", exported_model["onnx"])
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False).set_index("path")
+    for name in ("black.png", "white.png", "strip.png", "flat.png", "bar.png"):
+        row = rows.loc[str(tmp_path / name)]
+        assert row["decision"] == "not_a_part" and row["flag"], (name, row.to_dict())
+    assert (rows["decision"] != "ok").sum() >= 6 - 1  # noise is caught by the photo checks or the novelty score
+    assert rows.loc[str(tmp_path / "good.jpeg"), "decision"] in {"ok", "defective", "review"}
+    about = json.loads(
+        subprocess.run([*CLI, "about", "--model", str(exported_model["onnx"])], capture_output=True, text=True, timeout=60).stdout
+    )
+    assert about["guard"]["max_aspect"] > 1 and "novelty_threshold" in about["guard"]
+
+
+def test_a_pipe_given_by_name_is_skipped_not_read(exported_model, tmp_path):
+    """Reading a FIFO would block until a writer appears: it is named and skipped."""
+    import os
+
+    os.mkfifo(tmp_path / "camera.jpg")
+    result = predict(tmp_path / "camera.jpg", "--model", exported_model["onnx"])
+    assert f"skipped {tmp_path / 'camera.jpg'}: not a regular file" in result.stderr

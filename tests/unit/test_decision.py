@@ -1,0 +1,52 @@
+"""The one decision rule: its outcomes, the rules it refuses, and one novelty score in NumPy and in the graph."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from casting_inspection.core.decision import DECISIONS, DecisionRule, novelty_flag, novelty_score
+
+
+def test_flag_then_band_then_threshold():
+    rule = DecisionRule(0.8, (0.1, 0.8), 50.0)
+    assert [rule.decide(p) for p in (0.0, 0.09, 0.1, 0.79, 0.8, 1.0)] == [
+        "ok",
+        "ok",
+        "review",
+        "review",
+        "defective",
+        "defective",
+    ]
+    assert rule.decide(0.0, "too dark") == "not_a_part"
+    decided = rule.decide_all([0.0, 0.5, 0.9, 0.0], [None, None, None, "a strip"], [10.0, 10.0, 10.0, 10.0])
+    assert decided == [("ok", None), ("review", None), ("defective", None), ("not_a_part", "a strip")]
+    assert rule.decide_all([0.0], [None], [51.0]) == [("not_a_part", "unlike every training photo (novelty 51 > 50)")]
+    assert {d for d, _ in decided} <= set(DECISIONS)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [DecisionRule(math.nan), DecisionRule(1.0), DecisionRule(0.5, (0.6, 0.9)), DecisionRule(0.5, (math.nan, 0.6))],
+    ids=["nan", "one", "band-above", "band-nan"],
+)
+def test_a_rule_that_cannot_decide_safely_says_why(rule):
+    assert rule.problem()
+
+
+def test_a_sound_rule_has_no_problem_and_no_flag_below_the_limit():
+    assert DecisionRule(0.5, (0.2, 0.5), 3.0).problem() is None
+    assert novelty_flag(3.0, 3.0) is None and novelty_flag(5.0, None) is None
+
+
+def test_novelty_is_one_definition_in_numpy_and_in_torch():
+    rng = np.random.default_rng(0)
+    features, means = rng.standard_normal((7, 5)), rng.standard_normal((2, 5))
+    whitening = rng.standard_normal((2, 5, 5))
+    expected = np.min([(((features - m) @ w) ** 2).sum(axis=1) for m, w in zip(means, whitening)], axis=0)
+    assert np.allclose(novelty_score(features, means, whitening, np), expected)
+    as_torch = novelty_score(*(torch.from_numpy(a) for a in (features, means, whitening)), torch)
+    assert np.allclose(as_torch.numpy(), expected)

@@ -1,0 +1,63 @@
+"""Each kind of bad input gets its own reason; good images come out resized in the configured mode."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from casting_inspection.core.params import load_section
+from casting_inspection.data.images import BadImage, load_image
+from helpers import PROJECT, jpeg_bytes, part_image
+
+PARAMS = load_section("prepare", PROJECT / "params.yaml")
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size: a decompression bomb as far as any decoder can tell."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_good_jpeg_is_resized_to_grayscale():
+    array, size = load_image(jpeg_bytes(part_image(True, 1, size=300)), PARAMS)
+    assert size == (300, 300)
+    assert array.shape == (1, PARAMS.image_size, PARAMS.image_size) and array.dtype.name == "uint8"
+
+
+def test_rgb_input_in_rgb_mode():
+    params = type(PARAMS)(**{**PARAMS.__dict__, "color_mode": "RGB"})
+    array, _ = load_image(encoded(part_image(False, 2).convert("RGB"), "PNG"), params)
+    assert array.shape == (3, PARAMS.image_size, PARAMS.image_size)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"this is not a picture", "not an image"),
+        (jpeg_bytes(part_image(False, 3, size=300))[:3000], "truncated or corrupt image data"),
+        (encoded(Image.new("CMYK", (64, 64)), "JPEG"), "unsupported colour mode CMYK"),
+        (encoded(Image.new("L", (8, 8)), "PNG"), "too small: 8x8"),
+        (png_header_only(6000, 6000), "absurd size: 6000x6000 is over prepare.max_pixels"),
+        (png_header_only(100_000, 100_000), "absurd size"),
+    ],
+    ids=["empty", "not-image", "truncated", "cmyk", "tiny", "huge", "bomb"],
+)
+def test_bad_inputs_are_rejected_with_a_reason(data, reason):
+    with pytest.raises(BadImage) as caught:
+        load_image(data, PARAMS)
+    assert reason in str(caught.value)

@@ -1,0 +1,103 @@
+"""params.yaml is validated into typed sections, with one-line errors that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.params import TrainParams, load_params, load_section
+from helpers import PROJECT, project_env, write_params
+
+
+def test_project_params_are_valid():
+    params = load_params(PROJECT / "params.yaml")
+    assert isinstance(params.train, TrainParams)
+    assert params.train.lr > 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"train": {"lr": "fast"}}, "train.lr must be a finite number, got 'fast'"),
+        ({"train": {"lr": float("inf")}}, "train.lr must be a finite number, got inf"),
+        ({"download": {"timeout_s": float("inf")}}, "download.timeout_s must be a finite number"),
+        ({"evaluate": {"cost_missed_defect": float("nan")}}, "evaluate.cost_missed_defect must be a finite number"),
+        ({"train": {"seed": -1}}, "train.seed must be >= 0"),
+        ({"prepare": {"allowed_formats": ["JPEG", "EPS"]}}, "prepare.allowed_formats[1] must be one of ['JPEG', 'PNG', 'BMP']"),
+        ({"train": {"lr": -1.0}}, "train.lr must be > 0"),
+        (
+            {"train": {"model": "vgg99"}},
+            "train.model must be one of ['cnn', 'resnet18', 'efficientnet_lite0', 'vgg_seed', 'mlp', 'logreg'], got 'vgg99'",
+        ),
+        ({"train": {"epochs": 2.5}}, "train.epochs must be an integer"),
+        ({"train": {"cnn": {"widths": []}}}, "train.cnn.widths must be a non-empty list"),
+        ({"train": {"augment": {"flip": "yes"}}}, "train.augment.flip must be true or false"),
+        ({"prepare": {"val_fraction": 1.5}}, "prepare.val_fraction must be between 0 and 1"),
+        ({"prepare": {"duplicates": "ignore"}}, "prepare.duplicates must be one of ['drop', 'report']"),
+        ({"download": {"dataset": "no-slash"}}, "download.dataset must look like 'owner/slug'"),
+    ],
+)
+def test_invalid_values_name_the_key(tmp_path, override, message):
+    path = tmp_path / "params.yaml"
+    write_params(path, override)
+    section = next(iter(override))
+    with pytest.raises(InspectionError) as caught:
+        load_section(section, path)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_unknown_key(tmp_path):
+    path = tmp_path / "params.yaml"
+    write_params(path, {"train": {"lerning_rate": 0.1}})
+    with pytest.raises(InspectionError, match="unknown key train.lerning_rate"):
+        load_section("train", path)
+
+
+def test_missing_key(tmp_path):
+    path = tmp_path / "params.yaml"
+    write_params(path, {})
+    path.write_text(path.read_text().replace("  patience:", "  # patience:"))
+    with pytest.raises(InspectionError, match="train.patience is missing"):
+        load_section("train", path)
+
+
+def test_yaml_1_2_floats_written_by_dvc_exp_run(tmp_path):
+    path = tmp_path / "params.yaml"
+    write_params(path, {})
+    path.write_text(path.read_text().replace("lr: 3.0e-3", "lr: 1e-05"))
+    assert load_section("train", path).lr == pytest.approx(1e-5)
+
+
+def test_a_stage_reads_only_its_own_section(tmp_path):
+    path = tmp_path / "params.yaml"
+    write_params(path, {"train": {"lr": "broken"}})
+    assert load_section("prepare", path).image_size > 0
+
+
+def test_stage_reports_bad_param_in_one_line(tmp_path):
+    write_params(tmp_path / "params.yaml", {"prepare": {"image_size": 4}})
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT / "stages/prepare.py"),
+            "--raw",
+            "raw",
+            "--out",
+            "out",
+            "--metrics",
+            "m.json",
+            "--drift-reference",
+            "d.json",
+        ],
+        cwd=tmp_path,
+        env=project_env(PYTHONPATH=str(PROJECT / "src")),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "prepare: error: params.yaml: prepare.image_size must be between 16 and 1024, got 4"
+    assert not (tmp_path / "out").exists()
