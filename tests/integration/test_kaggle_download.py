@@ -38,9 +38,11 @@ import pytest
 from PIL import Image
 from ruamel.yaml import YAML
 
+from helpers import PROJECT
+
 pytestmark = pytest.mark.slow  # real processes, servers, browsers or dvc runs: skipped by `pytest -m "not slow"`
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = PROJECT
 DATASET = YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())["download"]["dataset"]
 OWNER, SLUG = DATASET.split("/")[:2]
 DOWNLOAD_PATH = "/api/v1/datasets.DatasetApiService/DownloadDataset"
