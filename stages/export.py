@@ -1,6 +1,7 @@
 """Stage export: ONNX with a dynamic batch axis, checked against PyTorch with onnxruntime."""
 
 from casting_inspection.core.numerics import pin_numerics
+from casting_inspection.evaluation.model_files import ModelFiles
 
 pin_numerics()  # before numpy and torch load: the same bytes on every machine
 
@@ -26,14 +27,12 @@ def main() -> None:
     args = parser.parse_args()
     results = export_onnx(
         load_section("export"),
-        args.checkpoint,
-        args.operating_point,
-        args.drift_reference,
-        args.data,
-        args.onnx,
-        args.int8,
-        args.metrics,
-        args.guard,
+        ModelFiles(checkpoint=args.checkpoint, operating_point=args.operating_point, guard=args.guard),
+        drift_reference_path=args.drift_reference,
+        prepared_dir=args.data,
+        onnx_path=args.onnx,
+        int8_path=args.int8,
+        metrics_path=args.metrics,
     )
     print("export: " + json.dumps(results))
 

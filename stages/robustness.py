@@ -1,6 +1,7 @@
 """Stage robustness: the test photos re-taken under each line change, decided at the shipped operating point."""
 
 from casting_inspection.core.numerics import pin_numerics
+from casting_inspection.evaluation.model_files import ModelFiles
 
 pin_numerics()  # before numpy and torch load: the same bytes on every machine
 
@@ -25,14 +26,11 @@ def main() -> None:
     params = load_section("robustness")
     report = evaluate_robustness(
         params,
-        args.checkpoint,
-        args.operating_point,
-        args.data,
-        args.raw,
-        args.drift_reference,
-        args.metrics,
-        params.batch_size,
-        args.guard,
+        ModelFiles(checkpoint=args.checkpoint, operating_point=args.operating_point, guard=args.guard),
+        prepared_dir=args.data,
+        raw_dir=args.raw,
+        drift_reference_path=args.drift_reference,
+        out_path=args.metrics,
     )
     print(format_robustness(report))
 

@@ -47,6 +47,7 @@ def exported_model(tmp_path_factory) -> dict:
     from casting_inspection.data.dataset import load_split
     from casting_inspection.data.prepare import prepare_dataset
     from casting_inspection.evaluation.guard import fit_guard, save_guard
+    from casting_inspection.evaluation.model_files import ModelFiles
     from casting_inspection.export.onnx import export_onnx
     from casting_inspection.modeling.augmentation import augmentation_from
     from casting_inspection.modeling.checkpoint import load_checkpoint
@@ -68,14 +69,12 @@ def exported_model(tmp_path_factory) -> dict:
     (root / "operating_point.json").write_text(json.dumps(operating_point))
     export_onnx(
         fast_section("export", root),
-        root / "model.safetensors",
-        root / "operating_point.json",
-        root / "drift.json",
-        prepared,
-        root / "model.onnx",
-        root / "model.int8.onnx",
-        root / "export.json",
-        root / "guard.safetensors",
+        ModelFiles(root / "model.safetensors", root / "operating_point.json", root / "guard.safetensors"),
+        drift_reference_path=root / "drift.json",
+        prepared_dir=prepared,
+        onnx_path=root / "model.onnx",
+        int8_path=root / "model.int8.onnx",
+        metrics_path=root / "export.json",
     )
     return {
         "onnx": root / "model.onnx",

@@ -189,3 +189,40 @@ def test_a_bad_photo_is_not_added_and_a_verdict_needs_a_stored_photo(exported_mo
     with pytest.raises(line.InspectionError, match="inspector name"):
         line.append_verdict(tmp_path / "line", line.Verdict(digest, image, "ok", " ", "review"))
     assert not (tmp_path / "line" / line.LABELS_NAME).exists()
+
+
+def test_what_is_not_a_part_or_not_a_photo_is_named_and_never_imported(exported_model, tmp_path, capsys):
+    """Noise and a black frame labelled ok are refused by the model's guard; a pipe and a broken link are named."""
+    import os
+
+    import numpy as np
+
+    folder = tmp_path / "plant"
+    (folder / "OK").mkdir(parents=True)
+    (folder / "OK" / "good.jpg").write_bytes(jpeg_bytes(part_image(False, 4, size=64)))
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        noise = Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8), "L")
+        (folder / "OK" / f"noise_{i}.png").write_bytes(png_bytes(noise))
+    (folder / "OK" / "black.png").write_bytes(png_bytes(Image.new("L", (64, 64), 0)))
+    os.mkfifo(folder / "OK" / "fifo.jpg")
+    (folder / "OK" / "gone.jpg").symlink_to(folder / "nowhere.jpg")
+    line_dir = tmp_path / "line"
+    assert import_line(exported_model["onnx"], folder, line_dir, "--map", "OK=ok", "--inspector", "qa") == cli.SKIPPED_EXIT
+    err = capsys.readouterr().err
+    for name in ("noise_0.png", "noise_1.png", "noise_2.png", "black.png"):
+        assert f"skipped {folder / 'OK' / name}: not a part the model can judge (" in err, (name, err)
+    assert f"skipped {folder / 'OK' / 'fifo.jpg'}: not a regular file" in err
+    assert f"skipped {folder / 'OK' / 'gone.jpg'}: a broken link" in err
+    assert [row["verdict"] for row in rows(line_dir)] == ["ok"] and len(list((line_dir / "images").iterdir())) == 1
+
+
+def test_the_line_folder_is_not_imported_into_itself(exported_model, tmp_path, capsys):
+    folder, _ = plant_folder(tmp_path)
+    line_dir = tmp_path / "line"
+    assert import_line(exported_model["onnx"], folder, line_dir, "--map", "NG=defective", "--map", "OK=ok") == 3
+    before = rows(line_dir)
+    (line_dir / "images").rename(line_dir / "OK")  # a careless user: the line folder's photos, mapped as ok
+    code = import_line(exported_model["onnx"], line_dir, line_dir, "--map", "OK=ok")
+    assert code == 1 and "overlaps the line data set" in capsys.readouterr().err
+    assert rows(line_dir) == before

@@ -186,3 +186,40 @@ def test_a_pipe_given_by_name_is_skipped_not_read(exported_model, tmp_path):
     os.mkfifo(tmp_path / "camera.jpg")
     result = predict(tmp_path / "camera.jpg", "--model", exported_model["onnx"])
     assert f"skipped {tmp_path / 'camera.jpg'}: not a regular file" in result.stderr
+
+
+SETPRIV = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]  # root without its override
+
+
+def test_nothing_in_a_folder_is_passed_over_without_a_word(exported_model, tmp_path):
+    """An unreadable sub-folder, a pipe, a socket and a broken link named like photos: each named, exit status 3."""
+    import os
+    import shutil
+    import socket
+
+    photos = tmp_path / "photos"
+    (photos / "locked").mkdir(parents=True)
+    shutil.copy(next((exported_model["raw"] / "test" / "ok_front").iterdir()), photos / "good.jpeg")
+    shutil.copy(photos / "good.jpeg", photos / "locked" / "hidden.jpeg")
+    os.mkfifo(photos / "fifo.jpeg")
+    (photos / "gone.jpeg").symlink_to(photos / "nowhere.jpeg")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(photos / "sock.jpeg"))
+    os.chmod(photos / "locked", 0)
+    try:
+        command = [*CLI, "predict", str(photos), "--model", str(exported_model["onnx"])]
+        prefix = SETPRIV if shutil.which("setpriv") and os.geteuid() == 0 else []
+        result = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=120)
+    finally:
+        os.chmod(photos / "locked", 0o755)
+        server.close()
+    assert result.returncode == 3, result.stderr
+    assert len(pd.read_csv(io.StringIO(result.stdout))) == 1  # the good photo beside them is decided
+    for name, reason in [
+        ("locked", "folder cannot be read"),
+        ("fifo.jpeg", "not a regular file"),
+        ("sock.jpeg", "not a regular file"),
+        ("gone.jpeg", "a broken link"),
+    ]:
+        assert f"skipped {photos / name}: {reason}" in result.stderr, (name, result.stderr)
+    assert "4 skipped" in result.stderr

@@ -306,10 +306,10 @@ def test_loopback_station_refuses_other_hosts_and_cross_site_writes(watched, tmp
 
 
 def test_the_review_station_needs_no_torch_and_no_params():
-    """It runs on the serving path (deploy/), like serve and watch."""
+    """It runs on the serving path (serving/), like serve and watch."""
     from helpers import PACKAGE, local_imports, third_party
 
-    path = PACKAGE / "deploy/review.py"
+    path = PACKAGE / "serving/review/station.py"
     assert not {"torch", "torchvision", "ruamel", "dvclive"} & third_party(path)
     assert PACKAGE / "core/params.py" not in local_imports(path)
     assert PACKAGE / "data/line.py" in local_imports(path)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
+import stat
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -32,6 +35,47 @@ class ImageSpec:
     max_pixels: int
     allowed_formats: list[str]
     max_file_bytes: int
+
+
+def walk_files(folder: Path, suffixes: set[str] | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Every regular file under `folder` whose suffix is in `suffixes` (all, when None), sorted, links to files
+    included; and every entry that looks like one but cannot be decided, with why (an unreadable folder, a
+    pipe, a socket, a broken link): nothing under the folder is passed over without a word."""
+    files, problems = [], []
+
+    def unreadable(exc: OSError) -> None:
+        problems.append((str(exc.filename), f"folder cannot be read ({exc.strerror}); its photos were not looked at"))
+
+    for root, dirs, names in os.walk(folder, onerror=unreadable):
+        dirs.sort()
+        for name in names:
+            path = Path(root) / name
+            if suffixes is not None and path.suffix.lower() not in suffixes:
+                continue
+            if path.is_file():
+                files.append(path)
+            elif path.is_symlink() and not path.exists():
+                problems.append((str(path), "a broken link: its photo is missing"))
+            else:
+                problems.append((str(path), "not a regular file (a pipe, socket or device)"))
+    return sorted(files), sorted(problems)
+
+
+def read_photo(path: Path, max_bytes: int) -> bytes:
+    """A photo file's bytes, read the one way every consumer reads one: never blocking on a pipe, never a
+    device or socket, and never more than `max_bytes` (a bigger file is refused before it fills memory)."""
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise BadImage("not a regular file (a pipe, socket or device)")
+            size = info.st_size
+            data = f.read(max_bytes + 1) if size <= max_bytes else b""
+    except OSError as exc:
+        raise BadImage(f"cannot read ({exc.strerror})") from None
+    if size > max_bytes or len(data) > max_bytes:
+        raise BadImage(f"file too large: {max(size, len(data))} bytes is over prepare.max_file_bytes={max_bytes}")
+    return data
 
 
 def _one_line(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ import io
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from PIL import Image
 
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path
-from casting_inspection.data.images import BadImage, ImageSpec, load_image
+from casting_inspection.data.images import BadImage, ImageSpec, load_image, read_photo, walk_files
 
 DEFAULT_LINE = Path("data/line")
 LABELS_NAME = "labels.csv"
@@ -268,11 +268,20 @@ def class_folders(folder: Path, mapping: dict[str, str]) -> dict[Path, str]:
     return {folder / name: mapping[name] for name in subfolders}
 
 
-def import_folder(folder: Path, mapping: dict[str, str], line_dir: Path, spec: ImageSpec, inspector: str) -> ImportReport:
+def import_folder(
+    folder: Path,
+    mapping: dict[str, str],
+    line_dir: Path,
+    spec: ImageSpec,
+    inspector: str,
+    not_a_part: Callable[[bytes], str | None] | None = None,
+) -> ImportReport:
     """Add a folder the plant already labelled (FOLDER/<class>/...) with one verdict per photo, source
     `import:<folder name>`. A bad file is skipped with its reason; a photo already counted (twice in the
     folder, or labelled so by this inspector before) is stored and recorded once; a photo found in two
-    classes is recorded in neither (say which it is, then import again)."""
+    classes is recorded in neither (say which it is, then import again). `not_a_part` (the model's guard)
+    says why a photo labelled defective or ok is not a part the model can judge: such a photo is left out."""
+    _refuse_overlap(Path(folder), Path(line_dir))
     classes, inspector = class_folders(folder, mapping), check_inspector(inspector)
     report = ImportReport(dict.fromkeys(VERDICTS, 0), [], [])
     report.skipped += [
@@ -284,8 +293,10 @@ def import_folder(folder: Path, mapping: dict[str, str], line_dir: Path, spec: I
     both_ways: set[str] = set()
     source = f"import:{Path(folder).resolve().name}"
     for class_dir, verdict in classes.items():
-        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-            stored = _store(path, line_dir, spec, report)
+        paths, problems = walk_files(class_dir)
+        report.skipped += problems
+        for path in paths:
+            stored = _store(path, line_dir, spec, report, not_a_part if verdict != "not_a_part" else None)
             if stored is None:
                 continue
             digest, image = stored
@@ -307,15 +318,24 @@ def import_folder(folder: Path, mapping: dict[str, str], line_dir: Path, spec: I
     return report
 
 
-def _store(path: Path, line_dir: Path, spec: ImageSpec, report: ImportReport) -> tuple[str, str] | None:
-    """Add one file's photo; a file that cannot be read or is not a usable photo is named in the report."""
+def _refuse_overlap(folder: Path, line_dir: Path) -> None:
+    """The line data set is not a labelled folder: importing it into itself would relabel its own photos."""
+    a, b = folder.resolve(), line_dir.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise InspectionError(f"{folder}: overlaps the line data set {line_dir}; import a folder outside it")
+
+
+def _store(path: Path, line_dir: Path, spec: ImageSpec, report: ImportReport, screen=None) -> tuple[str, str] | None:
+    """Add one file's photo; a file that cannot be read, is not a usable photo or (`screen`) not a part the
+    model can judge is named in the report and not stored."""
     try:
-        if path.stat().st_size > spec.max_file_bytes:  # refused before it is read into memory
-            report.skipped.append((str(path), f"file too large: over the model's max_file_bytes={spec.max_file_bytes}"))
+        data = read_photo(path, spec.max_file_bytes)
+        load_image(data, spec)
+        reason = screen(data) if screen is not None else None
+        if reason:
+            report.skipped.append((str(path), f"not a part the model can judge ({reason}); not imported"))
             return None
-        return add_photo(line_dir, path.read_bytes(), spec)
-    except OSError as exc:
-        report.skipped.append((str(path), f"cannot read ({exc.strerror})"))
+        return add_photo(line_dir, data, spec)
     except BadImage as exc:
         report.skipped.append((str(path), str(exc)))
     return None

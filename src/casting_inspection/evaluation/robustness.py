@@ -20,6 +20,7 @@ from casting_inspection.data.images import preprocess
 from casting_inspection.evaluation.calibration import sigmoid
 from casting_inspection.evaluation.guard import guard_reasons, load_guard
 from casting_inspection.evaluation.metrics import count_errors
+from casting_inspection.evaluation.model_files import ModelFiles
 from casting_inspection.evaluation.perturbations import CHANGES, perturb, rng_for
 from casting_inspection.modeling.checkpoint import load_checkpoint
 from casting_inspection.modeling.predict import predict_logits, predict_logits_and_features, select_device
@@ -106,17 +107,17 @@ def predict_renderings(predict, renders: np.ndarray) -> np.ndarray:
 
 def evaluate_robustness(
     params: RobustnessParams,
-    checkpoint_path: Path,
-    operating_point_path: Path,
+    model_files: ModelFiles,
+    *,
     prepared_dir: Path,
     raw_dir: Path,
     drift_reference_path: Path,
     out_path: Path,
-    batch_size: int,
-    guard_path: Path,
 ) -> dict:
     """The test photos re-taken under every change and strength, decided at the shipped operating point, with the
     share of each rendering the input-drift check would flag."""
+    checkpoint_path, operating_point_path, guard_path = model_files.checkpoint, model_files.operating_point, model_files.guard
+    batch_size = params.batch_size
     device = select_device("auto")
     model, checkpoint = load_checkpoint(checkpoint_path, device)
     operating_point = json.loads(Path(operating_point_path).read_text())

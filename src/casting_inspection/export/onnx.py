@@ -18,6 +18,7 @@ from casting_inspection.core.params import ExportParams, Int8Params
 from casting_inspection.data.dataset import load_split
 from casting_inspection.evaluation.guard import load_guard
 from casting_inspection.evaluation.metrics import count_errors
+from casting_inspection.evaluation.model_files import ModelFiles
 from casting_inspection.modeling.checkpoint import load_checkpoint
 from casting_inspection.modeling.networks import ProbabilityNet, count_parameters
 
@@ -45,15 +46,15 @@ def _source(checkpoint_path: Path, checkpoint: dict, operating_point: dict) -> d
 
 def export_onnx(
     params: ExportParams,
-    checkpoint_path: Path,
-    operating_point_path: Path,
+    model_files: ModelFiles,
+    *,
     drift_reference_path: Path,
     prepared_dir: Path,
     onnx_path: Path,
     int8_path: Path,
     metrics_path: Path,
-    guard_path: Path,
 ) -> dict:
+    checkpoint_path, operating_point_path, guard_path = model_files.checkpoint, model_files.operating_point, model_files.guard
     model, checkpoint = load_checkpoint(checkpoint_path, "cpu")
     operating_point = json.loads(Path(operating_point_path).read_text())
     threshold = operating_point["threshold"]

@@ -32,13 +32,16 @@ DEFAULT_MODEL = Path("models/model.onnx")
 
 def expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files as given, folders walked for image files (sorted), glob patterns expanded; what matched nothing is named."""
+    from casting_inspection.data.images import walk_files
+
     files, missing = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found, problems = walk_files(path, IMAGE_SUFFIXES)
             files += found
-            if not found:
+            missing += problems
+            if not found and not problems:
                 missing.append((item, "folder holds no image files"))
         elif path.is_file():
             files.append(path)
@@ -82,6 +85,7 @@ def _write_rows(rows: list[dict], fmt: str, out: Path | None) -> None:
 
 def predict(args: argparse.Namespace) -> int:
     from casting_inspection.core.decision import DECISIONS
+    from casting_inspection.data.images import BadImage, read_photo
     from casting_inspection.serving.inference import Inspector, Result
 
     inspector = Inspector(args.model, threads=args.threads)
@@ -97,15 +101,9 @@ def predict(args: argparse.Namespace) -> int:
         named, unreadable = [], []
         for path in chunk:
             try:
-                if path.stat().st_size > inspector.spec.max_file_bytes:  # refused before it is read into memory
-                    reason = f"file too large: over the model's max_file_bytes={inspector.spec.max_file_bytes}"
-                    unreadable.append(Result(str(path), "", None, inspector.threshold, inspector.version, reason))
-                    continue
-                named.append((str(path), path.read_bytes()))
-            except OSError as exc:
-                unreadable.append(
-                    Result(str(path), "", None, inspector.threshold, inspector.version, f"cannot read ({exc.strerror})")
-                )
+                named.append((str(path), read_photo(path, inspector.spec.max_file_bytes)))
+            except BadImage as exc:
+                unreadable.append(Result(str(path), "", None, inspector.threshold, inspector.version, str(exc)))
         for result in unreadable + inspector.inspect(named, args.batch_size, decoded=arrays):
             if result.error:
                 print(f"skipped {result.path}: {result.error}", file=sys.stderr)
@@ -303,8 +301,13 @@ def import_line(args: argparse.Namespace) -> int:
     from casting_inspection.serving.inference import Inspector
 
     mapping, inspector = _verdict_maps(args.map), _login_name(args.inspector)
-    spec = Inspector(args.model, threads=1).spec  # the checks and limits of the model the photos will train
-    report = import_folder(Path(args.folder), mapping, Path(args.line), spec, inspector)
+    model = Inspector(args.model, threads=1)  # the checks, limits and guard of the model the photos will train
+
+    def not_a_part(data: bytes) -> str | None:
+        (result,) = model.inspect([("photo", data)])
+        return result.flag or result.error or None
+
+    report = import_folder(Path(args.folder), mapping, Path(args.line), model.spec, inspector, not_a_part)
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in report.recorded.items() if n)

@@ -39,7 +39,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.data import line
-from casting_inspection.data.images import BadImage, ImageSpec, load_image
+from casting_inspection.data.images import BadImage, ImageSpec, load_image, read_photo
 from casting_inspection.serving import service
 from casting_inspection.serving.watch.log import LOG_NAME
 
@@ -185,9 +185,9 @@ class Station:
     def _read(self, item: Waiting) -> bytes:
         """The photo's bytes, which must still be the ones the model decided."""
         try:
-            data = item.path.read_bytes()
-        except OSError as exc:
-            raise service.ClientError(409, f"{item.path}: cannot read it ({exc.strerror}); reload the page") from None
+            data = read_photo(item.path, self.spec.max_file_bytes)  # a queued 2 GB file is refused unread
+        except BadImage as exc:
+            raise service.ClientError(409, f"{item.path}: {exc}; reload the page") from None
         if hashlib.sha256(data).hexdigest() != item.sha256:
             raise service.ClientError(409, f"{item.path}: changed since the model decided it; it cannot be labelled here")
         return data
