@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from casting_inspection.serving import cli
 from casting_inspection.serving.inference import Inspector
@@ -89,7 +91,7 @@ def test_once_sorts_every_complete_file_and_rejects_bad_ones(exported_model, tmp
     for photo in photos:
         drop(photo, inbox)
     (inbox / "garbage.jpeg").write_bytes(b"\x00" * 50)
-    os.utime(inbox / "garbage.jpeg", (time.time() - 10, time.time() - 10))
+    os.utime(inbox / "garbage.jpeg", (time.time() - 60, time.time() - 60))  # unchanged past --reject-after
     (inbox / "still_writing.jpeg").write_bytes(photos[0].read_bytes()[:100])  # modified just now
     result = subprocess.run(
         [*CLI, str(inbox), "--out", str(out), "--once", "--settle", "2", "--model", str(exported_model["onnx"])],
@@ -508,3 +510,84 @@ def test_a_black_frame_is_filed_as_not_a_part_never_ok(exported_model, tmp_path)
     assert sorted(p.name for p in (out / "not_a_part").iterdir()) == ["black.png", "strip.png", "white.png"]
     assert not any((out / "ok").iterdir())
     assert all(reason for _, decision, _, reason in logged(out) if decision == "not_a_part")  # the guard's reason, logged
+
+
+def test_a_photo_replaced_after_its_decision_is_not_filed_under_it(exported_model, tmp_path):
+    """A camera that reuses one file name writes the next photo while the model decides the last one: the new
+    photo is never filed under the old decision; it is decided itself."""
+    inbox, out = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    ok_photo = sorted((exported_model["raw"] / "test" / "ok_front").glob("*.jpeg"))[0]
+    black = io.BytesIO()
+    Image.new("L", (64, 64), 0).save(black, "PNG")  # not a part: never ok
+    drop(ok_photo, inbox, name="part.png")
+    inspector = Inspector(exported_model["onnx"])
+    decide = inspector.inspect
+
+    def camera_writes_during_the_decision(named, *args, **kwargs):
+        results = decide(named, *args, **kwargs)
+        staged = inbox / ".next.tmp"
+        staged.write_bytes(black.getvalue())
+        os.replace(staged, inbox / "part.png")  # the camera's atomic write of the next part
+        return results
+
+    inspector.inspect = camera_writes_during_the_decision
+    with Watcher(inspector, inbox, out, settle_seconds=0) as watcher:
+        watcher.process([inbox / "part.png"])
+        inspector.inspect = decide
+        watcher.process([inbox / "part.png"])
+    where = [p.parent.name for p in out.rglob("*") if p.is_file() and p.read_bytes() == black.getvalue()]
+    assert where == ["not_a_part"], where  # filed once, under its own decision
+    assert photos_in(inbox) == [] and "not_a_part" in [decision for _, decision, _, _ in logged(out)]
+
+
+def test_the_output_folder_may_not_be_the_inbox_nor_hold_it(exported_model, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for out in (inbox, tmp_path):
+        result = subprocess.run(
+            [*CLI, str(inbox), "--out", str(out), "--once", "--model", str(exported_model["onnx"])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1 and "give --out a folder outside it" in result.stderr, result.stderr
+    (inbox / "sorted").write_bytes(b"a file where the default output folder goes")
+    result = subprocess.run(
+        [*CLI, str(inbox), "--once", "--model", str(exported_model["onnx"])], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1 and f"--out {inbox / 'sorted'}: a file, not a folder" in result.stderr, result.stderr
+    assert not (inbox / LOG_NAME).exists()
+
+
+def test_once_says_so_when_a_settled_photo_cannot_be_read(exported_model, tmp_path):
+    inbox, out = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    locked = drop(sorted((exported_model["raw"] / "test" / "ok_front").glob("*.jpeg"))[0], inbox)
+    os.chmod(locked, 0)
+    command = [*CLI, str(inbox), "--out", str(out), "--once", "--settle", "0", "--model", str(exported_model["onnx"])]
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"] if os.geteuid() == 0 else []
+    result = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert f"{locked.name}: cannot be read (Permission denied)" in result.stderr
+    assert photos_in(inbox) == [locked.name]
+
+
+def test_a_photo_whose_writer_paused_is_decided_once_complete_never_rejected_half_written(exported_model, tmp_path):
+    inbox, out = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    whole = sorted((exported_model["raw"] / "test" / "def_front").glob("*.jpeg"))[0].read_bytes()
+    half = inbox / "part.jpeg"
+    half.write_bytes(whole[: len(whole) // 2])
+    old = time.time() - 5  # the writer paused longer than --settle
+    os.utime(half, (old, old))
+    with Watcher(Inspector(exported_model["onnx"]), inbox, out, settle_seconds=1.0, reject_after=30.0) as watcher:
+        watcher.process(watcher.once())
+        assert photos_in(inbox) == ["part.jpeg"] and logged(out) == []  # kept: it may still be being written
+        with open(half, "ab") as writer:  # the writer wakes up and finishes
+            writer.write(whole[len(whole) // 2 :])
+        os.utime(half, (old, old))
+        watcher.process(watcher.once())
+    ((name, decision, destination, reason),) = logged(out)
+    assert decision != "rejected" and "truncated" not in reason
+    assert Path(destination).read_bytes() == whole and photos_in(inbox) == []

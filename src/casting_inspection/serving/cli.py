@@ -215,8 +215,9 @@ def watch(args: argparse.Namespace) -> int:
     from casting_inspection.serving.watch.inbox import WatchBusy
     from casting_inspection.serving.watch.watcher import watch_folder
 
-    if not args.log_wait >= 0:
-        raise InspectionError(f"--log-wait must be 0 or more seconds (got {args.log_wait})")
+    for option, value in (("--log-wait", args.log_wait), ("--reject-after", args.reject_after)):
+        if not value >= 0:
+            raise InspectionError(f"{option} must be 0 or more seconds (got {value})")
     inspector = Inspector(args.model, threads=args.threads)
     try:
         left = watch_folder(
@@ -227,6 +228,7 @@ def watch(args: argparse.Namespace) -> int:
             settle_seconds=args.settle,
             once=args.once,
             log_wait=args.log_wait,
+            reject_after=args.reject_after,
         )
     except WatchBusy as exc:
         print(f"casting-inspect watch: error: {exc}", file=sys.stderr)
@@ -263,6 +265,13 @@ def _add_watch(commands, common) -> None:
         default=60.0,
         help="seconds to wait for a log another process holds locked before the photos wait for the next look "
         "(with --once: exit 1, photos left in the inbox) (default: 60)",
+    )
+    sub.add_argument(
+        "--reject-after",
+        type=float,
+        default=30.0,
+        help="a file that is not a usable image (a photo still being written?) stays in the inbox until unchanged "
+        "this many seconds, then goes to rejected/ (default: 30)",
     )
     common(sub)
     sub.set_defaults(run=watch)

@@ -63,15 +63,37 @@ class _Photo:
     identity: tuple[int, int, int, int]  # device, inode, size, mtime: the file that was read
 
 
+def _refuse_overlap(inbox: Path, out: Path) -> None:
+    """The output folder may sit inside the inbox (the default INBOX/sorted), never be it or hold it: the
+    watcher would file its own log and sorted photos as new photos."""
+    inbox, out_resolved = inbox.resolve(), out.resolve()
+    if out_resolved == inbox or out_resolved in inbox.parents:
+        raise InspectionError(
+            f"--out {out} is the inbox {inbox} or holds it; give --out a folder outside it (default INBOX/sorted)"
+        )
+    if out.exists() and not out.is_dir():
+        raise InspectionError(f"--out {out}: a file, not a folder; move that file or give --out another folder")
+
+
 class Watcher:
-    def __init__(self, inspector: Inspector, inbox: Path, out: Path, settle_seconds: float, log_wait: float = 60.0):
+    def __init__(
+        self,
+        inspector: Inspector,
+        inbox: Path,
+        out: Path,
+        settle_seconds: float,
+        log_wait: float = 60.0,
+        reject_after: float = 30.0,
+    ):
         if not inbox.is_dir():
             raise InspectionError(f"{inbox}: no such folder to watch")
+        _refuse_overlap(inbox, out)
         self.inspector, self.inbox, self.out, self.settle, self.log_wait = inspector, inbox, out, settle_seconds, log_wait
         self.seen: dict[Path, tuple[tuple[int, int], float]] = {}  # size and mtime at the last look, and since when
         self.skipped: dict[tuple[str, str], float] = {}  # entries left alone, and when they were first seen so
         self.noted: set[tuple[str, str]] = set()  # what was said already, so that a poll does not repeat it
         self.left = 0  # complete photos that could not be filed this run; they stay in the inbox
+        self.reject_after = reject_after  # a file that is not a usable image is rejected once unchanged this long
         self.log: InspectionLog | None = None
         self.lock = lock_inbox(inbox, out)
         try:
@@ -216,6 +238,8 @@ class Watcher:
         logged = self.log.retry("look up earlier decisions", lambda: self._logged(photos))
         fresh = [photo for photo in photos if (photo.path.name, photo.digest) not in logged]
         results = self.inspector.inspect([(photo.path.name, photo.data) for photo in fresh]) if fresh else []
+        fresh, results = self._hold_young_rejections(fresh, results)
+        photos = [photo for photo in photos if (photo.path.name, photo.digest) in logged] + fresh
         claimed = set(logged.values())
         destinations = self.log.retry("log the decisions", lambda: self._log(fresh, results, set(claimed)))
         shown = {(photo.path.name, photo.digest): result for photo, result in zip(fresh, results)}
@@ -234,18 +258,39 @@ class Watcher:
                 print(f"{result.decision or 'rejected':<10}{probability:>8}  {photo.path.name}{renamed}{reason}", flush=True)
         return filed
 
+    def _hold_young_rejections(self, fresh: list[_Photo], results: list[Result]) -> tuple[list[_Photo], list[Result]]:
+        """A file that is not a usable image may be a photo still being written by a writer that paused: it
+        stays in the inbox, undecided and unlogged, until unchanged for `reject_after` seconds."""
+        kept, decided = [], []
+        now = time.time()
+        for photo, result in zip(fresh, results):
+            age = now - photo.identity[3] / 1e9
+            if result.error and age < self.reject_after:
+                self._note_once(
+                    photo.path.name,
+                    f"not a usable image yet ({result.error}); kept in the inbox until unchanged for {self.reject_after:g} s",
+                )
+                self.left += 1
+                continue
+            kept.append(photo), decided.append(result)
+        return kept, decided
+
     def _read(self, paths: list[Path]) -> list[_Photo]:
         photos = []
         for path in paths:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             except OSError as exc:
-                self._note_once(path.name, f"cannot be read yet ({exc.strerror}); tried again at the next look")
+                self._note_once(
+                    path.name, f"cannot be read ({exc.strerror}); it stays in the inbox, tried again at the next look"
+                )
+                self.left += 1
                 continue
             with os.fdopen(fd, "rb") as f:
                 info = os.fstat(f.fileno())
                 if not stat.S_ISREG(info.st_mode):
                     self._note_once(path.name, "skipped: not a regular file")
+                    self.left += 1
                     continue
                 limit = self.inspector.spec.max_file_bytes
                 data = f.read(limit + 1)  # a bigger file is refused unread past this (load_image: file too large)
@@ -316,6 +361,8 @@ class Watcher:
         then take it out of the inbox: a copy to another filesystem is synced and checked first."""
         folder = destination.parent
         staged = self._copy_in(photo, folder) if self.copying.get(folder) else photo.path
+        if staged == photo.path:
+            self._check_unchanged(photo)
         try:
             final, moved = self._claim(staged, photo.digest, destination)
         except OSError as exc:
@@ -329,11 +376,26 @@ class Watcher:
                 staged.unlink(missing_ok=True)
         if staged != photo.path:
             fsync_dir(folder)
+        elif sha256_of(final) != photo.digest:  # replaced between the check and the link: take the link back
+            if not moved:
+                final.unlink()
+                raise _Changed
+            raise OSError(errno.EIO, f"{final} was replaced while it was filed; decide it again by moving it back to the inbox")
         if final != destination:
             self.log.retry("record where it was filed", lambda: self._relog(photo, final))
         if not (moved and staged == photo.path):
             self._remove_from_inbox(photo, final)
         return final
+
+    @staticmethod
+    def _check_unchanged(photo: _Photo) -> None:
+        """The inbox file is still the one that was decided: the same file, with the same content."""
+        try:
+            info = photo.path.lstat()
+        except FileNotFoundError:
+            raise _Changed from None
+        if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != photo.identity or sha256_of(photo.path) != photo.digest:
+            raise _Changed
 
     def _claim(self, staged: Path, digest: str, destination: Path) -> tuple[Path, bool]:
         """The name `staged` now also has: `destination` or the next free one; or a name where this very
@@ -393,6 +455,7 @@ def watch_folder(
     settle_seconds: float,
     once: bool = False,
     log_wait: float = 60.0,
+    reject_after: float = 30.0,
 ) -> int:
     """Watch until SIGTERM or Ctrl-C (KeyboardInterrupt), or look once; returns how many complete photos
     could not be filed (they stay in the inbox, each named on stderr)."""
@@ -402,7 +465,7 @@ def watch_folder(
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        with Watcher(inspector, inbox, out, settle_seconds, log_wait) as watcher:
+        with Watcher(inspector, inbox, out, settle_seconds, log_wait, reject_after) as watcher:
             print(
                 f"watch: {inbox} -> {out} (model {inspector.version}; log {out / LOG_NAME})" + ("" if once else "; Ctrl-C stops"),
                 file=sys.stderr,
