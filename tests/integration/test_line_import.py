@@ -226,3 +226,11 @@ def test_the_line_folder_is_not_imported_into_itself(exported_model, tmp_path, c
     code = import_line(exported_model["onnx"], line_dir, line_dir, "--map", "OK=ok")
     assert code == 1 and "overlaps the line data set" in capsys.readouterr().err
     assert rows(line_dir) == before
+
+
+def test_thousands_of_maps_are_one_quick_line(exported_model, tmp_path, capsys):
+    folder, _ = plant_folder(tmp_path)
+    maps = [arg for i in range(20_000) for arg in ("--map", f"class{i}=ok")]
+    assert import_line(exported_model["onnx"], folder, tmp_path / "line", *maps) == 1
+    err = capsys.readouterr().err
+    assert "20000 --map options: at most 100" in err and err.count("\n") == 1

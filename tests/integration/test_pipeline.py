@@ -78,8 +78,8 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     _, checkpoint = load_checkpoint(repo / "models/model.safetensors")
     assert checkpoint["class_names"] == ["ok_front", "def_front"] and checkpoint["config"]["version"] >= 2
     predictions = pd.read_csv(repo / "plots/evaluate/predictions.csv")
-    assert len(predictions) == 17 and set(predictions["disposition"]) <= {"accept", "reject", "review", "not_a_part"}
-    flagged = predictions["disposition"] == "not_a_part"
+    assert len(predictions) == 17 and set(predictions["decision"]) <= {"ok", "defective", "review", "not_a_part"}
+    flagged = predictions["decision"] == "not_a_part"
     assert flagged.sum() == test["not_a_part"]["test_flagged"] and predictions["not_a_part"].notna().eq(flagged).all()
     assert predictions["evidence_on_part"].between(0, 1).all()
     robustness = json.loads((repo / "metrics/robustness.json").read_text())

@@ -55,13 +55,13 @@ def predictions_csv(wrong: set[int], n: int = 715, defects: int = 453, first: in
 
     folders=False leaves the class folder out of `path`, so a photo can change label under the same path.
     """
-    rows = ["path,label,defect_probability,predicted,disposition,evidence_on_part,leaked,near_duplicate"]
+    rows = ["path,label,defect_probability,predicted,decision,evidence_on_part,leaked,near_duplicate"]
     for i in range(first, first + n):
         label = "def_front" if i - first < defects else "ok_front"
         rejected = (label == "def_front") != (i in wrong)
         predicted, probability = ("def_front", 0.93) if rejected else ("ok_front", 0.04)
         path = f"test/{label}/cast_{i}.jpeg" if folders else f"test/cast_{i}.jpeg"
-        rows.append(f"{path},{label},{probability},{predicted},{'reject' if rejected else 'accept'},0.8,False,False")
+        rows.append(f"{path},{label},{probability},{predicted},{'defective' if rejected else 'ok'},0.8,False,False")
     return "\n".join(rows) + "\n"
 
 

@@ -33,7 +33,7 @@ from helpers import PROJECT, jpeg_bytes, part_image
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "casting_inspection.serving.cli"]
-TOKEN = "review-Token_7"
+TOKEN = "review-Token_7-for-the-station"
 REVIEW_SET = 3  # photos the test's review band sends to a person
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import json
 import os
 import select
 import socket
@@ -22,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from casting_inspection.serving.inference import Inspector
 from casting_inspection.serving.service import TOKEN_ENV, reason_category, resolve_token
 
-TOKEN = "s3cret-Token_42"
+TOKEN = "s3cret-Token_42-for-the-line"
 BOUNDARY = b"hostile-boundary"
 # The module's server: files of at most 200 kB, 8 files, a 500 kB body, 2 s for the headers and 2 s for the body.
 LIMITS = ["--max-upload-mb", "0.2", "--max-files", "8", "--max-body-mb", "0.5", "--header-timeout", "2", "--body-timeout", "2"]
@@ -308,7 +309,7 @@ def refused(model: Path, *args: str, **env: str) -> str:
 
 @pytest.mark.slow
 def test_refuses_to_serve_other_hosts_without_a_token_or_with_an_empty_one(exported_model, tmp_path):
-    """Before: it served 0.0.0.0 to anyone, unauthenticated."""
+    """0.0.0.0 is served to no one without a token."""
     message = refused(exported_model["onnx"], "--host", "0.0.0.0")
     assert "refusing to serve 0.0.0.0 without a token" in message and TOKEN_ENV in message
     (tmp_path / "empty").write_text("\n")
@@ -370,3 +371,33 @@ def test_a_photo_that_is_not_a_part_is_never_ok_over_http(server, exported_model
     results = httpx.post(server + "/predict", files=files, timeout=30).json()["results"]
     assert [r["decision"] for r in results[:3]] == ["not_a_part"] * 3
     assert all(r["not_a_part"] for r in results[:3]) and results[3]["decision"] in {"ok", "defective", "review"}
+
+
+def test_ambiguous_framing_is_refused_and_the_connection_closed(server):
+    """RFC 9112 6.3: a request with both Content-Length and Transfer-Encoding is answered, then the connection closed
+    (else the rest of its body could be read as a second, smuggled request)."""
+    port = int(server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\n\r\nGET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )
+        answer = read_response(s)
+        assert answer.startswith(b"HTTP/1.1 400") and b"Content-Length and Transfer-Encoding" in answer
+        s.settimeout(5)
+        rest = b""
+        while chunk := s.recv(65536):
+            rest += chunk
+        assert b"HTTP/1.1 200" not in rest  # the smuggled request was never answered: the connection was closed
+
+
+def test_no_page_loads_from_elsewhere_and_the_model_shows_no_server_path(server, exported_model):
+    assert httpx.get(server + "/docs").status_code == 404 and httpx.get(server + "/redoc").status_code == 404
+    info = httpx.get(server + "/model").json()
+    assert info["file"] == exported_model["onnx"].name and str(exported_model["onnx"].parent) not in json.dumps(info)
+
+
+def test_a_guessable_token_is_refused(exported_model, tmp_path):
+    assert "use at least 16" in refused(exported_model["onnx"], **{TOKEN_ENV: "x"})
+    (tmp_path / "token").write_text("short-token\n")
+    assert "use at least 16" in refused(exported_model["onnx"], "--token-file", str(tmp_path / "token"))

@@ -252,12 +252,13 @@ def class_folders(folder: Path, mapping: dict[str, str]) -> dict[Path, str]:
     if not folder.is_dir():
         raise InspectionError(f"{folder}: no such folder to import")
     subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    present = set(subfolders)
     if not subfolders:
         raise InspectionError(f"{folder}: no class sub-folders; put the photos in FOLDER/<class>/ and map each with --map")
     for name, verdict in mapping.items():
         if verdict not in VERDICTS:
             raise InspectionError(f"--map {name}={verdict}: the verdict must be one of {', '.join(VERDICTS)}")
-        if name not in subfolders:
+        if name not in present:
             raise InspectionError(
                 f"--map {name}={verdict}: {folder} has no sub-folder {name!r} (it has: {', '.join(subfolders)})"
             )

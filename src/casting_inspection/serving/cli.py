@@ -27,6 +27,7 @@ from casting_inspection.core.files import atomic_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SKIPPED_EXIT = 3
+MAX_MAPS = 100  # --map options of one import-line
 DEFAULT_MODEL = Path("models/model.onnx")
 
 
@@ -292,7 +293,9 @@ def _login_name(given: str | None) -> str:
 
 
 def _verdict_maps(maps: list[str]) -> dict[str, str]:
-    """--map NAME=VERDICT, each sub-folder once."""
+    """--map NAME=VERDICT, each sub-folder once; at most MAX_MAPS of them (a plant names a handful of classes)."""
+    if len(maps) > MAX_MAPS:
+        raise InspectionError(f"{len(maps)} --map options: at most {MAX_MAPS}; import the class folders in parts")
     mapping = {}
     for item in maps:
         name, sep, verdict = item.partition("=")

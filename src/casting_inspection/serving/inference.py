@@ -119,7 +119,7 @@ class Inspector:
         """What `GET /model` and `predict --about` tell: which model, how it decides, where it came from."""
         return {
             "model_version": self.version,
-            "path": str(self.path),
+            "file": self.path.name,  # not the server's folders
             "threshold": self.threshold,
             "review_band": list(self.review_band) if self.review_band else None,
             "input": {

@@ -57,6 +57,9 @@ class ClientError(Exception):
         self.status, self.message, self.details = status, message, details
 
 
+MIN_TOKEN_CHARS = 16  # a guessable token is no token
+
+
 def resolve_token(token_file: Path | None, environ=os.environ) -> str | None:
     """The bearer token from --token-file, else from $CASTING_INSPECT_TOKEN; None when neither is set."""
     if token_file is not None:
@@ -72,6 +75,10 @@ def resolve_token(token_file: Path | None, environ=os.environ) -> str | None:
         raise InspectionError(f"{source} is empty: put the token in it (one line)")
     if not (token.isascii() and token.isprintable() and " " not in token):
         raise InspectionError(f"{source}: the token must be one word of printable ASCII (it travels in an HTTP header)")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise InspectionError(
+            f"{source}: the token has {len(token)} characters; use at least {MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 16`)"
+        )
     return token
 
 
@@ -190,6 +197,9 @@ class Guard:
             if not (scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)):
                 message = "missing or wrong token: send the header 'Authorization: Bearer <token>'"
                 return JSONResponse({"error": message}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        if b"content-length" in headers and b"transfer-encoding" in headers:  # RFC 9112 6.3: answer, then close
+            message = "both Content-Length and Transfer-Encoding: send one of them"
+            return JSONResponse({"error": message}, status_code=400)
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limits.max_body_bytes:
             message = f"request body larger than {self.limits.max_body_bytes} bytes: send fewer or smaller files"
@@ -306,10 +316,12 @@ def _error_handlers(app: FastAPI) -> None:
 
 def create_app(inspector: Inspector, limits: Limits, token: str | None = None) -> FastAPI:
     """The app, behind its Guard; with a token every endpoint but /health requires it."""
-    app = FastAPI(
+    app = FastAPI(  # no /docs: its page loads scripts from a public CDN, which a line network must not need
         title="Casting inspection",
         version=inspector.version,
         description="Decides whether a cast impeller in a top-view photo is defective.",
+        docs_url=None,
+        redoc_url=None,
     )
     metrics = Metrics(inspector.version)
     app.add_middleware(Guard, limits=limits, token=token, metrics=metrics)
