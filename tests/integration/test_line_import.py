@@ -234,3 +234,13 @@ def test_thousands_of_maps_are_one_quick_line(exported_model, tmp_path, capsys):
     assert import_line(exported_model["onnx"], folder, tmp_path / "line", *maps) == 1
     err = capsys.readouterr().err
     assert "20000 --map options: at most 100" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["+anna", "-anna", "@anna", "=anna", "an\nna", "an\x1bna"])
+def test_an_inspector_name_a_spreadsheet_would_run_is_refused(exported_model, tmp_path, capsys, name):
+    folder, _ = plant_folder(tmp_path)
+    code = import_line(
+        exported_model["onnx"], folder, tmp_path / "line", "--map", "NG=defective", "--map", "OK=ok", f"--inspector={name}"
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "inspector name" in err and "\x1b" not in err and err.count("\n") == 1

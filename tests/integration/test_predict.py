@@ -223,3 +223,19 @@ def test_nothing_in_a_folder_is_passed_over_without_a_word(exported_model, tmp_p
     ]:
         assert f"skipped {photos / name}: {reason}" in result.stderr, (name, result.stderr)
     assert "4 skipped" in result.stderr
+
+
+def test_names_cannot_run_as_formulas_nor_forge_lines(exported_model, tmp_path):
+    """A spreadsheet opening predict's CSV runs no formula; a name cannot put a line or an escape code on the screen."""
+    import shutil
+
+    good = next((exported_model["raw"] / "test" / "ok_front").iterdir())
+    shutil.copy(good, tmp_path / '=HYPERLINK("http-x").jpeg')
+    (tmp_path / "bad\nok        0.0000  forged.jpeg").write_bytes(b"not a photo")
+    (tmp_path / "\x1b[2Jclear.jpeg").write_bytes(b"not a photo")
+    result = predict(".", "--model", exported_model["onnx"], cwd=tmp_path)
+    rows = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False)
+    assert list(rows["path"]) == ['\'=HYPERLINK("http-x").jpeg']
+    assert "\x1b" not in result.stderr and "\\x1b[2Jclear.jpeg" in result.stderr
+    assert not any(line.startswith("ok ") for line in result.stderr.splitlines())
+    assert "skipped bad\\nok        0.0000  forged.jpeg: not an image" in result.stderr

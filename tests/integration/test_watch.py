@@ -591,3 +591,20 @@ def test_a_photo_whose_writer_paused_is_decided_once_complete_never_rejected_hal
     ((name, decision, destination, reason),) = logged(out)
     assert decision != "rejected" and "truncated" not in reason
     assert Path(destination).read_bytes() == whole and photos_in(inbox) == []
+
+
+def test_a_name_cannot_forge_a_decision_line(exported_model, tmp_path):
+    inbox, out = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    source = sorted((exported_model["raw"] / "test" / "def_front").glob("*.jpeg"))[0]
+    drop(source, inbox, name="part\nok            0.0001  good.jpeg")
+    drop(source, inbox, name="\x1b[32mgreen.jpeg")
+    result = subprocess.run(
+        [*CLI, str(inbox), "--out", str(out), "--once", "--settle", "0", "--model", str(exported_model["onnx"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and not any(line.startswith("ok ") and "good.jpeg" in line for line in lines), lines
+    assert "part\\nok" in result.stdout and "\x1b" not in result.stdout + result.stderr and "\\x1b[32m" in result.stdout

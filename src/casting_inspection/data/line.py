@@ -33,6 +33,7 @@ from PIL import Image
 
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path
+from casting_inspection.core.text import FORMULA_START, printable
 from casting_inspection.data.images import BadImage, ImageSpec, load_image, read_photo, walk_files
 
 DEFAULT_LINE = Path("data/line")
@@ -69,9 +70,18 @@ def check_inspector(name: str) -> str:
     """The inspector's name, stripped; one line naming it when it cannot stand in a CSV cell or in the
     'anna=ok; ben=defective' lists of `disagreements`."""
     stripped = (name or "").strip()
-    if not stripped or len(stripped) > 64 or not stripped.isprintable() or ";" in stripped or "=" in stripped:
+    if (
+        not stripped
+        or len(stripped) > 64
+        or printable(stripped) != stripped
+        or not stripped.isprintable()
+        or ";" in stripped
+        or "=" in stripped
+        or stripped.startswith(FORMULA_START)
+    ):
         raise InspectionError(
-            f"inspector name {name!r}: give 1 to 64 printable characters, without ';' or '=' (--inspector NAME)"
+            f"inspector name {printable(repr(name))}: give 1 to 64 printable characters, without ';' or '=', "
+            "not starting with + - @ (a spreadsheet would run it) (--inspector NAME)"
         )
     return stripped
 

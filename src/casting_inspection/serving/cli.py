@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path
+from casting_inspection.core.text import printable, spreadsheet_cell
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SKIPPED_EXIT = 3
@@ -70,7 +71,7 @@ def _write_rows(rows: list[dict], fmt: str, out: Path | None) -> None:
     if fmt == "csv":
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["path"], lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: spreadsheet_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows)
     else:
         for row in rows:
             buffer.write(json.dumps(row) + "\n")
@@ -92,7 +93,7 @@ def predict(args: argparse.Namespace) -> int:
     inspector = Inspector(args.model, threads=args.threads)
     files, missing = expand(args.paths)
     for item, reason in missing:
-        print(f"skipped {item}: {reason}", file=sys.stderr)
+        print(printable(f"skipped {item}: {reason}"), file=sys.stderr)
     results, arrays = [], []
     batches = range(0, len(files), args.batch_size)
     for start in tqdm(
@@ -107,7 +108,7 @@ def predict(args: argparse.Namespace) -> int:
                 unreadable.append(Result(str(path), "", None, inspector.threshold, inspector.version, str(exc)))
         for result in unreadable + inspector.inspect(named, args.batch_size, decoded=arrays):
             if result.error:
-                print(f"skipped {result.path}: {result.error}", file=sys.stderr)
+                print(printable(f"skipped {result.path}: {result.error}"), file=sys.stderr)
             results.append(result)
     decided = [r for r in results if not r.error]
     _write_rows([{k: v for k, v in r.row().items() if k != "error"} for r in decided], args.format, args.out)
@@ -321,7 +322,7 @@ def import_line(args: argparse.Namespace) -> int:
 
     report = import_folder(Path(args.folder), mapping, Path(args.line), model.spec, inspector, not_a_part)
     for path, reason in report.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(printable(f"skipped {path}: {reason}"), file=sys.stderr)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in report.recorded.items() if n)
     print(
         f"import-line: {sum(report.recorded.values())} verdicts by {inspector} recorded in {args.line} ({counts or 'none'}); "
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.run(args)
     except InspectionError as exc:
-        print(f"casting-inspect {args.command}: error: {exc}", file=sys.stderr)
+        print(printable(f"casting-inspect {args.command}: error: {exc}"), file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         code = 130

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.text import printable
 
 LOCK_NAME = ".casting-inspect-watch.lock"
 PARTIAL_SUFFIXES = {".part", ".tmp", ".crdownload"}
@@ -22,7 +23,7 @@ class WatchBusy(InspectionError):
 
 
 def note(message: str) -> None:
-    print(f"watch: {message}", file=sys.stderr, flush=True)
+    print(f"watch: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def skip_reason(name: str, info: os.stat_result) -> tuple[str, bool] | None:

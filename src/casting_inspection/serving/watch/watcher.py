@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.text import printable
 from casting_inspection.serving.inference import Inspector, Result
 from casting_inspection.serving.watch.filing import FOLDERS, TEMPORARY, fsync_dir, link_or_claim, names, sha256_of
 from casting_inspection.serving.watch.inbox import (
@@ -255,7 +256,8 @@ class Watcher:
                 probability = f"{result.defect_probability:.4f}" if result.defect_probability is not None else "-"
                 renamed = f"  -> {final.name}" if final.name != photo.path.name else ""
                 reason = f"  ({result.error or result.flag})" if result.error or result.flag else ""
-                print(f"{result.decision or 'rejected':<10}{probability:>8}  {photo.path.name}{renamed}{reason}", flush=True)
+                line = f"{result.decision or 'rejected':<10}{probability:>8}  {photo.path.name}{renamed}{reason}"
+                print(printable(line), flush=True)
         return filed
 
     def _hold_young_rejections(self, fresh: list[_Photo], results: list[Result]) -> tuple[list[_Photo], list[Result]]:

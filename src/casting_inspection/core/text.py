@@ -1,0 +1,20 @@
+"""Names from the outside (file names, inspector names) as a person or a spreadsheet may safely read them."""
+
+from __future__ import annotations
+
+import re
+
+# C0 and C1 controls (newlines, carriage returns, terminal escape codes) and the bidirectional overrides
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet run a cell as a formula
+
+
+def printable(text: str) -> str:
+    """Control and direction characters written as escapes (a newline as \\n, ESC as \\x1b): a file name can
+    neither forge a line of output (a defective photo printed as ok) nor drive the terminal."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def spreadsheet_cell(text: str) -> str:
+    """A text cell that a spreadsheet shows as text: one starting like a formula gets a leading quote (OWASP)."""
+    return "'" + text if text.startswith(FORMULA_START) else text
