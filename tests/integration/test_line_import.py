@@ -138,8 +138,8 @@ def test_a_photo_in_two_classes_is_recorded_in_neither(exported_model, tmp_path,
 
 
 def test_inspectors_who_disagree_are_kept_but_left_out_of_training(exported_model, tmp_path):
-    """The plant says defective, Anna says ok: the photo stays in labels.csv, disputed, not in training;
-    when Anna changes her mind, her latest verdict is the one that counts, once."""
+    """The plant says defective, Anna says ok: the photo stays in labels.csv, disputed, not in training. A second
+    verdict by Anna is a dispute too, until she takes the first back; nothing is ever rewritten."""
     folder, files = plant_folder(tmp_path)
     line_dir = tmp_path / "line"
     assert (
@@ -164,12 +164,13 @@ def test_inspectors_who_disagree_are_kept_but_left_out_of_training(exported_mode
 
     image = everything.loc[disputed, "image"]
     line.append_verdict(line_dir, line.Verdict(disputed, image, "defective", "anna", "review", "abc123", 0.47))
+    listed = line.disagreements(line_dir)  # her earlier ok still stands: a dispute, not a silent overwrite
+    assert listed["verdicts"].item() == "anna=defective; anna=ok; qa=defective" and len(rows(line_dir)) == 8
+    assert line.retract(line_dir, disputed, "anna", "import:second_look")["verdict"] == "ok"  # she takes it back
     training = line.training_labels(line_dir).set_index("sha256")
     assert training.loc[disputed, "label"] == "def_front" and training.loc[disputed, "inspectors"] == "anna;qa"
-    assert line.disagreements(line_dir).empty and len(rows(line_dir)) == 8  # appended, nothing rewritten
-
-    assert line.undo_last(line_dir, "anna")["verdict"] == "defective"  # taken back: disputed again
-    assert list(line.disagreements(line_dir)["sha256"]) == [disputed] and len(rows(line_dir)) == 7
+    assert line.disagreements(line_dir).empty and len(rows(line_dir)) == 9  # appended, nothing rewritten
+    assert line.retract(line_dir, disputed, "anna", "import:second_look") is None  # nothing more of hers there
 
     line.append_verdict(line_dir, line.Verdict(agreed, training.loc[agreed, "image"], "not_a_part", "ben", "review"))
     assert agreed not in set(line.training_labels(line_dir)["sha256"])  # not a part, to someone: disputed

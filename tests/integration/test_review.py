@@ -229,15 +229,15 @@ def test_label_undo_and_relabel_by_keyboard(watched, tmp_path):
         assert page.left == len(queue) - 1 and page.current == second["sha256"]
         assert "defective" in page.text("#status")
 
-        page.press("u")
-        assert labels(line_dir) == []
+        page.press("u")  # appended, never deleted: a row that takes the verdict back
+        assert [r["verdict"] for r in labels(line_dir)] == ["defective", "retracted"]
         assert page.left == len(queue) and page.current == first["sha256"]  # the undone photo comes back first
 
         page.press("o")
         assert page.left == len(queue) - 1 and page.current == second["sha256"]
 
         page.press("s")  # skipped: not written, asked again at the end of this session's queue
-        assert page.left == len(queue) - 1 and page.current == queue[2]["sha256"] and len(labels(line_dir)) == 1
+        assert page.left == len(queue) - 1 and page.current == queue[2]["sha256"] and len(labels(line_dir)) == 3
 
         while page.current != queue[-1]["sha256"]:
             page.press("s")
@@ -247,7 +247,8 @@ def test_label_undo_and_relabel_by_keyboard(watched, tmp_path):
         page.settle()
         assert page.left == len(queue) - 1 and page.current == second["sha256"]
 
-    (row,) = labels(line_dir)
+    *_, row = labels(line_dir)
+    assert [r["verdict"] for r in labels(line_dir)] == ["defective", "retracted", "ok"]
     assert (row["sha256"], row["verdict"], row["inspector"], row["source"]) == (first["sha256"], "ok", "anna", "review")
     assert row["model_version"] == first["version"] == Inspector(watched["model"]).version
     assert float(row["defect_probability"]) == pytest.approx(first["p"], abs=1e-9)
@@ -275,7 +276,7 @@ def test_token_required_off_loopback(watched, tmp_path):
             assert httpx.get(url + path, headers={"Authorization": "Bearer wrong"}).status_code == 401
             assert httpx.get(url + path, headers=good).status_code == 200
         assert httpx.post(url + "/api/verdict", json={"sha256": sha256, "verdict": "ok"}).status_code == 401
-        assert httpx.post(url + "/api/undo", json={}).status_code == 401
+        assert httpx.post(url + "/api/undo", json={"page": "page-0001"}).status_code == 401
         assert httpx.get(url + "/").status_code == 200  # the page shell only: it asks for the token
         assert labels(line_dir) == []
 
@@ -296,7 +297,7 @@ def test_loopback_station_refuses_other_hosts_and_cross_site_writes(watched, tmp
     with review_server(review_command(watched, line_dir, free_port()), tmp_path / "review.log", server_env()) as url:
         assert httpx.get(url + "/api/queue", headers={"Host": "attacker.example"}).status_code == 400
         sha256 = expected_queue(watched["log"])[0]["sha256"]
-        form = httpx.post(url + "/api/verdict", data={"sha256": sha256, "verdict": "ok"})
+        form = httpx.post(url + "/api/verdict", data={"sha256": sha256, "verdict": "ok", "page": "page-0001"})
         assert form.status_code == 415 and "application/json" in form.json()["error"]
         assert httpx.post(url + "/api/undo", content=b"", headers={"Content-Type": "text/plain"}).status_code == 415
         page = httpx.get(url + "/")
@@ -313,3 +314,88 @@ def test_the_review_station_needs_no_torch_and_no_params():
     assert not {"torch", "torchvision", "ruamel", "dvclive"} & third_party(path)
     assert PACKAGE / "core/params.py" not in local_imports(path)
     assert PACKAGE / "data/line.py" in local_imports(path)
+
+
+def test_an_undo_takes_back_only_its_own_pages_last_verdict_and_a_conflict_is_a_dispute(watched, tmp_path):
+    line_dir = tmp_path / "line"
+    queue = expected_queue(watched["log"])
+    with review_server(
+        review_command(watched, line_dir, free_port(), "--inspector", "anna"), tmp_path / "r.log", server_env()
+    ) as url:
+        post = lambda path, **body: httpx.post(url + path, json=body, timeout=30)  # noqa: E731
+        for item in queue[:3]:
+            assert post("/api/verdict", sha256=item["sha256"], verdict="defective", page="page-a-0001").status_code == 200
+        other = post("/api/undo", page="page-b-0002")  # another browser: nothing of its own to take back
+        assert other.status_code == 409 and "nothing of this page to undo" in other.json()["error"]
+        assert post("/api/undo", page="page-a-0001").json()["undone"]["sha256"] == queue[2]["sha256"]
+        for _ in range(8):  # one slip, one undo: never every verdict of an inspector
+            assert post("/api/undo", page="page-a-0001").status_code == 409
+        standing = line.latest_verdicts(line_dir)
+        assert sorted(standing["sha256"]) == sorted(item["sha256"] for item in queue[:2])
+        assert [r["verdict"] for r in labels(line_dir)] == ["defective"] * 3 + ["retracted"]  # only ever appended
+
+        # the plant's own verdict on the next photo says ok; anna's defective is recorded as a dispute, not an overwrite
+        photo = next(p.read_bytes() for p in watched["out"].rglob(queue[3]["name"]))
+        digest, image = line.add_photo(line_dir, photo, Inspector(watched["model"]).spec)
+        line.append_verdict(line_dir, line.Verdict(digest, image, "ok", "plant-qa", "import:plant"))
+        answer = post("/api/verdict", sha256=queue[3]["sha256"], verdict="defective", page="page-a-0001").json()
+        assert answer["disputed"] == ["plant-qa=ok"]
+        assert queue[3]["sha256"] in set(line.disagreements(line_dir)["sha256"])
+        assert queue[3]["sha256"] not in set(line.training_labels(line_dir)["sha256"])
+
+
+def test_a_damaged_labels_file_names_its_bad_lines_and_the_rest_still_count(watched, tmp_path):
+    line_dir = tmp_path / "line"
+    queue = expected_queue(watched["log"])
+    spec = Inspector(watched["model"]).spec
+    photo = next(p.read_bytes() for p in watched["out"].rglob(queue[0]["name"]))
+    digest, image = line.add_photo(line_dir, photo, spec)
+    good = f"{digest},{image},ok,anna,2026-01-01T00:00:00+00:00,review,,"
+    text = "\ufeff" + ",".join(line.COLUMNS) + "\n" + good + "\n"
+    text += good.replace(",ok,", ",Defective,") + "\n"  # a verdict typed by hand
+    text += good + ",extra\n"  # a hand-edited row with a comma too many
+    text += good.rsplit(",", 3)[0] + "\n"  # a row cut short
+    (line_dir / line.LABELS_NAME).write_text(text, encoding="utf-8")
+    rows, problems = line.read_rows(line_dir)
+    assert len(rows) == 1 and [n for n, _ in problems] == [1, 3, 4, 5], problems
+    assert "byte-order mark" in problems[0][1] and "'Defective'" in problems[1][1]
+    assert list(line.training_labels(line_dir)["label"]) == ["ok_front"]
+    with review_server(
+        review_command(watched, line_dir, free_port(), "--inspector", "ben"), tmp_path / "r.log", server_env()
+    ) as url:
+        answer = httpx.get(url + "/api/queue", timeout=30)
+        assert answer.status_code == 200 and [p.split(":")[0] for p in answer.json()["problems"]] == [
+            f"{line_dir / line.LABELS_NAME} line {n}" for n in (1, 3, 4, 5)
+        ]
+        assert (
+            httpx.post(
+                url + "/api/verdict", json={"sha256": queue[1]["sha256"], "verdict": "ok", "page": "page-c-0003"}, timeout=30
+            ).status_code
+            == 200
+        )
+    assert (line_dir / line.LABELS_NAME).read_text(encoding="utf-8").startswith(text)  # nothing of it rewritten
+
+
+def test_a_locked_or_read_only_line_folder_is_said_within_seconds(watched, tmp_path):
+    import fcntl
+    import os
+    import time
+
+    line_dir = tmp_path / "line"
+    line_dir.mkdir()
+    queue = expected_queue(watched["log"])
+    with review_server(
+        review_command(watched, line_dir, free_port(), "--inspector", "anna"), tmp_path / "r.log", server_env()
+    ) as url:
+        fd = os.open(line_dir, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process holds the line folder
+        try:
+            started = time.monotonic()
+            answer = httpx.post(
+                url + "/api/verdict", json={"sha256": queue[0]["sha256"], "verdict": "ok", "page": "page-d-0004"}, timeout=30
+            )
+            assert answer.status_code == 503 and "locked by another process" in answer.json()["error"]
+            assert time.monotonic() - started < 8
+        finally:
+            os.close(fd)
+        assert line.read_rows(line_dir) == ([], [])  # nothing landed after the answer

@@ -3,14 +3,15 @@
 A folder versioned by DVC (default `data/line/`, `dvc add data/line`):
 - `images/<sha256>.<ext>`: each photo once, named by the SHA-256 of its bytes (the same photo twice is
   one photo), its extension from its content, checked with `images.load_image` before it is stored;
-- `labels.csv`: one row per verdict (`COLUMNS`), appended, never edited: a person who changes their mind
-  adds a row, and their latest one counts. The one exception is `undo_last` (a slip of the key, taken
-  back at once). Every write replaces the whole file atomically, under an flock on the folder, so that
-  the review station and an import running at once cannot lose each other's rows.
+- `labels.csv`: one row per verdict (`COLUMNS`), only ever appended (synced, under an flock on the folder
+  waited for at most a few seconds), never rewritten: an undo appends a `retracted` row that takes back the
+  same inspector's last verdict on that photo from the same source. It is read strictly (`read_rows`): a
+  line that cannot be trusted is named by number and left out, and the others still count.
 
-`training_labels` is what training reads: one row per photo, each inspector's latest verdict counted
-once; photos whose inspectors disagree stay in `labels.csv` (the disagreement is information) but are
-left out, as are photos that are not parts. NumPy, pandas and Pillow only: the serving path imports it.
+`training_labels` is what training reads: one row per photo whose standing verdicts agree. Two different
+standing verdicts on one photo, by two people or by one, are a dispute, never an overwrite: the photo stays
+in `labels.csv` (the disagreement is information) but is left out, as are photos that are not parts. NumPy,
+pandas and Pillow only: the serving path imports it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import io
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +43,8 @@ LABELS_NAME = "labels.csv"
 IMAGES_DIR = "images"
 COLUMNS = ("sha256", "image", "verdict", "inspector", "labelled_at", "source", "model_version", "defect_probability")
 VERDICTS = ("defective", "ok", "not_a_part")
+RETRACTED = "retracted"  # an undo: takes back the same inspector's last verdict on the photo from the same source
+LOCK_WAIT_SECONDS = 3.0  # a locked line folder is said within seconds, never waited on without end
 TRAINING_LABELS = {"defective": "def_front", "ok": "ok_front"}  # the class folder names of the Kaggle data set
 TRAINING_COLUMNS = ["sha256", "image", "label", "inspectors", "disputed"]
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "TIFF": "tif", "WEBP": "webp"}
@@ -103,8 +107,9 @@ def add_photo(line_dir: Path, data: bytes, spec: ImageSpec) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def _locked(line_dir: Path):
-    """An exclusive flock on the line folder itself (no lock file inside what DVC versions)."""
+def _locked(line_dir: Path, wait: float = LOCK_WAIT_SECONDS):
+    """An exclusive flock on the line folder itself (no lock file inside what DVC versions), waited for at most
+    `wait` seconds: a folder another process keeps locked is a one-line error, not a hang."""
     line_dir = Path(line_dir)
     try:
         line_dir.mkdir(parents=True, exist_ok=True)
@@ -112,38 +117,101 @@ def _locked(line_dir: Path):
     except OSError as exc:
         raise InspectionError(f"{line_dir}: cannot use it as the line data set ({exc.strerror}); check --line") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise InspectionError(
+                        f"{line_dir}: locked by another process for over {wait:g} s (an import?); nothing was written, try again"
+                    ) from None
+                time.sleep(0.05)
         yield line_dir
     finally:
         os.close(fd)
 
 
-def _read_rows(line_dir: Path) -> list[dict[str, str]]:
-    """Every row of labels.csv, in the order written; [] when there is none yet."""
+def read_rows(line_dir: Path) -> tuple[list[dict[str, str]], list[tuple[int, str]]]:
+    """The rows of labels.csv that training can trust, in the order written, and each line that it cannot, by
+    number with why (a spreadsheet's byte-order mark, a cell too many or too few, an unknown verdict...): a bad
+    line is named and left out, the others still count. ([], []) when there is no file yet."""
     path = Path(line_dir) / LABELS_NAME
-    if not path.exists():
-        return []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if tuple(reader.fieldnames or ()) != COLUMNS:
-                raise InspectionError(
-                    f"{path}: not a line labels file (columns {reader.fieldnames}, expected {list(COLUMNS)}); "
-                    "restore it (dvc checkout data/line) or move it aside"
-                )
-            return list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return [], []
+    except (OSError, UnicodeDecodeError) as exc:
         raise InspectionError(f"{path}: cannot read it ({exc}); restore it (dvc checkout data/line)") from None
+    problems = []
+    if text.startswith("\ufeff"):
+        text = text[1:]
+        problems.append((1, "starts with a byte-order mark: saved by another program? check its rows"))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if header is not None and tuple(header) != COLUMNS:
+            raise InspectionError(
+                f"{path}: not a line labels file (columns {header}, expected {list(COLUMNS)}); "
+                "restore it (dvc checkout data/line) or move it aside"
+            )
+        rows = []
+        for cells in reader:
+            reason = _row_problem(cells)
+            if reason:
+                problems.append((reader.line_num, reason))
+            else:
+                rows.append(dict(zip(COLUMNS, cells)))
+    except csv.Error as exc:
+        problems.append((reader.line_num, f"not CSV ({exc}); the lines after it were not read"))
+    return rows, problems
 
 
-def _write_rows(line_dir: Path, rows: list[dict[str, str]]) -> None:
-    """The whole file, to a temporary next to it, renamed over it: never half written."""
+def _row_problem(cells: list[str]) -> str | None:
+    """Why one line of labels.csv cannot be trusted, or None."""
+    if len(cells) != len(COLUMNS):
+        return f"{len(cells)} cells, expected {len(COLUMNS)} ({', '.join(COLUMNS)})"
+    row = dict(zip(COLUMNS, cells))
+    if row["verdict"] not in (*VERDICTS, RETRACTED):
+        return f"verdict {printable(row['verdict'])!r} is not one of {', '.join(VERDICTS)} (exactly so written)"
+    if not _SHA256.fullmatch(row["sha256"]) or not row["image"].startswith(f"{IMAGES_DIR}/{row['sha256']}."):
+        return "its sha256 and image do not name a photo of the line data set"
+    if not _SOURCE.fullmatch(row["source"]):
+        return f"source {printable(row['source'])!r} is not review or import:<folder>"
+    try:
+        check_inspector(row["inspector"])
+        datetime.fromisoformat(row["labelled_at"])
+        p = float(row["defect_probability"]) if row["defect_probability"] else 0.0
+    except (InspectionError, ValueError):
+        return "its inspector, time or probability cannot be read"
+    return None if math.isfinite(p) and 0 <= p <= 1 else "its defect probability is not in [0, 1]"
+
+
+def _read_rows(line_dir: Path) -> list[dict[str, str]]:
+    return read_rows(line_dir)[0]
+
+
+def _append_rows(line_dir: Path, rows: list[dict[str, str]]) -> None:
+    """Append to labels.csv (under the caller's lock), synced: rows are never rewritten, a bad line stays as it is.
+    A new file gets its header first; a last line cut short gets its line end, so a row is never glued to it."""
+    path = Path(line_dir) / LABELS_NAME
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_path(Path(line_dir) / LABELS_NAME) as tmp:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    try:
+        if not path.exists() or path.stat().st_size == 0:
+            writer.writeheader()
+        elif not path.read_bytes().endswith(b"\n"):
+            buffer.write("\n")
+        writer.writerows(rows)
+        with open(path, "a", encoding="utf-8", newline="") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise InspectionError(
+            f"{path}: cannot write the verdict ({exc.strerror}); check the disk and the folder's rights"
+        ) from None
 
 
 def _check_verdict(line_dir: Path, verdict: Verdict) -> None:
@@ -171,7 +239,7 @@ def append_verdicts(line_dir: Path, verdicts: Iterable[Verdict]) -> list[Verdict
         _check_verdict(line_dir, verdict)
     if recorded:
         with _locked(line_dir):
-            _write_rows(line_dir, _read_rows(line_dir) + [v.row() for v in recorded])
+            _append_rows(line_dir, [v.row() for v in recorded])
     return recorded
 
 
@@ -180,18 +248,38 @@ def append_verdict(line_dir: Path, verdict: Verdict) -> Verdict:
     return append_verdicts(line_dir, [verdict])[0]
 
 
-def undo_last(line_dir: Path, inspector: str, source: str | None = None) -> dict[str, str] | None:
-    """Take back this inspector's last verdict (of `source` only, when given): the one row ever removed,
-    since a slip of the key is not a verdict. Returns the removed row, or None when there was none."""
+def retract(line_dir: Path, sha256: str, inspector: str, source: str) -> dict[str, str] | None:
+    """Take back this inspector's last verdict on this photo from this source by appending a `retracted` row
+    (rows are only ever appended). Returns the verdict taken back, or None when there was none to take back."""
     inspector = check_inspector(inspector)
     with _locked(line_dir):
-        rows = _read_rows(line_dir)
-        for index in range(len(rows) - 1, -1, -1):
-            row = rows[index]
-            if row["inspector"] == inspector and (source is None or row["source"] == source):
-                _write_rows(line_dir, rows[:index] + rows[index + 1 :])
-                return row
-    return None
+        mine = [
+            row
+            for row in _active(_read_rows(line_dir))
+            if (row["sha256"], row["inspector"], row["source"]) == (sha256, inspector, source)
+        ]
+        if not mine:
+            return None
+        taken_back = mine[-1]
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        _append_rows(line_dir, [taken_back | {"verdict": RETRACTED, "labelled_at": now}])
+    return taken_back
+
+
+def _active(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The verdicts that stand, in order: each `retracted` row removes its inspector's last standing verdict on
+    that photo from the same source."""
+    standing: list[dict[str, str]] = []
+    for row in rows:
+        if row["verdict"] != RETRACTED:
+            standing.append(row)
+            continue
+        key = (row["sha256"], row["inspector"], row["source"])
+        for index in range(len(standing) - 1, -1, -1):
+            if (standing[index]["sha256"], standing[index]["inspector"], standing[index]["source"]) == key:
+                del standing[index]
+                break
+    return standing
 
 
 def read_labels(line_dir: Path) -> pd.DataFrame:
@@ -200,9 +288,10 @@ def read_labels(line_dir: Path) -> pd.DataFrame:
 
 
 def latest_verdicts(line_dir: Path) -> pd.DataFrame:
-    """Each inspector's latest verdict per photo: a person who changed their mind counts once, as they last said."""
-    labels = read_labels(line_dir)
-    return labels.drop_duplicates(["sha256", "inspector"], keep="last").reset_index(drop=True)
+    """The verdicts that stand (not taken back), each inspector's distinct verdicts once per photo. A person who
+    gives a photo another verdict without taking the first back disagrees with themself: a dispute, not an overwrite."""
+    labels = pd.DataFrame(_active(_read_rows(line_dir)), columns=list(COLUMNS))
+    return labels.drop_duplicates(["sha256", "inspector", "verdict"], keep="last").reset_index(drop=True)
 
 
 def _by_photo(line_dir: Path) -> pd.DataFrame:
@@ -213,7 +302,7 @@ def _by_photo(line_dir: Path) -> pd.DataFrame:
     photos = pd.DataFrame(
         {
             "image": grouped["image"].last(),
-            "inspectors": grouped["inspector"].agg(lambda names: ";".join(sorted(names))),
+            "inspectors": grouped["inspector"].agg(lambda names: ";".join(sorted(set(names)))),
             "verdicts": grouped["verdict"].agg(lambda verdicts: tuple(sorted(set(verdicts)))),
             "said": grouped["said"].agg(lambda said: "; ".join(sorted(said))),
         }

@@ -86,6 +86,8 @@ def _list_line(line_dir: Path | None) -> list[tuple[Path, str, str, str]]:
     """The plant's reviewed and imported photos that training may use (data.line: agreed verdicts only)."""
     if line_dir is None or not (Path(line_dir) / line.LABELS_NAME).exists():
         return []
+    for number, reason in line.read_rows(Path(line_dir))[1]:  # named in the stage's log, left out of training
+        print(f"prepare: {Path(line_dir) / line.LABELS_NAME} line {number}: {reason}; left out")
     labels = line.training_labels(Path(line_dir))
     return [(Path(line_dir) / image, f"line/{image}", "line", label) for image, label in zip(labels["image"], labels["label"])]
 

@@ -310,7 +310,7 @@ def _verdict_maps(maps: list[str]) -> dict[str, str]:
 
 def import_line(args: argparse.Namespace) -> int:
     """Exit 3 when some files were skipped (each named on stderr with its reason), as predict does."""
-    from casting_inspection.data.line import import_folder
+    from casting_inspection.data.line import LABELS_NAME, import_folder, read_rows
     from casting_inspection.serving.inference import Inspector
 
     mapping, inspector = _verdict_maps(args.map), _login_name(args.inspector)
@@ -323,6 +323,8 @@ def import_line(args: argparse.Namespace) -> int:
     report = import_folder(Path(args.folder), mapping, Path(args.line), model.spec, inspector, not_a_part)
     for path, reason in report.skipped:
         print(printable(f"skipped {path}: {reason}"), file=sys.stderr)
+    for number, reason in read_rows(Path(args.line))[1]:
+        print(printable(f"warning: {Path(args.line) / LABELS_NAME} line {number}: {reason}; left out of training"), file=sys.stderr)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in report.recorded.items() if n)
     print(
         f"import-line: {sum(report.recorded.values())} verdicts by {inspector} recorded in {args.line} ({counts or 'none'}); "

@@ -3,6 +3,9 @@ const VERDICTS = {d: "defective", o: "ok", n: "not_a_part"};
 const $ = (id) => document.getElementById(id);
 let items = [], skipped = [], front = null, busy = false, photoUrl = null;
 let token = sessionStorage.getItem("review-token") || "";
+// this page's own name: an undo takes back only this page's last verdict, never another browser's
+const PAGE = (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + "-" + String(Math.random()).slice(2, 12));
+const GIVE_UP_MS = 10000;  // a verdict the server has not answered by then is not waited for
 
 async function api(path, body) {
   const headers = token ? {"Authorization": "Bearer " + token} : {};
@@ -12,7 +15,13 @@ async function api(path, body) {
     headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
   }
-  const response = await fetch(path, options);
+  options.signal = AbortSignal.timeout(GIVE_UP_MS);
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (e) {
+    throw new Error(e.name === "TimeoutError" ? "no answer from the station in " + GIVE_UP_MS / 1000 + " s: check it, then reload" : e.message);
+  }
   if (response.status === 401) { $("login").hidden = false; $("work").hidden = true; throw new Error("token needed"); }
   if (!response.ok) {
     let message = response.status + " " + response.statusText;
@@ -37,6 +46,7 @@ async function load() {
   const queue = await (await api("/api/queue")).json();
   $("inspector").textContent = queue.inspector;
   $("missing").textContent = queue.missing ? queue.missing + " logged photos are no longer in the watch folders" : "";
+  $("problems").textContent = queue.problems.length ? "left out of training: " + queue.problems.join("; ") : "";
   items = order(queue.items);
   await show();
 }
@@ -66,7 +76,7 @@ async function show() {
 async function act(key) {
   const item = items[0];
   if (key === "u") {
-    const result = await (await api("/api/undo", {})).json();
+    const result = await (await api("/api/undo", {page: PAGE})).json();
     front = result.undone ? result.undone.sha256 : null;
     skipped = skipped.filter((s) => s !== front);
     say(result.undone ? "undone: " + result.undone.verdict : "nothing of yours to undo");
@@ -80,10 +90,11 @@ async function act(key) {
     say("skipped " + item.name);
     return show();
   }
-  const result = await (await api("/api/verdict", {sha256: item.sha256, verdict: VERDICTS[key]})).json();
+  const result = await (await api("/api/verdict", {sha256: item.sha256, verdict: VERDICTS[key], page: PAGE})).json();
   skipped = skipped.filter((s) => s !== item.sha256);
   front = null;
-  say(result.recorded.verdict + ": " + result.name);
+  const dispute = result.disputed.length ? " (recorded as a dispute: " + result.disputed.join(", ") + ")" : "";
+  say(result.recorded.verdict + ": " + result.name + dispute, Boolean(dispute));
   return load();
 }
 

@@ -26,6 +26,7 @@ import io
 import math
 import sqlite3
 import threading
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -34,7 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from casting_inspection.core.errors import InspectionError
@@ -124,9 +125,9 @@ def waiting_photos(watch_out: Path) -> tuple[list[Waiting], int]:
 
 
 def review_queue(watch_out: Path, line_dir: Path, inspector: str) -> tuple[list[Waiting], int]:
-    """`waiting_photos` minus those this inspector already labelled (whatever the source)."""
+    """`waiting_photos` minus those on which this inspector has a standing verdict (whatever the source)."""
     waiting, missing = waiting_photos(watch_out)
-    labels = line.read_labels(line_dir)
+    labels = line.latest_verdicts(line_dir)
     done = set(labels.loc[labels["inspector"] == inspector, "sha256"])
     return [item for item in waiting if item.sha256 not in done], missing
 
@@ -153,9 +154,18 @@ class _Guard(service.Guard):
         return super().refusal(headers, "/health" if path in SHELL else path)
 
 
+PAGE_ID = r"^[A-Za-z0-9-]{8,64}$"  # each open page names itself: an undo takes back only that page's verdict
+UNDO_SECONDS = 60.0  # an undo takes back a slip of the key, not a verdict given long ago
+
+
 class _VerdictIn(BaseModel):
     sha256: str
     verdict: Literal["defective", "ok", "not_a_part"]
+    page: str = Field(pattern=PAGE_ID)
+
+
+class _UndoIn(BaseModel):
+    page: str = Field(pattern=PAGE_ID)
 
 
 class Station:
@@ -165,11 +175,15 @@ class Station:
         self.watch_out, self.line_dir, self.spec = Path(watch_out), Path(line_dir), spec
         self.inspector = line.check_inspector(inspector)
         self.writing = threading.Lock()  # two key presses at once must not label one photo twice
+        self.recent: dict[str, tuple[str, float]] = {}  # page -> its last verdict's photo and when
         _log_rows(self.watch_out)  # a wrong --watch-out fails at start, in one line
 
     def queue(self) -> dict:
         items, missing = review_queue(self.watch_out, self.line_dir, self.inspector)
-        return {"inspector": self.inspector, "left": len(items), "missing": missing, "items": [i.public() for i in items]}
+        _, bad_lines = line.read_rows(self.line_dir)
+        problems = [f"{self.line_dir / line.LABELS_NAME} line {n}: {reason}" for n, reason in bad_lines]
+        queue = {"inspector": self.inspector, "left": len(items), "missing": missing, "problems": problems}
+        return queue | {"items": [i.public() for i in items]}
 
     def find(self, sha256: str) -> Waiting:
         items, _ = review_queue(self.watch_out, self.line_dir, self.inspector)
@@ -192,9 +206,10 @@ class Station:
             raise service.ClientError(409, f"{item.path}: changed since the model decided it; it cannot be labelled here")
         return data
 
-    def label(self, sha256: str, verdict: str) -> dict:
-        """Copy the photo into the line data set and append the verdict with what the model said of it."""
-        with self.writing:
+    def label(self, sha256: str, verdict: str, page: str) -> dict:
+        """Copy the photo into the line data set and append the verdict with what the model said of it. A verdict
+        that differs from one already standing (another station, another person) is recorded as a dispute."""
+        with self.writing, _unavailable_as_503():
             item = self.find(sha256)
             try:
                 digest, image = line.add_photo(self.line_dir, self._read(item), self.spec)
@@ -204,11 +219,21 @@ class Station:
                 self.line_dir,
                 line.Verdict(digest, image, verdict, self.inspector, "review", item.model_version, item.defect_probability),
             )
-        return {"recorded": recorded.row(), "name": item.name} | self.queue_size()
+            self.recent[page] = (digest, time.monotonic())
+            standing = line.latest_verdicts(self.line_dir)
+            others = standing[(standing["sha256"] == digest) & (standing["verdict"] != verdict)]
+        disputed = sorted(others["inspector"] + "=" + others["verdict"])
+        return {"recorded": recorded.row(), "name": item.name, "disputed": disputed} | self.queue_size()
 
-    def undo(self) -> dict:
-        with self.writing:
-            undone = line.undo_last(self.line_dir, self.inspector, source="review")
+    def undo(self, page: str) -> dict:
+        """Take back this page's own last verdict, within UNDO_SECONDS, once."""
+        with self.writing, _unavailable_as_503():
+            sha256, when = self.recent.pop(page, (None, 0.0))
+            if sha256 is None or time.monotonic() - when > UNDO_SECONDS:
+                raise service.ClientError(
+                    409, f"nothing of this page to undo: an undo takes back this page's last verdict within {UNDO_SECONDS:g} s"
+                )
+            undone = line.retract(self.line_dir, sha256, self.inspector, "review")
         return {"undone": undone} | self.queue_size()
 
     def queue_size(self) -> dict:
@@ -226,6 +251,15 @@ async def _json_body(request: Request) -> dict:
     if not isinstance(body, dict):
         raise service.ClientError(400, "the request body must be a JSON object")
     return body
+
+
+@contextlib.contextmanager
+def _unavailable_as_503():
+    """The line folder locked, read-only or full: the page says what is wrong at once; nothing was written."""
+    try:
+        yield
+    except InspectionError as exc:
+        raise service.ClientError(503, str(exc)) from None
 
 
 def _asset(name: str) -> str:
@@ -274,11 +308,11 @@ def create_review_app(station: Station, token: str | None = None, host: str = "1
     @app.post("/api/verdict")
     async def verdict(request: Request) -> dict:
         given = _VerdictIn(**await _json_body(request))
-        return await run_in_threadpool(station.label, given.sha256, given.verdict)
+        return await run_in_threadpool(station.label, given.sha256, given.verdict, given.page)
 
     @app.post("/api/undo")
     async def undo(request: Request) -> dict:
-        await _json_body(request)
-        return await run_in_threadpool(station.undo)
+        given = _UndoIn(**await _json_body(request))
+        return await run_in_threadpool(station.undo, given.page)
 
     return app
