@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "tests" / "integration")]  # the fuzz tests make the files
 
 from test_fuzz import SEED, crafted_files, good_files, ico_bomb, mutants, png_claiming, reason_category  # noqa: E402
 
@@ -32,7 +32,7 @@ from casting_inspection.core.params import load_section  # noqa: E402
 from casting_inspection.data.images import BadImage, load_image  # noqa: E402
 from casting_inspection.data.prepare import image_spec  # noqa: E402
 from casting_inspection.serving.inference import Inspector  # noqa: E402
-from helpers import jpeg_bytes, part_image  # noqa: E402
+from helpers import jpeg_bytes, part_image, rle8_bmp  # noqa: E402
 
 # One call in a fresh process: resident memory just before it, and the high-water mark after it.
 MEASURE = """
@@ -181,8 +181,11 @@ def main() -> None:
     start = time.perf_counter()
     report = decode_all(files, spec)
     print_decoding(report, time.perf_counter() - start)
-    crafted = decode_all(list(crafted_files().items()), spec)
+    costly = {f"run-length BMP {w}x{w}, {len(rle8_bmp(w, w, 600)):,} bytes": rle8_bmp(w, w, 600) for w in (700, 2000, 5000)}
+    crafted = decode_all(list(crafted_files().items()) + list(costly.items()), spec)
     print(f"crafted files: {dict(crafted['counts'])}; escaped: {crafted['escapes']}")
+    slowest_s, slowest_name, _ = crafted["slowest"]
+    print(f"  crafted, decoding time per file: slowest {slowest_s * 1e3:.1f} ms ({slowest_name})")
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or tiny_model(Path(tmp))
         sample = inspect_sample(Inspector(model), files[:: max(1, len(files) // args.sample)][: args.sample])

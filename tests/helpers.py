@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import io
 import os
+import struct
 import subprocess
 import sys
 import zipfile
@@ -73,6 +74,15 @@ def kaggle_files(n_train: int = 24, n_test: int = 8) -> dict[str, bytes]:
     ]
     files["casting_512x512/casting_512x512/def_front/cast_def_0_0.jpeg"] = jpeg_bytes(part_image(True, 999))
     return files
+
+
+def rle8_bmp(width: int, height: int, rows: int) -> bytes:
+    """A run-length BMP (BI_RLE8) of grey runs, one end-of-line escape per row: a few bytes for many pixels."""
+    body = b"".join(bytes([min(width, 255), 128]) + b"\x00\x00" for _ in range(rows)) + b"\x00\x01"
+    dib = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(body), 2835, 2835, 256, 0)
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    offset = 14 + len(dib) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(body), 0, 0, offset) + dib + palette + body
 
 
 def write_raw(raw: Path, **sizes: int) -> Path:

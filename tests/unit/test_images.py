@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import zlib
@@ -11,7 +12,7 @@ from PIL import Image
 
 from casting_inspection.core.params import load_section
 from casting_inspection.data.images import BadImage, load_image
-from helpers import PROJECT, jpeg_bytes, part_image
+from helpers import PROJECT, jpeg_bytes, part_image, rle8_bmp
 
 PARAMS = load_section("prepare", PROJECT / "params.yaml")
 
@@ -61,3 +62,16 @@ def test_bad_inputs_are_rejected_with_a_reason(data, reason):
     with pytest.raises(BadImage) as caught:
         load_image(data, PARAMS)
     assert reason in str(caught.value)
+
+
+def test_decoding_work_is_bounded_by_the_formats_cost_not_only_by_pixels():
+    """Pillow pads each run-length row in a Python loop: a 2 kB file of 4,000 x 4,000 would cost seconds."""
+    from casting_inspection.data.prepare import image_spec
+
+    spec = dataclasses.replace(image_spec(PARAMS), allowed_modes=["L", "P"])
+    bomb = rle8_bmp(4000, 4000, 300)
+    assert len(bomb) < 3000
+    with pytest.raises(BadImage, match="too costly to decode: 4000x4000"):
+        load_image(bomb, spec)
+    array, size = load_image(rle8_bmp(64, 64, 64), spec)  # a small run-length photo is still decoded
+    assert size == (64, 64) and array.shape == (1, spec.image_size, spec.image_size)

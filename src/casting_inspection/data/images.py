@@ -78,6 +78,17 @@ def read_photo(path: Path, max_bytes: int) -> bytes:
     return data
 
 
+RLE_BMP_COST = 50  # Pillow decodes run-length BMP in a Python loop, about 50x slower per pixel than libjpeg
+
+
+def _decoding_cost(image: Image.Image) -> int:
+    """How many times a plain JPEG pixel one pixel of this file costs to decode, from its header: the pixel
+    budget (prepare.max_pixels) bounds the work, not only the memory."""
+    if image.format == "BMP" and image.info.get("compression") in (1, 2):  # BI_RLE8, BI_RLE4
+        return RLE_BMP_COST
+    return 1
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or "no detail"
     return f"{type(exc).__name__}: {text[:200]}"
@@ -107,6 +118,12 @@ def load_image(data: bytes, spec: ImageSpec) -> tuple[np.ndarray, tuple[int, int
     width, height = image.size
     if width * height > spec.max_pixels:
         raise BadImage(f"absurd size: {width}x{height} is over prepare.max_pixels={spec.max_pixels}")
+    cost = _decoding_cost(image)
+    if width * height * cost > spec.max_pixels:
+        raise BadImage(
+            f"too costly to decode: {width}x{height} in a format decoded {cost}x slower than JPEG "
+            f"(at most {spec.max_pixels // cost} pixels; prepare.max_pixels={spec.max_pixels})"
+        )
     if min(width, height) < spec.min_side:
         raise BadImage(f"too small: {width}x{height} is under prepare.min_side={spec.min_side}")
     if image.mode not in spec.allowed_modes:

@@ -324,7 +324,9 @@ def import_line(args: argparse.Namespace) -> int:
     for path, reason in report.skipped:
         print(printable(f"skipped {path}: {reason}"), file=sys.stderr)
     for number, reason in read_rows(Path(args.line))[1]:
-        print(printable(f"warning: {Path(args.line) / LABELS_NAME} line {number}: {reason}; left out of training"), file=sys.stderr)
+        print(
+            printable(f"warning: {Path(args.line) / LABELS_NAME} line {number}: {reason}; left out of training"), file=sys.stderr
+        )
     counts = ", ".join(f"{n} {verdict}" for verdict, n in report.recorded.items() if n)
     print(
         f"import-line: {sum(report.recorded.values())} verdicts by {inspector} recorded in {args.line} ({counts or 'none'}); "
