@@ -181,7 +181,8 @@ def main() -> None:
     start = time.perf_counter()
     report = decode_all(files, spec)
     print_decoding(report, time.perf_counter() - start)
-    costly = {f"run-length BMP {w}x{w}, {len(rle8_bmp(w, w, 600)):,} bytes": rle8_bmp(w, w, 600) for w in (700, 2000, 5000)}
+    shapes = [(700, 700), (2000, 2000), (41666, 600)]  # the last: each end-of-line escape pads a 41,666-pixel row
+    costly = {f"run-length BMP {w}x{h}, {len(rle8_bmp(w, h, 600)):,} bytes": rle8_bmp(w, h, 600) for w, h in shapes}
     crafted = decode_all(list(crafted_files().items()) + list(costly.items()), spec)
     print(f"crafted files: {dict(crafted['counts'])}; escaped: {crafted['escapes']}")
     slowest_s, slowest_name, _ = crafted["slowest"]

@@ -201,6 +201,7 @@ class GuardParams:
     max_clipped: float = check(_fraction)
     max_aspect: float = check(lambda v: None if v >= 1 else "must be >= 1")
     position_margin: float = check(_non_negative)
+    seam_margin: float = check(lambda v: None if v >= 1 else "must be >= 1")
     seed: int = check(_non_negative)
 
 

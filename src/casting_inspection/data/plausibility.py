@@ -1,7 +1,8 @@
 """Is this photo a plausible part photo at all? Checks on the photo itself, before any decision is trusted.
 
 A line camera also sends black frames (lamp off), blown-out or flat frames, crops and mis-sized captures,
-and frames where the part is missing or misplaced. Exposure is checked against fixed sane bounds (wide
+and frames where the part is missing or misplaced, and torn or stitched frames (a straight cut with texture on
+both sides: two parts' halves, swapped quarters). Exposure is checked against fixed sane bounds (wide
 enough for the lamp drifting x0.7-x1.3), the capture's aspect ratio against a limit, and the part's
 position and size against the range seen in training, with a margin. NumPy only and batched, so the
 serving path pays microseconds per image.
@@ -14,6 +15,30 @@ import numpy as np
 from casting_inspection.data.background import background_level
 
 PART_CONTRAST = 0.08  # grey levels (0-1) by which a part's pixel differs from the table
+SEAM_FLOOR = 3 / 255  # a side of a cut whose lines vary less than this is a flat fill (a shift's uncovered strip), not a tear
+SEAM_OFFSET = 2 / 255  # keeps the seam score finite on flat lines
+
+
+def seam_score(gray: np.ndarray) -> np.ndarray:
+    """Per grey image (N, H, W) in [0, 1]: how much the strongest full-length straight line (a row or a column)
+    jumps over its neighbours, counting only lines with texture on both sides. A torn or stitched frame has one;
+    a photo of a round part does not, nor does a shifted photo beside its flat fill."""
+    scores = [_column_seams(gray), _column_seams(np.swapaxes(gray, 1, 2))]
+    return np.maximum(*scores)
+
+
+def _column_seams(gray: np.ndarray) -> np.ndarray:
+    jump = np.abs(np.diff(gray, axis=2)).mean(axis=1)  # (N, W - 1): mean step across each column boundary
+    padded = np.pad(jump, ((0, 0), (3, 3)), mode="edge")
+    width = jump.shape[1]
+    baseline = np.median(np.stack([padded[:, i : i + width] for i in (0, 1, 5, 6)]), axis=0)
+    texture = np.cumsum(np.pad(gray.std(axis=1), ((0, 0), (1, 0))), axis=1)  # running sum of each column's spread
+    index = np.arange(width)
+    left_lo, right_hi = np.maximum(index - 2, 0), np.minimum(index + 4, width + 1)
+    left = (texture[:, index + 1] - texture[:, left_lo]) / (index + 1 - left_lo)
+    right = (texture[:, right_hi] - texture[:, index + 1]) / (right_hi - index - 1)
+    score = (jump - baseline) / (baseline + SEAM_OFFSET)
+    return np.where(np.minimum(left, right) > SEAM_FLOOR, score, 0.0).max(axis=1)
 
 
 def photo_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -40,6 +65,7 @@ def photo_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
         "offset_y": offset_y,
         "radius": radius,
         "roundness": (part & disc).sum(axis=(1, 2)) / union,
+        "seam": seam_score(gray),
     }
 
 
@@ -51,6 +77,11 @@ def part_range(statistics: dict[str, np.ndarray], margin: float) -> dict[str, li
         for name in ("offset_x", "offset_y", "radius")
     }
     return ranges | {"roundness": [float(np.quantile(statistics["roundness"], 0.001)) - margin, 1.0]}
+
+
+def seam_limit(statistics: dict[str, np.ndarray], factor: float) -> float:
+    """The strongest straight cut training photos show (99.9 %), times `factor`: above it, a torn frame."""
+    return float(np.quantile(statistics["seam"], 0.999)) * factor
 
 
 def implausible(statistics: dict[str, np.ndarray], sizes: list[tuple[int, int]], rules: dict) -> list[str | None]:
@@ -70,5 +101,11 @@ def implausible(statistics: dict[str, np.ndarray], sizes: list[tuple[int, int]],
             reasons.append(f"{float(statistics['clipped'][i]):.0%} of the frame clipped to black or white")
         else:
             outside = [name for name, (lo, hi) in rules["part"].items() if not lo <= float(statistics[name][i]) <= hi]
-            reasons.append(f"no part where parts are ({', '.join(outside)} outside training's range)" if outside else None)
+            seam = float(statistics["seam"][i])
+            if outside:
+                reasons.append(f"no part where parts are ({', '.join(outside)} outside training's range)")
+            elif rules.get("max_seam") is not None and seam > rules["max_seam"]:
+                reasons.append(f"a straight cut across the frame (seam {seam:.1f} > {rules['max_seam']:.1f}): torn or stitched?")
+            else:
+                reasons.append(None)
     return reasons

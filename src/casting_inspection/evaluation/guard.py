@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from casting_inspection.core.decision import DecisionRule, novelty_flag, novelty_score
 from casting_inspection.core.files import atomic_path
 from casting_inspection.data.dataset import Split
-from casting_inspection.data.plausibility import implausible, part_range, photo_statistics
+from casting_inspection.data.plausibility import implausible, part_range, photo_statistics, seam_limit
 from casting_inspection.modeling.augmentation import augment_batch
 from casting_inspection.modeling.networks import InspectionNet
 from casting_inspection.modeling.predict import predict_features, predict_logits_and_features
@@ -65,12 +65,15 @@ def fit_guard(model: InspectionNet, train: Split, val: Split, params, batch_size
     `augment`/`group`: the training augmentation from the checkpoint. The threshold: the 1 - false_alarm_rate
     quantile of the validation parts' novelty."""
     images = torch.cat([train.images, augmented(train.images, augment, group, params.seed)])
+    statistics = photo_statistics(images.numpy())
     rules = {
         "exposure": list(params.exposure),
         "min_contrast": params.min_contrast,
         "max_clipped": params.max_clipped,
         "max_aspect": params.max_aspect,
-        "part": part_range(photo_statistics(images.numpy()), params.position_margin),
+        "part": part_range(statistics, params.position_margin),
+        # the camera's own photos only: the augmentation's fill leaves straight edges that no camera makes
+        "max_seam": seam_limit(photo_statistics(train.images.numpy()), params.seam_margin),
     }
     if not model.has_features:  # baselines without a pooled feature vector: the photo checks only
         return {**rules, "novelty_threshold": None, "false_alarm_rate": None}, {}

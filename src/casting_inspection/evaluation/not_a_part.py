@@ -68,6 +68,23 @@ def _from_parts(photos: list[Image.Image], table: int) -> list[tuple[str, Image.
     return out
 
 
+def _torn(photos: list[Image.Image], table: int, rng: np.random.Generator) -> list[tuple[str, Image.Image]]:
+    """Frames a camera tears or stitches: halves of two parts, swapped quarters, a part cut off by the empty table."""
+    out = []
+    for first, second in zip(photos, photos[1:] + photos[:1]):
+        a = np.asarray(first.resize((SIDE, SIDE), Image.Resampling.BILINEAR))
+        b = np.asarray(second.resize((SIDE, SIDE), Image.Resampling.BILINEAR))
+        cut = int(rng.integers(int(SIDE * 0.35), int(SIDE * 0.65)))
+        out.append(("torn: halves of two parts, side by side", np.concatenate([a[:, :cut], b[:, cut:]], axis=1)))
+        out.append(("torn: halves of two parts, one above the other", np.concatenate([a[:cut], b[cut:]], axis=0)))
+        h = SIDE // 2
+        out.append(("torn: quarters swapped", np.block([[a[h:, h:], a[h:, :h]], [a[:h, h:], a[:h, :h]]])))
+        partial = a.copy()
+        partial[cut:] = table
+        out.append(("torn: the frame's bottom is the empty table", partial))
+    return [(kind, Image.fromarray(np.ascontiguousarray(array))) for kind, array in out]
+
+
 def material(val_images: np.ndarray, seed: int, photos: int = 4) -> list[tuple[str, bytes]]:
     """(kind, PNG bytes) for every not-a-part photo, drawn with `seed` from the validation images (N, C, H, W)."""
     rng = np.random.default_rng(seed)
@@ -75,7 +92,7 @@ def material(val_images: np.ndarray, seed: int, photos: int = 4) -> list[tuple[s
         Image.fromarray(val_images[i].mean(axis=0).astype(np.uint8)) for i in rng.choice(len(val_images), photos, replace=False)
     ]
     table = int(np.median([np.asarray(p)[:4].mean() for p in picked]))
-    items = _frames(rng) + _shapes(table) + _from_parts(picked, table)
+    items = _frames(rng) + _shapes(table) + _from_parts(picked, table) + _torn(picked, table, rng)
     encoded = []
     for kind, image in items:
         buffer = io.BytesIO()

@@ -1,0 +1,49 @@
+"""Is this a part photo at all: a torn or stitched frame has a straight cut with texture on both sides."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from casting_inspection.data.plausibility import implausible, part_range, photo_statistics, seam_limit
+from helpers import part_image
+
+
+def grey(*images) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.uint8)[None] for image in images])
+
+
+def test_halves_of_two_parts_are_cut_a_shifted_part_is_not_and_swapped_quarters_are_no_part():
+    parts = [np.asarray(part_image(i % 2 == 1, i, size=128)) for i in range(40)]
+    limit = seam_limit(photo_statistics(grey(*parts)), 1.2)
+    a, b = np.asarray(part_image(False, 100, size=128)), np.asarray(part_image(True, 101, size=128))
+    side_by_side = np.concatenate([a[:, :60], b[:, 60:]], axis=1)
+    one_above = np.concatenate([a[:70], b[70:]], axis=0)
+    quarters = np.block([[a[64:, 64:], a[64:, :64]], [a[:64, 64:], a[:64, :64]]])
+    shifted = np.full_like(a, int(np.median(a[:4])))
+    shifted[:, 12:] = a[:, :-12]  # the camera's view moved: a flat strip, no tear
+    seams = photo_statistics(grey(side_by_side, one_above, shifted, a))["seam"]
+    assert (seams[:2] > limit).all(), (seams, limit)
+    assert (seams[2:] <= limit).all(), (seams, limit)
+    # swapped quarters of a centred part leave table on both sides of the cuts: the part checks name it
+    rules = {"exposure": [0.0, 1.0], "min_contrast": 0.0, "max_clipped": 1.0, "max_aspect": 1.25}
+    rules |= {"part": part_range(photo_statistics(grey(*parts)), 0.02), "max_seam": limit}
+    assert implausible(photo_statistics(grey(quarters)), [(128, 128)], rules)[0].startswith("no part where parts are")
+
+
+def test_a_torn_frame_is_named_as_such():
+    parts = [np.asarray(part_image(False, i, size=128)) for i in range(40)]
+    statistics = photo_statistics(grey(*parts))
+    rules = {
+        "exposure": [0.0, 1.0],
+        "min_contrast": 0.0,
+        "max_clipped": 1.0,
+        "max_aspect": 1.25,
+        "part": {},
+        "max_seam": seam_limit(statistics, 1.2),
+    }
+    a, b = parts[0], np.asarray(part_image(True, 101, size=128))  # another disc level: the halves do not match
+    torn = np.concatenate([a[:, :60], b[:, 60:]], axis=1)
+    reasons = implausible(photo_statistics(grey(torn, a)), [(128, 128)] * 2, rules)
+    assert reasons[0].startswith("a straight cut across the frame") and reasons[1] is None
+    rules.pop("max_seam")  # a model exported without the check still decides as before
+    assert implausible(photo_statistics(grey(torn)), [(128, 128)], rules) == [None]
