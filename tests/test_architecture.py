@@ -79,3 +79,10 @@ def test_no_function_is_longer_than_a_screen(module):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60
     ]
     assert not long, f"{module.name}: {', '.join(long)}"
+
+
+@pytest.mark.parametrize("module", SERVING)
+def test_the_serving_path_imports_only_core_and_data(module):
+    """It runs the exported model: nothing of training, evaluation or export may load with it."""
+    rooms = {room(f) for f in local_imports(PACKAGE / module)} - {None}
+    assert rooms <= {"core", "data", "serving"}, f"{module} imports {sorted(rooms - {'core', 'data', 'serving'})}"

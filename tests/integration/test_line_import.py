@@ -245,3 +245,20 @@ def test_an_inspector_name_a_spreadsheet_would_run_is_refused(exported_model, tm
     )
     err = capsys.readouterr().err
     assert code == 1 and "inspector name" in err and "\x1b" not in err and err.count("\n") == 1
+
+
+def test_a_torn_line_in_labels_csv_hides_no_other_verdict(exported_model, tmp_path):
+    """A write cut short inside a quoted field must not swallow the rows after it."""
+    spec = Inspector(exported_model["onnx"]).spec
+    line_dir = tmp_path / "line"
+    first, first_image = line.add_photo(line_dir, jpeg_bytes(part_image(True, 1)), spec)
+    second, second_image = line.add_photo(line_dir, jpeg_bytes(part_image(False, 2)), spec)
+    line.append_verdict(line_dir, line.Verdict(first, first_image, "ok", "Smith, Anna", "review"))
+    with open(line_dir / line.LABELS_NAME, "a", encoding="utf-8") as f:
+        f.write(f'{first},{first_image},defective,"Smith, B')  # the disk filled up here
+    line.append_verdict(line_dir, line.Verdict(first, first_image, "defective", "ben", "review"))
+    line.append_verdict(line_dir, line.Verdict(second, second_image, "ok", "carl", "review"))
+    rows_read, problems = line.read_rows(line_dir)
+    assert [r["inspector"] for r in rows_read] == ["Smith, Anna", "ben", "carl"] and [n for n, _ in problems] == [3]
+    assert first in set(line.disagreements(line_dir)["sha256"])  # ben's verdict still counts: disputed, not trained
+    assert list(line.training_labels(line_dir)["sha256"]) == [second]

@@ -49,6 +49,29 @@ def test_convolutions_run_on_kernels_whose_sums_follow_shape_isa_and_threads_onl
     assert {prop for _, prop in kernels} == {"forward_training", "backward_data", "backward_weights"}
 
 
+LIBRARIES = """
+import ctypes, glob, json, os, sys
+sys.path.insert(0, "src")
+from casting_inspection.core.numerics import pin_numerics
+pin_numerics()
+import numpy, torch, threadpoolctl
+mkl = ctypes.CDLL(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))[0])
+blas = [p for p in threadpoolctl.threadpool_info() if p["internal_api"] == "openblas"]
+print(json.dumps({"cbwr": mkl.mkl_serv_cbwr_get(-1), "openblas": [(p["num_threads"], p["architecture"]) for p in blas],
+                  "torch": [torch.get_num_threads(), torch.backends.cpu.get_cpu_capability()]}))
+"""
+
+
+def test_the_libraries_run_the_branches_the_pins_ask_for():
+    """Read back from the libraries themselves, not from the environment that asked."""
+    import json
+
+    taken = json.loads(python(["-c", LIBRARIES]))
+    assert taken["cbwr"] & 0xFFFF == 3 and taken["cbwr"] & 0x10000, hex(taken["cbwr"])  # MKL: COMPATIBLE, strict
+    assert taken["openblas"] and all(threads == 1 and arch == "Haswell" for threads, arch in taken["openblas"])
+    assert taken["torch"] == [2, "AVX2"]
+
+
 def test_pins_fix_vendor_library_branches():
     code = "import sys; sys.path.insert(0, 'src'); from casting_inspection.core.numerics import pin_numerics, PINNED; "
     code += "pin_numerics(); import os; print(os.environ['MKL_CBWR'], os.environ['OPENBLAS_NUM_THREADS'])"

@@ -205,13 +205,19 @@ def test_nothing_in_a_folder_is_passed_over_without_a_word(exported_model, tmp_p
     (photos / "gone.jpeg").symlink_to(photos / "nowhere.jpeg")
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(photos / "sock.jpeg"))
+    (photos / "unsearchable").mkdir()
+    shutil.copy(photos / "good.jpeg", photos / "unsearchable" / "inside.jpeg")
+    (tmp_path / "elsewhere").mkdir()
+    (photos / "linked").symlink_to(tmp_path / "elsewhere")
     os.chmod(photos / "locked", 0)
+    os.chmod(photos / "unsearchable", 0o644)  # its names can be listed, its files not reached
     try:
         command = [*CLI, "predict", str(photos), "--model", str(exported_model["onnx"])]
         prefix = SETPRIV if shutil.which("setpriv") and os.geteuid() == 0 else []
         result = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=120)
     finally:
         os.chmod(photos / "locked", 0o755)
+        os.chmod(photos / "unsearchable", 0o755)
         server.close()
     assert result.returncode == 3, result.stderr
     assert len(pd.read_csv(io.StringIO(result.stdout))) == 1  # the good photo beside them is decided
@@ -220,9 +226,11 @@ def test_nothing_in_a_folder_is_passed_over_without_a_word(exported_model, tmp_p
         ("fifo.jpeg", "not a regular file"),
         ("sock.jpeg", "not a regular file"),
         ("gone.jpeg", "a broken link"),
+        ("linked", "a link to a folder, not followed"),
+        ("unsearchable/inside.jpeg", "cannot be reached"),
     ]:
         assert f"skipped {photos / name}: {reason}" in result.stderr, (name, result.stderr)
-    assert "4 skipped" in result.stderr
+    assert "6 skipped" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_names_cannot_run_as_formulas_nor_forge_lines(exported_model, tmp_path):

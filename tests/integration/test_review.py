@@ -330,6 +330,10 @@ def test_an_undo_takes_back_only_its_own_pages_last_verdict_and_a_conflict_is_a_
         assert post("/api/undo", page="page-a-0001").json()["undone"]["sha256"] == queue[2]["sha256"]
         for _ in range(8):  # one slip, one undo: never every verdict of an inspector
             assert post("/api/undo", page="page-a-0001").status_code == 409
+        for bad in ({"sha256": queue[3]["sha256"], "verdict": "maybe", "page": "page-a-0001"}, {"page": "x"}):
+            path = "/api/verdict" if "verdict" in bad else "/api/undo"
+            answer = post(path, **bad)
+            assert answer.status_code == 422 and answer.json()["error"].startswith("invalid request: check")
         standing = line.latest_verdicts(line_dir)
         assert sorted(standing["sha256"]) == sorted(item["sha256"] for item in queue[:2])
         assert [r["verdict"] for r in labels(line_dir)] == ["defective"] * 3 + ["retracted"]  # only ever appended

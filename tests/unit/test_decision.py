@@ -37,6 +37,12 @@ def test_a_rule_that_cannot_decide_safely_says_why(rule):
     assert rule.problem()
 
 
+def test_a_model_that_gives_no_number_never_ships_a_part():
+    rule = DecisionRule(0.5, (0.3, 0.7), 10.0)
+    assert rule.decide(math.nan) == "not_a_part"
+    assert rule.decide_all([math.nan], [None], None) == [("not_a_part", "the model gave no defect probability (nan)")]
+
+
 def test_a_sound_rule_has_no_problem_and_no_flag_below_the_limit():
     assert DecisionRule(0.5, (0.2, 0.5), 3.0).problem() is None
     assert novelty_flag(3.0, 3.0) is None and novelty_flag(5.0, None) is None

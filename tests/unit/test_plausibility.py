@@ -45,5 +45,5 @@ def test_a_torn_frame_is_named_as_such():
     torn = np.concatenate([a[:, :60], b[:, 60:]], axis=1)
     reasons = implausible(photo_statistics(grey(torn, a)), [(128, 128)] * 2, rules)
     assert reasons[0].startswith("a straight cut across the frame") and reasons[1] is None
-    rules.pop("max_seam")  # a model exported without the check still decides as before
+    rules.pop("max_seam")  # a model exported without the check: no seam rule to apply
     assert implausible(photo_statistics(grey(torn)), [(128, 128)], rules) == [None]

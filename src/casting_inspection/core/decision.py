@@ -44,7 +44,7 @@ class DecisionRule:
 
     def decide(self, probability: float, flag: str | None = None) -> str:
         """One part: a flagged photo is not a part; else review inside the band, else the threshold decides."""
-        if flag:
+        if flag or not math.isfinite(probability):  # a model that gives no number cannot ship a part
             return NOT_A_PART
         if self.band is not None and self.band[0] <= probability < self.band[1]:
             return REVIEW
@@ -58,6 +58,8 @@ class DecisionRule:
         out = []
         for p, photo_flag, score in zip(probabilities, photo_flags, scores):
             flag = photo_flag or self.novelty_flag(score)
+            if not flag and not math.isfinite(float(p)):
+                flag = f"the model gave no defect probability ({p})"
             out.append((self.decide(float(p), flag), flag))
         return out
 

@@ -9,7 +9,7 @@ it may use. So every stage fixes each building block, block by block:
   split of the weight-gradient reduction between threads come from the tensor shapes, the ISA and the
   thread count only; cache sizes decide only how many threads share independent outputs. (oneDNN's
   brgemm convolutions, whose reduction blocks follow the L1 size, take only channels-last tensors,
-  which the pipeline never makes; tests/unit/test_numerics.py checks which kernels run.)
+  which the pipeline never makes; tests/integration/test_numerics.py checks which kernels run.)
 - matrix products (linear layers, the augmentation's affine grid): MKL's COMPATIBLE branch in its
   strict reproducibility mode, documented to give the same results on Intel and compatible
   processors, with a fixed, non-dynamic thread count;

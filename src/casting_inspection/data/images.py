@@ -48,17 +48,26 @@ def walk_files(folder: Path, suffixes: set[str] | None = None) -> tuple[list[Pat
 
     for root, dirs, names in os.walk(folder, onerror=unreadable):
         dirs.sort()
+        for name in [d for d in dirs if (Path(root) / d).is_symlink()]:
+            problems.append((str(Path(root) / name), "a link to a folder, not followed: give the folder itself"))
         for name in names:
             path = Path(root) / name
-            if suffixes is not None and path.suffix.lower() not in suffixes:
-                continue
-            if path.is_file():
-                files.append(path)
-            elif path.is_symlink() and not path.exists():
-                problems.append((str(path), "a broken link: its photo is missing"))
-            else:
-                problems.append((str(path), "not a regular file (a pipe, socket or device)"))
+            if suffixes is None or path.suffix.lower() in suffixes:
+                reason = entry_problem(path)
+                files.append(path) if reason is None else problems.append((str(path), reason))
     return sorted(files), sorted(problems)
+
+
+def entry_problem(path: Path) -> str | None:
+    """Why a folder entry that looks like a photo cannot be read as one, or None for a regular file (or a link to
+    one). Never raises: a folder that cannot be searched is a reason too."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return "a broken link: its photo is missing" if path.is_symlink() else "gone before it could be read"
+    except OSError as exc:
+        return f"cannot be reached ({exc.strerror})"
+    return None if stat.S_ISREG(info.st_mode) else "not a regular file (a pipe, socket or device)"
 
 
 def read_photo(path: Path, max_bytes: int) -> bytes:

@@ -100,9 +100,14 @@ def add_photo(line_dir: Path, data: bytes, spec: ImageSpec) -> tuple[str, str]:
     digest = hashlib.sha256(data).hexdigest()
     relative = f"{IMAGES_DIR}/{digest}.{extension}"
     target = Path(line_dir) / relative
-    if not target.is_file():
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(data)
+    try:
+        if not target.is_file():
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(data)
+    except OSError as exc:
+        raise InspectionError(
+            f"{target}: cannot store the photo ({exc.strerror}); check the disk and the folder's rights"
+        ) from None
     return digest, relative
 
 
@@ -125,7 +130,7 @@ def _locked(line_dir: Path, wait: float = LOCK_WAIT_SECONDS):
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise InspectionError(
-                        f"{line_dir}: locked by another process for over {wait:g} s (an import?); nothing was written, try again"
+                        f"{line_dir}: locked by another process for over {wait:g} s (an import?); no verdict was written, try again"
                     ) from None
                 time.sleep(0.05)
         yield line_dir
@@ -148,23 +153,25 @@ def read_rows(line_dir: Path) -> tuple[list[dict[str, str]], list[tuple[int, str
     if text.startswith("\ufeff"):
         text = text[1:]
         problems.append((1, "starts with a byte-order mark: saved by another program? check its rows"))
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader, None)
-        if header is not None and tuple(header) != COLUMNS:
-            raise InspectionError(
-                f"{path}: not a line labels file (columns {header}, expected {list(COLUMNS)}); "
-                "restore it (dvc checkout data/line) or move it aside"
-            )
-        rows = []
-        for cells in reader:
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if lines and next(csv.reader([lines[0]])) != list(COLUMNS):
+        raise InspectionError(
+            f"{path}: not a line labels file (first line {printable(lines[0][:120])!r}, expected {','.join(COLUMNS)}); "
+            "restore it (dvc checkout data/line) or move it aside"
+        )
+    rows = []
+    for number, raw in enumerate(lines[1:], start=2):  # a row is one line: a torn line cannot swallow the next ones
+        try:
+            cells = next(csv.reader([raw.removesuffix("\r")], strict=True), [])
             reason = _row_problem(cells)
-            if reason:
-                problems.append((reader.line_num, reason))
-            else:
-                rows.append(dict(zip(COLUMNS, cells)))
-    except csv.Error as exc:
-        problems.append((reader.line_num, f"not CSV ({exc}); the lines after it were not read"))
+        except csv.Error as exc:
+            reason = f"not a CSV row ({exc})"
+        if reason:
+            problems.append((number, reason))
+        else:
+            rows.append(dict(zip(COLUMNS, cells)))
     return rows, problems
 
 
@@ -179,12 +186,14 @@ def _row_problem(cells: list[str]) -> str | None:
         return "its sha256 and image do not name a photo of the line data set"
     if not _SOURCE.fullmatch(row["source"]):
         return f"source {printable(row['source'])!r} is not review or import:<folder>"
+    name = row["inspector"]
+    if not name.strip() or len(name) > 64 or printable(name) != name or ";" in name or "=" in name:
+        return f"inspector name {printable(name)!r} cannot be read"
     try:
-        check_inspector(row["inspector"])
         datetime.fromisoformat(row["labelled_at"])
         p = float(row["defect_probability"]) if row["defect_probability"] else 0.0
-    except (InspectionError, ValueError):
-        return "its inspector, time or probability cannot be read"
+    except ValueError:
+        return "its time or probability cannot be read"
     return None if math.isfinite(p) and 0 <= p <= 1 else "its defect probability is not in [0, 1]"
 
 
@@ -231,8 +240,8 @@ def _check_verdict(line_dir: Path, verdict: Verdict) -> None:
 
 
 def append_verdicts(line_dir: Path, verdicts: Iterable[Verdict]) -> list[Verdict]:
-    """Append verdicts to labels.csv in one atomic rewrite (an import of thousands is one write, not
-    thousands). Returns them as recorded, with their time."""
+    """Append verdicts to labels.csv in one synced write under the folder's lock (an import of thousands is one
+    write, not thousands). Returns them as recorded, with their time."""
     line_dir, now = Path(line_dir), datetime.now(UTC).isoformat(timespec="seconds")
     recorded = [dataclasses.replace(v, inspector=v.inspector.strip(), labelled_at=v.labelled_at or now) for v in verdicts]
     for verdict in recorded:
@@ -350,7 +359,7 @@ def class_folders(folder: Path, mapping: dict[str, str]) -> dict[Path, str]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InspectionError(f"{folder}: no such folder to import")
-    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
     present = set(subfolders)
     if not subfolders:
         raise InspectionError(f"{folder}: no class sub-folders; put the photos in FOLDER/<class>/ and map each with --map")
@@ -384,9 +393,13 @@ def import_folder(
     _refuse_overlap(Path(folder), Path(line_dir))
     classes, inspector = class_folders(folder, mapping), check_inspector(inspector)
     report = ImportReport(dict.fromkeys(VERDICTS, 0), [], [])
-    report.skipped += [
-        (str(p), "not in a class sub-folder, so it has no label") for p in sorted(Path(folder).iterdir()) if p.is_file()
-    ]
+    for entry in sorted(Path(folder).iterdir()):
+        if entry.name.startswith(".") and entry.is_dir() and not entry.is_symlink():
+            report.skipped.append((str(entry), "a hidden folder: not a class, not imported"))
+        elif entry.is_symlink() and entry.is_dir():
+            report.skipped.append((str(entry), "a link to a folder, not followed: give the folder itself"))
+        elif not entry.is_dir():
+            report.skipped.append((str(entry), "not in a class sub-folder, so it has no label"))
     mine = latest_verdicts(line_dir).query("inspector == @inspector")
     before = dict(zip(mine["sha256"], mine["verdict"]))
     pending: dict[str, tuple[Verdict, str]] = {}  # sha256 -> (its verdict, the first file found with it)

@@ -17,6 +17,7 @@ import csv
 import glob
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,29 +35,47 @@ DEFAULT_MODEL = Path("models/model.onnx")
 
 def expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files as given, folders walked for image files (sorted), glob patterns expanded; what matched nothing is named."""
-    from casting_inspection.data.images import walk_files
+    from casting_inspection.data.images import entry_problem, walk_files
 
     files, missing = [], []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if _is_folder(path):
             found, problems = walk_files(path, IMAGE_SUFFIXES)
             files += found
             missing += problems
             if not found and not problems:
                 missing.append((item, "folder holds no image files"))
-        elif path.is_file():
-            files.append(path)
-        elif path.exists():  # a pipe, socket or device: reading it could block the line
-            missing.append((item, "not a regular file"))
+        elif _lexists(path):
+            reason = entry_problem(path)
+            files.append(path) if reason is None else missing.append((item, reason))
         elif glob.has_magic(item):
-            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
-            files += found
-            if not found:
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if not _is_folder(Path(p)))
+            for match in matches:
+                problem = entry_problem(match)
+                files.append(match) if problem is None else missing.append((str(match), problem))
+            if not matches:
                 missing.append((item, "pattern matches no file"))
         else:
             missing.append((item, "no such file or folder"))
     return files, missing
+
+
+def _lexists(path: Path) -> bool:
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:  # there, but out of reach: entry_problem says why
+        pass
+    return True
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a folder above it cannot be searched: entry_problem says so
+        return False
 
 
 def _positive_int(text: str) -> int:

@@ -35,7 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from casting_inspection.core.errors import InspectionError
@@ -156,6 +156,7 @@ class _Guard(service.Guard):
 
 PAGE_ID = r"^[A-Za-z0-9-]{8,64}$"  # each open page names itself: an undo takes back only that page's verdict
 UNDO_SECONDS = 60.0  # an undo takes back a slip of the key, not a verdict given long ago
+MAX_PAGES = 1000  # pages whose last verdict the station remembers for an undo
 
 
 class _VerdictIn(BaseModel):
@@ -220,6 +221,8 @@ class Station:
                 line.Verdict(digest, image, verdict, self.inspector, "review", item.model_version, item.defect_probability),
             )
             self.recent[page] = (digest, time.monotonic())
+            while len(self.recent) > MAX_PAGES:  # the oldest pages' undo went stale long ago
+                self.recent.pop(next(iter(self.recent)))
             standing = line.latest_verdicts(self.line_dir)
             others = standing[(standing["sha256"] == digest) & (standing["verdict"] != verdict)]
         disputed = sorted(others["inspector"] + "=" + others["verdict"])
@@ -260,6 +263,15 @@ def _unavailable_as_503():
         yield
     except InspectionError as exc:
         raise service.ClientError(503, str(exc)) from None
+
+
+def _parsed(model: type[BaseModel], body: dict):
+    """The request's fields, checked: a wrong one is a 422 naming it, never a 500."""
+    try:
+        return model(**body)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(map(str, e["loc"])) or "body" for e in exc.errors())
+        raise service.ClientError(422, f"invalid request: check {fields}") from None
 
 
 def _asset(name: str) -> str:
@@ -307,12 +319,12 @@ def create_review_app(station: Station, token: str | None = None, host: str = "1
 
     @app.post("/api/verdict")
     async def verdict(request: Request) -> dict:
-        given = _VerdictIn(**await _json_body(request))
+        given = _parsed(_VerdictIn, await _json_body(request))
         return await run_in_threadpool(station.label, given.sha256, given.verdict, given.page)
 
     @app.post("/api/undo")
     async def undo(request: Request) -> dict:
-        given = _UndoIn(**await _json_body(request))
+        given = _parsed(_UndoIn, await _json_body(request))
         return await run_in_threadpool(station.undo, given.page)
 
     return app

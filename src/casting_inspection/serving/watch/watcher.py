@@ -95,6 +95,7 @@ class Watcher:
         self.noted: set[tuple[str, str]] = set()  # what was said already, so that a poll does not repeat it
         self.left = 0  # complete photos that could not be filed this run; they stay in the inbox
         self.reject_after = reject_after  # a file that is not a usable image is rejected once unchanged this long
+        self.unusable_since: dict[tuple[str, str], float] = {}  # (name, content) -> when this machine first saw it
         self.log: InspectionLog | None = None
         self.lock = lock_inbox(inbox, out)
         try:
@@ -142,8 +143,8 @@ class Watcher:
                     note(
                         f"removed {entry}, a copy cut short when an earlier watcher was killed (its photo is still in the inbox)"
                     )
-            copying[folder] = folder.stat().st_dev != inbox_device
-            if copying[folder]:
+            copying[folder] = True  # a copy, not a link: the filed photo never shares an inode with the inbox's
+            if folder.stat().st_dev != inbox_device:
                 note(
                     f"{folder} is on another filesystem than {self.inbox}: each photo is copied, synced and checked there before it leaves the inbox"
                 )
@@ -266,7 +267,8 @@ class Watcher:
         kept, decided = [], []
         now = time.time()
         for photo, result in zip(fresh, results):
-            age = now - photo.identity[3] / 1e9
+            first_seen = self.unusable_since.setdefault((photo.path.name, photo.digest), now) if result.error else now
+            age = max(now - first_seen, now - photo.identity[3] / 1e9)  # a clock ahead: this machine's sighting counts
             if result.error and age < self.reject_after:
                 self._note_once(
                     photo.path.name,
@@ -295,9 +297,18 @@ class Watcher:
                     self.left += 1
                     continue
                 limit = self.inspector.spec.max_file_bytes
-                data = f.read(limit + 1)  # a bigger file is refused unread past this (load_image: file too large)
+                try:
+                    data = f.read(limit + 1)  # a bigger file is refused unread past this (load_image: file too large)
+                except OSError as exc:
+                    self._note_once(
+                        path.name, f"cannot be read ({exc.strerror}); it stays in the inbox, tried again at the next look"
+                    )
+                    self.left += 1
+                    continue
             digest = hashlib.sha256(data).hexdigest() if len(data) <= limit else sha256_of(path)
             if digest is None:
+                self._note_once(path.name, "changed while it was read; it stays in the inbox, tried again at the next look")
+                self.left += 1
                 continue
             identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
             photos.append(_Photo(path, data, digest, identity))
