@@ -1,6 +1,6 @@
 """Torn, stitched and partial frames through the shipped model, as `predict` decides them: how many come back `ok`.
 
-Frames are made from validation photos (never test): halves of two parts side by side or one above the other,
+Frames are made from the validation split's original 300 x 300 photos (never test): halves of two parts side by side or one above the other,
 a defective half beside a good half, swapped quarters, a frame whose bottom is the empty table. Each goes
 through `Inspector.inspect` (the exported ONNX model with its guard) as a PNG the camera could have sent.
 Usage (after `make repro`): python bench/bench_torn.py [--per-kind 100] [--model models/model.onnx]
@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ SIDE = 300
 
 def frames(images: np.ndarray, labels: np.ndarray, n: int, seed: int) -> list[tuple[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    big = lambda i: np.asarray(Image.fromarray(images[i]).resize((SIDE, SIDE), Image.Resampling.BILINEAR))  # noqa: E731
+    big = lambda i: images[i]  # noqa: E731  (the camera's own 300 x 300 frames)
     good, bad = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
     out = []
     for _ in range(n):
@@ -57,11 +58,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     inspector = Inspector(args.model)
-    val = np.load(ROOT / "data/prepared/val.npy")[:, 0]
-    import pandas as pd
-
     manifest = pd.read_csv(ROOT / "data/prepared/manifest.csv")
-    rows = manifest[manifest["split"] == "val"].sort_values("index")  # index: the row in val.npy
+    rows = manifest[manifest["split"] == "val"]
+    val = np.stack([np.asarray(Image.open(ROOT / "data/raw" / path).convert("L")) for path in rows["path"]])
     labels = (rows["label"] == "def_front").to_numpy().astype(int)
     items = frames(val, labels, args.per_kind, args.seed)
     results = inspector.inspect([(kind, png(array)) for kind, array in items])
