@@ -608,3 +608,20 @@ def test_a_name_cannot_forge_a_decision_line(exported_model, tmp_path):
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and not any(line.startswith("ok ") and "good.jpeg" in line for line in lines), lines
     assert "part\\nok" in result.stdout and "\x1b" not in result.stdout + result.stderr and "\\x1b[32m" in result.stdout
+
+
+def test_a_file_too_large_to_read_is_moved_by_name_never_copied(exported_model, tmp_path):
+    """Its content decided nothing, and a copy of gigabytes could fill the disk: on the inbox's disk it is renamed."""
+    inbox, out = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    huge = inbox / "huge.jpg"
+    with open(huge, "wb") as f:
+        f.truncate(Inspector(exported_model["onnx"]).spec.max_file_bytes + 1_000_000)  # sparse: no blocks on disk
+    old = time.time() - 60
+    os.utime(huge, (old, old))
+    inode = huge.stat().st_ino
+    assert watch_in_process(inbox, out, exported_model["onnx"]) == 0
+    (rejected,) = (out / "rejected").iterdir()
+    assert rejected.stat().st_ino == inode and rejected.stat().st_blocks == 0 and photos_in(inbox) == []
+    ((name, decision, _, reason),) = logged(out)
+    assert (name, decision) == ("huge.jpg", "rejected") and reason.startswith("file too large")

@@ -72,8 +72,8 @@ def fit_guard(model: InspectionNet, train: Split, val: Split, params, batch_size
         "max_clipped": params.max_clipped,
         "max_aspect": params.max_aspect,
         "part": part_range(statistics, params.position_margin),
-        # the camera's own photos only: the augmentation's fill leaves straight edges that no camera makes
-        "max_seam": seam_limit(photo_statistics(train.images.numpy()), params.seam_margin),
+        # the camera's own photos only (the first half): the augmentation's fill leaves straight edges no camera makes
+        "max_seam": seam_limit({"seam": statistics["seam"][: len(train.images)]}, params.seam_margin),
     }
     if not model.has_features:  # baselines without a pooled feature vector: the photo checks only
         return {**rules, "novelty_threshold": None, "false_alarm_rate": None}, {}

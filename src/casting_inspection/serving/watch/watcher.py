@@ -5,11 +5,13 @@ by file name and content hash. After a restart, a file still in the inbox whose 
 moved where the log says, not decided again; a file with no logged decision is decided. Nothing is
 deleted: every file ends in ok/, defective/, review/ or rejected/ under the output folder.
 
+Filing, on any disk: each photo is copied to a hidden temporary file next to its destination, fsynced,
+checked against the content hash it was decided on, linked under its final name, and only then deleted
+from the inbox. A copy cut short leaves the photo in the inbox; the temporary is removed then, or at the
+next start after a SIGKILL. A photo replaced in the inbox after its decision is decided again. A file refused
+unread for its size is renamed into rejected/ on the inbox's disk instead: a copy could fill the disk.
+
 Faults of a plant that must neither stop the line nor lose a photo:
-- `--out` on another filesystem than the inbox (a rename fails with EXDEV): each photo is copied to a
-  hidden temporary file next to its destination, fsynced, checked against the content hash it was
-  decided on, linked under its final name, and only then deleted from the inbox. A copy cut short
-  leaves the photo in the inbox; the temporary is removed then, or at the next start after a SIGKILL.
 - the log locked by another process (a backup, an sqlite3 shell): each write is retried, with a note
   on stderr, for up to `log_wait` seconds; then the photos wait in the inbox for the next look.
 - a second watcher on the same inbox: refused at start (`WatchBusy`), since the first holds an
@@ -23,6 +25,7 @@ Faults of a plant that must neither stop the line nor lose a photo:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -50,6 +53,10 @@ from casting_inspection.serving.watch.inbox import (
 from casting_inspection.serving.watch.log import LOG_NAME, InspectionLog, LogLocked
 
 BATCH = 64
+
+
+class _CannotMove(Exception):
+    """A rename cannot reach the output folder: the photo is copied instead."""
 
 
 class _Changed(Exception):
@@ -99,7 +106,7 @@ class Watcher:
         self.log: InspectionLog | None = None
         self.lock = lock_inbox(inbox, out)
         try:
-            self.copying = self._check_out()
+            self.same_disk = self._check_out()
             self.log = InspectionLog(out, log_wait)
         except BaseException:
             self.close()
@@ -121,9 +128,9 @@ class Watcher:
         self.close()
 
     def _check_out(self) -> dict[Path, bool]:
-        """Make and try the output folders before the first photo: writable, and on the inbox's filesystem
-        (a rename) or not (copy, sync, check, delete). Removes copies left by a watcher that was killed."""
-        copying = {}
+        """Make and try the output folders before the first photo: writable, and whether each is on the inbox's
+        disk. Removes copies left by a watcher that was killed."""
+        same_disk = {}
         inbox_device = self.inbox.stat().st_dev
         for name in FOLDERS.values():
             folder = self.out / name
@@ -143,12 +150,12 @@ class Watcher:
                     note(
                         f"removed {entry}, a copy cut short when an earlier watcher was killed (its photo is still in the inbox)"
                     )
-            copying[folder] = True  # a copy, not a link: the filed photo never shares an inode with the inbox's
-            if folder.stat().st_dev != inbox_device:
+            same_disk[folder] = folder.stat().st_dev == inbox_device
+            if not same_disk[folder]:
                 note(
                     f"{folder} is on another filesystem than {self.inbox}: each photo is copied, synced and checked there before it leaves the inbox"
                 )
-        return copying
+        return same_disk
 
     def _note_once(self, name: str, reason: str) -> None:
         if (name, reason) not in self.noted:
@@ -370,45 +377,39 @@ class Watcher:
         return None
 
     def _file(self, photo: _Photo, destination: Path) -> Path:
-        """Put the photo at `destination`, or under the next free name when another file has it, and only
-        then take it out of the inbox: a copy to another filesystem is synced and checked first."""
+        """Put a copy of the photo at `destination`, or under the next free name when another file has it, and only
+        then take it out of the inbox. Always a copy, on any disk: synced and read back against the content that was
+        decided, so a photo replaced meanwhile is never filed under the old decision, and a filed photo never shares
+        its inode with a file a camera may still write."""
         folder = destination.parent
-        staged = self._copy_in(photo, folder) if self.copying.get(folder) else photo.path
-        if staged == photo.path:
-            self._check_unchanged(photo)
+        if len(photo.data) > self.inspector.spec.max_file_bytes and self.same_disk.get(folder):
+            with contextlib.suppress(_CannotMove):
+                return self._move(photo, destination)
+        staged = self._copy_in(photo, folder)
         try:
-            final, moved = self._claim(staged, photo.digest, destination)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV or staged != photo.path:
-                raise
-            self.copying[folder] = True  # a bind mount or a mount below --out: same device number, no rename
-            note(f"{folder} cannot take a rename from {self.inbox} (EXDEV): photos are copied, synced and checked there")
-            return self._file(photo, destination)
+            final, _ = self._claim(staged, photo.digest, destination)
         finally:
-            if staged != photo.path:
-                staged.unlink(missing_ok=True)
-        if staged != photo.path:
-            fsync_dir(folder)
-        elif sha256_of(final) != photo.digest:  # replaced between the check and the link: take the link back
-            if not moved:
-                final.unlink()
-                raise _Changed
-            raise OSError(errno.EIO, f"{final} was replaced while it was filed; decide it again by moving it back to the inbox")
+            staged.unlink(missing_ok=True)
+        fsync_dir(folder)
         if final != destination:
             self.log.retry("record where it was filed", lambda: self._relog(photo, final))
-        if not (moved and staged == photo.path):
-            self._remove_from_inbox(photo, final)
+        self._remove_from_inbox(photo, final)
         return final
 
-    @staticmethod
-    def _check_unchanged(photo: _Photo) -> None:
-        """The inbox file is still the one that was decided: the same file, with the same content."""
+    def _move(self, photo: _Photo, destination: Path) -> Path:
+        """A file refused unread (over max_file_bytes: its content decided nothing) on the inbox's disk is filed by
+        name, never copied: it may be gigabytes."""
         try:
-            info = photo.path.lstat()
-        except FileNotFoundError:
-            raise _Changed from None
-        if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != photo.identity or sha256_of(photo.path) != photo.digest:
-            raise _Changed
+            final, moved = self._claim(photo.path, photo.digest, destination)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:  # a bind mount below --out: the same device number, no rename
+                raise _CannotMove from None
+            raise
+        if final != destination:
+            self.log.retry("record where it was filed", lambda: self._relog(photo, final))
+        if not moved:
+            self._remove_from_inbox(photo, final)
+        return final
 
     def _claim(self, staged: Path, digest: str, destination: Path) -> tuple[Path, bool]:
         """The name `staged` now also has: `destination` or the next free one; or a name where this very
