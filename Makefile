@@ -6,7 +6,7 @@ export DVC_NO_ANALYTICS := 1
 
 BENCH_ARCHIVE ?= ../shared/datasets/casting_data.zip
 
-.PHONY: repro report pr-report preset test browser bench install clean-venv
+.PHONY: repro report pr-report preset search test browser postgres bench install clean-venv
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -36,12 +36,24 @@ pr-report: install
 preset: install
 	python -m casting_inspection.team.presets $(NAME) $(if $(QUEUE),--queue)
 
+# An Optuna study in which every trial is a DVC experiment (presets/PRESET.yaml's search: block); see docs/experiments.md.
+# Several workers share one study: the same STORAGE (a shared journal file, or postgresql://...) and STUDY in each clone.
+PRESET ?= cnn-search
+search: install
+	python -m casting_inspection.team.search $(PRESET) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STUDY),--study $(STUDY)) \
+	  $(if $(STORAGE),--storage $(STORAGE)) $(if $(PUSH),--push $(PUSH)) $(if $(SEED),--seed $(SEED)) $(if $(APPLY),--apply)
+
 # The report's test opens it in Debian's headless Chromium; installed here when missing and we may.
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "chromium is missing and could not be installed (apt-get install chromium): the report's browser test will fail"
 
-test: install browser
+# The search's two-worker test runs Debian's PostgreSQL server on 127.0.0.1; installed here when missing and we may.
+postgres:
+	@test -x "$$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | tail -1)" || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
+	  || echo "PostgreSQL is missing and could not be installed (apt-get install postgresql): the search's database test will fail"
+
+test: install browser postgres
 	ruff check . && ruff format --check .
 	python -m pytest -q tests
 

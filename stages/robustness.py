@@ -18,7 +18,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--operating-point", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="the prepared array cache (test paths and labels)")
-    parser.add_argument("--raw", type=Path, required=True, help="the original photos, re-taken here")
+    parser.add_argument("--retaken", type=Path, required=True, help="the retake stage's renderings")
     parser.add_argument("--drift-reference", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--guard", type=Path, required=True, help="the not-a-part guard's feature statistics")
@@ -28,7 +28,7 @@ def main() -> None:
         params,
         ModelFiles(checkpoint=args.checkpoint, operating_point=args.operating_point, guard=args.guard),
         prepared_dir=args.data,
-        raw_dir=args.raw,
+        retaken_dir=args.retaken,
         drift_reference_path=args.drift_reference,
         out_path=args.metrics,
     )

@@ -8,6 +8,7 @@ import ast
 import pytest
 from ruamel.yaml import YAML
 
+from casting_inspection.evaluation.perturbations import CHANGES
 from helpers import PACKAGE, PROJECT, local_imports, room, third_party
 
 PIPELINE = YAML(typ="safe").load((PROJECT / "dvc.yaml").read_text())["stages"]
@@ -17,6 +18,7 @@ STAGE_ROOM = {
     "prepare": "data",
     "train": "modeling",
     "evaluate": "evaluation",
+    "retake": "evaluation",
     "robustness": "evaluation",
     "report": "evaluation",
     "export": "export",
@@ -66,7 +68,11 @@ def test_the_serving_path_needs_no_torch_and_no_params(module):
 
 @pytest.mark.parametrize("stage", list(PIPELINE))
 def test_each_stage_reads_its_own_params_section(stage):
-    """The report only reads what the other stages wrote, so it has no section of its own."""
+    """The report only reads what the other stages wrote, so it has no section of its own; the retake renders the
+    line changes robustness names, and reads those keys of its section only (not how robustness batches)."""
+    if stage == "retake":
+        assert PIPELINE[stage]["params"] == [f"robustness.{key}" for key in ("seed", "workers", *CHANGES)]
+        return
     assert PIPELINE[stage].get("params") == (None if stage == "report" else [stage])
 
 

@@ -151,7 +151,7 @@ def test_a_checkpoint_written_before_newer_model_fields_still_loads(prepared, tm
         "mlp_hidden": [],
     }
     config = ModelConfig.from_dict(old)
-    assert config.cnn == CnnConfig(**cnn, pooling="avg", activation="relu")
+    assert config.cnn == CnnConfig(**cnn, pooling="avg", activation="relu", stem_pool=False)
     torch.manual_seed(0)
     state = InspectionNet(config).state_dict()
     path = tmp_path / "old.safetensors"

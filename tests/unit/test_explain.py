@@ -53,7 +53,8 @@ def test_evidence_share_is_the_heatmap_mass_inside_the_mask():
 
 def test_gradcam_gives_one_normalised_map_per_image_at_input_size():
     torch.manual_seed(0)
-    cnn = {"widths": [4, 8], "convs_per_block": 1, "stem_stride": 2, "dropout": 0.0, "pooling": "avgmax", "activation": "relu"}
+    cnn = {"widths": [4, 8], "convs_per_block": 1, "stem_stride": 2, "stem_pool": False, "dropout": 0.0, "pooling": "avgmax"}
+    cnn["activation"] = "relu"
     model = InspectionNet(ModelConfig("cnn", 1, 32, "per_image", [0.5], [0.25], CnnConfig(**cnn), [])).eval()
     images = torch.from_numpy(np.stack([np.asarray(part_image(k % 2 == 0, k, size=32))[None] for k in range(5)]))
     heat = gradcam(model, images, np.array([1, 0, 1, 0, 1]), batch_size=2)

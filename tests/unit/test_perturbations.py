@@ -12,7 +12,8 @@ from PIL import Image
 from casting_inspection.core.params import AugmentParams, load_section
 from casting_inspection.data.background import background_level
 from casting_inspection.evaluation.perturbations import CHANGES, perturb, rng_for
-from casting_inspection.evaluation.robustness import render, robustness_metrics, settings
+from casting_inspection.evaluation.retake import render, settings
+from casting_inspection.evaluation.robustness import robustness_metrics
 from casting_inspection.modeling.augmentation import augmentation_from
 from helpers import PROJECT, jpeg_bytes, part_image
 

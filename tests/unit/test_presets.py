@@ -7,10 +7,12 @@ import pytest
 import torch
 from ruamel.yaml import YAML
 
+from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.params import Params, _convert
 from casting_inspection.evaluation.explain import gradcam
 from casting_inspection.modeling.networks import InspectionNet, ModelConfig
 from casting_inspection.team.presets import PRESETS_DIR, command, load
+from casting_inspection.team.search import load_search, read_curve, search_spec
 from helpers import PROJECT
 
 PRESETS = sorted(p.stem for p in (PROJECT / PRESETS_DIR).glob("*.yaml"))
@@ -31,6 +33,10 @@ def test_every_preset_sets_params_that_exist_to_valid_values(name):
     points = [dict(preset.get("set") or {})]
     for key, values in (preset.get("sweep") or {}).items():
         points = [point | {key: value} for point in points for value in values]
+    if "search" in preset:  # both ends of every range, and every choice
+        for dim in load_search(name, PROJECT / PRESETS_DIR).space:
+            ends = dim.choices or ((int(dim.low), int(dim.high)) if dim.integer else (dim.low, dim.high))
+            points = [point | {dim.key: value} for point in points for value in ends]
     for point in points:
         for key, value in point.items():
             with_override(data, key, value)
@@ -64,3 +70,35 @@ def test_published_baselines_build_and_give_one_logit_per_image(model):
     assert net(images.float() / 255).shape == (3,)
     heat = gradcam(net, images, np.array([1, 0, 1]))
     assert heat.shape == (3, 32, 32) and (heat.max() == 0) == (model != "vgg_seed")  # no map without convolutions
+
+
+def test_a_search_preset_is_refused_as_a_single_run_and_a_bad_space_is_named():
+    with pytest.raises(InspectionError, match="make search PRESET=cnn-search"):
+        command("cnn-search", load("cnn-search", PROJECT / PRESETS_DIR), queue=False)
+    good = {
+        "objective": "metrics/train.json:val_loss",
+        "curve": "c.tsv",
+        "stage": "train",
+        "space": {"train.lr": {"low": 1, "high": 2}},
+    }
+    spec = search_spec({"search": good}, "p.yaml")
+    assert spec.metrics_file.name == "train.json" and spec.metric == "val_loss" and spec.space[0].low == 1.0
+    for bad, message in (
+        ({"space": {"train.lr": {"low": 2, "high": 1}}}, r"search.space.train.lr: low and high"),
+        ({"space": {"train.lr": {"low": 0, "high": 1, "log": True}}}, "a log range must start above 0"),
+        ({"space": {"train.lr": {"choices": []}}}, "choices: a non-empty list"),
+        ({"space": {}}, "non-empty `space:`"),
+        ({"objective": "val_loss"}, "search.objective must be FILE:KEY"),
+        ({"stage": ""}, "search.stage is missing"),
+    ):
+        with pytest.raises(InspectionError, match=message):
+            search_spec({"search": good | bad}, "p.yaml")
+
+
+def test_the_validation_curve_is_read_as_dvclive_writes_it_even_mid_write(tmp_path):
+    curve = tmp_path / "loss.tsv"
+    assert read_curve(curve) == []  # not written yet
+    curve.write_text("step\tloss\n0\t0.5\n1\t0.25\n2\t0.")
+    assert read_curve(curve) == [0.5, 0.25]
+    curve.write_text("step\tloss\n0\t0.5\n1\t")
+    assert read_curve(curve) == [0.5]

@@ -1,69 +1,27 @@
-"""Score a model on the test split re-taken under each line change at each strength (see `perturbations`):
-its own stage, so trying another strength re-runs only this and the report."""
+"""Score a model on the test split re-taken under each line change at each strength (the retake stage's
+renderings): its own stage, so trying another strength re-runs only the retake, this and the report."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import write_json
 from casting_inspection.core.params import RobustnessParams
 from casting_inspection.data import drift
 from casting_inspection.data.dataset import load_split
-from casting_inspection.data.images import preprocess
 from casting_inspection.evaluation.calibration import sigmoid
 from casting_inspection.evaluation.guard import guard_reasons, load_guard
 from casting_inspection.evaluation.metrics import count_errors
 from casting_inspection.evaluation.model_files import ModelFiles
-from casting_inspection.evaluation.perturbations import CHANGES, perturb, rng_for
+from casting_inspection.evaluation.perturbations import CHANGES
+from casting_inspection.evaluation.retake import load_retaken, settings
 from casting_inspection.modeling.checkpoint import load_checkpoint
 from casting_inspection.modeling.predict import predict_logits, predict_logits_and_features, select_device
-
-
-def settings(strengths: dict[str, list[float]]) -> list[tuple[str, float]]:
-    """(change, strength) pairs in the order of CHANGES, from a mapping change -> strengths."""
-    return [(change, float(strength)) for change in CHANGES for strength in strengths.get(change, [])]
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # the workers share the cores among themselves
-
-
-def _render_chunk(
-    raw_dir: str, paths: list[str], chosen: list[tuple[str, float]], seed: int, image_size: int, color_mode: str
-) -> np.ndarray:
-    out = None
-    for i, path in enumerate(paths):
-        with Image.open(Path(raw_dir) / path) as image:
-            image.load()
-        for s, (change, strength) in enumerate(chosen):
-            array = preprocess(perturb(image, change, strength, rng_for(seed, change, strength, path)), image_size, color_mode)
-            if out is None:
-                out = np.empty((len(chosen), len(paths), *array.shape), dtype=np.uint8)
-            out[s, i] = array
-    return out
-
-
-def render(
-    raw_dir: Path, paths: list[str], chosen: list[tuple[str, float]], seed: int, image_size: int, color_mode: str, workers: int
-) -> np.ndarray:
-    """uint8 array (settings, images, C, H, W); each photo decoded once, chunks spread over `workers` processes."""
-    chunks = [paths[i : i + 64] for i in range(0, len(paths), 64)]
-    args = [(str(raw_dir), chunk, chosen, seed, image_size, color_mode) for chunk in chunks]
-    if workers == 1:
-        parts = [_render_chunk(*a) for a in args]
-    else:
-        # spawn, not fork: a child forked from a process whose torch thread pool is running can hang
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers or None, mp_context=spawn, initializer=_one_thread) as pool:
-            parts = list(pool.map(_render_chunk, *zip(*args)))
-    return np.concatenate(parts, axis=1)
 
 
 def robustness_metrics(
@@ -110,16 +68,16 @@ def evaluate_robustness(
     model_files: ModelFiles,
     *,
     prepared_dir: Path,
-    raw_dir: Path,
+    retaken_dir: Path,
     drift_reference_path: Path,
     out_path: Path,
 ) -> dict:
-    """The test photos re-taken under every change and strength, decided at the shipped operating point, with the
-    share of each rendering the input-drift check would flag."""
+    """The test photos re-taken under every change and strength (the retake stage), decided at the shipped operating
+    point, with the share of each rendering the input-drift check would flag."""
     checkpoint_path, operating_point_path, guard_path = model_files.checkpoint, model_files.operating_point, model_files.guard
     batch_size = params.batch_size
     device = select_device("auto")
-    model, checkpoint = load_checkpoint(checkpoint_path, device)
+    model, _ = load_checkpoint(checkpoint_path, device)
     operating_point = json.loads(Path(operating_point_path).read_text())
     threshold, temperature = operating_point["threshold"], operating_point["temperature"]
     test = load_split(prepared_dir, "test")
@@ -127,11 +85,9 @@ def evaluate_robustness(
     def predict(images: torch.Tensor) -> np.ndarray:
         return sigmoid(predict_logits(model, images, batch_size, device).double().numpy() / temperature)
 
-    chosen = settings({change: getattr(params, change) for change in CHANGES})
-    preprocessing = checkpoint["preprocessing"]
-    renders = render(
-        raw_dir, test.paths, chosen, params.seed, preprocessing["image_size"], preprocessing["color_mode"], params.workers
-    )
+    chosen, renders = load_retaken(retaken_dir, test.paths)
+    if chosen != settings({change: getattr(params, change) for change in CHANGES}):
+        raise InspectionError(f"{retaken_dir} holds other changes than params.yaml's robustness section: run `dvc repro retake`")
     labels = test.labels.numpy().astype(int)
     rules, tensors = operating_point["guard"], load_guard(guard_path)
 

@@ -15,7 +15,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 from casting_inspection.core.decision import novelty_score
 from casting_inspection.core.errors import InspectionError
 
-CONFIG_VERSION = 2  # 1: no version key, no cnn.activation (relu) and no cnn.pooling (avg); 2: both present
+CONFIG_VERSION = 3  # 1: no version key, no cnn.activation (relu) and no cnn.pooling (avg); 2: both; 3: cnn.stem_pool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +23,7 @@ class CnnConfig:
     widths: list[int]
     convs_per_block: int
     stem_stride: int
+    stem_pool: bool  # a 2x2 max-pool after the stem
     dropout: float
     pooling: str  # avg, max or avgmax
     activation: str  # relu or gelu
@@ -54,7 +55,7 @@ class ModelConfig:
             raise InspectionError(f"checkpoint config version {version} is newer than this code ({CONFIG_VERSION}); update it")
         cnn = raw.pop("cnn") or None
         if cnn is not None:
-            cnn = {"pooling": "avg", "activation": "relu"} | cnn
+            cnn = {"pooling": "avg", "activation": "relu", "stem_pool": False} | cnn
             raw["cnn"] = CnnConfig(**{field.name: cnn[field.name] for field in dataclasses.fields(CnnConfig)})
         else:
             raw["cnn"] = None
@@ -98,6 +99,8 @@ class SmallVGG(nn.Module):
     def __init__(self, in_channels: int, cnn: CnnConfig):
         super().__init__()
         layers = _conv_bn_act(in_channels, cnn.widths[0], cnn.activation, stride=cnn.stem_stride)
+        if cnn.stem_pool:  # as ResNet's stem: every block after it sees a quarter of the pixels
+            layers.append(nn.MaxPool2d(2))
         c_in = cnn.widths[0]
         for width in cnn.widths:
             for _ in range(cnn.convs_per_block):

@@ -2,7 +2,8 @@
 
 A preset is a file in `presets/`: `set:` the params it changes (one experiment), or `sweep:` lists of
 values (one queued experiment per combination, through DVC's own queue). This only builds the
-`dvc exp run` command; DVC runs, queues and records everything.
+`dvc exp run` command; DVC runs, queues and records everything. A preset with a `search:` block is
+an Optuna study instead (`team.search`, `make search`).
 
 Usage: python -m casting_inspection.team.presets NAME [--queue] [-S KEY=VALUE ...] [--dry-run]    (or: make preset NAME=...)
        python -m casting_inspection.team.presets --list
@@ -38,12 +39,14 @@ def load(name: str, folder: Path = PRESETS_DIR) -> dict:
         known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
         raise InspectionError(f"{path}: no such preset; known presets: {known}")
     preset = YAML(typ="safe").load(path.read_text())
-    if not isinstance(preset, dict) or not ({"set", "sweep"} & set(preset)):
-        raise InspectionError(f"{path}: a preset needs a 'set:' or a 'sweep:' mapping of params")
+    if not isinstance(preset, dict) or not ({"set", "sweep", "search"} & set(preset)):
+        raise InspectionError(f"{path}: a preset needs a 'set:' or a 'sweep:' mapping of params, or a 'search:' block")
     return preset
 
 
 def command(name: str, preset: dict, queue: bool, extra: list[str] = ()) -> list[str]:
+    if "search" in preset:
+        raise InspectionError(f"{name} is a search (an Optuna study of experiments): run it with `make search PRESET={name}`")
     cmd = ["dvc", "exp", "run"]
     for key, value in (preset.get("set") or {}).items():
         cmd += ["-S", f"{key}={_value(value)}"]

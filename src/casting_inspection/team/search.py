@@ -1,0 +1,326 @@
+"""A hyperparameter search in which every trial is a DVC experiment: Optuna chooses, DVC runs and records.
+
+The search space is a preset with a `search:` block (presets/cnn-search.yaml). Each trial is one
+`dvc exp run -n STUDY-N -S key=value ...` in this clone's workspace, so `dvc exp show` lists it with
+its params and metrics and `dvc exp apply` brings it back. Optuna's TPE sampler proposes the values;
+the objective is a validation figure the train stage writes (the test split chooses nothing), and a
+trial whose per-epoch validation curve is hopeless is stopped early (median pruning).
+
+The study lives in a storage that several workers share: a journal file by default (workers on one
+machine, or a shared disk), a database URL (PostgreSQL) for workers on several machines, each in its
+own clone; `--push REMOTE` shares each finished experiment through git and the DVC remote.
+
+Usage: python -m casting_inspection.team.search [PRESET] [--trials N] [--storage PATH|URL] [--study NAME]
+       [--push GIT_REMOTE] [--apply] [--seed N]        (or: make search)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from ruamel.yaml import YAML
+
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.team.presets import PRESETS_DIR, _value
+
+SEARCH_DIR = Path("search")  # default storage and the trials' logs (git-ignored)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dimension:
+    """One param and where Optuna may take it: a float or int range (log-scaled or not), or a list of choices."""
+
+    key: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple | None = None
+
+    def suggest(self, trial: optuna.Trial):
+        if self.choices is not None:  # Optuna stores a choice as a JSON string when it is a list (widths)
+            picked = trial.suggest_categorical(self.key, [json.dumps(c) for c in self.choices])
+            return json.loads(picked)
+        if self.integer:
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpec:
+    """A preset's `search:` block: what is minimised, where its per-epoch curve is, the space, the pruning."""
+
+    objective: str  # metrics file and key, "metrics/train.json:val_loss"
+    curve: str  # the per-epoch values of the same figure (dvclive's TSV), read while a trial runs
+    stage: str  # what each trial runs up to: report (the whole pipeline) or train (the objective only)
+    space: tuple[Dimension, ...]
+    trials: int
+    startup_trials: int  # trials that run to the end before any is pruned
+    warmup_epochs: int  # epochs of each trial that are never pruned
+
+    @property
+    def metrics_file(self) -> Path:
+        return Path(self.objective.split(":")[0])
+
+    @property
+    def metric(self) -> str:
+        return self.objective.split(":")[1]
+
+
+def _dimension(key: str, spec) -> Dimension:
+    if not isinstance(spec, dict):
+        raise InspectionError(f"search.space.{key}: give low/high (optional log, int) or choices")
+    if "choices" in spec:
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise InspectionError(f"search.space.{key}.choices: a non-empty list")
+        return Dimension(key, choices=tuple(spec["choices"]))
+    low, high = spec.get("low"), spec.get("high")
+    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or not low < high:
+        raise InspectionError(f"search.space.{key}: low and high must be numbers with low < high (got {low}, {high})")
+    if spec.get("log") and low <= 0:
+        raise InspectionError(f"search.space.{key}: a log range must start above 0 (low is {low})")
+    return Dimension(key, float(low), float(high), bool(spec.get("log")), bool(spec.get("int")))
+
+
+def search_spec(preset: dict, where: str) -> SearchSpec:
+    block = preset.get("search")
+    if not isinstance(block, dict) or not isinstance(block.get("space"), dict) or not block["space"]:
+        raise InspectionError(f"{where}: a search preset needs `search:` with a non-empty `space:` mapping")
+    objective = str(block.get("objective", ""))
+    for key in ("curve", "stage"):
+        if not isinstance(block.get(key), str) or not block[key]:
+            raise InspectionError(f"{where}: search.{key} is missing")
+    if objective.count(":") != 1:
+        raise InspectionError(f"{where}: search.objective must be FILE:KEY, e.g. metrics/train.json:val_loss")
+    pruning = block.get("pruning") or {}
+    return SearchSpec(
+        objective,
+        str(block.get("curve", "")),
+        str(block.get("stage", "")),
+        tuple(_dimension(key, spec) for key, spec in block["space"].items()),
+        int(block.get("trials", 20)),
+        int(pruning.get("startup_trials", 5)),
+        int(pruning.get("warmup_epochs", 3)),
+    )
+
+
+def load_search(name: str, folder: Path = PRESETS_DIR) -> SearchSpec:
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        raise InspectionError(f"{path}: no such preset")
+    return search_spec(YAML(typ="safe").load(path.read_text()) or {}, str(path))
+
+
+def open_storage(where: str):
+    """A database URL as Optuna's RDB storage (PostgreSQL, SQLite); anything else is a journal file's path."""
+    if "://" in where:
+        try:
+            return optuna.storages.RDBStorage(where, heartbeat_interval=60, grace_period=180)
+        except Exception as exc:  # SQLAlchemy's connection errors come in many classes
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InspectionError(f"--storage {where}: cannot open the study's database ({first})") from exc
+    path = Path(where)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def read_curve(path: Path) -> list[float]:
+    """The per-epoch values in a dvclive metrics TSV (step, value); a line not yet ended by its newline is
+    still being written and is left for the next read."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return []
+    values = []
+    for line in text.split("\n")[1:-1]:  # the header, and what follows the last newline
+        try:
+            values.append(float(line.split("\t")[-1]))
+        except ValueError:
+            break
+    return values
+
+
+class TrialFailed(Exception):
+    """A trial's `dvc exp run` failed; the study goes on without it."""
+
+
+@dataclasses.dataclass
+class Worker:
+    """One worker: runs trials in this clone's workspace, one at a time."""
+
+    spec: SearchSpec
+    study_name: str
+    push: str | None
+    logs: Path
+
+    def objective(self, trial: optuna.Trial) -> float:
+        values = {d.key: d.suggest(trial) for d in self.spec.space}
+        name = f"{self.study_name}-{trial.number}"
+        trial.set_user_attr("experiment", name)
+        started = time.monotonic()
+        self._run(trial, name, values)
+        figures = json.loads(self.spec.metrics_file.read_text())
+        if self.spec.metric not in figures:
+            raise TrialFailed(f"{self.spec.metrics_file} has no {self.spec.metric}")
+        for key, value in figures.items():
+            if isinstance(value, (int, float)):
+                trial.set_user_attr(key, value)
+        trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
+        if self.push:
+            self._dvc(["exp", "push", self.push, name], f"dvc exp push {self.push} {name}")
+        return float(figures[self.spec.metric])
+
+    def _run(self, trial: optuna.Trial, name: str, values: dict) -> None:
+        cmd = ["dvc", "exp", "run", "-n", name, self.spec.stage]
+        for key, value in values.items():
+            cmd += ["-S", f"{key}={_value(value)}"]
+        curve = Path(self.spec.curve)
+        curve.unlink(missing_ok=True)  # this trial's epochs only
+        log = self.logs / f"{name}.log"
+        with open(log, "w") as out:
+            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            reported = 0
+            while process.poll() is None:
+                time.sleep(0.5)
+                for epoch, value in enumerate(read_curve(curve)[reported:], start=reported + 1):
+                    trial.report(value, epoch)
+                    reported = epoch
+                if reported and trial.should_prune():
+                    _stop(process)
+                    raise optuna.TrialPruned(f"epoch {reported}: {self.spec.metric} {value:.4g} behind the median")
+        if process.returncode != 0:
+            last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:] or ["no output"]
+            raise TrialFailed(f"dvc exp run exited {process.returncode}: {last[0].strip()} (log: {log})")
+
+    def _dvc(self, args: list[str], what: str) -> None:
+        result = subprocess.run(["dvc", *args], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise TrialFailed(f"{what} failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Interrupt a trial's `dvc exp run` as Ctrl-C would (DVC cleans up), then kill it if it lingers."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def finished(study: optuna.Study) -> int:
+    """Trials that count toward the study's total: done, pruned, failed, or running in some worker."""
+    return len(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING))
+    )
+
+
+def run_study(spec: SearchSpec, storage, study_name: str, trials: int, seed: int | None, push: str | None) -> optuna.Study:
+    """Run trials until the study (all workers together) holds `trials` of them."""
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(1, trials // 2))),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs),
+        load_if_exists=True,
+    )
+    logs = SEARCH_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    worker = Worker(spec, study_name, push, logs)
+    while finished(study) < trials:
+        study.optimize(worker.objective, n_trials=1, catch=(TrialFailed,), callbacks=[_say])
+    return study
+
+
+def _say(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    values = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in trial.params.items())
+    outcome = {
+        TrialState.COMPLETE: f"{trial.value:.6g}",
+        TrialState.PRUNED: f"pruned at epoch {trial.last_step}",
+        TrialState.FAIL: "failed",
+    }.get(trial.state, trial.state.name)
+    print(f"search: trial {trial.number} ({trial.user_attrs.get('experiment')}): {values} -> {outcome}", flush=True)
+
+
+def table(study: optuna.Study, metric: str) -> str:
+    """The study's trials as a Markdown table, best first (what the README and bench/RESULTS.md show)."""
+    trials = study.get_trials(deepcopy=False)
+    keys = sorted({k for t in trials for k in t.params})
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    rest = [t for t in trials if t.state != TrialState.COMPLETE]
+    lines = [
+        "| trial | experiment | " + " | ".join(k.removeprefix("train.") for k in keys) + f" | {metric} | val accuracy | state |",
+        "|---" * (len(keys) + 5) + "|",
+    ]
+    for t in done + rest:
+        value = f"{t.value:.4f}" if t.state == TrialState.COMPLETE else ""
+        accuracy = t.user_attrs.get("val_accuracy")
+        state = t.state.name.lower() + (f" at epoch {t.last_step}" if t.state == TrialState.PRUNED else "")
+        cells = [str(t.params.get(k, "")) for k in keys]
+        lines.append(
+            f"| {t.number} | {t.user_attrs.get('experiment', '')} | "
+            + " | ".join(cells)
+            + f" | {value} | {'' if accuracy is None else f'{accuracy:.4f}'} | {state} |"
+        )
+    return "\n".join(lines)
+
+
+def apply_best(study: optuna.Study, push: str | None) -> str:
+    """`dvc exp apply` the best trial's experiment (pulled from the git remote first when another worker ran it)."""
+    name = study.best_trial.user_attrs["experiment"]
+    local = subprocess.run(["dvc", "exp", "list", "--name-only"], capture_output=True, text=True).stdout.split()
+    if name not in local:
+        if not push:
+            raise InspectionError(f"the best trial's experiment {name} ran in another clone; pass --push REMOTE to pull it")
+        subprocess.run(["dvc", "exp", "pull", push, name], check=True)
+    subprocess.run(["dvc", "exp", "apply", name], check=True)
+    return name
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("preset", nargs="?", default="cnn-search", help="a preset with a search: block (presets/NAME.yaml)")
+    parser.add_argument("--trials", type=int, help="trials in the whole study, all workers together (default: the preset's)")
+    parser.add_argument("--study", default=None, help="study name, shared by its workers (default: the preset's name)")
+    parser.add_argument("--storage", default=None, help="journal file (default search/STUDY.journal) or database URL")
+    parser.add_argument("--push", metavar="GIT_REMOTE", help="dvc exp push each finished trial to this git remote")
+    parser.add_argument("--apply", action="store_true", help="dvc exp apply the best trial when the study is done")
+    parser.add_argument("--seed", type=int, default=None, help="the sampler's seed (give each worker its own)")
+    args = parser.parse_args(argv)
+    study_name = args.study or args.preset
+    try:
+        if not _NAME.fullmatch(study_name):
+            raise InspectionError(f"--study {study_name!r}: letters, digits, - and _ only (it names git refs)")
+        spec = load_search(args.preset)
+        trials = args.trials or spec.trials
+        if trials < 1:
+            raise InspectionError(f"--trials {trials}: at least 1")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = open_storage(args.storage or str(SEARCH_DIR / f"{study_name}.journal"))
+        study = run_study(spec, storage, study_name, trials, args.seed, args.push)
+        print(table(study, spec.metric))
+        if not any(t.state == TrialState.COMPLETE for t in study.trials):
+            raise InspectionError("no trial finished; see the logs in search/logs")
+        best = study.best_trial
+        print(f"search: best trial {best.number} ({best.user_attrs['experiment']}): {spec.metric} {best.value:.6g}")
+        if args.apply:
+            print(f"search: applied {apply_best(study, args.push)}; compare it with `make pr-report` after committing")
+    except InspectionError as exc:
+        sys.exit(f"search: error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The search: an Optuna study whose trials are real DVC experiments, shared by two workers in two clones
+through a real PostgreSQL server (Debian's, started here on 127.0.0.1) or a journal file, and pruning
+that stops a running `dvc exp run` on its validation curve."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from ruamel.yaml import YAML
+
+from helpers import project_env, run
+
+pytestmark = pytest.mark.slow
+
+PRESET = {
+    "description": "a small study for the test",
+    "search": {
+        "objective": "metrics/train.json:val_loss",
+        "curve": "plots/train/metrics/val/loss.tsv",
+        "stage": "train",
+        "trials": 3,
+        "pruning": {"startup_trials": 1, "warmup_epochs": 0},
+        "space": {"train.lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True}, "train.cnn.dropout": {"choices": [0.0, 0.2]}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server of its own on 127.0.0.1 (as the `postgres` user when we are root): its URL."""
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    assert initdb, "PostgreSQL's server is not installed: `make postgres` (Debian's postgresql package)"
+    bin_dir = Path(initdb[-1]).parent
+    data = Path(tempfile.mkdtemp(prefix="pg-"))
+    as_user: list[str] = []
+    if os.getuid() == 0:  # initdb refuses root
+        user = pwd.getpwnam("postgres")
+        os.chown(data, user.pw_uid, user.pw_gid)
+        as_user = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(
+        [*as_user, bin_dir / "initdb", "-D", data / "db", "-A", "trust", "-U", "search"], check=True, capture_output=True
+    )
+    server = subprocess.Popen(
+        [*as_user, bin_dir / "postgres", "-D", data / "db", "-h", "127.0.0.1", "-p", str(port), "-k", data],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            ready = subprocess.run([bin_dir / "pg_isready", "-h", "127.0.0.1", "-p", str(port)], capture_output=True)
+            if ready.returncode == 0:
+                break
+            time.sleep(0.2)
+        subprocess.run([bin_dir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "search", "optuna"], check=True)
+        yield f"postgresql://search@127.0.0.1:{port}/optuna"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def origin(project_copy, tmp_path, kaggle_zip) -> Path:
+    """A bare git remote and a DVC remote holding the pipeline, run once, with the search preset."""
+    repo, bare, store = project_copy, tmp_path / "origin.git", tmp_path / "dvc-store"
+    presets = repo / "presets"
+    presets.mkdir()
+    YAML().dump(PRESET, presets / "small.yaml")
+    run(["git", "init", "-q", "--bare", str(bare)], tmp_path)
+    run(["dvc", "remote", "add", "-d", "store", str(store)], repo)
+    run(["dvc", "repro", "train"], repo, env=project_env(CASTING_ARCHIVE=str(kaggle_zip)))
+    run(["dvc", "push", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pipeline"], repo)
+    run(["git", "remote", "add", "origin", str(bare)], repo)
+    run(["git", "push", "-q", "origin", "main"], repo)
+    return bare
+
+
+def clone(origin: Path, dest: Path) -> Path:
+    run(["git", "clone", "-q", str(origin), str(dest)], dest.parent)
+    run(["git", "config", "user.email", "worker@example.com"], dest)
+    run(["git", "config", "user.name", "worker"], dest)
+    run(["dvc", "pull", "-q"], dest)
+    return dest
+
+
+def worker(repo: Path, storage: str, seed: int, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "casting_inspection.team.search", "small", "--study", "study", "--storage", storage]
+    return subprocess.Popen(
+        [*cmd, "--seed", str(seed), "--push", "origin", *extra],
+        cwd=repo,
+        env=project_env(PYTHONPATH=str(repo / "src")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def experiments(repo: Path, remote: str | None = None) -> set[str]:
+    cmd = ["dvc", "exp", "list", "--name-only", *([remote] if remote else [])]
+    return set(run(cmd, repo).stdout.split())
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "journal file"])
+def test_two_workers_in_two_clones_share_one_study_and_push_their_experiments(kind, origin, tmp_path, request):
+    storage = request.getfixturevalue("postgres") if kind == "postgresql" else str(tmp_path / "shared" / "study.journal")
+    clones = [clone(origin, tmp_path / name) for name in ("worker-a", "worker-b")]
+    workers = [worker(repo, storage, seed) for seed, repo in enumerate(clones)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    for w, output in zip(workers, outputs):
+        assert w.returncode == 0, output
+    study = optuna.load_study(
+        study_name="study",
+        storage=storage
+        if "://" in storage
+        else optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)),
+    )
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(study.trials) == 3 and len(done) == 3  # the total is the study's, not each worker's
+    names = {t.user_attrs["experiment"] for t in done}
+    assert names == {f"study-{t.number}" for t in done}
+    local = [experiments(repo) & names for repo in clones]
+    assert all(local) and local[0].isdisjoint(local[1]) and local[0] | local[1] == names  # both workers ran trials
+    assert experiments(clones[0], "origin") == names  # every trial shared through git
+    best = study.best_trial
+    # any worker can apply the best trial, pulling it when the other worker ran it
+    result = run(
+        [sys.executable, "-m", "casting_inspection.team.search", "small", "--study", "study", "--storage", storage]
+        + ["--push", "origin", "--apply"],
+        clones[1],
+        env=project_env(PYTHONPATH=str(clones[1] / "src")),
+    )
+    assert f"applied study-{best.number}" in result.stdout
+    params = YAML(typ="safe").load((clones[1] / "params.yaml").read_text())
+    assert params["train"]["lr"] == pytest.approx(best.params["train.lr"])
+    # the objective is the experiment's own validation metric, as it recorded it
+    assert json.loads((clones[1] / "metrics/train.json").read_text())["val_loss"] == best.value
+    assert f"| {best.number} | study-{best.number} |" in result.stdout  # the table, best first
+
+
+def test_a_hopeless_trial_is_stopped_mid_run_and_leaves_no_experiment(origin, tmp_path):
+    repo = clone(origin, tmp_path / "worker")
+    storage = str(tmp_path / "study.journal")
+    study = optuna.create_study(
+        study_name="study", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    )
+    # a finished trial far ahead at every epoch: the next one is behind the median from its first epoch
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"train.lr": 3.0e-3, "train.cnn.dropout": "0.0"},
+            distributions={
+                "train.lr": optuna.distributions.FloatDistribution(1.0e-3, 1.0e-2, log=True),
+                "train.cnn.dropout": optuna.distributions.CategoricalDistribution(["0.0", "0.2"]),
+            },
+            value=1.0e-9,
+            intermediate_values={1: 1.0e-9, 2: 1.0e-9, 3: 1.0e-9},
+            user_attrs={"experiment": "elsewhere"},
+        )
+    )
+    w = worker(repo, storage, 0, "--trials", "2")
+    output = w.communicate(timeout=600)[0]
+    assert w.returncode == 0, output
+    trial = optuna.load_study(
+        study_name="study", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    ).trials[1]
+    assert trial.state == optuna.trial.TrialState.PRUNED, output
+    assert trial.last_step < 3  # stopped while training, not after
+    assert "pruned at epoch" in output
+    assert "study-1" not in experiments(repo)
+    assert run(["dvc", "exp", "list", "--name-only"], repo).returncode == 0
