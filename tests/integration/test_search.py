@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ PRESET = {
     "description": "a small study for the test",
     "search": {
         "objective": "metrics/train.json:val_loss",
-        "curve": "plots/train/metrics/val/loss.tsv",
+        "curve": "plots/train/plots/metrics/val/loss.tsv",
         "stage": "train",
         "trials": 3,
         "pruning": {"startup_trials": 1, "warmup_epochs": 0},
@@ -69,7 +70,7 @@ def postgres():
         subprocess.run([bin_dir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "search", "optuna"], check=True)
         yield f"postgresql://search@127.0.0.1:{port}/optuna"
     finally:
-        server.terminate()
+        server.send_signal(signal.SIGINT)  # fast shutdown: it does not wait for clients to disconnect
         server.wait(timeout=30)
         shutil.rmtree(data, ignore_errors=True)
 
@@ -81,7 +82,7 @@ def origin(project_copy, tmp_path, kaggle_zip) -> Path:
     presets = repo / "presets"
     presets.mkdir()
     YAML().dump(PRESET, presets / "small.yaml")
-    run(["git", "init", "-q", "--bare", str(bare)], tmp_path)
+    run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], tmp_path)
     run(["dvc", "remote", "add", "-d", "store", str(store)], repo)
     run(["dvc", "repro", "train"], repo, env=project_env(CASTING_ARCHIVE=str(kaggle_zip)))
     run(["dvc", "push", "-q"], repo)
@@ -96,7 +97,7 @@ def clone(origin: Path, dest: Path) -> Path:
     run(["git", "clone", "-q", str(origin), str(dest)], dest.parent)
     run(["git", "config", "user.email", "worker@example.com"], dest)
     run(["git", "config", "user.name", "worker"], dest)
-    run(["dvc", "pull", "-q"], dest)
+    run(["dvc", "pull", "-q", "--with-deps", "train"], dest)  # what the small study runs on
     return dest
 
 
@@ -132,7 +133,7 @@ def test_two_workers_in_two_clones_share_one_study_and_push_their_experiments(ki
         else optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)),
     )
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(study.trials) == 3 and len(done) == 3  # the total is the study's, not each worker's
+    assert len(study.trials) == 3 and len(done) == 3, outputs  # the total is the study's, not each worker's
     names = {t.user_attrs["experiment"] for t in done}
     assert names == {f"study-{t.number}" for t in done}
     local = [experiments(repo) & names for repo in clones]
@@ -156,6 +157,9 @@ def test_two_workers_in_two_clones_share_one_study_and_push_their_experiments(ki
 
 def test_a_hopeless_trial_is_stopped_mid_run_and_leaves_no_experiment(origin, tmp_path):
     repo = clone(origin, tmp_path / "worker")
+    params = YAML().load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = params["train"]["patience"] = 60  # long enough to be stopped while it runs
+    YAML().dump(params, repo / "params.yaml")
     storage = str(tmp_path / "study.journal")
     study = optuna.create_study(
         study_name="study", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
@@ -169,7 +173,7 @@ def test_a_hopeless_trial_is_stopped_mid_run_and_leaves_no_experiment(origin, tm
                 "train.cnn.dropout": optuna.distributions.CategoricalDistribution(["0.0", "0.2"]),
             },
             value=1.0e-9,
-            intermediate_values={1: 1.0e-9, 2: 1.0e-9, 3: 1.0e-9},
+            intermediate_values={epoch: 1.0e-9 for epoch in range(1, 61)},
             user_attrs={"experiment": "elsewhere"},
         )
     )
@@ -180,7 +184,7 @@ def test_a_hopeless_trial_is_stopped_mid_run_and_leaves_no_experiment(origin, tm
         study_name="study", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
     ).trials[1]
     assert trial.state == optuna.trial.TrialState.PRUNED, output
-    assert trial.last_step < 3  # stopped while training, not after
+    assert trial.last_step < 60  # stopped while training, not after
     assert "pruned at epoch" in output
     assert "study-1" not in experiments(repo)
     assert run(["dvc", "exp", "list", "--name-only"], repo).returncode == 0

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -125,15 +126,20 @@ def load_search(name: str, folder: Path = PRESETS_DIR) -> SearchSpec:
 
 def open_storage(where: str):
     """A database URL as Optuna's RDB storage (PostgreSQL, SQLite); anything else is a journal file's path."""
-    if "://" in where:
+    if "://" not in where:
+        path = Path(where)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    for attempt in range(5):  # workers started together race to create the schema in an empty database: retry
         try:
-            return optuna.storages.RDBStorage(where, heartbeat_interval=60, grace_period=180)
-        except Exception as exc:  # SQLAlchemy's connection errors come in many classes
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InspectionError(f"--storage {where}: cannot open the study's database ({first})") from exc
-    path = Path(where)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+            with warnings.catch_warnings():  # the heartbeat is "experimental": it fails trials of a worker that died
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(where, heartbeat_interval=60, grace_period=180)
+        except Exception as exc:  # SQLAlchemy's connection and integrity errors come in many classes
+            error = exc
+            time.sleep(1 + attempt)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise InspectionError(f"--storage {where}: cannot open the study's database ({first})") from error
 
 
 def read_curve(path: Path) -> list[float]:
@@ -193,16 +199,25 @@ class Worker:
             process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
             reported = 0
             while process.poll() is None:
-                time.sleep(0.5)
-                for epoch, value in enumerate(read_curve(curve)[reported:], start=reported + 1):
-                    trial.report(value, epoch)
-                    reported = epoch
+                time.sleep(0.2)
+                reported = self._report(trial, curve, reported)
                 if reported and trial.should_prune():
                     _stop(process)
-                    raise optuna.TrialPruned(f"epoch {reported}: {self.spec.metric} {value:.4g} behind the median")
+                    raise optuna.TrialPruned(f"epoch {reported}: behind the median of the trials before it")
+        reported = self._report(trial, curve, reported)  # the epochs written between the last look and the end
+        if process.returncode == 0 and not reported:
+            raise InspectionError(f"search.curve {curve} was not written by the trial: fix the preset (pruning needs it)")
         if process.returncode != 0:
             last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:] or ["no output"]
             raise TrialFailed(f"dvc exp run exited {process.returncode}: {last[0].strip()} (log: {log})")
+
+    @staticmethod
+    def _report(trial: optuna.Trial, curve: Path, reported: int) -> int:
+        """Tell Optuna the epochs written since the last look; returns how many it has now."""
+        for epoch, value in enumerate(read_curve(curve)[reported:], start=reported + 1):
+            trial.report(value, epoch)
+            reported = epoch
+        return reported
 
     def _dvc(self, args: list[str], what: str) -> None:
         result = subprocess.run(["dvc", *args], capture_output=True, text=True)
@@ -247,11 +262,12 @@ def run_study(spec: SearchSpec, storage, study_name: str, trials: int, seed: int
 
 def _say(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     values = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in trial.params.items())
-    outcome = {
-        TrialState.COMPLETE: f"{trial.value:.6g}",
-        TrialState.PRUNED: f"pruned at epoch {trial.last_step}",
-        TrialState.FAIL: "failed",
-    }.get(trial.state, trial.state.name)
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"{trial.value:.6g}"
+    elif trial.state == TrialState.PRUNED:
+        outcome = f"pruned at epoch {trial.last_step}"
+    else:
+        outcome = trial.state.name.lower()
     print(f"search: trial {trial.number} ({trial.user_attrs.get('experiment')}): {values} -> {outcome}", flush=True)
 
 
