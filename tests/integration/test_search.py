@@ -173,7 +173,7 @@ def test_a_hopeless_trial_is_stopped_mid_run_and_leaves_no_experiment(origin, tm
                 "train.cnn.dropout": optuna.distributions.CategoricalDistribution(["0.0", "0.2"]),
             },
             value=1.0e-9,
-            intermediate_values={epoch: 1.0e-9 for epoch in range(1, 61)},
+            intermediate_values=dict.fromkeys(range(1, 61), 1e-09),
             user_attrs={"experiment": "elsewhere"},
         )
     )
