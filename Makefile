@@ -55,7 +55,7 @@ postgres:
 
 test: install browser postgres
 	ruff check . && ruff format --check .
-	python -m pytest -q tests
+	python -m pytest -q -n 2 --dist loadfile tests  # two processes; a file's tests stay in one (its fixtures are built once)
 
 # Benchmarks (run by hand, print figures; see bench/RESULTS.md). Needs `make repro` first.
 bench: install

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
+import os
 from pathlib import Path
 
 import pytest
 
-from helpers import FAST_PARAMS, PROJECT, fast_section, kaggle_files, run, write_params, write_raw, write_zip
+from helpers import fast_section, kaggle_files, new_project, write_raw, write_zip
+
+# `make test` runs two test processes on two cores: torch's idle threads sleep instead of spinning, so the
+# processes (and the stages they start, which inherit this) do not steal each other's cores while they wait.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
@@ -19,23 +23,7 @@ def kaggle_zip(tmp_path_factory) -> Path:
 @pytest.fixture
 def project_copy(tmp_path) -> Path:
     """The project's pipeline (dvc.yaml, stages, src) in a fresh git + DVC repository, with fast params."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("dvc.yaml", "stages", "src", ".gitignore", "data/line"):
-        source = PROJECT / name
-        if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(source, repo / name)
-    write_params(repo / "params.yaml", FAST_PARAMS)
-    run(["git", "init", "-q", "-b", "main"], repo)
-    run(["git", "config", "user.email", "test@example.com"], repo)
-    run(["git", "config", "user.name", "test"], repo)
-    run(["dvc", "init", "-q"], repo)
-    run(["dvc", "config", "core.autostage", "true"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "init"], repo)
-    return repo
+    return new_project(tmp_path / "repo")
 
 
 @pytest.fixture(scope="session")

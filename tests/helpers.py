@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import io
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -190,3 +191,23 @@ def third_party(path: Path) -> set[str]:
 def room(path: Path) -> str | None:
     relative = path.relative_to(PACKAGE).parts
     return relative[0] if len(relative) > 1 else None
+
+
+def new_project(repo: Path) -> Path:
+    """The project's pipeline (dvc.yaml, stages, src) in a fresh git + DVC repository at `repo`, with fast params."""
+    repo.mkdir()
+    for name in ("dvc.yaml", "stages", "src", ".gitignore", "data/line"):
+        source = PROJECT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(source, repo / name)
+    write_params(repo / "params.yaml", FAST_PARAMS)
+    run(["git", "init", "-q", "-b", "main"], repo)
+    run(["git", "config", "user.email", "test@example.com"], repo)
+    run(["git", "config", "user.name", "test"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["dvc", "config", "core.autostage", "true"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "init"], repo)
+    return repo

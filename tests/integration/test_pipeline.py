@@ -16,7 +16,7 @@ from helpers import jpeg_bytes, part_image, project_env, run
 
 pytestmark = pytest.mark.slow  # real processes, servers, browsers or dvc runs: skipped by `pytest -m "not slow"`
 
-STAGES = ["download", "prepare", "train", "evaluate", "robustness", "export", "report"]
+STAGES = ["download", "prepare", "train", "evaluate", "retake", "robustness", "export", "report"]
 PICTURES = {
     "sample_grid.png",
     "errors_test.png",
@@ -114,11 +114,11 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert ran_stages(second.stdout) == []
     assert (repo / "dvc.lock").read_text() == run(["git", "show", "HEAD:dvc.lock"], repo).stdout
 
-    # a line change's rendering is robustness's concern alone: editing it leaves training and evaluation up to date
+    # a line change's rendering is the retake's and robustness's concern alone: training and evaluation stay up to date
     perturbations = repo / "src/casting_inspection/evaluation/perturbations.py"
     perturbations.write_text(perturbations.read_text() + "\n# a reviewer's note\n")
     status = json.loads(run(["dvc", "status", "--json"], repo, env).stdout)
-    assert set(status) == {"robustness"}, status
+    assert set(status) == {"retake", "robustness"}, status
     run(["git", "checkout", str(perturbations)], repo)
 
     # shared storage: push to a DVC remote (a local folder here), and a second clone pulls the same model
@@ -134,7 +134,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert ran_stages(run(["dvc", "repro"], clone, project_env()).stdout) == []  # nothing to re-run
 
     robustness_only = run(["dvc", "exp", "run", "-S", "robustness.jpeg=[20]"], repo, env)
-    assert ran_stages(robustness_only.stdout) == ["robustness", "report"]  # no retraining, no Grad-CAM: only the table
+    assert ran_stages(robustness_only.stdout) == ["retake", "robustness", "report"]  # no retraining, no Grad-CAM
     assert list(json.loads((repo / "metrics/robustness.json").read_text())["jpeg"]) == ["20"]
     run(["git", "checkout", "params.yaml"], repo)
 
@@ -146,6 +146,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     run(["git", "checkout", "params.yaml"], repo)
 
     experiment = run(["dvc", "exp", "run", "-S", "train.lr=1e-5"], repo, env)
+    # the re-taken photos do not depend on the model: an experiment on training re-uses them
     assert ran_stages(experiment.stdout) == ["train", "evaluate", "robustness", "export", "report"]
     # -S writes 1e-05, which only a YAML 1.2 loader reads as a number: the stage must have used it
     assert "1e-05" in (repo / "params.yaml").read_text()

@@ -21,7 +21,7 @@ import optuna
 import pytest
 from ruamel.yaml import YAML
 
-from helpers import project_env, run
+from helpers import new_project, project_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ PRESET = {
         "curve": "plots/train/plots/metrics/val/loss.tsv",
         "stage": "train",
         "trials": 3,
-        "pruning": {"startup_trials": 1, "warmup_epochs": 0},
+        "pruning": {"startup_trials": 10, "warmup_epochs": 0},  # none stopped: "eager" below prunes
         "space": {"train.lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True}, "train.cnn.dropout": {"choices": [0.0, 0.2]}},
     },
 }
@@ -75,16 +75,19 @@ def postgres():
         shutil.rmtree(data, ignore_errors=True)
 
 
-@pytest.fixture
-def origin(project_copy, tmp_path, kaggle_zip) -> Path:
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory, kaggle_zip) -> Path:
     """A bare git remote and a DVC remote holding the pipeline, run once, with the search preset."""
-    repo, bare, store = project_copy, tmp_path / "origin.git", tmp_path / "dvc-store"
+    root = tmp_path_factory.mktemp("search")
+    repo, bare, store = new_project(root / "repo"), root / "origin.git", root / "dvc-store"
     presets = repo / "presets"
     presets.mkdir()
     YAML().dump(PRESET, presets / "small.yaml")
-    run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], tmp_path)
+    eager = {**PRESET, "search": {**PRESET["search"], "pruning": {"startup_trials": 1, "warmup_epochs": 0}}}
+    YAML().dump(eager, presets / "eager.yaml")
+    run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], root)
     run(["dvc", "remote", "add", "-d", "store", str(store)], repo)
-    run(["dvc", "repro", "train"], repo, env=project_env(CASTING_ARCHIVE=str(kaggle_zip)))
+    run(["dvc", "repro"], repo, env=project_env(CASTING_ARCHIVE=str(kaggle_zip)))
     run(["dvc", "push", "-q"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "pipeline"], repo)
@@ -97,12 +100,12 @@ def clone(origin: Path, dest: Path) -> Path:
     run(["git", "clone", "-q", str(origin), str(dest)], dest.parent)
     run(["git", "config", "user.email", "worker@example.com"], dest)
     run(["git", "config", "user.name", "worker"], dest)
-    run(["dvc", "pull", "-q", "--with-deps", "train"], dest)  # what the small study runs on
+    run(["dvc", "pull", "-q"], dest)
     return dest
 
 
-def worker(repo: Path, storage: str, seed: int, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "casting_inspection.team.search", "small", "--study", "study", "--storage", storage]
+def worker(repo: Path, storage: str, study: str, seed: int, *extra: str, preset: str = "small") -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "casting_inspection.team.search", preset, "--study", study, "--storage", storage]
     return subprocess.Popen(
         [*cmd, "--seed", str(seed), "--push", "origin", *extra],
         cwd=repo,
@@ -118,41 +121,41 @@ def experiments(repo: Path, remote: str | None = None) -> set[str]:
     return set(run(cmd, repo).stdout.split())
 
 
+def journal(path: str):
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+
+
 @pytest.mark.parametrize("kind", ["postgresql", "journal file"])
 def test_two_workers_in_two_clones_share_one_study_and_push_their_experiments(kind, origin, tmp_path, request):
     storage = request.getfixturevalue("postgres") if kind == "postgresql" else str(tmp_path / "shared" / "study.journal")
-    clones = [clone(origin, tmp_path / name) for name in ("worker-a", "worker-b")]
-    workers = [worker(repo, storage, seed) for seed, repo in enumerate(clones)]
+    name = "pg" if kind == "postgresql" else "file"  # one origin for the module: each study names its own experiments
+    clones = [clone(origin, tmp_path / folder) for folder in ("worker-a", "worker-b")]
+    workers = [worker(repo, storage, name, seed) for seed, repo in enumerate(clones)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     for w, output in zip(workers, outputs):
         assert w.returncode == 0, output
-    study = optuna.load_study(
-        study_name="study",
-        storage=storage
-        if "://" in storage
-        else optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)),
-    )
+    study = optuna.load_study(study_name=name, storage=storage if "://" in storage else journal(storage))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(study.trials) == 3 and len(done) == 3, outputs  # the total is the study's, not each worker's
+    assert len(study.trials) == 3 and len(done) == 3, "\n".join(outputs)  # the total is the study's, not each worker's
     names = {t.user_attrs["experiment"] for t in done}
-    assert names == {f"study-{t.number}" for t in done}
+    assert names == {f"{name}-{t.number}" for t in done}
     local = [experiments(repo) & names for repo in clones]
     assert all(local) and local[0].isdisjoint(local[1]) and local[0] | local[1] == names  # both workers ran trials
-    assert experiments(clones[0], "origin") == names  # every trial shared through git
+    assert {e for e in experiments(clones[0], "origin") if e.startswith(f"{name}-")} == names  # shared through git
     best = study.best_trial
-    # any worker can apply the best trial, pulling it when the other worker ran it
+    # any worker applies the best trial, pulling it when the other worker ran it
     result = run(
-        [sys.executable, "-m", "casting_inspection.team.search", "small", "--study", "study", "--storage", storage]
+        [sys.executable, "-m", "casting_inspection.team.search", "small", "--study", name, "--storage", storage]
         + ["--push", "origin", "--apply"],
         clones[1],
         env=project_env(PYTHONPATH=str(clones[1] / "src")),
     )
-    assert f"applied study-{best.number}" in result.stdout
+    assert f"applied {name}-{best.number}" in result.stdout
     params = YAML(typ="safe").load((clones[1] / "params.yaml").read_text())
     assert params["train"]["lr"] == pytest.approx(best.params["train.lr"])
     # the objective is the experiment's own validation metric, as it recorded it
     assert json.loads((clones[1] / "metrics/train.json").read_text())["val_loss"] == best.value
-    assert f"| {best.number} | study-{best.number} |" in result.stdout  # the table, best first
+    assert f"| {best.number} | {name}-{best.number} |" in result.stdout  # the table, best first
 
 
 def test_a_hopeless_trial_is_stopped_mid_run_and_leaves_no_experiment(origin, tmp_path):
@@ -161,9 +164,7 @@ def test_a_hopeless_trial_is_stopped_mid_run_and_leaves_no_experiment(origin, tm
     params["train"]["epochs"] = params["train"]["patience"] = 60  # long enough to be stopped while it runs
     YAML().dump(params, repo / "params.yaml")
     storage = str(tmp_path / "study.journal")
-    study = optuna.create_study(
-        study_name="study", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
-    )
+    study = optuna.create_study(study_name="hopeless", storage=journal(storage))
     # a finished trial far ahead at every epoch: the next one is behind the median from its first epoch
     study.add_trial(
         optuna.trial.create_trial(
@@ -173,18 +174,15 @@ def test_a_hopeless_trial_is_stopped_mid_run_and_leaves_no_experiment(origin, tm
                 "train.cnn.dropout": optuna.distributions.CategoricalDistribution(["0.0", "0.2"]),
             },
             value=1.0e-9,
-            intermediate_values=dict.fromkeys(range(1, 61), 1e-09),
+            intermediate_values=dict.fromkeys(range(1, 61), 1.0e-9),
             user_attrs={"experiment": "elsewhere"},
         )
     )
-    w = worker(repo, storage, 0, "--trials", "2")
+    w = worker(repo, storage, "hopeless", 0, "--trials", "2", preset="eager")
     output = w.communicate(timeout=600)[0]
     assert w.returncode == 0, output
-    trial = optuna.load_study(
-        study_name="study", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
-    ).trials[1]
+    trial = optuna.load_study(study_name="hopeless", storage=journal(storage)).trials[1]
     assert trial.state == optuna.trial.TrialState.PRUNED, output
-    assert trial.last_step < 60  # stopped while training, not after
-    assert "pruned at epoch" in output
-    assert "study-1" not in experiments(repo)
-    assert run(["dvc", "exp", "list", "--name-only"], repo).returncode == 0
+    assert trial.last_step < 60 and "pruned at epoch" in output  # stopped while training, not after
+    assert "hopeless-1" not in experiments(repo)
+    assert run(["dvc", "status"], repo).returncode == 0  # the workspace is left usable

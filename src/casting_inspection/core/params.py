@@ -96,10 +96,10 @@ class CnnParams:
     widths: list[int] = check(_positive_list)
     convs_per_block: int = check(_positive)
     stem_stride: int = check(lambda v: None if v in (1, 2) else "must be 1 or 2")
-    stem_pool: bool
     dropout: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
     pooling: Literal["avg", "max", "avgmax"]
     activation: Literal["relu", "gelu"]
+    stem_pool: bool
 
 
 @dataclasses.dataclass(frozen=True)

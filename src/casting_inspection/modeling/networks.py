@@ -23,10 +23,10 @@ class CnnConfig:
     widths: list[int]
     convs_per_block: int
     stem_stride: int
-    stem_pool: bool  # a 2x2 max-pool after the stem
     dropout: float
     pooling: str  # avg, max or avgmax
     activation: str  # relu or gelu
+    stem_pool: bool = False  # a 2x2 max-pool after the stem; what every checkpoint before config version 3 had
 
 
 @dataclasses.dataclass(frozen=True)
