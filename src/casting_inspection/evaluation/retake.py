@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from casting_inspection.core.errors import InspectionError
-from casting_inspection.core.files import atomic_path, write_json
+from casting_inspection.core.files import atomic_dir, write_json
 from casting_inspection.core.params import RobustnessParams
 from casting_inspection.data.dataset import load_preprocessing, load_split
 from casting_inspection.data.images import preprocess
@@ -68,20 +68,23 @@ def retake_test_photos(params: RobustnessParams, prepared_dir: Path, raw_dir: Pa
     preprocessing = load_preprocessing(prepared_dir)
     paths = load_split(prepared_dir, "test").paths
     chosen = settings({change: getattr(params, change) for change in CHANGES})
-    renders = render(
-        raw_dir, paths, chosen, params.seed, preprocessing["image_size"], preprocessing["color_mode"], params.workers
-    )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / RENDERS) as tmp, open(tmp, "wb") as f:
-        np.save(f, renders)
-    write_json(out_dir / INDEX, {"settings": [[change, strength] for change, strength in chosen], "paths": paths})
+    size, mode = preprocessing["image_size"], preprocessing["color_mode"]
+    renders = render(raw_dir, paths, chosen, params.seed, size, mode, params.workers)
+    index = {"settings": [list(s) for s in chosen], "seed": params.seed, "image_size": size, "color_mode": mode, "paths": paths}
+    with atomic_dir(Path(out_dir)) as tmp:  # both files or neither: never renderings beside another run's index
+        with open(tmp / RENDERS, "wb") as f:
+            np.save(f, renders)
+        write_json(tmp / INDEX, index)
     return renders.shape[0] * renders.shape[1]
 
 
-def load_retaken(retaken_dir: Path, paths: list[str]) -> tuple[list[tuple[str, float]], np.ndarray]:
-    """The (change, strength) settings and their renderings (settings, images, C, H, W) of these test photos."""
+def load_retaken(retaken_dir: Path, paths: list[str], expected: dict) -> tuple[list[tuple[str, float]], np.ndarray]:
+    """The (change, strength) settings and their renderings (settings, images, C, H, W) of these test photos.
+    `expected`: seed, image_size and color_mode they must have been rendered with (what the model and params say)."""
     index = json.loads((Path(retaken_dir) / INDEX).read_text())
-    if index["paths"] != list(paths):
-        raise InspectionError(f"{retaken_dir} was rendered from other test photos: run `dvc repro retake`")
-    return [(change, float(strength)) for change, strength in index["settings"]], np.load(Path(retaken_dir) / RENDERS)
+    chosen = [(change, float(strength)) for change, strength in index["settings"]]
+    renders = np.load(Path(retaken_dir) / RENDERS, mmap_mode="r")
+    made = {key: index.get(key) for key in expected}
+    if index["paths"] != list(paths) or made != expected or renders.shape[:2] != (len(chosen), len(paths)):
+        raise InspectionError(f"{retaken_dir} was rendered from other photos or settings ({made}): run `dvc repro retake`")
+    return chosen, renders

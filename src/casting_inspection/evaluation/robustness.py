@@ -77,7 +77,7 @@ def evaluate_robustness(
     checkpoint_path, operating_point_path, guard_path = model_files.checkpoint, model_files.operating_point, model_files.guard
     batch_size = params.batch_size
     device = select_device("auto")
-    model, _ = load_checkpoint(checkpoint_path, device)
+    model, checkpoint = load_checkpoint(checkpoint_path, device)
     operating_point = json.loads(Path(operating_point_path).read_text())
     threshold, temperature = operating_point["threshold"], operating_point["temperature"]
     test = load_split(prepared_dir, "test")
@@ -85,7 +85,9 @@ def evaluate_robustness(
     def predict(images: torch.Tensor) -> np.ndarray:
         return sigmoid(predict_logits(model, images, batch_size, device).double().numpy() / temperature)
 
-    chosen, renders = load_retaken(retaken_dir, test.paths)
+    preprocessing = checkpoint["preprocessing"]
+    made_for = {"seed": params.seed, "image_size": preprocessing["image_size"], "color_mode": preprocessing["color_mode"]}
+    chosen, renders = load_retaken(retaken_dir, test.paths, made_for)
     if chosen != settings({change: getattr(params, change) for change in CHANGES}):
         raise InspectionError(f"{retaken_dir} holds other changes than params.yaml's robustness section: run `dvc repro retake`")
     labels = test.labels.numpy().astype(int)
@@ -96,7 +98,7 @@ def evaluate_robustness(
         kept = [flag is None for flag in guard_reasons(rules, tensors, images, test.sizes, features)]
         return sigmoid(logits.double().numpy() / temperature), kept
 
-    outcomes = [decide(torch.from_numpy(images)) for images in renders]
+    outcomes = [decide(torch.from_numpy(np.array(images))) for images in renders]  # one setting in memory at a time
     probabilities, decided = np.stack([p for p, _ in outcomes]), np.array([kept for _, kept in outcomes])
     report = robustness_metrics(probabilities, labels, chosen, threshold, predict(test.images), decided)
     reference = json.loads(Path(drift_reference_path).read_text())

@@ -26,7 +26,7 @@ class CnnConfig:
     dropout: float
     pooling: str  # avg, max or avgmax
     activation: str  # relu or gelu
-    stem_pool: bool = False  # a 2x2 max-pool after the stem; what every checkpoint before config version 3 had
+    stem_pool: bool = False  # a 2x2 max-pool after the stem; False: what every checkpoint before config version 3 had
 
 
 @dataclasses.dataclass(frozen=True)

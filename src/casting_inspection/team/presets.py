@@ -26,6 +26,8 @@ PRESETS_DIR = Path("presets")
 
 def _value(value) -> str:
     """A param value as `dvc exp run -S` (YAML) reads it back."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, dict)):

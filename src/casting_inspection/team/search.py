@@ -22,6 +22,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -162,6 +163,9 @@ class TrialFailed(Exception):
     """A trial's `dvc exp run` failed; the study goes on without it."""
 
 
+MAX_FAILURES_IN_A_ROW = 3  # then the worker stops: a broken clone must not spend the study's shared budget
+
+
 @dataclasses.dataclass
 class Worker:
     """One worker: runs trials in this clone's workspace, one at a time."""
@@ -170,46 +174,75 @@ class Worker:
     study_name: str
     push: str | None
     logs: Path
+    failures: int = 0  # in a row
 
     def objective(self, trial: optuna.Trial) -> float:
         values = {d.key: d.suggest(trial) for d in self.spec.space}
         name = f"{self.study_name}-{trial.number}"
-        trial.set_user_attr("experiment", name)
+        for key, value in (("experiment", name), ("host", socket.gethostname()), ("pid", os.getpid())):
+            trial.set_user_attr(key, value)
         started = time.monotonic()
-        self._run(trial, name, values)
-        figures = json.loads(self.spec.metrics_file.read_text())
-        if self.spec.metric not in figures:
-            raise TrialFailed(f"{self.spec.metrics_file} has no {self.spec.metric}")
-        for key, value in figures.items():
-            if isinstance(value, (int, float)):
-                trial.set_user_attr(key, value)
+        try:
+            self._run(trial, name, values)
+            value = self._objective_value(trial)
+        except TrialFailed as exc:
+            trial.set_user_attr("error", str(exc))
+            self.failures += 1
+            raise
+        self.failures = 0
         trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
         if self.push:
-            self._dvc(["exp", "push", self.push, name], f"dvc exp push {self.push} {name}")
-        return float(figures[self.spec.metric])
+            pushed = subprocess.run(["dvc", "exp", "push", self.push, name], capture_output=True, text=True)
+            if pushed.returncode != 0:  # the trial stands; its experiment stays in this clone
+                print(f"search: warning: dvc exp push {self.push} {name} failed: {_last_line(pushed)}", flush=True)
+        return value
+
+    def _objective_value(self, trial: optuna.Trial) -> float:
+        try:
+            figures = json.loads(self.spec.metrics_file.read_text())
+            value = float(figures[self.spec.metric])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TrialFailed(f"{self.spec.objective}: not written by the trial ({type(exc).__name__}: {exc})") from exc
+        for key, figure in figures.items():
+            if isinstance(figure, (int, float)):
+                trial.set_user_attr(key, figure)
+        return value
 
     def _run(self, trial: optuna.Trial, name: str, values: dict) -> None:
         cmd = ["dvc", "exp", "run", "-n", name, self.spec.stage]
         for key, value in values.items():
             cmd += ["-S", f"{key}={_value(value)}"]
         curve = Path(self.spec.curve)
-        curve.unlink(missing_ok=True)  # this trial's epochs only
+        for stale in (curve, self.spec.metrics_file):  # this trial's figures only, never the last trial's
+            stale.unlink(missing_ok=True)
         log = self.logs / f"{name}.log"
         with open(log, "w") as out:
             process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            reported = 0
-            while process.poll() is None:
-                time.sleep(0.2)
-                reported = self._report(trial, curve, reported)
-                if reported and trial.should_prune():
-                    _stop(process)
-                    raise optuna.TrialPruned(f"epoch {reported}: behind the median of the trials before it")
-        reported = self._report(trial, curve, reported)  # the epochs written between the last look and the end
+            try:
+                reported = self._watch(trial, process, curve)
+            except BaseException:  # Ctrl-C, SIGTERM, a storage error: never leave the trial running alone
+                _stop(process)
+                raise
         if process.returncode == 0 and not reported:
             raise InspectionError(f"search.curve {curve} was not written by the trial: fix the preset (pruning needs it)")
         if process.returncode != 0:
-            last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:] or ["no output"]
-            raise TrialFailed(f"dvc exp run exited {process.returncode}: {last[0].strip()} (log: {log})")
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+            raise TrialFailed(
+                f"dvc exp run exited {process.returncode}: {lines[-1].strip() if lines else 'no output'} (log: {log})"
+            )
+
+    def _watch(self, trial: optuna.Trial, process: subprocess.Popen, curve: Path) -> int:
+        """Report each new epoch while the trial runs; stop it when the pruner says so. Returns the epochs seen."""
+        reported = 0
+        while process.poll() is None:
+            time.sleep(0.2)
+            seen = self._report(trial, curve, reported)
+            if seen > reported and trial.should_prune():
+                _stop(process)
+                if process.returncode != 0:  # it had finished on its own: the trial is complete after all
+                    raise optuna.TrialPruned(f"epoch {seen}: behind the median of the trials before it")
+            reported = seen
+        return self._report(trial, curve, reported)  # the epochs written between the last look and the end
 
     @staticmethod
     def _report(trial: optuna.Trial, curve: Path, reported: int) -> int:
@@ -219,14 +252,16 @@ class Worker:
             reported = epoch
         return reported
 
-    def _dvc(self, args: list[str], what: str) -> None:
-        result = subprocess.run(["dvc", *args], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise TrialFailed(f"{what} failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}")
+
+def _last_line(result: subprocess.CompletedProcess) -> str:
+    lines = (result.stderr or result.stdout or "").strip().splitlines()
+    return lines[-1] if lines else "no output"
 
 
 def _stop(process: subprocess.Popen) -> None:
     """Interrupt a trial's `dvc exp run` as Ctrl-C would (DVC cleans up), then kill it if it lingers."""
+    if process.poll() is not None:
+        return
     os.killpg(process.pid, signal.SIGINT)
     try:
         process.wait(timeout=60)
@@ -235,8 +270,29 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Trials left RUNNING by a worker of this machine that is gone (killed, rebooted): failed, so they neither
+    count toward the total nor show as running. A journal file has no heartbeat to do this."""
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = trial.user_attrs.get("pid")
+        if trial.user_attrs.get("host") == host and pid and not _alive(pid):
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def finished(study: optuna.Study) -> int:
-    """Trials that count toward the study's total: done, pruned, failed, or running in some worker."""
+    """Trials that count toward the study's total: done, pruned, failed, or running in some worker. Two workers
+    that look at once may both start the last one: a study can end up to (workers - 1) trials over."""
     return len(
         study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING))
     )
@@ -248,16 +304,34 @@ def run_study(spec: SearchSpec, storage, study_name: str, trials: int, seed: int
         study_name=study_name,
         storage=storage,
         direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(1, trials // 2))),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs),
+        # constant liar: a worker counts the others' running trials as bad, so workers do not propose the same point
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(1, trials // 2)), constant_liar=True),
+        # steps are 1-based epochs, and the median pruner may stop a trial at step n_warmup_steps itself
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs + 1),
         load_if_exists=True,
     )
+    fail_dead_trials(study)
+    _check_names_are_free(study, study_name)
     logs = SEARCH_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     worker = Worker(spec, study_name, push, logs)
     while finished(study) < trials:
         study.optimize(worker.objective, n_trials=1, catch=(TrialFailed,), callbacks=[_say])
+        if worker.failures >= MAX_FAILURES_IN_A_ROW:
+            raise InspectionError(
+                f"{worker.failures} trials in a row failed (the last: {study.trials[-1].user_attrs.get('error')})"
+            )
     return study
+
+
+def _check_names_are_free(study: optuna.Study, study_name: str) -> None:
+    """A new study whose experiment names (STUDY-0, ...) exist already would fail every trial: refuse it at once."""
+    if study.trials:
+        return
+    listed = subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], capture_output=True, text=True)
+    taken = [name for name in listed.stdout.split() if re.fullmatch(rf"{re.escape(study_name)}-\d+", name)]
+    if taken:
+        raise InspectionError(f"experiments {', '.join(taken[:3])} exist already: give this study another --study name")
 
 
 def _say(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -267,7 +341,7 @@ def _say(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     elif trial.state == TrialState.PRUNED:
         outcome = f"pruned at epoch {trial.last_step}"
     else:
-        outcome = trial.state.name.lower()
+        outcome = f"{trial.state.name.lower()}: {trial.user_attrs.get('error', 'see search/logs')}"
     print(f"search: trial {trial.number} ({trial.user_attrs.get('experiment')}): {values} -> {outcome}", flush=True)
 
 
@@ -297,13 +371,17 @@ def table(study: optuna.Study, metric: str) -> str:
 def apply_best(study: optuna.Study, push: str | None) -> str:
     """`dvc exp apply` the best trial's experiment (pulled from the git remote first when another worker ran it)."""
     name = study.best_trial.user_attrs["experiment"]
-    local = subprocess.run(["dvc", "exp", "list", "--name-only"], capture_output=True, text=True).stdout.split()
+    local = subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], capture_output=True, text=True).stdout.split()
     if name not in local:
         if not push:
             raise InspectionError(f"the best trial's experiment {name} ran in another clone; pass --push REMOTE to pull it")
         subprocess.run(["dvc", "exp", "pull", push, name], check=True)
     subprocess.run(["dvc", "exp", "apply", name], check=True)
     return name
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,15 +394,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--apply", action="store_true", help="dvc exp apply the best trial when the study is done")
     parser.add_argument("--seed", type=int, default=None, help="the sampler's seed (give each worker its own)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped by a scheduler or `kill`: as Ctrl-C, the trial stopped with it
     study_name = args.study or args.preset
     try:
         if not _NAME.fullmatch(study_name):
             raise InspectionError(f"--study {study_name!r}: letters, digits, - and _ only (it names git refs)")
         spec = load_search(args.preset)
-        trials = args.trials or spec.trials
+        trials = spec.trials if args.trials is None else args.trials
         if trials < 1:
             raise InspectionError(f"--trials {trials}: at least 1")
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is one line of ours, not a traceback
         storage = open_storage(args.storage or str(SEARCH_DIR / f"{study_name}.journal"))
         study = run_study(spec, storage, study_name, trials, args.seed, args.push)
         print(table(study, spec.metric))
@@ -336,6 +415,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"search: applied {apply_best(study, args.push)}; compare it with `make pr-report` after committing")
     except InspectionError as exc:
         sys.exit(f"search: error: {exc}")
+    except KeyboardInterrupt:
+        sys.exit("search: interrupted; the trial that was running is stopped and recorded as failed")
+    except (OSError, ValueError, subprocess.CalledProcessError) as exc:  # dvc missing, a study reused with another space
+        sys.exit(f"search: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
 
 if __name__ == "__main__":
