@@ -109,3 +109,27 @@ def test_training_placement_fills_corners_with_each_images_own_background():
     assert not torch.equal(moved, torch.cat([dark, light]))
     assert torch.allclose(moved[0, 0, 0, 0], torch.tensor(0.2), atol=1e-4)
     assert torch.allclose(moved[1, 0, 0, 0], torch.tensor(0.8), atol=1e-4)
+
+
+def test_renderings_from_other_photos_or_settings_are_refused_with_what_to_run(tmp_path):
+    import json
+
+    from casting_inspection.core.errors import InspectionError
+    from casting_inspection.evaluation.retake import INDEX, RENDERS, load_retaken
+
+    np.save(tmp_path / RENDERS, np.zeros((2, 3, 1, 8, 8), np.uint8))
+    made = {"seed": 0, "image_size": 8, "color_mode": "L"}
+    index = {"settings": [["blur", 0.8], ["jpeg", 75]], "paths": ["a", "b", "c"], **made}
+    (tmp_path / INDEX).write_text(json.dumps(index))
+    chosen, renders = load_retaken(tmp_path, ["a", "b", "c"], made)
+    assert chosen == [("blur", 0.8), ("jpeg", 75.0)] and renders.shape == (2, 3, 1, 8, 8)
+    for paths, expected in (
+        (["a", "b"], made),
+        (["a", "b", "c"], made | {"seed": 1}),
+        (["a", "b", "c"], made | {"image_size": 16}),
+    ):
+        with pytest.raises(InspectionError, match="run `dvc repro retake`"):
+            load_retaken(tmp_path, paths, expected)
+    np.save(tmp_path / RENDERS, np.zeros((1, 3, 1, 8, 8), np.uint8))  # fewer settings than the index names
+    with pytest.raises(InspectionError, match="run `dvc repro retake`"):
+        load_retaken(tmp_path, ["a", "b", "c"], made)
