@@ -359,13 +359,17 @@ def table(study: optuna.Study, metric: str) -> str:
         value = f"{t.value:.4f}" if t.state == TrialState.COMPLETE else ""
         accuracy = t.user_attrs.get("val_accuracy")
         state = t.state.name.lower() + (f" at epoch {t.last_step}" if t.state == TrialState.PRUNED else "")
-        cells = [str(t.params.get(k, "")) for k in keys]
+        cells = [_cell(t.params.get(k, "")) for k in keys]
         lines.append(
             f"| {t.number} | {t.user_attrs.get('experiment', '')} | "
             + " | ".join(cells)
             + f" | {value} | {'' if accuracy is None else f'{accuracy:.4f}'} | {state} |"
         )
     return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def apply_best(study: optuna.Study, push: str | None) -> str:
