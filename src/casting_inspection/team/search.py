@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 from ruamel.yaml import YAML
 
 from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.processes import pid_alive
 from casting_inspection.team.presets import PRESETS_DIR, _value
 
 SEARCH_DIR = Path("search")  # default storage and the trials' logs (git-ignored)
@@ -276,18 +277,8 @@ def fail_dead_trials(study: optuna.Study) -> None:
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = trial.user_attrs.get("pid")
-        if trial.user_attrs.get("host") == host and pid and not _alive(pid):
+        if trial.user_attrs.get("host") == host and pid and not pid_alive(pid):
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def finished(study: optuna.Study) -> int:

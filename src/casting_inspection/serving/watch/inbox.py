@@ -41,16 +41,6 @@ def skip_reason(name: str, info: os.stat_result) -> tuple[str, bool] | None:
     return None
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def lock_inbox(inbox: Path, out: Path) -> int:
     """One watcher per inbox: an exclusive flock on INBOX/.casting-inspect-watch.lock, held while it runs
     (the kernel drops it when the process ends, however it ends). Returns the open descriptor."""

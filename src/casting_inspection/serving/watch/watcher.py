@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.processes import pid_alive
 from casting_inspection.core.text import printable
 from casting_inspection.serving.inference import Inspector, Result
 from casting_inspection.serving.watch.filing import FOLDERS, TEMPORARY, fsync_dir, link_or_claim, names, sha256_of
@@ -47,7 +48,6 @@ from casting_inspection.serving.watch.inbox import (
     LOCK_NAME,
     lock_inbox,
     note,
-    pid_alive,
     skip_reason,
 )
 from casting_inspection.serving.watch.log import LOG_NAME, InspectionLog, LogLocked
