@@ -39,7 +39,12 @@ from casting_inspection.modeling.training import (
 )
 
 PREPARED = Path("data/prepared")
-MODEL = ModelFiles(Path("models/model.safetensors"), Path("models/operating_point.json"), Path("models/guard.safetensors"))
+MODEL = ModelFiles(
+    Path("models/model.safetensors"),
+    Path("models/operating_point.json"),
+    Path("models/guard.safetensors"),
+    Path("models/anomaly.safetensors"),
+)
 
 
 def profile_epoch(run, params, device, val) -> dict[str, float]:
@@ -125,7 +130,12 @@ def main() -> None:
             profile_call(
                 "evaluate",
                 lambda: evaluate_model(
-                    load_section("evaluate"), MODEL.checkpoint, PREPARED, Path("data/drift_reference.json"), outputs
+                    load_section("evaluate"),
+                    MODEL.checkpoint,
+                    PREPARED,
+                    Path("data/drift_reference.json"),
+                    outputs,
+                    MODEL.anomaly,
                 ),
                 args.top,
             )

@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, required=True)
     parser.add_argument("--operating-point", type=Path, required=True, help="the decision threshold, shipped with the model")
     parser.add_argument("--guard", type=Path, required=True, help="the not-a-part guard's feature statistics")
+    parser.add_argument("--anomaly", type=Path, required=True, help="the model of good parts (the anomaly stage)")
     args = parser.parse_args()
     outputs = EvaluateOutputs(
         metrics=args.metrics, drift=args.drift, plots=args.plots, operating_point=args.operating_point, guard=args.guard
@@ -33,6 +34,7 @@ def main() -> None:
         prepared_dir=args.data,
         drift_reference_path=args.drift_reference,
         out=outputs,
+        anomaly_path=args.anomaly,
     )
     print("evaluate: " + json.dumps({k: v for k, v in results.items() if k != "leak_free"}))
 

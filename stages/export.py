@@ -24,10 +24,11 @@ def main() -> None:
     parser.add_argument("--int8", type=Path, required=True, help="the int8 edge model (export.int8)")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--guard", type=Path, required=True, help="the not-a-part guard's feature statistics")
+    parser.add_argument("--anomaly", type=Path, required=True, help="the model of good parts (the anomaly stage)")
     args = parser.parse_args()
     results = export_onnx(
         load_section("export"),
-        ModelFiles(checkpoint=args.checkpoint, operating_point=args.operating_point, guard=args.guard),
+        ModelFiles(checkpoint=args.checkpoint, operating_point=args.operating_point, guard=args.guard, anomaly=args.anomaly),
         drift_reference_path=args.drift_reference,
         prepared_dir=args.data,
         onnx_path=args.onnx,

@@ -22,11 +22,12 @@ def main() -> None:
     parser.add_argument("--drift-reference", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--guard", type=Path, required=True, help="the not-a-part guard's feature statistics")
+    parser.add_argument("--anomaly", type=Path, required=True, help="the model of good parts (the anomaly stage)")
     args = parser.parse_args()
     params = load_section("robustness")
     report = evaluate_robustness(
         params,
-        ModelFiles(checkpoint=args.checkpoint, operating_point=args.operating_point, guard=args.guard),
+        ModelFiles(checkpoint=args.checkpoint, operating_point=args.operating_point, guard=args.guard, anomaly=args.anomaly),
         prepared_dir=args.data,
         retaken_dir=args.retaken,
         drift_reference_path=args.drift_reference,

@@ -34,6 +34,7 @@ def exported_model(tmp_path_factory) -> dict:
 
     from casting_inspection.data.dataset import load_split
     from casting_inspection.data.prepare import prepare_dataset
+    from casting_inspection.evaluation.anomaly import fit_anomaly
     from casting_inspection.evaluation.guard import fit_guard, save_guard
     from casting_inspection.evaluation.model_files import ModelFiles
     from casting_inspection.export.onnx import export_onnx
@@ -53,11 +54,22 @@ def exported_model(tmp_path_factory) -> dict:
     rules, tensors = fit_guard(model, train, val, fast_section("evaluate", root).guard, 64, augmentation_from(augment), 4)
     rules["novelty_threshold"] *= 3  # 8 validation photos set it at their maximum: a margin keeps generated parts decided
     save_guard(root / "guard.safetensors", tensors)
-    operating_point = {"threshold": 0.5, "temperature": 1.0, "review_band": [0.4, 0.6], "guard": rules}
+    anomaly = fit_anomaly(
+        fast_section("anomaly", root), prepared, raw, root / "anomaly.safetensors", root / "anomaly.json", root / "plots"
+    )
+    operating_point = {
+        "threshold": 0.5,
+        "temperature": 1.0,
+        "review_band": [0.4, 0.6],
+        "guard": rules,
+        "anomaly_threshold": anomaly["threshold"],
+    }
     (root / "operating_point.json").write_text(json.dumps(operating_point))
     export_onnx(
         fast_section("export", root),
-        ModelFiles(root / "model.safetensors", root / "operating_point.json", root / "guard.safetensors"),
+        ModelFiles(
+            root / "model.safetensors", root / "operating_point.json", root / "guard.safetensors", root / "anomaly.safetensors"
+        ),
         drift_reference_path=root / "drift.json",
         prepared_dir=prepared,
         onnx_path=root / "model.onnx",

@@ -31,6 +31,7 @@ FAST_PARAMS = {
         "batch_size": 16,
         "lr": 3.0e-3,
     },
+    "anomaly": {"input_size": 64, "patches": 4000, "coreset": 256, "batch_size": 32},
     "evaluate": {"batch_size": 32},
     "robustness": {"batch_size": 32},
     "export": {"batch_size": 32},

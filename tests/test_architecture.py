@@ -17,6 +17,7 @@ STAGE_ROOM = {
     "download": "data",
     "prepare": "data",
     "train": "modeling",
+    "anomaly": "evaluation",
     "evaluate": "evaluation",
     "retake": "evaluation",
     "robustness": "evaluation",

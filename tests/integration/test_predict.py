@@ -35,12 +35,15 @@ def test_folder_and_glob_give_one_row_per_image_with_the_models_decision(exporte
         "threshold",
         "model_version",
         "flag",
+        "anomaly",
     ]
     assert len(rows) == len(list(test_dir.rglob("*.jpeg")))
     assert set(rows["decision"]) <= {"ok", "defective", "review"}  # generated parts: all judged
     inspector = Inspector(exported_model["onnx"])
     assert (rows["model_version"] == inspector.version).all() and (rows["threshold"] == 0.5).all()
-    band = (rows["defect_probability"] >= 0.4) & (rows["defect_probability"] < 0.6)
+    anomalous = rows["anomaly"] >= inspector.rule.anomaly_threshold  # the model of good parts rejects: defective
+    assert (rows.loc[anomalous, "decision"] == "defective").all()
+    band = (rows["defect_probability"] >= 0.4) & (rows["defect_probability"] < 0.6) & ~anomalous
     assert (rows.loc[band, "decision"] == "review").all() and not (rows.loc[~band, "decision"] == "review").any()
 
     pattern = str(test_dir / "def_front" / "*.jpeg")
@@ -247,3 +250,28 @@ def test_names_cannot_run_as_formulas_nor_forge_lines(exported_model, tmp_path):
     assert "\x1b" not in result.stderr and "\\x1b[2Jclear.jpeg" in result.stderr
     assert not any(line.startswith("ok ") for line in result.stderr.splitlines())
     assert "skipped bad\\nok        0.0000  forged.jpeg: not an image" in result.stderr
+
+
+def test_maps_are_written_over_each_decided_photo(exported_model, tmp_path):
+    """--maps: one overlay per decided photo, named after it (numbered when two folders share a name); red where the
+    part departs from every good part, so a painted blot is coloured and the rest of a good part is not."""
+    from PIL import Image
+
+    from casting_inspection.evaluation.painted import paint, rng_for
+
+    photos = tmp_path / "photos"
+    for folder in ("a", "b"):
+        (photos / folder).mkdir(parents=True)
+        Image.open(sorted((exported_model["raw"] / "test" / "ok_front").iterdir())[0]).save(photos / folder / "same.png")
+    good = Image.open(photos / "a" / "same.png")
+    blotted, (row, col) = paint(good, "blob", rng_for(0, "blob", "x"), good.size[0] / 32)
+    blotted.save(photos / "blot.png")
+    result = predict(photos, "--model", exported_model["onnx"], "--maps", tmp_path / "maps")
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in (tmp_path / "maps").iterdir())
+    assert written == ["blot.anomaly.png", "same-2.anomaly.png", "same.anomaly.png"]
+    red = lambda name: np.asarray(Image.open(tmp_path / "maps" / name), int)  # noqa: E731
+    redness = lambda image: image[..., 0] - image[..., 1]  # noqa: E731
+    side = red("blot.anomaly.png").shape[0]
+    y, x = int(row * side), int(col * side)
+    assert redness(red("blot.anomaly.png"))[max(y - 12, 0) : y + 12, max(x - 12, 0) : x + 12].max() > 60

@@ -56,3 +56,21 @@ def test_novelty_is_one_definition_in_numpy_and_in_torch():
     assert np.allclose(novelty_score(features, means, whitening, np), expected)
     as_torch = novelty_score(*(torch.from_numpy(a) for a in (features, means, whitening)), torch)
     assert np.allclose(as_torch.numpy(), expected)
+
+
+def test_a_part_the_model_of_good_parts_rejects_is_defective_whatever_the_classifier_says():
+    rule = DecisionRule(0.8, (0.1, 0.8), 50.0, anomaly_threshold=2.0)
+    assert rule.decide(0.0, None, 2.0) == "defective"  # the classifier calls it good: a defect of a form it never saw
+    assert rule.decide(0.5, None, 1.9) == "review" and rule.decide(0.0, None, 1.9) == "ok"
+    assert rule.decide(0.0, "too dark", 9.0) == "not_a_part"  # a photo the guard refuses is never decided
+    decided = rule.decide_all([0.0, 0.0, 0.9], [None, None, None], None, [0.5, 3.0, 0.5])
+    assert [d for d, _ in decided] == ["ok", "defective", "defective"]
+    assert rule.anomalous(3.0) and not rule.anomalous(1.0) and not DecisionRule(0.5).anomalous(9.0)
+
+
+def test_a_missing_anomaly_score_never_ships_a_part():
+    rule = DecisionRule(0.5, None, None, anomaly_threshold=2.0)
+    assert rule.decide(0.0, None, None) == "not_a_part" and rule.decide(0.0, None, math.nan) == "not_a_part"
+    [(decision, flag)] = rule.decide_all([0.0], [None], None, [math.nan])
+    assert decision == "not_a_part" and "anomaly score" in flag
+    assert DecisionRule(0.5, anomaly_threshold=math.inf).problem() and DecisionRule(0.5, anomaly_threshold=0.0).problem()

@@ -3,8 +3,10 @@ watch), with its validity check, the novelty score and the words for each outcom
 
 Free of PyTorch and of params: the numbers come from the model's operating point (evaluate chooses them on
 validation; export writes them into the ONNX metadata). A photo the guard flags is `not_a_part` and is never
-decided; the others go to a person inside the review band [low, high), are `defective` at or above the
-threshold, and `ok` below it.
+decided. A part whose anomaly score (its distance from every good part seen, modeling.patchcore) reaches the
+anomaly threshold is `defective`, whatever the classifier says: the classifier knows the defects it was shown, the
+model of good parts whatever departs from a good part. The others go to a person inside the review band
+[low, high), are `defective` at or above the threshold, and `ok` below it.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ DECISIONS = (OK, DEFECTIVE, REVIEW, NOT_A_PART)
 
 @dataclasses.dataclass(frozen=True)
 class DecisionRule:
-    """The operating point: the defect-probability threshold, the review band (None: no band) and the
-    guard's novelty threshold (None: a network without features, or no novelty check)."""
+    """The operating point: the defect-probability threshold, the review band (None: no band), the
+    guard's novelty threshold (None: a network without features, or no novelty check) and the anomaly threshold
+    (None: no model of good parts)."""
 
     threshold: float
     band: tuple[float, float] | None = None
     novelty_threshold: float | None = None
+    anomaly_threshold: float | None = None
 
     def problem(self) -> str | None:
         """Why this rule could not decide safely (a NaN threshold would call every part ok), or None."""
@@ -32,6 +36,8 @@ class DecisionRule:
             return f"threshold {self.threshold} is not a number in (0, 1)"
         if self.novelty_threshold is not None and not math.isfinite(self.novelty_threshold):
             return f"novelty threshold {self.novelty_threshold} is not a finite number"
+        if self.anomaly_threshold is not None and not (math.isfinite(self.anomaly_threshold) and self.anomaly_threshold > 0):
+            return f"anomaly threshold {self.anomaly_threshold} is not a finite number > 0"
         band = self.band
         if band is None:
             return None
@@ -42,26 +48,43 @@ class DecisionRule:
     def novelty_flag(self, score: float | None) -> str | None:
         return novelty_flag(score, self.novelty_threshold)
 
-    def decide(self, probability: float, flag: str | None = None) -> str:
-        """One part: a flagged photo is not a part; else review inside the band, else the threshold decides."""
+    def decide(self, probability: float, flag: str | None = None, anomaly: float | None = None) -> str:
+        """One part: a flagged photo is not a part; an anomalous one defective; else review inside the band, else
+        the threshold decides."""
         if flag or not math.isfinite(probability):  # a model that gives no number cannot ship a part
             return NOT_A_PART
+        if self.anomaly_threshold is not None:
+            if anomaly is None or not math.isfinite(anomaly):
+                return NOT_A_PART
+            if anomaly >= self.anomaly_threshold:
+                return DEFECTIVE
         if self.band is not None and self.band[0] <= probability < self.band[1]:
             return REVIEW
         return DEFECTIVE if probability >= self.threshold else OK
 
     def decide_all(
-        self, probabilities: Sequence[float], photo_flags: Sequence[str | None], novelty: Sequence[float] | None
+        self,
+        probabilities: Sequence[float],
+        photo_flags: Sequence[str | None],
+        novelty: Sequence[float] | None,
+        anomaly: Sequence[float] | None = None,
     ) -> list[tuple[str, str | None]]:
         """(decision, flag) per part: the photo's own checks first, then the novelty score, then the rule."""
         scores = [None] * len(probabilities) if novelty is None else [float(s) for s in novelty]
+        anomalies = [None] * len(probabilities) if anomaly is None else [float(a) for a in anomaly]
         out = []
-        for p, photo_flag, score in zip(probabilities, photo_flags, scores):
+        for p, photo_flag, score, departure in zip(probabilities, photo_flags, scores, anomalies):
             flag = photo_flag or self.novelty_flag(score)
             if not flag and not math.isfinite(float(p)):
                 flag = f"the model gave no defect probability ({p})"
-            out.append((self.decide(float(p), flag), flag))
+            if not flag and self.anomaly_threshold is not None and (departure is None or not math.isfinite(departure)):
+                flag = f"the model of good parts gave no anomaly score ({departure})"
+            out.append((self.decide(float(p), flag, departure), flag))
         return out
+
+    def anomalous(self, anomaly: float | None) -> bool:
+        """Whether the model of good parts alone rejects the part."""
+        return self.anomaly_threshold is not None and anomaly is not None and anomaly >= self.anomaly_threshold
 
 
 def novelty_flag(score: float | None, limit: float | None) -> str | None:

@@ -223,6 +223,39 @@ class EvaluateParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class PaintedParams:
+    kinds: list[str] = check(
+        lambda v: (
+            None
+            if v and set(v) <= {"hole", "crack", "scratch", "blob", "chip"}
+            else "must list kinds among hole, crack, scratch, blob, chip"
+        )
+    )
+    held_out: Literal["hole", "crack", "scratch", "blob", "chip"]
+    peak_tolerance: float = check(_fraction)
+    seed: int = check(_non_negative)
+
+    def __post_init__(self):
+        if self.held_out in self.kinds:
+            raise InspectionError(
+                f"params.yaml: anomaly.painted.held_out ({self.held_out}) must not be one of anomaly.painted.kinds"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class AnomalyParams:
+    taps: list[int] = check(lambda v: None if v and all(0 <= t <= 15 for t in v) else "must list EfficientNet-Lite0 blocks 0-15")
+    input_size: int = check(lambda v: None if 32 <= v <= 512 else "must be between 32 and 512")
+    window: float = check(lambda v: None if 0 < v <= 0.75 else "must be in (0, 0.75]")
+    patches: int = check(_positive)
+    coreset: int = check(_positive)
+    reject_share: float = check(_fraction)
+    batch_size: int = check(_positive)
+    seed: int = check(_non_negative)
+    painted: PaintedParams
+
+
+@dataclasses.dataclass(frozen=True)
 class Int8Params:
     calibration_images: int = check(_positive)
     seed: int = check(_non_negative)
@@ -241,6 +274,7 @@ class Params:
     download: DownloadParams
     prepare: PrepareParams
     train: TrainParams
+    anomaly: AnomalyParams
     evaluate: EvaluateParams
     robustness: RobustnessParams
     export: ExportParams

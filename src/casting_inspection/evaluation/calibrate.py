@@ -32,6 +32,7 @@ class OperatingPoint:
     def save(self, path: Path, guard_path: Path) -> None:
         band = list(self.rule.band) if self.rule.band else None
         point = {"threshold": self.rule.threshold, "temperature": self.temperature, "review_band": band}
+        point["anomaly_threshold"] = self.rule.anomaly_threshold  # the anomaly stage's, chosen on validation good parts
         write_json(path, {**point, "guard": self.guard_rules})
         save_guard(guard_path, self.guard_tensors)
 

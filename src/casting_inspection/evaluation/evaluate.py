@@ -17,6 +17,7 @@ from casting_inspection import CLASS_NAMES
 from casting_inspection.core.decision import DecisionRule
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path, write_json, write_text
+from casting_inspection.core.overlay import overlay, tile_grid
 from casting_inspection.core.params import EvaluateParams
 from casting_inspection.data import drift
 from casting_inspection.data.dataset import Split, load_split
@@ -29,7 +30,10 @@ from casting_inspection.evaluation.guard import Decider, guard_reasons
 from casting_inspection.evaluation.metrics import decision_metrics, review_metrics
 from casting_inspection.evaluation.not_a_part import not_a_part_figures
 from casting_inspection.modeling.checkpoint import load_checkpoint
+from casting_inspection.modeling.patchcore import anomaly_scores, load_anomaly
 from casting_inspection.modeling.predict import predict_logits_and_features, select_device
+
+GALLERY_MOST = 36  # test parts in the anomaly gallery
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,20 +48,32 @@ class EvaluateOutputs:
 
 
 def evaluate_model(
-    params: EvaluateParams, checkpoint_path: Path, prepared_dir: Path, drift_reference_path: Path, out: EvaluateOutputs
+    params: EvaluateParams,
+    checkpoint_path: Path,
+    prepared_dir: Path,
+    drift_reference_path: Path,
+    out: EvaluateOutputs,
+    anomaly_path: Path,
 ) -> dict:
     """Calibrate on validation, write the operating point, then score the test split once with it."""
     device = select_device("auto")
     model, checkpoint = load_checkpoint(checkpoint_path, device)
     train, val, test = (load_split(prepared_dir, split) for split in ("train", "val", "test"))
     point, val_scored = calibrate(params, model, checkpoint, train, val, device)
+    anomaly, anomaly_threshold = load_anomaly(anomaly_path)
+    point.rule = dataclasses.replace(point.rule, anomaly_threshold=anomaly_threshold)
     point.save(out.operating_point, out.guard)
     logits, features = predict_logits_and_features(model, test.images, params.batch_size, device)
     logits = logits.double().numpy()
     scored = Scored(test.labels.numpy().astype(int), sigmoid(logits / point.temperature), sigmoid(logits))
     flags = guard_reasons(point.guard_rules, point.guard_tensors, test.images, test.sizes, features)
     results = test_figures(params, test, scored, val_scored, point, np.array([flag is None for flag in flags]))
-    decide = Decider(model, point.temperature, point.rule, point.guard_rules, point.guard_tensors, params.batch_size)
+    decide = Decider(model, point.temperature, point.rule, point.guard_rules, point.guard_tensors, params.batch_size, anomaly)
+    departures, maps = anomaly_scores(anomaly, test.images, params.batch_size)
+    decisions = point.rule.decide_all(scored.probabilities, flags, None, departures)
+    results["anomaly"] = anomaly_figures(scored.labels, departures, anomaly_threshold)
+    results["combined"] = combined_figures(scored.labels, decisions)
+    _anomaly_gallery(test, scored, decisions, departures, maps, point.rule, Path(out.plots) / "images" / "anomaly_test.png")
     spec = ImageSpec(**checkpoint["preprocessing"])
     results["not_a_part"] = not_a_part_figures(params, decide, test, val, flags, spec, Path(out.plots) / "images")
     results["line_test"] = line_test_figures(decide, load_split(prepared_dir, "line_test"), point.rule)
@@ -65,7 +81,7 @@ def evaluate_model(
     evidence, results["explanations"] = _explain(
         params, model, test, val, scored.probabilities, val_scored.probabilities, threshold, Path(out.plots) / "images"
     )
-    report = _plots(params, test, scored, point.rule, evidence, flags, Path(out.plots))
+    report = _plots(params, test, scored, point.rule, evidence, flags, Path(out.plots), departures)
     write_json(out.metrics, results)
     print(report)
     _drift(test, drift_reference_path, out.drift)
@@ -80,6 +96,54 @@ def _drift(test: Split, drift_reference_path: Path, drift_path: Path) -> None:
     print(
         drift.drift_warning(drift_report) or f"input drift: none on the test split (alarm share {reference['alarm_share']:.0%})"
     )
+
+
+def anomaly_figures(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """The model of good parts alone on the test split: how well its score ranks defects above good parts, and what
+    its threshold (set on validation good parts) rejects of each."""
+    rejected = scores >= threshold
+    return {
+        "threshold": round(threshold, 6),
+        "auroc": round(float(skm.roc_auc_score(labels, scores)), 4) if 0 < labels.sum() < len(labels) else None,
+        "good_rejected": int((rejected & (labels == 0)).sum()),
+        "defects_rejected": int((rejected & (labels == 1)).sum()),
+        "defects": int(labels.sum()),
+        "good": int((labels == 0).sum()),
+    }
+
+
+def combined_figures(labels: np.ndarray, decided: list[tuple[str, str | None]]) -> dict:
+    """The shipped decision (guard, model of good parts, classifier, review band) on every test photo."""
+    decisions = np.array([decision for decision, _ in decided])
+    automatic = np.isin(decisions, ["ok", "defective"])
+    return {
+        "photos": len(decisions),
+        "decided_automatically": round(float(automatic.mean()), 4),
+        "missed_defects": int(((decisions == "ok") & (labels == 1)).sum()),
+        "false_rejects": int(((decisions == "defective") & (labels == 0)).sum()),
+        "false_reject_rate": round(float(((decisions == "defective") & (labels == 0)).sum() / max((labels == 0).sum(), 1)), 4),
+        "review": int((decisions == "review").sum()),
+        "not_a_part": int((decisions == "not_a_part").sum()),
+    }
+
+
+def _anomaly_gallery(test: Split, scored: Scored, decisions, departures, maps, rule: DecisionRule, path: Path) -> None:
+    """The test parts only the model of good parts rejected, then the shipped decision's errors, with their maps."""
+    labels, names = scored.labels, np.array(CLASS_NAMES)
+    classifier_passed = scored.probabilities < rule.threshold
+    only_anomaly = [i for i, (d, _) in enumerate(decisions) if d == "defective" and classifier_passed[i]]
+    errors = [i for i, (d, _) in enumerate(decisions) if (d == "ok" and labels[i]) or (d == "defective" and not labels[i])]
+    chosen = list(dict.fromkeys(only_anomaly + errors))[:GALLERY_MOST]
+    tiles = [
+        (
+            overlay(test.images[i].numpy(), maps[i], rule.anomaly_threshold),
+            f"{names[labels[i]]} {decisions[i][0]} a={departures[i]:.2f}",
+        )
+        for i in chosen
+    ]
+    title = f"Test: {len(only_anomaly)} rejected by the model of good parts alone, {len(errors)} errors of the shipped decision"
+    with atomic_path(path) as tmp:
+        tile_grid(tiles, 6, title).save(tmp, format="PNG")
 
 
 def line_test_figures(decide, line_test: Split, rule: DecisionRule) -> dict | None:
@@ -145,6 +209,7 @@ def _plots(
     evidence: np.ndarray,
     flags: list[str | None],
     plots_dir: Path,
+    departures: np.ndarray,
 ) -> str:
     """dvclive plots, the classification report and the per-part predictions table; returns the report text."""
     labels, names = scored.labels, np.array(CLASS_NAMES)
@@ -183,7 +248,8 @@ def _plots(
             "near_duplicate": test.near_duplicate,
         }
     )
-    table.insert(4, "decision", [decision for decision, _ in rule.decide_all(probabilities, flags, None)])
+    table.insert(4, "decision", [decision for decision, _ in rule.decide_all(probabilities, flags, None, departures)])
+    table.insert(5, "anomaly", departures.round(4))
     table["not_a_part"] = [flag or "" for flag in flags]  # why the guard flagged it; such a part is never decided
     with atomic_path(plots_dir / "predictions.csv") as tmp:
         table.to_csv(tmp, index=False)

@@ -113,11 +113,14 @@ def load_guard(path: Path) -> dict:
 
 
 class Decider:
-    """The shipped decision for uint8 images, in PyTorch: the guard's reasons, then the rule (core.decision)."""
+    """The shipped decision for uint8 images, in PyTorch: the guard's reasons, then the rule (core.decision), with the
+    model of good parts' score when there is one (`anomaly`: a modeling.patchcore.PatchCore, or None)."""
 
-    def __init__(self, model, temperature: float, rule: DecisionRule, guard_rules: dict, tensors: dict, batch_size: int):
+    def __init__(
+        self, model, temperature: float, rule: DecisionRule, guard_rules: dict, tensors: dict, batch_size: int, anomaly=None
+    ):
         self.model, self.temperature, self.rule = model, temperature, rule
-        self.guard_rules, self.tensors, self.batch_size = guard_rules, tensors, batch_size
+        self.guard_rules, self.tensors, self.batch_size, self.anomaly = guard_rules, tensors, batch_size, anomaly
 
     def __call__(self, images: torch.Tensor, sizes: list[tuple[int, int]]) -> list[tuple[str, float, str | None]]:
         """(decision, defect probability, guard reason) per image."""
@@ -125,7 +128,23 @@ class Decider:
         logits, features = predict_logits_and_features(self.model, images, self.batch_size, device)
         flags = guard_reasons(self.guard_rules, self.tensors, images, sizes, features)
         probabilities = torch.sigmoid(logits.double() / self.temperature).numpy()
+        scores = self.anomaly_scores(images)
         return [
             (decision, float(p), flag)
-            for p, (decision, flag) in zip(probabilities, self.rule.decide_all(probabilities, flags, None))
+            for p, (decision, flag) in zip(probabilities, self.rule.decide_all(probabilities, flags, None, scores))
         ]
+
+    def anomaly_scores(self, images: torch.Tensor) -> np.ndarray | None:
+        if self.anomaly is None:
+            return None
+        with torch.no_grad():
+            return (
+                np.concatenate(
+                    [
+                        self.anomaly(images[i : i + self.batch_size].float() / 255)[0].double().numpy()
+                        for i in range(0, len(images), self.batch_size)
+                    ]
+                )
+                if len(images)
+                else np.zeros(0)
+            )

@@ -8,8 +8,9 @@ from pathlib import Path
 
 @dataclasses.dataclass(frozen=True)
 class ModelFiles:
-    """The weights (train), the operating point and the guard's statistics (evaluate)."""
+    """The weights (train), the operating point and the guard's statistics (evaluate), the model of good parts (anomaly)."""
 
     checkpoint: Path
     operating_point: Path
     guard: Path
+    anomaly: Path

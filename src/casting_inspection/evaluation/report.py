@@ -229,17 +229,19 @@ def _robustness(robustness: dict, export: dict) -> str:
             cell["false_rejects"],
             _pct(cell["flip_rate"]),
             _pct(cell.get("drift_flagged"), 0),
+            _pct(cell.get("anomaly_rejected_good"), 1),
         ]
         for change, levels in robustness.items()
         if change != "worst"
         for strength, cell in levels.items()
     ]
-    rows.append(["PyTorch vs ONNX Runtime (one more operator)", "", "", "", "", _pct(export["onnx_flip_rate"]), ""])
+    rows.append(["PyTorch vs ONNX Runtime (one more operator)", "", "", "", "", _pct(export["onnx_flip_rate"]), "", ""])
     return f"""<h2>Does it hold when the line changes?</h2>
 <p>The test photos re-taken under one camera or lighting change at a time. Flipped = decisions that differ from the
-unchanged photo's (an attribute gauge R&amp;R view); drift flagged = share the input-drift check would warn about.
+unchanged photo's (an attribute gauge R&amp;R view); drift flagged = share the input-drift check would warn about;
+good rejected as anomalous = good parts the model of good parts alone rejects (a line change is not a defect).
 Worst: {_pct(robustness["worst"]["accuracy"])} under {html.escape(robustness["worst"]["change"])}.</p>
-{_table(["change", "strength", "accuracy", "missed defects", "false rejects", "flipped", "drift flagged"], rows)}"""
+{_table(["change", "strength", "accuracy", "missed defects", "false rejects", "flipped", "drift flagged", "good rejected as anomalous"], rows)}"""
 
 
 def _not_a_part(test: dict, robustness: dict) -> str:
@@ -260,6 +262,30 @@ photos flagged ({reasons}); the figures above are on the {test["n"]} decided. Ge
 {material["caught"]} of {material["n"]} caught, {material["decided_ok"]} decided ok
 {("(missed: " + html.escape(", ".join(material["missed"])) + ")") if material["missed"] else ""}.
 Parts re-taken under line changes flagged: {html.escape("; ".join(flagged))}.</p>"""
+
+
+def _anomaly(anomaly: dict, test: dict, plots_dir: Path) -> str:
+    """The model of good parts: painted defects of forms the data set lacks (one kind never chosen on), the test split
+    scored once, the combined decision, and where the maps point."""
+    rows = [
+        [kind, _pct(cell["decided_ok"], 1), f"{cell['auroc']:.3f}", _pct(cell["map_peak_on_defect"], 0)]
+        for kind, cell in [*anomaly["painted"].items(), (anomaly["held_out"]["kind"] + " (held out)", anomaly["held_out"])]
+    ]
+    alone, combined = test["anomaly"], test["combined"]
+    auroc = "n/a" if alone["auroc"] is None else f"{alone['auroc']:.3f}"
+    return f"""<h2>A model of good parts</h2>
+<p>Fitted on the train split's good photos only, it flags whatever departs from every good part seen, at a threshold
+that rejects {_pct(anomaly["val_good_rejected"], 1)} of validation good parts. A part is <b>defective</b> when it or the
+classifier says so. Defects painted on {anomaly["painted_photos_per_kind"]} validation good parts, each kind alone
+(anomaly model alone; "map on defect": its highest patch lies on the defect):</p>
+{_table(["kind", "decided ok", "AUROC", "map on defect"], rows)}
+<p>Test split, scored once: AUROC of the anomaly score alone {auroc}; it alone rejects {alone["good_rejected"]} of
+{alone["good"]} good parts and {alone["defects_rejected"]} of {alone["defects"]} defects. The shipped decision:
+{_pct(combined["decided_automatically"], 1)} decided automatically, {combined["missed_defects"]} missed defects,
+{combined["false_rejects"]} false rejects ({_pct(combined["false_reject_rate"], 2)}), {combined["review"]} to a person,
+{combined["not_a_part"]} not a part.</p>
+{_img((plots_dir / "anomaly/painted.png").read_bytes(), "painted defects with their anomaly maps")}
+{_img((plots_dir / "evaluate/images/anomaly_test.png").read_bytes(), "test parts with their anomaly maps")}"""
 
 
 def _line(data: dict, test: dict) -> str:
@@ -328,8 +354,8 @@ even the leak-free subset still shares parts with training; published accuracies
 
 
 def write_report(metrics_dir: Path, plots_dir: Path, out_path: Path) -> Path:
-    data, train, test, robustness, drift, export = (
-        _read_json(metrics_dir / f"{n}.json") for n in ("data", "train", "test", "robustness", "drift", "export")
+    data, train, test, robustness, drift, export, anomaly = (
+        _read_json(metrics_dir / f"{n}.json") for n in ("data", "train", "test", "robustness", "drift", "export", "anomaly")
     )
     evaluate_dir, images_dir = plots_dir / "evaluate", plots_dir / "evaluate/images"
     missing = [name for name, *_ in PICTURES if not (images_dir / name).exists()]
@@ -338,6 +364,7 @@ def write_report(metrics_dir: Path, plots_dir: Path, out_path: Path) -> Path:
     body = "\n".join(
         [
             _headline(test, train),
+            _anomaly(anomaly, test, plots_dir),
             _not_a_part(test, robustness),
             _line(data, test),
             _robustness(robustness, export),

@@ -21,6 +21,7 @@ from casting_inspection.evaluation.model_files import ModelFiles
 from casting_inspection.evaluation.perturbations import CHANGES
 from casting_inspection.evaluation.retake import load_retaken, settings
 from casting_inspection.modeling.checkpoint import load_checkpoint
+from casting_inspection.modeling.patchcore import anomaly_scores, load_anomaly
 from casting_inspection.modeling.predict import predict_logits, predict_logits_and_features, select_device
 
 
@@ -92,6 +93,8 @@ def evaluate_robustness(
         raise InspectionError(f"{retaken_dir} holds other changes than params.yaml's robustness section: run `dvc repro retake`")
     labels = test.labels.numpy().astype(int)
     rules, tensors = operating_point["guard"], load_guard(guard_path)
+    anomaly, anomaly_threshold = load_anomaly(model_files.anomaly)
+    good = labels == 0
 
     def decide(images: torch.Tensor) -> tuple[np.ndarray, list[bool]]:  # one forward pass for both
         logits, features = predict_logits_and_features(model, images, batch_size, device)
@@ -106,12 +109,14 @@ def evaluate_robustness(
         cell = report[change][f"{strength:g}"]
         cell["drift_flagged"] = round(drift.share_flagged(drift.image_statistics(images), reference), 4)
         cell["not_a_part"] = round(float(1 - kept.mean()), 4)  # parts the guard flagged: a false alarm each
+        scores, _ = anomaly_scores(anomaly, torch.from_numpy(np.array(images[good])), batch_size)
+        cell["anomaly_rejected_good"] = round(float(np.mean(scores >= anomaly_threshold)), 4)  # a line change is no defect
     write_json(out_path, report)
     return report
 
 
 def format_robustness(robustness: dict) -> str:
-    header = ("change", "strength", "accuracy", "missed", "false rej", "flipped", "drift flag", "not a part")
+    header = ("change", "strength", "accuracy", "missed", "false rej", "flipped", "drift flag", "not a part", "anomalous")
     lines = [f"{header[0]:<12}" + "".join(f"{h:>11}" for h in header[1:])]
 
     def pct(value, digits: int) -> str:  # None: every part of that rendering was flagged, none decided
@@ -128,6 +133,7 @@ def format_robustness(robustness: dict) -> str:
                 pct(cell["flip_rate"], 2),
                 pct(cell.get("drift_flagged"), 0),
                 pct(cell.get("not_a_part"), 1),
+                pct(cell.get("anomaly_rejected_good"), 1),
             )
             lines.append(f"{change:<12}{strength:>11}" + "".join(f"{str(v):>11}" for v in values))
     worst = robustness["worst"]

@@ -21,10 +21,13 @@ from casting_inspection.evaluation.metrics import count_errors
 from casting_inspection.evaluation.model_files import ModelFiles
 from casting_inspection.modeling.checkpoint import load_checkpoint
 from casting_inspection.modeling.networks import ProbabilityNet, count_parameters
+from casting_inspection.modeling.patchcore import load_anomaly
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "defect_probability"
 NOVELTY_NAME = "novelty"  # the not-a-part guard's squared Mahalanobis distance (evaluation.guard)
+ANOMALY_NAME = "anomaly"  # the model of good parts' score: the worst patch's distance from every good patch
+ANOMALY_MAP_NAME = "anomaly_map"  # (N, h, w): each patch's distance, where the part departs from a good one
 
 
 def one_digit(value: float) -> float:
@@ -59,18 +62,19 @@ def export_onnx(
     operating_point = json.loads(Path(operating_point_path).read_text())
     threshold = operating_point["threshold"]
     guard = load_guard(guard_path)
-    shipped = ProbabilityNet(model, operating_point["temperature"], guard or None).eval()
+    anomaly, _ = load_anomaly(model_files.anomaly)
+    shipped = ProbabilityNet(model, operating_point["temperature"], guard or None, anomaly).eval()
     test = load_split(prepared_dir, "test")
-    graph = _to_onnx(shipped, test.images[:2].float() / 255, params.opset, bool(guard))
-    metadata = _metadata(checkpoint, operating_point, checkpoint_path, drift_reference_path)
-    for key, value in metadata.items():
+    names = [OUTPUT_NAME, *([NOVELTY_NAME] if guard else []), ANOMALY_NAME, ANOMALY_MAP_NAME]
+    graph = _to_onnx(shipped, test.images[:2].float() / 255, params.opset, names)
+    for key, value in _metadata(checkpoint, operating_point, checkpoint_path, drift_reference_path).items():
         graph.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(graph)
     with atomic_path(onnx_path) as tmp:
         onnx.save(graph, str(tmp))
-    onnx_out, torch_out = _both_runtimes(shipped, onnx_path, test.images, params.batch_size)
-    agreement = _agreement(onnx_out, torch_out, threshold, operating_point["guard"].get("novelty_threshold"))
-    guard_flips = {key: agreement.pop(key) for key in ("onnx_guard_flips",) if key in agreement}
+    onnx_out, torch_out = _both_runtimes(shipped, onnx_path, test.images, params.batch_size, names)
+    agreement = _agreement(onnx_out, torch_out, operating_point)
+    guard_flips = {key: agreement.pop(key) for key in ("onnx_guard_flips", "onnx_anomaly_flips") if key in agreement}
     results = (
         agreement
         | {
@@ -78,11 +82,12 @@ def export_onnx(
             "params": count_parameters(model),
             "opset": params.opset,
             "threshold": threshold,
-            "images_checked": len(onnx_out[0]),
+            "images_checked": len(onnx_out[OUTPUT_NAME]),
         }
         | guard_flips
     )
-    onnx_probs, max_abs_diff = onnx_out[0], float(np.abs(onnx_out[0] - torch_out[0]).max())
+    onnx_probs = onnx_out[OUTPUT_NAME]
+    max_abs_diff = float(np.abs(onnx_probs - torch_out[OUTPUT_NAME]).max())
     train = load_split(prepared_dir, "train")
     results["int8"] = _int8(
         params.int8,
@@ -104,9 +109,10 @@ def export_onnx(
     return results
 
 
-def _agreement(onnx_out: tuple, torch_out: tuple, threshold: float, novelty_limit: float | None) -> dict:
-    """PyTorch and ONNX Runtime as two "operators" deciding the same parts: decision and guard flips."""
-    (onnx_probs, onnx_novelty), (torch_probs, torch_novelty) = onnx_out, torch_out
+def _agreement(onnx_out: dict, torch_out: dict, operating_point: dict) -> dict:
+    """PyTorch and ONNX Runtime as two "operators" deciding the same parts: decision, guard and anomaly flips."""
+    threshold = operating_point["threshold"]
+    onnx_probs, torch_probs = onnx_out[OUTPUT_NAME], torch_out[OUTPUT_NAME]
     flips = int(((onnx_probs >= threshold) != (torch_probs >= threshold)).sum())
     results = {
         "onnx_label_agreement": float(np.mean((onnx_probs >= threshold) == (torch_probs >= threshold))),
@@ -114,12 +120,17 @@ def _agreement(onnx_out: tuple, torch_out: tuple, threshold: float, novelty_limi
         "onnx_flip_rate": round(flips / len(onnx_probs), 6),
         "onnx_max_abs_diff": one_digit(float(np.abs(onnx_probs - torch_probs).max())),
     }
-    if novelty_limit is not None:  # the guard's second output, as the two runtimes compute it
-        results["onnx_guard_flips"] = int(((onnx_novelty > novelty_limit) != (torch_novelty > novelty_limit)).sum())
+    limits = {
+        NOVELTY_NAME: operating_point["guard"].get("novelty_threshold"),
+        ANOMALY_NAME: operating_point.get("anomaly_threshold"),
+    }
+    for name, key in ((NOVELTY_NAME, "onnx_guard_flips"), (ANOMALY_NAME, "onnx_anomaly_flips")):
+        if name in onnx_out and limits[name] is not None:  # a second score, as the two runtimes compute it
+            results[key] = int(((onnx_out[name] >= limits[name]) != (torch_out[name] >= limits[name])).sum())
     return results
 
 
-def _to_onnx(shipped: torch.nn.Module, example: torch.Tensor, opset: int, guarded: bool) -> onnx.ModelProto:
+def _to_onnx(shipped: torch.nn.Module, example: torch.Tensor, opset: int, names: list[str]) -> onnx.ModelProto:
     """The dynamo exporter with a dynamic batch axis, into memory."""
     with tempfile.TemporaryDirectory() as scratch:
         raw_path = Path(scratch) / "model.onnx"
@@ -128,7 +139,7 @@ def _to_onnx(shipped: torch.nn.Module, example: torch.Tensor, opset: int, guarde
             (example,),
             str(raw_path),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME, NOVELTY_NAME] if guarded else [OUTPUT_NAME],
+            output_names=names,
             dynamo=True,
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             opset_version=opset,
@@ -154,6 +165,9 @@ def _metadata(checkpoint: dict, operating_point: dict, checkpoint_path: Path, dr
         "temperature": str(operating_point["temperature"]),  # already inside the graph: the output is calibrated
         # not a part, not a decision: the photo checks and the novelty threshold (the graph's second output)
         "guard": json.dumps(operating_point["guard"]),
+        # the model of good parts: a part whose score (the graph's "anomaly" output) reaches this is defective; the
+        # "anomaly_map" output shows where (each patch's distance, over the part's window)
+        "anomaly_threshold": json.dumps(operating_point.get("anomaly_threshold")),
         "image_size": str(checkpoint["preprocessing"]["image_size"]),
         "color_mode": checkpoint["preprocessing"]["color_mode"],
         # the checks and resize of casting_inspection.data.images.load_image, so every consumer prepares images as training did
@@ -167,8 +181,8 @@ def _metadata(checkpoint: dict, operating_point: dict, checkpoint_path: Path, dr
     }
 
 
-def _both_runtimes(shipped: torch.nn.Module, onnx_path: Path, images: torch.Tensor, batch_size: int):
-    """(probabilities, novelty or None) from ONNX Runtime and from PyTorch for the same images."""
+def _both_runtimes(shipped: torch.nn.Module, onnx_path: Path, images: torch.Tensor, batch_size: int, names: list[str]):
+    """Each output by name, from ONNX Runtime and from PyTorch, for the same images."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     onnx_out, torch_out = [], []
     with torch.no_grad():
@@ -176,11 +190,10 @@ def _both_runtimes(shipped: torch.nn.Module, onnx_path: Path, images: torch.Tens
             batch = images[start : start + batch_size].float() / 255
             output = shipped(batch)
             torch_out.append([o.numpy() for o in output] if isinstance(output, tuple) else [output.numpy()])
-            onnx_out.append(session.run(None, {INPUT_NAME: batch.numpy()}))
+            onnx_out.append(session.run(names, {INPUT_NAME: batch.numpy()}))
 
     def joined(parts):
-        columns = [np.concatenate(column) for column in zip(*parts)]
-        return columns[0], (columns[1] if len(columns) > 1 else None)
+        return {name: np.concatenate(column) for name, column in zip(names, zip(*parts))}
 
     return joined(onnx_out), joined(torch_out)
 
@@ -223,6 +236,12 @@ def _quantize(float_path: Path, int8_path: Path, calibration: np.ndarray) -> Non
             "weight_type": QuantType.QInt8,
             "op_types_to_quantize": ["Conv"],  # the head and the guard's distance stay float: few weights, exact scores
             "reduce_range": True,  # 7-bit weights: no saturation in AVX2's u8*s8 path, the same int32 sums as VNNI
+            # the model of good parts stays float: its threshold was set on float scores
+            "nodes_to_exclude": [
+                node.name
+                for node in onnx.load(str(prepared)).graph.node
+                if node.op_type == "Conv" and node.input[1].startswith("anomaly.")
+            ],
         }
         ranges = Path(scratch) / "ranges.json"
         quantize_static(str(prepared), str(tmp), Batches(), calibration_cache_path=ranges, **options)

@@ -291,10 +291,11 @@ class InspectionNet(nn.Module):
 
 
 class ProbabilityNet(nn.Module):
-    """What ships: the defect probability per image and, when a guard is given, the squared Mahalanobis
-    distance of the image's pooled features from the training split's (the not-a-part novelty score)."""
+    """What ships: the defect probability per image; when a guard is given, the squared Mahalanobis distance of the
+    image's pooled features from the training split's (the not-a-part novelty score); when a model of good parts is
+    given (modeling.patchcore), its anomaly score and map. Outputs in that order, those present only."""
 
-    def __init__(self, net: InspectionNet, temperature: float = 1.0, guard: dict | None = None):
+    def __init__(self, net: InspectionNet, temperature: float = 1.0, guard: dict | None = None, anomaly: nn.Module | None = None):
         super().__init__()
         self.net = net
         self.temperature = temperature  # fitted on validation by evaluate; 1.0 = the raw network
@@ -302,13 +303,18 @@ class ProbabilityNet(nn.Module):
         if guard is not None:
             self.register_buffer("feature_means", guard["means"].float())  # (classes, D)
             self.register_buffer("whitening", guard["whitening"].float())  # (classes, D, D): each class its own
+        self.anomaly = anomaly
 
     def forward(self, x: torch.Tensor):
         if not self.guarded:
-            return torch.sigmoid(self.net(x) / self.temperature)
-        pooled = self.net.pooled(x)
-        probability = torch.sigmoid(self.net.backbone.head(pooled).squeeze(1) / self.temperature)
-        return probability, novelty_score(pooled, self.feature_means, self.whitening, torch)
+            outputs = [torch.sigmoid(self.net(x) / self.temperature)]
+        else:
+            pooled = self.net.pooled(x)
+            probability = torch.sigmoid(self.net.backbone.head(pooled).squeeze(1) / self.temperature)
+            outputs = [probability, novelty_score(pooled, self.feature_means, self.whitening, torch)]
+        if self.anomaly is not None:
+            outputs += list(self.anomaly(x))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
 def count_parameters(model: nn.Module) -> int:

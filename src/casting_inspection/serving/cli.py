@@ -110,10 +110,11 @@ def predict(args: argparse.Namespace) -> int:
     from casting_inspection.serving.inference import Inspector, Result
 
     inspector = Inspector(args.model, threads=args.threads)
+    maps = _maps_folder(args.maps, inspector)
     files, missing = expand(args.paths)
     for item, reason in missing:
         print(printable(f"skipped {item}: {reason}"), file=sys.stderr)
-    results, arrays = [], []
+    results, arrays, anomaly_maps = [], [], ([] if maps else None)
     batches = range(0, len(files), args.batch_size)
     for start in tqdm(
         batches, desc="predict", unit="batch", file=sys.stderr, disable=None if len(files) > args.batch_size else True
@@ -125,11 +126,13 @@ def predict(args: argparse.Namespace) -> int:
                 named.append((str(path), read_photo(path, inspector.spec.max_file_bytes)))
             except BadImage as exc:
                 unreadable.append(Result(str(path), "", None, inspector.threshold, inspector.version, str(exc)))
-        for result in unreadable + inspector.inspect(named, args.batch_size, decoded=arrays):
+        for result in unreadable + inspector.inspect(named, args.batch_size, decoded=arrays, maps=anomaly_maps):
             if result.error:
                 print(printable(f"skipped {result.path}: {result.error}"), file=sys.stderr)
             results.append(result)
     decided = [r for r in results if not r.error]
+    if maps:
+        _write_maps(maps, decided, arrays, anomaly_maps, inspector.rule.anomaly_threshold)
     _write_rows([{k: v for k, v in r.row().items() if k != "error"} for r in decided], args.format, args.out)
     if len(decided) >= args.drift_min_images:
         warning = _drift(inspector, arrays)
@@ -140,6 +143,33 @@ def predict(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n} {d}" for d, n in counts.items() if n or d != "review")
     print(f"predict: {len(decided)} decided ({summary}); {skipped} skipped", file=sys.stderr)
     return SKIPPED_EXIT if skipped else 0
+
+
+def _maps_folder(folder: Path | None, inspector) -> Path | None:
+    """The --maps folder, made; a model without a model of good parts has no map to write."""
+    if folder is None:
+        return None
+    if inspector.rule.anomaly_threshold is None:
+        raise InspectionError(
+            f"--maps {folder}: {inspector.path} has no anomaly map; export it with this version (dvc repro export)"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InspectionError(f"--maps {folder}: cannot make the folder ({exc.strerror}); name a writable one") from None
+    return folder
+
+
+def _write_maps(folder: Path, decided: list, arrays: list, anomaly_maps: list, threshold: float) -> None:
+    """One overlay per decided photo: the anomaly map over the photo, red where it departs from a good part."""
+    from casting_inspection.serving.maps import map_name, write_overlay
+
+    taken: set[str] = set()
+    for result, image, anomaly_map in zip(decided, arrays, anomaly_maps):
+        try:
+            write_overlay(folder / map_name(result.path, taken), image, anomaly_map, threshold)
+        except OSError as exc:
+            raise InspectionError(f"--maps {folder}: cannot write ({exc.strerror}); free space or name another folder") from None
 
 
 def _drift(inspector, arrays: list) -> str | None:
@@ -431,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="output rows (default: csv)")
     sub.add_argument("--out", type=Path, help="write the rows here instead of stdout")
     sub.add_argument("--batch-size", type=_positive_int, default=64, help="images per model call (default: 64)")
+    sub.add_argument("--maps", type=Path, help="write each photo's anomaly map over it here (PHOTO.anomaly.png)")
     sub.add_argument(
         "--drift-min-images",
         type=int,

@@ -29,6 +29,7 @@ class Result:
     model_version: str
     error: str = ""  # why the file was skipped
     flag: str = ""  # why it is not a part the model can judge (decision not_a_part)
+    anomaly: float | None = None  # the model of good parts' score (defective at or above the model's anomaly threshold)
 
     def row(self) -> dict:
         return dataclasses.asdict(self)
@@ -58,15 +59,19 @@ class Inspector:
             self.spec = ImageSpec(**json.loads(metadata["preprocessing"]))
             self.drift_reference = json.loads(metadata["drift_reference"])
             self.guard = json.loads(metadata["guard"])
+            anomaly_threshold = json.loads(metadata.get("anomaly_threshold", "null"))
         except (KeyError, ValueError, TypeError) as exc:
             raise InspectionError(
                 f"{model_path}: metadata lacks {exc}; export it again with this version (dvc repro export)"
             ) from None
         self.review_band = tuple(float(v) for v in band) if band else None
-        self.rule = DecisionRule(self.threshold, self.review_band, self.guard.get("novelty_threshold"))
+        self.rule = DecisionRule(self.threshold, self.review_band, self.guard.get("novelty_threshold"), anomaly_threshold)
+        self.outputs = [output.name for output in self.session.get_outputs()]
         problem = self.rule.problem()
-        if self.rule.novelty_threshold is not None and len(self.session.get_outputs()) < 2:
+        if self.rule.novelty_threshold is not None and "novelty" not in self.outputs:
             problem = "the guard's novelty threshold is set but the graph has no novelty output"
+        if self.rule.anomaly_threshold is not None and "anomaly" not in self.outputs:
+            problem = "the anomaly threshold is set but the graph has no anomaly output"
         if problem:
             raise InspectionError(f"{model_path}: cannot decide safely: {problem}; export it again (dvc repro export)")
         self.metadata = dict(metadata)
@@ -74,16 +79,27 @@ class Inspector:
         self.version = hashlib.sha256(data).hexdigest()[:12]
         self.input_name = self.session.get_inputs()[0].name
 
+    def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the graph by name for uint8 images (N, C, H, W): the defect probability and, when the
+        graph has them, the guard's novelty, the anomaly score and the anomaly map."""
+        outputs = self.session.run(None, {self.input_name: images.astype(np.float32) / 255})
+        return {name: output.astype(np.float64) for name, output in zip(self.outputs, outputs)}
+
     def probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Defect probability for uint8 images (N, C, H, W), and the guard's novelty score when the graph has one."""
-        outputs = self.session.run(None, {self.input_name: images.astype(np.float32) / 255})
-        return outputs[0].astype(np.float64), (outputs[1].astype(np.float64) if len(outputs) > 1 else None)
+        scores = self.scores(images)
+        return scores[self.outputs[0]], scores.get("novelty")
 
     def inspect(
-        self, named_files: list[tuple[str, bytes]], batch_size: int = 64, decoded: list[np.ndarray] | None = None
+        self,
+        named_files: list[tuple[str, bytes]],
+        batch_size: int = 64,
+        decoded: list[np.ndarray] | None = None,
+        maps: list[np.ndarray] | None = None,
     ) -> list[Result]:
         """Decide every file, in order; a file that is not a usable image is skipped with its reason.
-        `decoded`, when given, receives the arrays of the decided images (for a drift check without decoding twice)."""
+        `decoded`, when given, receives the arrays of the decided images (for a drift check without decoding twice),
+        and `maps` their anomaly maps (where the part departs from every good part seen)."""
         results: list[Result] = []
         for start in range(0, len(named_files), batch_size):
             chunk = named_files[start : start + batch_size]
@@ -97,21 +113,30 @@ class Inspector:
                     slots.append(Result(name, "", None, round(self.threshold, 6), self.version, str(exc)))
             if decoded is not None:
                 decoded.extend(arrays)
-            results += self._decide_batch(chunk, slots, arrays, sizes)
+            results += self._decide_batch(chunk, slots, arrays, sizes, maps)
         return results
 
-    def _decide_batch(self, chunk, slots, arrays, sizes) -> list[Result]:
-        """Fill the empty slots in order with the one decision rule (core.decision): the photo's checks, then novelty."""
+    def _decide_batch(self, chunk, slots, arrays, sizes, maps) -> list[Result]:
+        """Fill the empty slots in order with the one decision rule (core.decision): the photo's checks, novelty,
+        the model of good parts, then the classifier."""
         if arrays:
             stacked = np.stack(arrays)
-            probabilities, novelty = self.probabilities(stacked)
+            scores = self.scores(stacked)
+            probabilities, anomaly = scores[self.outputs[0]], scores.get("anomaly")
             photo_flags = implausible(photo_statistics(stacked), sizes, self.guard)
-            decided = iter(zip(probabilities, self.rule.decide_all(probabilities, photo_flags, novelty)))
+            rule = self.rule.decide_all(probabilities, photo_flags, scores.get("novelty"), anomaly)
+            departures = anomaly if anomaly is not None else [None] * len(arrays)
+            decided = iter(zip(probabilities, rule, departures))
+            if maps is not None and "anomaly_map" in scores:
+                maps.extend(scores["anomaly_map"])
         out = []
         for (name, _), slot in zip(chunk, slots):
             if slot is None:
-                p, (decision, flag) = next(decided)
-                slot = Result(name, decision, round(float(p), 6), round(self.threshold, 6), self.version, flag=flag or "")
+                p, (decision, flag), departure = next(decided)
+                score = None if departure is None else round(float(departure), 4)
+                slot = Result(
+                    name, decision, round(float(p), 6), round(self.threshold, 6), self.version, flag=flag or "", anomaly=score
+                )
             out.append(slot)
         return out
 
@@ -122,6 +147,7 @@ class Inspector:
             "file": self.path.name,  # not the server's folders
             "threshold": self.threshold,
             "review_band": list(self.review_band) if self.review_band else None,
+            "anomaly_threshold": self.rule.anomaly_threshold,
             "input": {
                 "image_size": self.spec.image_size,
                 "color_mode": self.spec.color_mode,

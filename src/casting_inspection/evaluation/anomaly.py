@@ -1,0 +1,105 @@
+"""Fit the model of good parts (modeling.patchcore) on the train split's good photos only, set its threshold at a
+stated share of validation good parts rejected, and judge it on defects painted on validation good parts — one
+kind painted but never chosen on, so its figure tells how the model meets a defect nobody showed it. The test
+split is not read here: evaluate scores it once, with the classifier, as one decision.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from casting_inspection.core.files import atomic_path, write_json
+from casting_inspection.core.overlay import overlay, tile_grid
+from casting_inspection.core.params import AnomalyParams
+from casting_inspection.data.dataset import load_preprocessing, load_split
+from casting_inspection.data.images import preprocess
+from casting_inspection.evaluation.painted import paint, rng_for
+from casting_inspection.modeling.patchcore import (
+    PatchCore,
+    PatchFeatures,
+    anomaly_scores,
+    greedy_coreset,
+    part_window,
+    save_patchcore,
+)
+
+GALLERY = 6  # painted photos of each kind shown with their maps
+
+
+@torch.no_grad()
+def fit_patchcore(params: AnomalyParams, good: torch.Tensor) -> PatchCore:
+    """The memory bank: `params.patches` patches drawn from the good photos' windows, thinned to `params.coreset`."""
+    features = PatchFeatures(params.taps, good.shape[1], params.input_size)
+    described = torch.cat(
+        [features(good[i : i + params.batch_size].float() / 255) for i in range(0, len(good), params.batch_size)]
+    )
+    window = part_window(described.shape[-1], params.window)
+    patches = described.permute(0, 2, 3, 1)[:, window.bool()].reshape(-1, described.shape[1])
+    generator = torch.Generator().manual_seed(params.seed)
+    drawn = patches[torch.randperm(len(patches), generator=generator)[: params.patches]].contiguous()
+    bank = drawn[greedy_coreset(drawn, params.coreset, params.seed)]
+    return PatchCore(features, bank, window).eval()
+
+
+def painted_photos(raw_dir: Path, paths: list[str], kind: str, seed: int, spec: dict) -> tuple[torch.Tensor, np.ndarray]:
+    """The photos with one painted defect of `kind` each, prepared as the network sees them, and each defect's
+    centre (row, col) as fractions of the frame."""
+    arrays, centres = [], []
+    for path in paths:
+        with Image.open(Path(raw_dir) / path) as image:
+            image.load()
+        painted, centre = paint(image, kind, rng_for(seed, kind, path), image.size[0] / spec["image_size"])
+        arrays.append(preprocess(painted, spec["image_size"], spec["color_mode"])), centres.append(centre)
+    return torch.from_numpy(np.stack(arrays)), np.array(centres)
+
+
+def peak_on_defect(maps: np.ndarray, centres: np.ndarray, tolerance: float) -> np.ndarray:
+    """Per map, whether its highest patch lies within `tolerance` (a fraction of the frame) of the defect's centre."""
+    side = maps.shape[-1]
+    peak = maps.reshape(len(maps), -1).argmax(1)
+    rows, cols = (peak // side + 0.5) / side, (peak % side + 0.5) / side
+    return np.hypot(rows - centres[:, 0], cols - centres[:, 1]) <= tolerance + 1 / side
+
+
+def fit_anomaly(
+    params: AnomalyParams, prepared_dir: Path, raw_dir: Path, model_path: Path, metrics_path: Path, plots_dir: Path
+) -> dict:
+    train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
+    model = fit_patchcore(params, train.images[train.labels == 0])
+    good = val.labels == 0
+    clean, _ = anomaly_scores(model, val.images[good], params.batch_size)
+    threshold = float(np.quantile(clean, 1 - params.reject_share))
+    spec = load_preprocessing(prepared_dir)
+    paths = [path for path, keep in zip(val.paths, good.tolist()) if keep]
+    kinds, tiles = {}, []
+    for kind in [*params.painted.kinds, params.painted.held_out]:
+        images, centres = painted_photos(raw_dir, paths, kind, params.painted.seed, spec)
+        scores, maps = anomaly_scores(model, images, params.batch_size)
+        tiles += [
+            (overlay(images[i].numpy(), maps[i], threshold), f"{kind}: {scores[i]:.2f}") for i in range(min(GALLERY, len(images)))
+        ]
+        kinds[kind] = {
+            "decided_ok": round(float(np.mean(scores < threshold)), 4),
+            "auroc": round(float(roc_auc_score(np.r_[np.zeros(len(clean)), np.ones(len(scores))], np.r_[clean, scores])), 4),
+            "map_peak_on_defect": round(float(np.mean(peak_on_defect(maps, centres, params.painted.peak_tolerance))), 4),
+        }
+    figures = {
+        "threshold": round(threshold, 6),
+        "val_good_rejected": round(float(np.mean(clean >= threshold)), 4),
+        "bank_patches": len(model.bank),
+        "painted": {kind: kinds[kind] for kind in params.painted.kinds},
+        "held_out": {"kind": params.painted.held_out, **kinds[params.painted.held_out]},
+        "painted_photos_per_kind": len(paths),
+    }
+    spec = {"taps": params.taps, "input_size": params.input_size, "reject_share": params.reject_share, "threshold": threshold}
+    save_patchcore(model_path, model, spec)
+    write_json(metrics_path, figures)
+    title = f"Painted on validation good parts (held out: {params.painted.held_out}); threshold {threshold:.2f}"
+    with atomic_path(Path(plots_dir) / "painted.png") as tmp:
+        tile_grid(tiles, GALLERY, title).save(tmp, format="PNG")
+    return figures

@@ -1,0 +1,87 @@
+"""The model of good parts on generated parts: painted defects land on the part, score above the good parts they were
+painted on, and the map points at them; the bank is a deterministic function of its inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from casting_inspection.data.images import preprocess
+from casting_inspection.evaluation.anomaly import painted_photos, peak_on_defect
+from casting_inspection.evaluation.painted import KINDS, paint, part_disc, rng_for
+from casting_inspection.modeling.patchcore import (
+    PatchCore,
+    PatchFeatures,
+    anomaly_scores,
+    greedy_coreset,
+    load_anomaly,
+    part_window,
+    save_patchcore,
+)
+from helpers import part_image
+
+SIDE = 96
+
+
+def good_parts(n: int, seed: int) -> list[Image.Image]:
+    return [part_image(False, seed + i, size=SIDE) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    images = torch.from_numpy(np.stack([preprocess(im, 64, "L") for im in good_parts(24, 0)]))
+    features = PatchFeatures([2, 4], 1, 128)
+    with torch.no_grad():
+        described = features(images.float() / 255)
+    window = part_window(described.shape[-1], 0.45)
+    patches = described.permute(0, 2, 3, 1)[:, window.bool()].reshape(-1, described.shape[1]).contiguous()
+    bank = patches[greedy_coreset(patches, 400, seed=0)]
+    return PatchCore(features, bank, window).eval()
+
+
+def test_the_part_is_found_where_it_was_drawn():
+    image = part_image(False, 3, size=SIDE)
+    row, col, radius = part_disc(np.asarray(image, np.float32))
+    assert abs(row - SIDE / 2) <= 4 and abs(col - SIDE / 2) <= 4 and abs(radius - 0.38 * SIDE) <= 4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_changes_the_photo_on_the_part_only_and_is_repeatable(kind):
+    image = part_image(False, 5, size=SIDE)
+    painted, (row, col) = paint(image, kind, rng_for(0, kind, "a.png"), SIDE / 64)
+    again, _ = paint(image, kind, rng_for(0, kind, "a.png"), SIDE / 64)
+    changed = np.abs(np.asarray(painted, int) - np.asarray(image, int)) > 0
+    assert changed.any() and np.array_equal(np.asarray(painted), np.asarray(again))
+    assert np.hypot(row - 0.5, col - 0.5) <= 0.45  # on the part (the chip: on its rim)
+    rows, cols = np.nonzero(changed)
+    assert np.hypot(rows.mean() / SIDE - row, cols.mean() / SIDE - col) < 0.1
+
+
+def test_a_painted_defect_scores_above_good_parts_and_the_map_points_at_it(fitted, tmp_path):
+    clean = good_parts(12, 100)
+    for i, image in enumerate(clean):
+        image.save(tmp_path / f"{i}.png")
+    paths = [f"{i}.png" for i in range(len(clean))]
+    spec = {"image_size": 64, "color_mode": "L"}
+    clean_scores, _ = anomaly_scores(fitted, torch.from_numpy(np.stack([preprocess(im, 64, "L") for im in clean])), 8)
+    painted, centres = painted_photos(tmp_path, paths, "blob", 0, spec)
+    scores, maps = anomaly_scores(fitted, painted, 8)
+    assert np.median(scores) > np.max(clean_scores)
+    assert peak_on_defect(maps, centres, 0.1).mean() >= 0.75
+
+
+def test_a_saved_model_scores_as_the_fitted_one(fitted, tmp_path):
+    save_patchcore(tmp_path / "anomaly.safetensors", fitted, {"taps": [2, 4], "input_size": 128, "threshold": 1.5})
+    loaded, threshold = load_anomaly(tmp_path / "anomaly.safetensors")
+    images = torch.from_numpy(np.stack([preprocess(im, 64, "L") for im in good_parts(4, 50)]))
+    assert threshold == 1.5
+    assert np.array_equal(anomaly_scores(loaded, images, 4)[0], anomaly_scores(fitted, images, 4)[0])
+
+
+def test_the_coreset_covers_the_points_and_is_deterministic():
+    points = torch.cat([torch.randn(500, 8), torch.eye(3, 8) * 30])  # three rare points far from the rest and each other
+    chosen = greedy_coreset(points, 20, seed=1)
+    assert torch.equal(chosen, greedy_coreset(points, 20, seed=1))
+    assert {500, 501, 502} <= set(chosen.tolist())  # a random sample of 20 would likely miss them
