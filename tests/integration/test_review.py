@@ -46,10 +46,10 @@ def free_port() -> int:
 
 
 def line_photos() -> dict[str, bytes]:
-    """Clear parts, parts with a notch only half as dark (the model is unsure of those), and a flat grey
-    frame (not a part)."""
+    """Clear parts, parts with a notch only half as dark (the classifier is unsure of those; the model of good parts
+    calls them defective), and a flat grey frame (not a part)."""
     photos = {f"clear_def_{i}.jpeg": jpeg_bytes(part_image(True, 100 + i)) for i in range(2)}
-    photos |= {f"clear_ok_{i}.jpeg": jpeg_bytes(part_image(False, 200 + i)) for i in range(2)}
+    photos |= {f"clear_ok_{i}.jpeg": jpeg_bytes(part_image(False, 200 + i)) for i in range(5)}
     for i, alpha in enumerate((0.3, 0.45, 0.55, 0.7)):
         blend = Image.blend(part_image(False, 300 + i), part_image(True, 300 + i), alpha)
         photos[f"faint_{i}.jpeg"] = jpeg_bytes(blend)
@@ -61,7 +61,8 @@ def line_photos() -> dict[str, bytes]:
 def with_review_band(source: Path, target: Path, photos: dict[str, bytes]) -> None:
     """The exported model with its review band widened over the REVIEW_SET part photos nearest its threshold."""
     inspector = Inspector(source)
-    results = [r for r in inspector.inspect(list(photos.items())) if r.decision != "not_a_part"]
+    judged = [r for r in inspector.inspect(list(photos.items())) if r.decision != "not_a_part"]
+    results = [r for r in judged if r.anomaly < inspector.rule.anomaly_threshold]  # the rest are defective, band or not
     nearest = sorted(results, key=lambda r: abs(r.defect_probability - inspector.threshold))[:REVIEW_SET]
     low = min(inspector.threshold, *(r.defect_probability for r in nearest))
     high = max(inspector.threshold, *(r.defect_probability for r in nearest))
@@ -223,6 +224,7 @@ def test_label_undo_and_relabel_by_keyboard(watched, tmp_path):
         assert page.text("#inspector") == "anna" and page.text("#decision") == "review"
         assert f"{first['p']:.4f}" in page.text("#probability") and page.text("#name") == first["name"]
         assert page.page.evaluate("document.getElementById('photo').getBoundingClientRect().width") >= 400  # shown large
+        page.until("(m => !m.hidden && m.complete && m.naturalWidth > 0)(document.getElementById('map'))")  # the watcher kept it
 
         page.press("d")
         assert [r["verdict"] for r in labels(line_dir)] == ["defective"]
@@ -242,6 +244,7 @@ def test_label_undo_and_relabel_by_keyboard(watched, tmp_path):
         while page.current != queue[-1]["sha256"]:
             page.press("s")
         assert page.text("#decision") == "not a part" and page.text("#reason") == queue[-1]["reason"] != ""
+        page.until("document.getElementById('map').hidden")  # not a part: never decided, so no map was kept
 
         page.page.reload(wait_until="load")  # the queue comes from the log and labels.csv: anna's verdict holds
         page.settle()

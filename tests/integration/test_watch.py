@@ -114,6 +114,39 @@ def test_once_sorts_every_complete_file_and_rejects_bad_ones(exported_model, tmp
     assert photos_in(inbox) == ["still_writing.jpeg"]  # not complete yet: left alone
 
 
+def test_a_rejected_or_reviewed_photo_keeps_its_anomaly_map_and_an_ok_one_none(exported_model, tmp_path):
+    from casting_inspection.evaluation.painted import paint, rng_for
+
+    inbox, out = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    good = Image.open(sorted((exported_model["raw"] / "test" / "ok_front").iterdir())[0])
+    blotted, _ = paint(good, "blob", rng_for(0, "blob", "w"), good.size[0] / 32)
+    blotted.save(inbox / "blot.png")
+    photos = sorted((exported_model["raw"] / "test").rglob("*.jpeg"))[:6]
+    for photo in photos:
+        drop(photo, inbox)
+    for path in inbox.iterdir():
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    result = subprocess.run(
+        [*CLI, str(inbox), "--out", str(out), "--once", "--settle", "1", "--model", str(exported_model["onnx"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = logged(out)
+    maps = {p.name for p in (out / "maps").iterdir()}
+    assert ("blot.png", "defective") in {(name, decision) for name, decision, _, _ in rows}
+    for name, decision, destination, _ in rows:
+        assert (f"{Path(destination).name}.anomaly.png" in maps) == (decision in ("defective", "review")), name
+    assert not any(
+        p.name.endswith(".anomaly.png")
+        for folder in FOLDERS.values()
+        if (out / folder).is_dir()
+        for p in (out / folder).iterdir()
+    )
+
+
 def test_a_file_decided_before_a_restart_is_filed_not_decided_again(exported_model, tmp_path):
     """The log is written before the move: a file found in the inbox with a logged decision is only moved."""
     inbox, out = tmp_path / "inbox", tmp_path / "sorted"

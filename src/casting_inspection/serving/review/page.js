@@ -1,7 +1,7 @@
 "use strict";
 const VERDICTS = {d: "defective", o: "ok", n: "not_a_part"};
 const $ = (id) => document.getElementById(id);
-let items = [], skipped = [], front = null, busy = false, photoUrl = null;
+let items = [], skipped = [], front = null, busy = false, photoUrl = null, mapUrl = null;
 let token = sessionStorage.getItem("review-token") || "";
 // this page's own name: an undo takes back only this page's last verdict, never another browser's
 const PAGE = (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + "-" + String(Math.random()).slice(2, 12));
@@ -71,6 +71,20 @@ async function show() {
   if (photoUrl) URL.revokeObjectURL(photoUrl);
   photoUrl = URL.createObjectURL(blob);
   $("photo").src = photoUrl;
+  await showMap(item);
+}
+
+// where the model of good parts points, beside the photo, when the watcher kept its map
+async function showMap(item) {
+  if (mapUrl) URL.revokeObjectURL(mapUrl);
+  mapUrl = null;
+  $("map").hidden = true;
+  let blob;
+  try { blob = await (await api("/api/map/" + item.sha256)).blob(); } catch (e) { return; }
+  if (items[0] !== item) return;
+  mapUrl = URL.createObjectURL(blob);
+  $("map").src = mapUrl;
+  $("map").hidden = false;
 }
 
 async function act(key) {

@@ -197,6 +197,15 @@ class Station:
         item = self.find(sha256)
         return _displayable(self._read(item), self.spec)
 
+    def anomaly_map(self, sha256: str) -> bytes:
+        """The overlay the watcher kept in maps/ for this photo (PNG), or 404 when it kept none."""
+        item = self.find(sha256)
+        path = self.watch_out / "maps" / f"{item.path.name}.anomaly.png"
+        try:
+            return read_photo(path, self.spec.max_file_bytes)
+        except BadImage:
+            raise service.ClientError(404, f"no anomaly map for {item.name}") from None
+
     def _read(self, item: Waiting) -> bytes:
         """The photo's bytes, which must still be the ones the model decided."""
         try:
@@ -316,6 +325,10 @@ def create_review_app(station: Station, token: str | None = None, host: str = "1
     def photo(sha256: str) -> Response:
         data, media_type = station.photo(sha256)
         return Response(data, media_type=media_type)
+
+    @app.get("/api/map/{sha256}")
+    def anomaly_map(sha256: str) -> Response:
+        return Response(station.anomaly_map(sha256), media_type="image/png")
 
     @app.post("/api/verdict")
     async def verdict(request: Request) -> dict:

@@ -41,6 +41,7 @@ from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.processes import pid_alive
 from casting_inspection.core.text import printable
 from casting_inspection.serving.inference import Inspector, Result
+from casting_inspection.serving.maps import write_overlay
 from casting_inspection.serving.watch.filing import FOLDERS, TEMPORARY, fsync_dir, link_or_claim, names, sha256_of
 from casting_inspection.serving.watch.inbox import (
     FUTURE_SECONDS,
@@ -246,7 +247,10 @@ class Watcher:
         photos = self._read(paths)
         logged = self.log.retry("look up earlier decisions", lambda: self._logged(photos))
         fresh = [photo for photo in photos if (photo.path.name, photo.digest) not in logged]
-        results = self.inspector.inspect([(photo.path.name, photo.data) for photo in fresh]) if fresh else []
+        arrays, anomaly_maps = [], []
+        named = [(photo.path.name, photo.data) for photo in fresh]
+        results = self.inspector.inspect(named, decoded=arrays, maps=anomaly_maps) if fresh else []
+        pictures = self._pictures(fresh, results, arrays, anomaly_maps)
         fresh, results = self._hold_young_rejections(fresh, results)
         photos = [photo for photo in photos if (photo.path.name, photo.digest) in logged] + fresh
         claimed = set(logged.values())
@@ -261,12 +265,29 @@ class Watcher:
             filed += 1
             if key in shown:
                 result = shown[key]
+                if result.decision in ("defective", "review") and key in pictures:
+                    self._keep_map(photo, final, *pictures[key])
                 probability = f"{result.defect_probability:.4f}" if result.defect_probability is not None else "-"
                 renamed = f"  -> {final.name}" if final.name != photo.path.name else ""
                 reason = f"  ({result.error or result.flag})" if result.error or result.flag else ""
                 line = f"{result.decision or 'rejected':<10}{probability:>8}  {photo.path.name}{renamed}{reason}"
                 print(printable(line), flush=True)
         return filed
+
+    @staticmethod
+    def _pictures(fresh: list[_Photo], results: list[Result], arrays: list, anomaly_maps: list) -> dict:
+        """(image, anomaly map) of each decided photo, by (name, content): the arrays come in the order of the decided."""
+        decided = [(photo.path.name, photo.digest) for photo, result in zip(fresh, results) if not result.error]
+        return dict(zip(decided, zip(arrays, anomaly_maps))) if anomaly_maps else {}
+
+    def _keep_map(self, photo: _Photo, final: Path, image, anomaly_map) -> None:
+        """The anomaly map over a rejected or reviewed photo, in maps/ under its filed name: where a person looks."""
+        try:
+            write_overlay(
+                self.out / "maps" / f"{final.name}.anomaly.png", image, anomaly_map, self.inspector.rule.anomaly_threshold
+            )
+        except OSError as exc:
+            self._note_once(photo.path.name, f"its anomaly map could not be written ({exc.strerror or exc}); the photo is filed")
 
     def _hold_young_rejections(self, fresh: list[_Photo], results: list[Result]) -> tuple[list[_Photo], list[Result]]:
         """A file that is not a usable image may be a photo still being written by a writer that paused: it
