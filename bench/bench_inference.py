@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from casting_inspection.core.params import load_section  # noqa: E402
 from casting_inspection.data.dataset import load_split  # noqa: E402
 from casting_inspection.data.images import load_image  # noqa: E402
+from casting_inspection.export.onnx import _to_onnx  # noqa: E402
 from casting_inspection.modeling.checkpoint import load_checkpoint  # noqa: E402
 from casting_inspection.modeling.networks import ProbabilityNet  # noqa: E402
 
@@ -72,6 +73,9 @@ def main() -> None:
         options.intra_op_num_threads = args.threads
     session = ort.InferenceSession("models/model.onnx", options, providers=["CPUExecutionProvider"])
     int8 = ort.InferenceSession("models/model.int8.onnx", options, providers=["CPUExecutionProvider"])
+    # the classifier alone, without the guard and the model of good parts: what the shipped graph adds costs
+    alone = _to_onnx(shipped, test.images[:2].float() / 255, 18, ["defect_probability"])
+    classifier = ort.InferenceSession(alone.SerializeToString(), options, providers=["CPUExecutionProvider"])
     prepare = load_section("prepare")
     jpegs = [Path("data/raw", p).read_bytes() for p in test.paths[:64]]
 
@@ -86,6 +90,7 @@ def main() -> None:
             rows.append(summarize("pytorch eager", batch, timings(lambda: shipped(x), args.repeats)))  # noqa: B023
         feed = {"image": x.numpy()}
         rows.append(summarize("onnxruntime", batch, timings(lambda: session.run(None, feed), args.repeats)))  # noqa: B023
+        rows.append(summarize("onnxruntime classifier only", batch, timings(lambda: classifier.run(None, feed), args.repeats)))  # noqa: B023
         rows.append(summarize("onnxruntime int8", batch, timings(lambda: int8.run(None, feed), args.repeats)))  # noqa: B023
 
     counter = iter(range(10**9))

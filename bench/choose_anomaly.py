@@ -4,7 +4,8 @@ its AUROC, how often its map peaks on the defect, and its cost per photo. The he
 never ranks a setting (the rank is the mean share decided ok over `anomaly.painted.kinds`). Test photos are not read.
 
 Usage: PYTHONPATH=src python bench/choose_anomaly.py [--settings 2,4@128 2,4@256 ...] (after `dvc repro prepare`)
-A setting is TAPS@INPUT_SIZE[/CORESET]: EfficientNet-Lite0 blocks tapped, the side the photo is resized to, the bank size.
+A setting is TAPS@INPUT_SIZE[/CORESET[/PATCHES]]: EfficientNet-Lite0 blocks tapped, the side the photo is resized to,
+the bank size, the good patches drawn before the coreset (the others from params.yaml's anomaly section).
 """
 
 from casting_inspection.core.numerics import pin_numerics
@@ -29,9 +30,13 @@ from casting_inspection.modeling.patchcore import anomaly_scores
 
 def parse(setting: str, base):
     taps, _, rest = setting.partition("@")
-    size, _, coreset = rest.partition("/")
+    size, coreset, patches = (rest.split("/") + ["", ""])[:3]
     return dataclasses.replace(
-        base, taps=[int(t) for t in taps.split(",")], input_size=int(size), coreset=int(coreset or base.coreset)
+        base,
+        taps=[int(t) for t in taps.split(",")],
+        input_size=int(size),
+        coreset=int(coreset or base.coreset),
+        patches=int(patches or base.patches),
     )
 
 
@@ -57,7 +62,7 @@ def main() -> None:
     spec = load_preprocessing(args.data)
     kinds = [*base.painted.kinds, base.painted.held_out]
     painted = {kind: painted_photos(args.raw, paths, kind, base.painted.seed, spec) for kind in kinds}
-    header = ["setting", "bank", "ms/photo", *kinds[:-1], f"{kinds[-1]} (held out)", "mean (chosen kinds)"]
+    header = ["setting", "patches", "ms/photo", *kinds[:-1], f"{kinds[-1]} (held out)", "mean (chosen kinds)"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
     for setting in args.settings:
         params = parse(setting, base)
@@ -75,7 +80,10 @@ def main() -> None:
             shares.append(ok)
         ms = per_photo_ms(model, val.images)
         mean = statistics.mean(shares[:-1])
-        print(f"| {setting} | {len(model.bank)} | {ms:.1f} | " + " | ".join(cells) + f" | {mean:.0%} |", flush=True)
+        print(
+            f"| {setting} | {params.patches:,} → {len(model.bank):,} | {ms:.1f} | " + " | ".join(cells) + f" | {mean:.0%} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -85,3 +85,13 @@ def test_the_coreset_covers_the_points_and_is_deterministic():
     chosen = greedy_coreset(points, 20, seed=1)
     assert torch.equal(chosen, greedy_coreset(points, 20, seed=1))
     assert {500, 501, 502} <= set(chosen.tolist())  # a random sample of 20 would likely miss them
+
+
+def test_a_brighter_or_flatter_exposure_is_not_a_departure(fitted):
+    """Each photo is standardised before the filters: the lamp's level and the exposure's spread change no score."""
+    images = torch.from_numpy(np.stack([preprocess(im, 64, "L") for im in good_parts(6, 300)])).float()
+    base, _ = anomaly_scores(fitted, images.round().to(torch.uint8), 6)
+    for gain, offset in ((0.8, 10.0), (1.15, -20.0)):
+        changed = (images * gain + offset).clamp(0, 255).round().to(torch.uint8)
+        moved, _ = anomaly_scores(fitted, changed, 6)
+        assert np.abs(moved - base).max() < 0.05 * base.max(), (gain, offset)

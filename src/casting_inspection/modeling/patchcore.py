@@ -58,7 +58,10 @@ class PatchFeatures(nn.Module):
         """(N, C, H, W) in [0, 1] -> (N, D, h, w) descriptors."""
         if x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        x = self.stem(x * 2 - 1)  # pixels to [-1, 1], as the Lite weights were trained
+        # each photo's own mean and spread, as the classifier sees it: a brighter lamp or a flatter exposure is not
+        # a departure from a good part (the Lite weights expect pixels in about [-1, 1])
+        mean, std = x.mean(dim=(1, 2, 3), keepdim=True), x.std(dim=(1, 2, 3), keepdim=True)
+        x = self.stem((x - mean) / (std + 1e-3) * 0.5)
         maps = []
         for index, block in enumerate(self.blocks):
             x = block(x)
@@ -115,6 +118,7 @@ def greedy_coreset(points: torch.Tensor, size: int, seed: int) -> torch.Tensor:
 def anomaly_scores(model: PatchCore, images: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(score per image, map per image) for uint8 images, in order."""
     scores, maps = [], []
+    batch_size = min(batch_size, 32)  # each image's patch-to-bank distances take megabytes
     for start in range(0, len(images), batch_size):
         score, amap = model(images[start : start + batch_size].float() / 255)
         scores.append(score.double().numpy()), maps.append(amap.numpy())
