@@ -247,6 +247,7 @@ class AnomalyParams:
     taps: list[int] = check(lambda v: None if v and all(0 <= t <= 15 for t in v) else "must list EfficientNet-Lite0 blocks 0-15")
     input_size: int = check(lambda v: None if 32 <= v <= 512 else "must be between 32 and 512")
     window: float = check(lambda v: None if 0 < v <= 0.75 else "must be in (0, 0.75]")
+    lamp: list[float] = check(lambda v: None if len(v) == 2 and 0 < v[0] <= v[1] else "must be [low, high] with 0 < low <= high")
     patches: int = check(_positive)
     coreset: int = check(_positive)
     reject_share: float = check(_fraction)

@@ -31,10 +31,20 @@ from casting_inspection.modeling.patchcore import (
 GALLERY = 6  # painted photos of each kind shown with their maps
 
 
+def under_lamp(images: torch.Tensor, lamp: list[float], seed: int) -> torch.Tensor:
+    """Each photo once more under a lamp level drawn from [low, high], clipped as a camera clips: a brighter or
+    dimmer lamp is a line change, not a defect, so its patches belong in the bank of good ones."""
+    generator = torch.Generator().manual_seed(seed)
+    factors = torch.empty(len(images)).uniform_(lamp[0], lamp[1], generator=generator)
+    return (images.float() * factors.view(-1, 1, 1, 1)).clamp(0, 255).round().to(torch.uint8)
+
+
 @torch.no_grad()
 def fit_patchcore(params: AnomalyParams, good: torch.Tensor) -> PatchCore:
-    """The memory bank: `params.patches` patches drawn from the good photos' windows, thinned to `params.coreset`."""
+    """The memory bank: `params.patches` patches drawn from the good photos' windows (each photo as taken and under
+    one lamp level), thinned to `params.coreset`."""
     features = PatchFeatures(params.taps, good.shape[1], params.input_size)
+    good = torch.cat([good, under_lamp(good, params.lamp, params.seed)])
     described = torch.cat(
         [features(good[i : i + params.batch_size].float() / 255) for i in range(0, len(good), params.batch_size)]
     )
