@@ -16,7 +16,7 @@ from helpers import jpeg_bytes, part_image, project_env, run
 
 pytestmark = pytest.mark.slow  # real processes, servers, browsers or dvc runs: skipped by `pytest -m "not slow"`
 
-STAGES = ["download", "prepare", "train", "evaluate", "retake", "robustness", "export", "report"]
+STAGES = ["download", "prepare", "train", "anomaly", "evaluate", "retake", "robustness", "export", "report"]
 PICTURES = {
     "sample_grid.png",
     "errors_test.png",
@@ -25,6 +25,7 @@ PICTURES = {
     "evidence_on_part.png",
     "evidence_off_part.png",
     "not_a_part.png",
+    "anomaly_test.png",
 }
 
 
@@ -56,9 +57,10 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert 0.1 < explanations["part_area_share"] < 0.9
     assert PICTURES == {p.name for p in (repo / "plots/evaluate/images").iterdir()}
     report = (repo / "reports/index.html").read_text()
-    assert report.count("<img") == len(PICTURES) + 2 and report.count("data:image/png;base64,") == len(PICTURES) + 2
+    drawn_count = len(PICTURES) + 3  # training curves, reliability diagram, the painted defects' maps
+    assert report.count("<img") == drawn_count and report.count("data:image/png;base64,") == drawn_count
     drawn = rendered_images(repo / "reports/index.html")  # in a real browser: every picture decodes and has a size
-    assert len(drawn) == len(PICTURES) + 2 and all(image["decoded"] and image["width"] > 100 for image in drawn), drawn
+    assert len(drawn) == drawn_count and all(image["decoded"] and image["width"] > 100 for image in drawn), drawn
     assert test["operating_point"] == "bayes" and 0 < test["threshold"] < 1
     assert {"line_defect_rate", "test_defect_rate"} == set(test["expected_cost_per_1000"])
     assert test["not_a_part"]["test_flagged"] <= 3  # generated parts like the training ones: a few at most
@@ -75,6 +77,14 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     model = onnx.load(str(repo / "models/model.onnx"))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
     assert {p.key for p in model.metadata_props} >= {"threshold", "review_band", "class_names", "image_size", "color_mode"}
+    assert [o.name for o in model.graph.output] == ["defect_probability", "novelty", "anomaly", "anomaly_map"]
+    anomaly = json.loads((repo / "metrics/anomaly.json").read_text())
+    assert set(anomaly["painted"]) == {"hole", "crack", "scratch", "chip"} and anomaly["held_out"]["kind"] == "blob"
+    assert operating_point["anomaly_threshold"] == pytest.approx(anomaly["threshold"]) == test["anomaly"]["threshold"]
+    assert export["onnx_anomaly_flips"] == 0
+    combined = test["combined"]
+    assert combined["photos"] == 17 and combined["not_a_part"] == test["not_a_part"]["test_flagged"]
+    assert combined["review"] + combined["not_a_part"] == round((1 - combined["decided_automatically"]) * 17)
     _, checkpoint = load_checkpoint(repo / "models/model.safetensors")
     assert checkpoint["class_names"] == ["ok_front", "def_front"] and checkpoint["config"]["version"] >= 2
     predictions = pd.read_csv(repo / "plots/evaluate/predictions.csv")
@@ -93,6 +103,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
                 else (cell["missed_defects"] + cell["false_rejects"] == round((1 - cell["accuracy"]) * decided))
             )
             assert 0 <= cell["drift_flagged"] <= 1 and (cell["flip_rate"] is None or 0 <= cell["flip_rate"] <= 1)
+            assert 0 <= cell["anomaly_rejected_good"] <= 1
     assert robustness["blur"]["1.6"]["drift_flagged"] > 0.5  # sharpness falls out of the training range
     for levels in (v for k, v in robustness.items() if k != "worst"):
         assert all(0 <= cell["not_a_part"] <= 1 for cell in levels.values())
@@ -120,6 +131,10 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     status = json.loads(run(["dvc", "status", "--json"], repo, env).stdout)
     assert set(status) == {"retake", "robustness"}, status
     run(["git", "checkout", str(perturbations)], repo)
+    painted = repo / "src/casting_inspection/evaluation/painted.py"  # the painted defects judge; they never decide
+    painted.write_text(painted.read_text() + "\n# a reviewer's note\n")
+    assert set(json.loads(run(["dvc", "status", "--json"], repo, env).stdout)) == {"anomaly"}
+    run(["git", "checkout", str(painted)], repo)
 
     # shared storage: push to a DVC remote (a local folder here), and a second clone pulls the same model
     remote = repo.parent / "remote"
@@ -185,7 +200,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert imported.returncode == (3 if skipped else 0) and all("not a part the model can judge" in t for t in skipped)
     recorded = 20 - len(skipped)  # what the model's guard calls not a part is left out, named
     with_line = run(["dvc", "repro"], repo, env)
-    assert ran_stages(with_line.stdout)[:3] == ["prepare", "train", "evaluate"]  # the new labels retrain
+    assert ran_stages(with_line.stdout)[:4] == ["prepare", "train", "anomaly", "evaluate"]  # the new labels retrain
     line = json.loads((repo / "metrics/data.json").read_text())["line"]
     assert recorded >= 15 and line["photos"] == recorded and line["line_test"] > 0
     assert line["train"] + line["val"] + line["line_test"] + line["dropped"] == recorded  # dropped: near copies of official ones

@@ -254,7 +254,7 @@ def test_efficientnet_lite0_exports_with_its_guard_and_onnx_runtime_agrees(tmp_p
     means, whitening = fit_novelty(features, np.repeat([0, 1], 20), shrinkage=0.5)  # triangular, one per class
     guard = {"means": torch.from_numpy(means), "whitening": torch.from_numpy(whitening)}
     shipped = ProbabilityNet(net, temperature=1.5, guard=guard).eval()
-    graph = _to_onnx(shipped, images[:2], 18, guarded=True)  # a batch of 1 would fix the batch axis at 1
+    graph = _to_onnx(shipped, images[:2], 18, ["defect_probability", "novelty"])  # a batch of 1 would fix the batch at 1
     session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     probability, novelty = session.run(None, {session.get_inputs()[0].name: images.numpy()})
     with torch.no_grad():
