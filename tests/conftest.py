@@ -40,6 +40,7 @@ def exported_model(tmp_path_factory) -> dict:
     from casting_inspection.export.onnx import export_onnx
     from casting_inspection.modeling.augmentation import augmentation_from
     from casting_inspection.modeling.checkpoint import load_checkpoint
+    from casting_inspection.modeling.patchcore import load_anomaly, save_patchcore
     from casting_inspection.modeling.training import train_model
 
     root = tmp_path_factory.mktemp("model")
@@ -54,15 +55,19 @@ def exported_model(tmp_path_factory) -> dict:
     rules, tensors = fit_guard(model, train, val, fast_section("evaluate", root).guard, 64, augmentation_from(augment), 4)
     rules["novelty_threshold"] *= 3  # 8 validation photos set it at their maximum: a margin keeps generated parts decided
     save_guard(root / "guard.safetensors", tensors)
-    anomaly = fit_anomaly(
-        fast_section("anomaly", root), prepared, raw, root / "anomaly.safetensors", root / "anomaly.json", root / "plots"
+    section = fast_section("anomaly", root)
+    anomaly = fit_anomaly(section, prepared, raw, root / "anomaly.safetensors", root / "anomaly.json", root / "plots")
+    margin = anomaly["threshold"] * 1.5  # the same margin's reason: few validation parts set it
+    fitted, _ = load_anomaly(root / "anomaly.safetensors")
+    save_patchcore(
+        root / "anomaly.safetensors", fitted, {"taps": section.taps, "input_size": section.input_size, "threshold": margin}
     )
     operating_point = {
         "threshold": 0.5,
         "temperature": 1.0,
         "review_band": [0.4, 0.6],
         "guard": rules,
-        "anomaly_threshold": anomaly["threshold"] * 1.5,  # the same margin's reason: few validation parts set it
+        "anomaly_threshold": margin,
     }
     (root / "operating_point.json").write_text(json.dumps(operating_point))
     export_onnx(

@@ -275,3 +275,19 @@ def test_maps_are_written_over_each_decided_photo(exported_model, tmp_path):
     side = red("blot.anomaly.png").shape[0]
     y, x = int(row * side), int(col * side)
     assert redness(red("blot.anomaly.png"))[max(y - 12, 0) : y + 12, max(x - 12, 0) : x + 12].max() > 60
+
+
+@pytest.mark.parametrize("threshold", [None, "55", True], ids=["missing", "text", "bool"])
+def test_a_graph_that_scores_departures_needs_a_numeric_anomaly_threshold(exported_model, tmp_path, threshold):
+    """A model whose metadata lost its anomaly threshold would let every departure through: it is refused, in one line."""
+    import onnx
+
+    model = onnx.load(str(exported_model["onnx"]))
+    kept = [p for p in model.metadata_props if p.key != "anomaly_threshold"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    if threshold is not None:
+        model.metadata_props.add(key="anomaly_threshold", value=json.dumps(threshold))
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    with pytest.raises(InspectionError, match="anomaly_threshold|cannot decide safely"):
+        Inspector(tmp_path / "model.onnx")

@@ -135,10 +135,11 @@ def test_a_rejected_or_reviewed_photo_keeps_its_anomaly_map_and_an_ok_one_none(e
     )
     assert result.returncode == 0, result.stderr
     rows = logged(out)
-    maps = {p.name for p in (out / "maps").iterdir()}
+    maps = {f"{p.parent.name}/{p.name}" for p in (out / "maps").rglob("*.png")}
     assert ("blot.png", "defective") in {(name, decision) for name, decision, _, _ in rows}
     for name, decision, destination, _ in rows:
-        assert (f"{Path(destination).name}.anomaly.png" in maps) == (decision in ("defective", "review")), name
+        kept = f"{Path(destination).parent.name}/{Path(destination).name}.anomaly.png"
+        assert (kept in maps) == (decision in ("defective", "review")), name
     assert not any(
         p.name.endswith(".anomaly.png")
         for folder in FOLDERS.values()

@@ -21,6 +21,7 @@ from casting_inspection.data.dataset import Split
 from casting_inspection.data.plausibility import implausible, part_range, photo_statistics, seam_limit
 from casting_inspection.modeling.augmentation import augment_batch
 from casting_inspection.modeling.networks import InspectionNet
+from casting_inspection.modeling.patchcore import anomaly_scores
 from casting_inspection.modeling.predict import predict_features, predict_logits_and_features
 
 
@@ -135,16 +136,4 @@ class Decider:
         ]
 
     def anomaly_scores(self, images: torch.Tensor) -> np.ndarray | None:
-        if self.anomaly is None:
-            return None
-        with torch.no_grad():
-            return (
-                np.concatenate(
-                    [
-                        self.anomaly(images[i : i + self.batch_size].float() / 255)[0].double().numpy()
-                        for i in range(0, len(images), self.batch_size)
-                    ]
-                )
-                if len(images)
-                else np.zeros(0)
-            )
+        return None if self.anomaly is None else anomaly_scores(self.anomaly, images, self.batch_size)[0]

@@ -62,7 +62,7 @@ def export_onnx(
     operating_point = json.loads(Path(operating_point_path).read_text())
     threshold = operating_point["threshold"]
     guard = load_guard(guard_path)
-    anomaly, _ = load_anomaly(model_files.anomaly)
+    anomaly, anomaly_threshold = _model_of_good_parts(model_files.anomaly, operating_point, operating_point_path)
     shipped = ProbabilityNet(model, operating_point["temperature"], guard or None, anomaly).eval()
     test = load_split(prepared_dir, "test")
     names = [OUTPUT_NAME, *([NOVELTY_NAME] if guard else []), ANOMALY_NAME, ANOMALY_MAP_NAME]
@@ -96,8 +96,8 @@ def export_onnx(
         train.images,
         test.images,
         test.labels.numpy(),
-        onnx_probs,
-        threshold,
+        onnx_out,
+        (threshold, anomaly_threshold),
         params.batch_size,
     )
     write_json(metrics_path, results)
@@ -107,6 +107,17 @@ def export_onnx(
             f"see {metrics_path}"
         )
     return results
+
+
+def _model_of_good_parts(path: Path, operating_point: dict, operating_point_path: Path):
+    """The fitted model and its threshold, which must be the one the operating point ships."""
+    anomaly, anomaly_threshold = load_anomaly(path)
+    if operating_point.get("anomaly_threshold") != anomaly_threshold:
+        raise InspectionError(
+            f"{operating_point_path}: its anomaly_threshold is not {path}'s ({anomaly_threshold}); "
+            "run the evaluate stage again (dvc repro evaluate)"
+        )
+    return anomaly, anomaly_threshold
 
 
 def _agreement(onnx_out: dict, torch_out: dict, operating_point: dict) -> dict:
@@ -261,20 +272,24 @@ def _int8(
     train_images: torch.Tensor,
     test_images: torch.Tensor,
     test_labels: np.ndarray,
-    float_probs: np.ndarray,
-    threshold: float,
+    float_out: dict,
+    thresholds: tuple[float, float],
     batch_size: int,
 ) -> dict:
     """Static int8 quantization calibrated on training images; its size and decisions against the float model."""
+    float_probs, float_anomaly = float_out[OUTPUT_NAME], float_out[ANOMALY_NAME]
+    threshold, anomaly_threshold = thresholds
     pick = np.random.default_rng(params.seed).choice(
         len(train_images), min(params.calibration_images, len(train_images)), replace=False
     )
     _quantize(float_path, int8_path, train_images[np.sort(pick)].numpy().astype(np.float32) / 255)
     images = test_images.numpy().astype(np.float32) / 255
     int8_session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
-    int8_probs = np.concatenate(
-        [int8_session.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
-    )
+    runs = [
+        int8_session.run([OUTPUT_NAME, ANOMALY_NAME], {INPUT_NAME: images[i : i + batch_size]})
+        for i in range(0, len(images), batch_size)
+    ]
+    int8_probs, int8_anomaly = (np.concatenate(column) for column in zip(*runs))
     labels = test_labels.astype(bool)
     return {
         "bytes": Path(int8_path).stat().st_size,
@@ -284,4 +299,7 @@ def _int8(
         "accuracy": round(float(np.mean((int8_probs >= threshold) == labels)), 6),
         "float_accuracy": round(float(np.mean((float_probs >= threshold) == labels)), 6),
         "missed_defects": count_errors(labels, int8_probs >= threshold)[0],
+        # the classifier's quantized standardisation also feeds the model of good parts: its score moves a little
+        "anomaly_max_abs_diff": one_digit(float(np.abs(int8_anomaly - float_anomaly).max())),
+        "anomaly_flips": int(((int8_anomaly >= anomaly_threshold) != (float_anomaly >= anomaly_threshold)).sum()),
     }

@@ -131,9 +131,9 @@ def predict(args: argparse.Namespace) -> int:
                 print(printable(f"skipped {result.path}: {result.error}"), file=sys.stderr)
             results.append(result)
     decided = [r for r in results if not r.error]
-    if maps:
-        _write_maps(maps, decided, arrays, anomaly_maps, inspector.rule.anomaly_threshold)
     _write_rows([{k: v for k, v in r.row().items() if k != "error"} for r in decided], args.format, args.out)
+    if maps:  # after the rows: a full disk for the maps never costs the decisions
+        _write_maps(maps, decided, arrays, anomaly_maps, inspector.rule.anomaly_threshold)
     if len(decided) >= args.drift_min_images:
         warning = _drift(inspector, arrays)
         if warning:

@@ -19,6 +19,17 @@ from casting_inspection.core.errors import InspectionError
 from casting_inspection.data.images import BadImage, ImageSpec, load_image
 from casting_inspection.data.plausibility import implausible, photo_statistics
 
+SLICE = 16  # images per ONNX Runtime call when the graph computes anomaly maps: memory stays near 0.3 GB
+
+
+def _threshold(value) -> float | None:
+    """The metadata's anomaly threshold: a number, or null for a model without a model of good parts."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"anomaly_threshold {value!r} is not a number")
+    return float(value)
+
 
 @dataclasses.dataclass
 class Result:
@@ -59,7 +70,7 @@ class Inspector:
             self.spec = ImageSpec(**json.loads(metadata["preprocessing"]))
             self.drift_reference = json.loads(metadata["drift_reference"])
             self.guard = json.loads(metadata["guard"])
-            anomaly_threshold = json.loads(metadata.get("anomaly_threshold", "null"))
+            anomaly_threshold = _threshold(json.loads(metadata.get("anomaly_threshold", "null")))
         except (KeyError, ValueError, TypeError) as exc:
             raise InspectionError(
                 f"{model_path}: metadata lacks {exc}; export it again with this version (dvc repro export)"
@@ -72,6 +83,8 @@ class Inspector:
             problem = "the guard's novelty threshold is set but the graph has no novelty output"
         if self.rule.anomaly_threshold is not None and "anomaly" not in self.outputs:
             problem = "the anomaly threshold is set but the graph has no anomaly output"
+        if self.rule.anomaly_threshold is None and "anomaly" in self.outputs:
+            problem = "the graph scores departures from good parts but its metadata has no anomaly_threshold"
         if problem:
             raise InspectionError(f"{model_path}: cannot decide safely: {problem}; export it again (dvc repro export)")
         self.metadata = dict(metadata)
@@ -82,8 +95,12 @@ class Inspector:
     def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the graph by name for uint8 images (N, C, H, W): the defect probability and, when the
         graph has them, the guard's novelty, the anomaly score and the anomaly map."""
-        outputs = self.session.run(None, {self.input_name: images.astype(np.float32) / 255})
-        return {name: output.astype(np.float64) for name, output in zip(self.outputs, outputs)}
+        step = SLICE if "anomaly_map" in self.outputs else max(len(images), 1)  # each map's distances take MBs
+        parts = [
+            self.session.run(None, {self.input_name: images[i : i + step].astype(np.float32) / 255})
+            for i in range(0, len(images), step)
+        ]
+        return {name: np.concatenate([part[k] for part in parts]).astype(np.float64) for k, name in enumerate(self.outputs)}
 
     def probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Defect probability for uint8 images (N, C, H, W), and the guard's novelty score when the graph has one."""

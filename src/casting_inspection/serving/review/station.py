@@ -200,8 +200,10 @@ class Station:
     def anomaly_map(self, sha256: str) -> bytes:
         """The overlay the watcher kept in maps/ for this photo (PNG), or 404 when it kept none."""
         item = self.find(sha256)
-        path = self.watch_out / "maps" / f"{item.path.name}.anomaly.png"
+        path = self.watch_out / "maps" / item.path.parent.name / f"{item.path.name}.anomaly.png"
         try:
+            if item.decision == "not_a_part" or path.is_symlink():  # never decided: no map of its own
+                raise BadImage("none kept")
             return read_photo(path, self.spec.max_file_bytes)
         except BadImage:
             raise service.ClientError(404, f"no anomaly map for {item.name}") from None

@@ -281,11 +281,10 @@ class Watcher:
         return dict(zip(decided, zip(arrays, anomaly_maps))) if anomaly_maps else {}
 
     def _keep_map(self, photo: _Photo, final: Path, image, anomaly_map) -> None:
-        """The anomaly map over a rejected or reviewed photo, in maps/ under its filed name: where a person looks."""
+        """The anomaly map over a rejected or reviewed photo, in maps/FOLDER/ under its filed name: where a person looks."""
         try:
-            write_overlay(
-                self.out / "maps" / f"{final.name}.anomaly.png", image, anomaly_map, self.inspector.rule.anomaly_threshold
-            )
+            path = self.out / "maps" / final.parent.name / f"{final.name}.anomaly.png"  # names are unique per folder
+            write_overlay(path, image, anomaly_map, self.inspector.rule.anomaly_threshold)
         except OSError as exc:
             self._note_once(photo.path.name, f"its anomaly map could not be written ({exc.strerror or exc}); the photo is filed")
 
