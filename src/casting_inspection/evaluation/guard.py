@@ -123,6 +123,11 @@ class Decider:
         self.model, self.temperature, self.rule = model, temperature, rule
         self.guard_rules, self.tensors, self.batch_size, self.anomaly = guard_rules, tensors, batch_size, anomaly
 
+    def reasons(self, images: torch.Tensor, sizes: list[tuple[int, int]]) -> list[str | None]:
+        """The guard's reason per image, or None: what it flags, without deciding (no model of good parts to run)."""
+        _, features = predict_logits_and_features(self.model, images, self.batch_size, next(self.model.parameters()).device)
+        return guard_reasons(self.guard_rules, self.tensors, images, sizes, features)
+
     def __call__(self, images: torch.Tensor, sizes: list[tuple[int, int]]) -> list[tuple[str, float, str | None]]:
         """(decision, defect probability, guard reason) per image."""
         device = next(self.model.parameters()).device

@@ -108,7 +108,7 @@ def _category(reason: str) -> str:
 
 def not_a_part_figures(params, decide, test: Split, val: Split, flags: list, spec: ImageSpec, images_dir: Path) -> dict:
     """What the guard did on the test and validation splits and on the not-a-part material; draws the gallery."""
-    val_flags = [f for _, _, f in decide(val.images, val.sizes)]
+    val_flags = decide.reasons(val.images, val.sizes)  # only the guard's false alarms count here
     items = material(val.images.numpy(), params.guard.seed)
     arrays, sizes, kinds, refused = [], [], [], []
     for kind, data in items:
