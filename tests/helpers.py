@@ -212,3 +212,42 @@ def new_project(repo: Path) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "init"], repo)
     return repo
+
+
+def line_video(path: Path, photos: list[np.ndarray], size=(320, 192), fps: float = 30, step: int = 48, pause: int = 2,
+               gap: int = 1, belt: int = 60, seed: int = 0) -> list[int]:  # fmt: skip
+    """A conveyor filmed from above: each photo (H, W, 3 BGR uint8) rides in from the left, stops `pause` frames at the
+    centre, rides out to the right; `gap` empty frames before each part. Written with OpenCV (MJPEG in AVI), read back by
+    the station through FFmpeg as a camera's file would be. Returns the frame on which each part first stops."""
+    import cv2
+
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    rng = np.random.default_rng(seed)
+    stops, frame_count = [], 0
+
+    def frame(photo=None, cx=0):
+        nonlocal frame_count
+        canvas = rng.normal(belt, 3, (height, width, 3)).clip(0, 255).astype(np.uint8)
+        if photo is not None:
+            side = photo.shape[0]
+            left, top = cx - side // 2, (height - side) // 2
+            a, b = max(0, left), min(width, left + side)
+            if b > a:
+                canvas[top : top + side, a:b] = photo[:, a - left : b - left]
+        writer.write(canvas)
+        frame_count += 1
+
+    for photo in photos:
+        for _ in range(gap):  # the first frames teach the station the empty view
+            frame()
+        side = photo.shape[0]
+        for cx in range(-side // 2 + step // 2, width // 2, step):
+            frame(photo, cx)
+        stops.append(frame_count)
+        for _ in range(pause):
+            frame(photo, width // 2)
+        for cx in range(width // 2 + step, width + side // 2, step):
+            frame(photo, cx)
+    writer.release()
+    return stops

@@ -3,6 +3,7 @@
   casting-inspect predict PATH... [--format csv|jsonl] [--out FILE]   decide image files, folders or globs
   casting-inspect serve [--host 127.0.0.1] [--port 8000]              the HTTP inspection service
   casting-inspect watch INBOX [--out DIR]                             decide photos as a camera drops them
+  casting-inspect station SOURCE [--modbus H:P] [--opcua URL] [--mqtt H:P]  a camera stream in, signals to the line out
   casting-inspect about                                               which model, how it decides, where it came from
   casting-inspect review --watch-out OUT [--line data/line]           label the photos the watcher left for a person
   casting-inspect import-line FOLDER --map NG=defective --map OK=ok   add a folder the plant already labelled
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path
 from casting_inspection.core.text import printable, spreadsheet_cell
+from casting_inspection.serving.station.command import add_station
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SKIPPED_EXIT = 3
@@ -482,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_watch(commands, common)
     _add_line_commands(commands, common)
+    add_station(commands, common)
 
     sub = commands.add_parser("about", help="which model, how it decides, where it came from")
     common(sub)

@@ -22,8 +22,8 @@ class WatchBusy(InspectionError):
     """Another watcher holds this inbox's lock (the CLI exits with status 2)."""
 
 
-def note(message: str) -> None:
-    print(f"watch: {printable(message)}", file=sys.stderr, flush=True)
+def note(message: str, command: str = "watch") -> None:
+    print(f"{command}: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def skip_reason(name: str, info: os.stat_result) -> tuple[str, bool] | None:

@@ -1,0 +1,1 @@
+"""`casting-inspect station`: a camera stream in, one decision per part, signals to the line out."""

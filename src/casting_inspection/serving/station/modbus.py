@@ -1,0 +1,160 @@
+"""Modbus TCP to the PLC (pymodbus): a handshake a PLC programmer expects.
+
+Holding registers, 0-based, unit id 1:
+
+| register | meaning |
+|---|---|
+| 0 | status bits: 0 ready, 1 result valid, 2 OK, 3 NG, 4 REVIEW, 5 fault, 6 heartbeat (toggles each second) |
+| 1 | part number (low 16 bits) |
+| 2 | result code: 1 ok, 2 defective, 3 review, 4 not a part or undecided |
+| 3 | fault code: 0 none, 1 camera stalled, 2 model not loaded, 3 no acknowledge, 4 station stopped |
+| 4 | defect probability x 10000 |
+| 5 | latency from the frame to this signal, ms |
+| 10 | control, written by the PLC: bit 0 trigger (hardware trigger), bit 1 acknowledge |
+
+One result at a time: the station sets the result and `result valid`; the PLC reads it and sets `acknowledge`;
+the station clears `result valid`; the PLC clears `acknowledge`; then the next result. A result not acknowledged
+within the timeout drops `ready` and raises fault 3 until the PLC acknowledges: the line stops rather than passing
+parts unsignalled. Later parts wait in order, none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.serving.station.parts import RESULT_CODES, Part
+from casting_inspection.serving.watch.inbox import note
+
+UNIT = 1
+HOLDING = 3
+STATUS, PART, RESULT, FAULT, PROBABILITY, LATENCY, CONTROL = 0, 1, 2, 3, 4, 5, 10
+READY, VALID, OK, NG, REVIEW, FAULT_BIT, HEARTBEAT = (1 << bit for bit in range(7))
+TRIGGER, ACKNOWLEDGE = 1, 2
+FAULTS = {"camera": 1, "model": 2, "acknowledge": 3, "stopped": 4}
+POLL_SECONDS = 0.002
+SIGNAL_BITS = {"OK": OK, "NG": NG, "REVIEW": REVIEW}
+
+
+class ModbusOutput:
+    def __init__(self, host: str, port: int, ack_timeout: float):
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its own connection chatter; faults are ours to tell
+        self.host, self.port, self.ack_timeout = host, port, ack_timeout
+        self.results: queue.Queue = queue.Queue()
+        self.state = {"ready": False, "fault": 0, "valid": False, "bits": 0, "heartbeat": False}
+        self.station_fault = FAULTS["model"]
+        self.trigger = threading.Event()
+        self.stopping = threading.Event()
+        self.sent: list[tuple[int, float]] = []  # (part number, perf_counter when its result was set)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        started = threading.Event()
+        self.server_thread = threading.Thread(target=lambda: asyncio.run(self._serve(started)), name="modbus", daemon=True)
+        self.server_thread.start()
+        if not started.wait(10) or self.loop is None:
+            raise InspectionError(f"Modbus: cannot listen on {host}:{port} ({self.failure}); is the port taken?")
+        self.worker = threading.Thread(target=self._handshake, name="modbus-handshake", daemon=True)
+        self.worker.start()
+
+    failure = "no answer"
+    written = (-1, -1)
+
+    async def _serve(self, started: threading.Event) -> None:
+        registers = [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)]
+        bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
+        device = SimDevice(id=UNIT, simdata=(bits, bits, registers, [SimData(0, count=1, values=0, datatype=DataType.REGISTERS)]))
+        try:
+            self.server = ModbusTcpServer(device, address=(self.host, self.port))
+            await self.server.serve_forever(background=True)
+        except OSError as exc:
+            self.failure = exc.strerror or str(exc)
+            started.set()
+            return
+        self.port = self.server.transport.sockets[0].getsockname()[1]
+        self.loop = asyncio.get_running_loop()
+        started.set()
+        await self.server.serving
+
+    def _call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(2)
+
+    def _write(self, address: int, values: list[int]) -> None:
+        self._call(self.server.async_setValues(UNIT, HOLDING, address, values))
+
+    def _control(self) -> int:
+        return self._call(self.server.async_getValues(UNIT, HOLDING, CONTROL, 1))[0]
+
+    def _status(self) -> None:
+        s = self.state
+        fault = s["fault"] or (0 if s["ready"] else self.station_fault)
+        word = (READY if s["ready"] and not s["fault"] else 0) | (VALID if s["valid"] else 0) | s["bits"]
+        word |= (FAULT_BIT if fault else 0) | (HEARTBEAT if s["heartbeat"] else 0)
+        if (word, fault) != self.written:  # each write is a round trip to the server's loop: only changes
+            self._write(FAULT, [fault])
+            self._write(STATUS, [word])
+            self.written = (word, fault)
+
+    def ready(self, ready: bool, reason: str, fault: str = "") -> None:
+        """The station's readiness: not ready while the camera stalls or the model cannot load."""
+        self.state["ready"] = ready
+        self.station_fault = FAULTS.get(fault, 0) if not ready else 0
+
+    def post(self, part: Part) -> None:
+        self.results.put(part)
+
+    def _post(self, part: Part) -> None:
+        probability = 0 if part.defect_probability is None else round(part.defect_probability * 10000)
+        latency = round((time.perf_counter() - part.arrived) * 1000)
+        self._write(PART, [part.number & 0xFFFF, RESULT_CODES.get(part.decision, 4)])
+        self._write(PROBABILITY, [probability, min(latency, 0xFFFF)])
+        self.state.update(valid=True, bits=SIGNAL_BITS[part.signal])
+        self._status()
+        self.sent.append((part.number, time.perf_counter()))
+
+    def _handshake(self) -> None:
+        pending, posted, release, beat, last = None, 0.0, False, time.monotonic(), 0
+        while not self.stopping.is_set():
+            control = self._control()
+            if control & TRIGGER and not last & TRIGGER:
+                self.trigger.set()  # a rising edge: one trigger, however long the PLC holds the bit
+            last = control
+            now = time.monotonic()
+            if pending is not None and control & ACKNOWLEDGE:
+                pending, release = None, True
+                self.state.update(valid=False, bits=0, fault=0)
+            elif pending is not None and now - posted > self.ack_timeout and not self.state["fault"]:
+                self.state["fault"] = FAULTS["acknowledge"]
+                note(
+                    f"Modbus: part {pending.number} not acknowledged by the PLC within {self.ack_timeout:g} s; not ready until it is",
+                    "station",
+                )
+            if release and not control & ACKNOWLEDGE:
+                release = False
+            if pending is None and not release and not self.results.empty():
+                pending, posted = self.results.get(), now
+                self._post(pending)
+            if now - beat >= 1.0:
+                self.state["heartbeat"], beat = not self.state["heartbeat"], now
+            self._status()
+            time.sleep(POLL_SECONDS)
+
+    def take_trigger(self) -> bool:
+        """True once per rising edge of the PLC's trigger bit (bit 0 of the control register)."""
+        if not self.trigger.is_set():
+            return False
+        self.trigger.clear()
+        return True
+
+    def close(self) -> None:
+        self.state["ready"], self.station_fault = False, FAULTS["stopped"]
+        self.stopping.set()
+        self.worker.join(2)
+        self._status()
+        self._call(self.server.shutdown())
+        self.server_thread.join(5)

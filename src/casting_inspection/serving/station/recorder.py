@@ -1,0 +1,106 @@
+"""The station's record of each part: its photo filed under OUT/<decision>/ and its row in the same SQLite log
+as `watch`, so `review` and `import-line` work on a station's output unchanged.
+
+Records are written by a thread of their own after the signal has gone out: the disk never delays the reject
+gate. Each photo is written to a temporary file, synced, given its final name without overwriting anything, and
+then logged. On a write fault the part stays queued and is tried again; at stop, everything queued is written.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from casting_inspection.serving.maps import write_overlay
+from casting_inspection.serving.station.parts import Part
+from casting_inspection.serving.watch.filing import FOLDERS, fsync_dir, link_or_claim, names
+from casting_inspection.serving.watch.inbox import note
+from casting_inspection.serving.watch.log import InspectionLog
+
+RETRY_SECONDS = 1.0
+
+
+class Recorder(threading.Thread):
+    def __init__(self, out: Path, log_wait: float, anomaly_threshold: float | None):
+        super().__init__(name="recorder", daemon=True)
+        self.out, self.anomaly_threshold = Path(out), anomaly_threshold
+        for folder in {*FOLDERS.values(), "maps"}:
+            (self.out / folder).mkdir(parents=True, exist_ok=True)
+        self.log = InspectionLog(self.out, log_wait)
+        self.log.db.close()  # opened here to fail at start on a bad folder; the thread opens its own connection
+        self.log_wait = log_wait
+        self.parts: queue.Queue = queue.Queue()
+        self.written = 0
+        self.failing: str | None = None
+
+    def record(self, part: Part) -> None:
+        self.parts.put(part)
+
+    def finish(self) -> None:
+        """Write everything queued, then stop."""
+        self.parts.put(None)
+        self.join()
+
+    def run(self) -> None:
+        log = InspectionLog(self.out, self.log_wait)
+        try:
+            while (part := self.parts.get()) is not None:
+                while not self._write(log, part):
+                    threading.Event().wait(RETRY_SECONDS)
+        finally:
+            log.close()
+
+    def _write(self, log: InspectionLog, part: Part) -> bool:
+        try:
+            final = self._file(part)
+            row = (part.name, part.sha256, part.decided_at, part.decision, part.defect_probability, part.threshold,
+                   part.model_version, part.reason, str(final))  # fmt: skip
+            log.retry("log a part", lambda: self._insert(log, row))
+            if part.anomaly_map is not None and part.decision in ("defective", "review"):
+                write_overlay(self.out / "maps" / final.parent.name / f"{final.name}.anomaly.png", part.image, part.anomaly_map,
+                              self.anomaly_threshold)  # fmt: skip
+        except Exception as exc:  # a full or read-only disk, a locked log: say so once, keep the part, try again
+            message = f"part {part.number} cannot be recorded in {self.out} ({exc}); kept in memory, trying again"
+            if message != self.failing:
+                note(message, "station")
+            self.failing = message
+            return False
+        self.failing = None
+        self.written += 1
+        return True
+
+    @staticmethod
+    def _insert(log: InspectionLog, row: tuple) -> None:
+        with log.db:
+            log.db.execute(
+                "INSERT INTO inspections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name, sha256) DO NOTHING", row
+            )
+
+    def _file(self, part: Part) -> Path:
+        folder = self.out / FOLDERS[part.decision]
+        staged = folder / f".watch-{os.getpid()}-{secrets.token_hex(8)}.tmp"  # the watcher's pattern: cleaned up alike
+        with open(staged, "xb") as f:
+            f.write(part.photo)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            for candidate in names(folder / part.name, part.sha256):
+                try:
+                    link_or_claim(staged, candidate)
+                    break
+                except FileExistsError:
+                    continue
+            else:
+                raise FileExistsError(f"every name for {part.name} is taken in {folder}")
+        finally:
+            staged.unlink(missing_ok=True)
+        fsync_dir(folder)
+        return candidate
+
+
+def stamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

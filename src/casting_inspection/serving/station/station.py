@@ -1,0 +1,180 @@
+"""`casting-inspect station`: a camera's frames in, one decision per part, signals out, every part recorded.
+
+The loop: a frame arrives (sources.FrameReader); the trigger finds the parts in it (trigger.PartTrigger), or the
+PLC's trigger bit asks for this frame; each part to decide is cut out, encoded as the JPEG that is filed, and
+decided by the same Inspector as predict, serve and watch; its signal goes to every output at once (Modbus,
+OPC UA, MQTT); then its photo and row are recorded as `watch` records them, and the line's health is updated.
+
+Fail safe: a camera with no frame for `stall_seconds`, or a model that cannot load, makes the station not ready
+on every output, with the reason in one line; parts in view then are reported undecided (NG). A frame that
+cannot be decided is NG with its reason. The model is loaded again every few seconds until it loads, and the
+camera reconnects by itself; nothing already decided is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+from datetime import UTC, datetime
+
+import cv2
+import numpy as np
+
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.text import printable
+from casting_inspection.serving.inference import Inspector
+from casting_inspection.serving.station.parts import Part
+from casting_inspection.serving.station.recorder import Recorder, stamp
+from casting_inspection.serving.station.settings import StationSettings
+from casting_inspection.serving.station.sources import END, Frame, FrameReader
+from casting_inspection.serving.station.telemetry import StationMetrics
+from casting_inspection.serving.station.trigger import Event, PartTrigger, Track
+from casting_inspection.serving.watch.inbox import note
+
+MODEL_RETRY_SECONDS = 5.0
+JPEG_QUALITY = 95
+
+
+class Station:
+    def __init__(self, settings: StationSettings, outputs: list, metrics: StationMetrics):
+        problem = settings.trigger.problem()
+        if problem:
+            raise InspectionError(f"{problem}; see casting-inspect station --help")
+        if not settings.stall_seconds > 0:
+            raise InspectionError(f"--stall must be more than 0 seconds (got {settings.stall_seconds})")
+        self.settings, self.outputs, self.metrics = settings, outputs, metrics
+        self.trigger = PartTrigger(settings.trigger)
+        self.recorder = Recorder(settings.out, settings.log_wait, None)
+        self.reader = FrameReader(settings.source, realtime=settings.realtime)
+        self.inspector: Inspector | None = None
+        self.model_problem = "not loaded yet"
+        self.next_load = 0.0
+        self.counts: dict[str, int] = {}
+        self.undecided = 0
+        self.ready_reason: str | None = "starting"
+
+    def _ready(self, ready: bool, reason: str = "", fault: str = "") -> None:
+        """Tell every output; a change is one line for the person at the line."""
+        if (None if ready else reason) == self.ready_reason:
+            return
+        self.ready_reason = None if ready else reason
+        note(f"ready ({self.settings.source})" if ready else f"NOT READY: {reason}", "station")
+        self.metrics.ready.set(1 if ready else 0)
+        for output in self.outputs:
+            output.ready(ready, reason, fault)
+
+    def _load_model(self) -> None:
+        if self.inspector is not None or time.monotonic() < self.next_load:
+            return
+        try:
+            self.inspector = Inspector(self.settings.model, threads=self.settings.threads)
+        except InspectionError as exc:
+            self.next_load = time.monotonic() + MODEL_RETRY_SECONDS
+            self.model_problem = str(exc)
+            self._ready(False, f"the model cannot load: {exc}", "model")
+            return
+        self.recorder.anomaly_threshold = self.inspector.rule.anomaly_threshold
+        self.metrics.model_loaded(self.inspector)
+
+    def run(self, stop: threading.Event) -> int:
+        """Until the video ends or `stop` is set; 0, or 3 when a part left the view undecided (a video file)."""
+        self.recorder.start()
+        self.reader.start()
+        try:
+            ended = self._loop(stop)
+        finally:
+            self._ready(False, "the station stopped", "stopped")
+            self.reader.stop()
+            for output in self.outputs:
+                output.close()
+            self.recorder.finish()
+            self.metrics.close()
+        summary = ", ".join(f"{n} {decision}" for decision, n in sorted(self.counts.items())) or "no parts"
+        note(
+            f"{summary}; {self.undecided} undecided; {self.reader.index} frames, {self.reader.dropped} dropped",
+            "station",
+        )
+        return 3 if ended and self.undecided else 0
+
+    def _loop(self, stop: threading.Event) -> bool:
+        while not stop.is_set():
+            self._load_model()
+            try:
+                item = self.reader.frames.get(timeout=min(self.settings.stall_seconds, 0.5))
+            except queue.Empty:
+                self._maybe_stalled()
+                continue
+            if item == END:
+                self._decide_all(self.trigger.reset("the video ended while the part was in view"), None)
+                return True
+            if isinstance(item, InspectionError):
+                raise item
+            self.last_frame = time.monotonic()
+            if self.inspector is not None:
+                self._ready(True)
+            self.metrics.frames.inc()
+            self.metrics.dropped.set(self.reader.dropped)
+            self._decide_all(self._events(item), item)
+        return False
+
+    last_frame = 0.0
+
+    def _maybe_stalled(self) -> None:
+        waited = time.monotonic() - (self.last_frame or self.metrics.started)
+        if waited >= self.settings.stall_seconds:
+            self._ready(False, f"the camera stalled: no frame from {self.settings.source} for {waited:.1f} s", "camera")
+            self._decide_all(self.trigger.reset("the camera stalled while the part was in view"), None)
+
+    def _events(self, frame: Frame) -> list[Event]:
+        if not self.settings.hardware_trigger:
+            return self.trigger.frame(frame.image, frame.index)
+        plc = next((o for o in self.outputs if hasattr(o, "take_trigger")), None)
+        if plc is None or not plc.take_trigger():
+            return []
+        self.trigger.parts += 1
+        return [Event("decide", Track(self.trigger.parts, (0, 0), (0, 0, 0, 0), frame.index), frame.image)]
+
+    def _decide_all(self, events: list[Event], frame: Frame | None) -> None:
+        for event in events:
+            part = self._decide(event, frame)
+            for output in self.outputs:
+                output.post(part)
+            latency = time.perf_counter() - part.arrived
+            self.metrics.decided(part, latency)
+            self.counts[part.decision] = self.counts.get(part.decision, 0) + 1
+            self.undecided += event.kind == "undecided"
+            self.recorder.record(part)
+            flag = f"  ({part.reason})" if part.reason else ""
+            print(printable(f"part {part.number:<6} {part.signal:<6} {part.decision:<10} {part.name}{flag}"), flush=True)
+
+    def _decide(self, event: Event, frame: Frame | None) -> Part:
+        image = event.crop if event.crop is not None and event.crop.size else np.zeros((8, 8, 3), np.uint8)
+        photo = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
+        name = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{event.track.number:06d}.jpg"
+        arrived = frame.arrived if frame is not None else time.perf_counter()
+        index = frame.index if frame is not None else self.reader.index
+        part = Part(event.track.number, name, "not_a_part", event.reason, None, None, 0.0, "", stamp(), index, arrived,
+                    photo, hashlib.sha256(photo).hexdigest())  # fmt: skip
+        if event.kind == "undecided":
+            part.reason = f"undecided: {event.reason}"
+        elif self.inspector is None:
+            part.reason = f"the model is not loaded ({self.model_problem})"
+        else:
+            self._inspect(part)
+        return part
+
+    def _inspect(self, part: Part) -> None:
+        arrays, maps = [], []
+        try:
+            (result,) = self.inspector.inspect([(part.name, part.photo)], batch_size=1, decoded=arrays, maps=maps)
+        except Exception as exc:  # any fault of a frame is this part's NG, never the line's stop
+            part.reason = f"could not be decided ({type(exc).__name__}: {exc})"
+            return
+        part.decision = result.decision or "not_a_part"
+        part.reason = result.error or result.flag
+        part.defect_probability, part.anomaly = result.defect_probability, result.anomaly
+        part.threshold, part.model_version = result.threshold, result.model_version
+        part.image = arrays[0] if arrays else None
+        part.anomaly_map = maps[0] if maps else None

@@ -1,0 +1,164 @@
+"""The software trigger: find each part in a camera's frames and pick the one frame it is decided on.
+
+A frame is compared with the empty view (learnt from the first frame and from every frame with no part,
+so a lamp that slowly ages is followed). What differs is a part; parts are tracked from frame to frame by
+their centres. A part is decided once, on the first frame in which it is wholly in view, centred and still
+enough to be sharp. A part that leaves the view before such a frame is reported undecided, never dropped.
+Frames with no part are never decided: empty belt between parts is not `not_a_part` noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+from casting_inspection.serving.station.settings import TriggerSettings
+
+
+@dataclasses.dataclass
+class Track:
+    """One part while it is in view."""
+
+    number: int
+    centre: tuple[float, float]  # in analysed pixels
+    box: tuple[int, int, int, int]  # x, y, w, h in the frame's own pixels
+    first_frame: int
+    decided: bool = False
+    wholly_seen: bool = False
+    last_crop: np.ndarray | None = None  # the part as last seen wholly in view, for the record of an undecided part
+
+
+@dataclasses.dataclass
+class Event:
+    """What the trigger asks the station to do: decide a part on `crop`, or report it undecided."""
+
+    kind: str  # "decide" or "undecided"
+    track: Track
+    crop: np.ndarray | None
+    reason: str = ""
+
+
+class PartTrigger:
+    def __init__(self, settings: TriggerSettings):
+        self.settings = settings
+        self.background: np.ndarray | None = None  # the empty view at the analysed width
+        self.full: np.ndarray | None = None  # and at the frame's own size, where each part's edges are found
+        self.tracks: list[Track] = []
+        self.parts = 0  # parts seen so far
+
+    def _analysed(self, gray: np.ndarray) -> tuple[np.ndarray, float]:
+        scale = self.settings.width / gray.shape[1]
+        small = cv2.resize(gray, (self.settings.width, max(1, round(gray.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+        return small.astype(np.float32), scale
+
+    def _edges(self, gray: np.ndarray, box: tuple[int, int, int, int], pad: int) -> tuple[int, int, int, int]:
+        """The part's box at the frame's own size: the analysed box, grown by `pad`, shrunk to where the frame
+        differs from the empty view (a photo cut a few pixels too wide would show the belt as a seam)."""
+        x, y, w, h = box
+        x0, y0 = max(0, x - pad), max(0, y - pad)
+        x1, y1 = min(gray.shape[1], x + w + pad), min(gray.shape[0], y + h + pad)
+        differs = cv2.absdiff(gray[y0:y1, x0:x1].astype(np.float32), self.full[y0:y1, x0:x1]) > self.settings.difference
+        cols = np.flatnonzero(differs.sum(axis=0) >= 2)
+        rows = np.flatnonzero(differs.sum(axis=1) >= 2)
+        if not len(cols) or not len(rows):
+            return box
+        return x0 + int(cols[0]), y0 + int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+
+    def _blobs(self, small: np.ndarray) -> list[tuple[tuple[float, float], tuple[int, int, int, int]]]:
+        """(centre, box) of each region that differs from the empty view, in analysed pixels. Outer outlines only:
+        a part's dark hub that matches the belt is a hole in it, and what shows inside that hole is the same part."""
+        mask = (cv2.absdiff(small, self.background) > self.settings.difference).astype(np.uint8)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))  # sensor noise out
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))  # a part's dark patches back in
+        outlines, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        least, blobs = self.settings.min_area * mask.size, []
+        for outline in outlines:
+            moments = cv2.moments(outline)
+            if moments["m00"] >= max(least, 1):
+                blobs.append(((moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]), cv2.boundingRect(outline)))
+        return blobs
+
+    def reset(self, reason: str) -> list[Event]:
+        """Forget every part in view (the camera stalled or reconnected): those not decided are reported."""
+        ended = [Event("undecided", t, t.last_crop, reason) for t in self.tracks if not t.decided]
+        self.tracks = []
+        return ended
+
+    def frame(self, frame: np.ndarray, index: int) -> list[Event]:
+        """The events this frame brings: parts to decide on it, and parts that left the view undecided."""
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        small, scale = self._analysed(gray)
+        if self.background is None or self.background.shape != small.shape:
+            self.background, self.full = small.copy(), gray.astype(np.float32)  # the first frame teaches the empty view
+            return self.reset("the camera's view changed size") if self.tracks else []
+        blobs = self._blobs(small)
+        if not blobs and self.settings.learn:
+            cv2.accumulateWeighted(small, self.background, self.settings.learn)
+            cv2.accumulateWeighted(gray.astype(np.float32), self.full, self.settings.learn)
+        self.gray = gray
+        matched = self._match(blobs)
+        events = [
+            Event("undecided", t, t.last_crop, "left the view before a whole, centred, still frame")
+            for t in self.tracks
+            if t not in matched.values() and not t.decided
+        ]
+        self.tracks = []
+        for (centre, box), track in matched.items():
+            events += self._follow(frame, small.shape, scale, centre, box, track, index)
+        return events
+
+    def _match(self, blobs) -> dict:
+        """Each blob with the track whose centre is nearest (within `jump`), largest blobs first, or a new track. A small
+        blob beside or inside a larger one this frame is a piece of it (a dark patch cut it off at the frame's edge)."""
+        limit = self.settings.jump * self.settings.width
+        free, matched = list(self.tracks), {}
+        for centre, box in sorted(blobs, key=lambda b: -b[1][2] * b[1][3]):
+            if any(_near(centre, other) for _, other in matched):
+                continue
+            near = min(free, key=lambda t: np.hypot(t.centre[0] - centre[0], t.centre[1] - centre[1]), default=None)
+            if near is not None and np.hypot(near.centre[0] - centre[0], near.centre[1] - centre[1]) <= limit:
+                free.remove(near)
+                matched[(centre, box)] = near
+            else:
+                self.parts += 1
+                matched[(centre, box)] = Track(self.parts, centre, box, first_frame=-1)
+        return matched
+
+    def _follow(self, frame, shape, scale, centre, box, track: Track, index: int) -> list[Event]:
+        height, width = shape
+        x, y, w, h = box
+        whole = x > 0 and y > 0 and x + w < width and y + h < height
+        moved = np.hypot(track.centre[0] - centre[0], track.centre[1] - centre[1]) / width
+        fresh = track.first_frame < 0
+        off = np.hypot(centre[0] - width / 2, centre[1] - height / 2) / width
+        track.centre = centre
+        track.box = self._edges(self.gray, tuple(round(v / scale) for v in box), pad=int(np.ceil(2 / scale)))
+        if fresh:
+            track.first_frame = index
+        self.tracks.append(track)
+        if not whole:
+            if not track.wholly_seen:  # the best record of a part that may leave undecided
+                track.last_crop = crop(frame, track.box, self.settings.margin)
+            return []
+        track.wholly_seen = True
+        track.last_crop = crop(frame, track.box, self.settings.margin)
+        if track.decided or fresh or off > self.settings.centre or moved > self.settings.motion:
+            return []  # a part seen for the first time has no measured motion yet: one more frame
+        track.decided = True
+        return [Event("decide", track, track.last_crop)]
+
+
+def _near(centre: tuple[float, float], box: tuple[int, int, int, int], reach: int = 4) -> bool:
+    x, y, w, h = box
+    return x - reach <= centre[0] <= x + w + reach and y - reach <= centre[1] <= y + h + reach
+
+
+def crop(frame: np.ndarray, box: tuple[int, int, int, int], margin: float) -> np.ndarray:
+    """The square around the part (as the data set's photos frame it), cut at the frame's edges."""
+    x, y, w, h = box
+    side = round(max(w, h) * (1 + margin))
+    cx, cy = x + w / 2, y + h / 2
+    left, top = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))
+    return np.ascontiguousarray(frame[top : top + side, left : left + side])
