@@ -6,7 +6,7 @@ export DVC_NO_ANALYTICS := 1
 
 BENCH_ARCHIVE ?= ../shared/datasets/casting_data.zip
 
-.PHONY: repro report pr-report preset search test browser postgres bench install clean-venv
+.PHONY: repro report pr-report preset search test browser postgres mosquitto bench install clean-venv
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -53,7 +53,12 @@ postgres:
 	@test -x "$$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | tail -1)" || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
 	  || echo "PostgreSQL is missing and could not be installed (apt-get install postgresql): the search's database test will fail"
 
-test: install browser postgres
+# The station's tests run Debian's mosquitto broker on 127.0.0.1; installed here when missing and we may.
+mosquitto:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; } \
+	  || echo "mosquitto is missing and could not be installed (apt-get install mosquitto): the station's MQTT tests will fail"
+
+test: install browser postgres mosquitto
 	ruff check . && ruff format --check .
 	python -m pytest -q -n 2 --dist loadfile tests  # two processes; a file's tests stay in one (its fixtures are built once)
 

@@ -215,9 +215,9 @@ def new_project(repo: Path) -> Path:
 
 
 def line_video(path: Path, photos: list[np.ndarray], size=(320, 192), fps: float = 30, step: int = 48, pause: int = 2,
-               gap: int = 1, belt: int = 60, seed: int = 0) -> list[int]:  # fmt: skip
+               gap: int = 1, belt: int = 60, seed: int = 0, lead: int = 0) -> list[int]:  # fmt: skip
     """A conveyor filmed from above: each photo (H, W, 3 BGR uint8) rides in from the left, stops `pause` frames at the
-    centre, rides out to the right; `gap` empty frames before each part. Written with OpenCV (MJPEG in AVI), read back by
+    centre, rides out to the right; `gap` empty frames before each part, `lead` more before the first. Written with OpenCV (MJPEG in AVI), read back by
     the station through FFmpeg as a camera's file would be. Returns the frame on which each part first stops."""
     import cv2
 
@@ -238,6 +238,8 @@ def line_video(path: Path, photos: list[np.ndarray], size=(320, 192), fps: float
         writer.write(canvas)
         frame_count += 1
 
+    for _ in range(lead):
+        frame()
     for photo in photos:
         for _ in range(gap):  # the first frames teach the station the empty view
             frame()

@@ -63,6 +63,8 @@ class ModbusOutput:
         self.worker.start()
 
     failure = "no answer"
+    pending: Part | None = None  # the result set and not yet acknowledged
+    acknowledged = 0
     written = (-1, -1)
 
     async def _serve(self, started: threading.Event) -> None:
@@ -118,15 +120,18 @@ class ModbusOutput:
         self.sent.append((part.number, time.perf_counter()))
 
     def _handshake(self) -> None:
-        pending, posted, release, beat, last = None, 0.0, False, time.monotonic(), 0
+        posted, release, beat, last = 0.0, False, time.monotonic(), 0
         while not self.stopping.is_set():
+            pending = self.pending
             control = self._control()
             if control & TRIGGER and not last & TRIGGER:
                 self.trigger.set()  # a rising edge: one trigger, however long the PLC holds the bit
             last = control
             now = time.monotonic()
             if pending is not None and control & ACKNOWLEDGE:
-                pending, release = None, True
+                self.pending = pending = None
+                release = True
+                self.acknowledged += 1
                 self.state.update(valid=False, bits=0, fault=0)
             elif pending is not None and now - posted > self.ack_timeout and not self.state["fault"]:
                 self.state["fault"] = FAULTS["acknowledge"]
@@ -137,7 +142,8 @@ class ModbusOutput:
             if release and not control & ACKNOWLEDGE:
                 release = False
             if pending is None and not release and not self.results.empty():
-                pending, posted = self.results.get(), now
+                self.pending = pending = self.results.get()
+                posted = now
                 self._post(pending)
             if now - beat >= 1.0:
                 self.state["heartbeat"], beat = not self.state["heartbeat"], now
@@ -151,8 +157,22 @@ class ModbusOutput:
         self.trigger.clear()
         return True
 
+    def _drain(self) -> None:
+        """At stop, give the PLC its results: wait while it keeps acknowledging, at most `ack_timeout` for each."""
+        done, since = self.acknowledged, time.monotonic()
+        while (self.pending is not None or not self.results.empty()) and time.monotonic() - since < self.ack_timeout:
+            if self.acknowledged != done:
+                done, since = self.acknowledged, time.monotonic()
+            time.sleep(POLL_SECONDS)
+        left = self.results.qsize() + (self.pending is not None)
+        if left:
+            note(f"Modbus: {left} results not acknowledged by the PLC at stop; each is in the station's log", "station")
+
     def close(self) -> None:
+        if self.stopping.is_set():
+            return
         self.state["ready"], self.station_fault = False, FAULTS["stopped"]
+        self._drain()
         self.stopping.set()
         self.worker.join(2)
         self._status()

@@ -1,0 +1,272 @@
+"""The line station against the real things: a video made here from generated parts, decoded by OpenCV's FFmpeg; a
+camera stream over HTTP that the test cuts off and restarts; Debian's mosquitto; pymodbus's client as the PLC,
+one that acknowledges and one that does not for a while; asyncua's client reading the OPC UA server; the
+Prometheus endpoint scraped. Every test counts the parts: each is decided once, signalled and recorded, or
+signalled NG / not ready with its reason."""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from casting_inspection.serving.inference import Inspector
+from casting_inspection.serving.station.parts import RESULT_CODES, signal_of
+from casting_inspection.serving.watch.log import LOG_NAME
+from helpers import PROJECT, line_video, part_image
+from line_servers import Mosquitto, Plc, Subscriber, free_port, mjpeg_server, wait_for_port
+
+CLI = [sys.executable, "-m", "casting_inspection.serving.cli", "station"]
+PARTS = 6
+BITS = {"OK": 4, "NG": 8, "REVIEW": 16}
+pytestmark = pytest.mark.slow
+logging.getLogger("asyncua").setLevel(logging.CRITICAL)  # the client's reconnect chatter when the station stops
+
+
+def photos(n: int = PARTS) -> list[np.ndarray]:
+    return [cv2.cvtColor(np.array(part_image(i % 2 == 1, 100 + i, size=96)), cv2.COLOR_GRAY2BGR) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("video") / "line.avi"
+    line_video(path, photos(), lead=75)  # 2.5 s of empty belt at 30 fps: time for the clients to connect
+    return path
+
+
+def logged(out: Path) -> list[tuple]:
+    with sqlite3.connect(out / LOG_NAME) as db:
+        return db.execute("SELECT name, decision, reason, destination FROM inspections ORDER BY name").fetchall()
+
+
+def part_lines(stdout: str) -> dict[int, tuple[str, str]]:
+    """part number -> (signal, decision), from the line the station prints per part."""
+    return {int(m[1]): (m[2], m[3]) for m in re.finditer(r"^part (\d+)\s+(\S+)\s+(\S+)", stdout, re.MULTILINE)}
+
+
+def scrape(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(match[1]) if match else float("nan")  # nan compares False: a missing metric fails
+
+
+class OpcUaWatcher:
+    """A SCADA client: subscribes to LastResult.ResultId (written last of a result) and keeps each value."""
+
+    def __init__(self, url: str):
+        from asyncua.sync import Client, ThreadLoop
+
+        self.results: list[str] = []
+        self.loop = ThreadLoop()  # one event loop thread for every try, stopped at close
+        self.loop.start()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.client = Client(url, timeout=2, tloop=self.loop)
+                self.client.connect()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    self.loop.stop()
+                    raise
+                time.sleep(0.1)
+        index = self.client.get_namespace_index("urn:casting-inspection")
+        self.result_id = self.client.get_node(f"ns={index};s=InspectionStation.LastResult.ResultId")
+        self.state = self.client.get_node(f"ns={index};s=InspectionStation.State")
+        self.subscription = self.client.create_subscription(20, self)
+        self.subscription.subscribe_data_change(self.result_id)
+
+    def datachange_notification(self, node, value, data) -> None:  # in the client's event loop: no reads from here
+        if value:
+            self.results.append(value)
+
+    def status_change_notification(self, status) -> None:
+        pass  # the station stops its server at the video's end
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        except Exception:  # the station stopped its server first
+            pass
+        self.loop.stop()
+
+
+def test_a_video_each_part_decided_once_and_signalled_on_modbus_opcua_and_mqtt(exported_model, video, tmp_path):
+    broker = Mosquitto(tmp_path / "broker").start()
+    modbus, opcua, metrics = free_port(), free_port(), free_port()
+    url = f"opc.tcp://127.0.0.1:{opcua}/casting-inspect"
+    mes = Subscriber(broker.port, "casting-inspect/press-3/#")
+    out = tmp_path / "out"
+    cmd = [*CLI, str(video), "--out", str(out), "--model", str(exported_model["onnx"]), "--name", "press-3", "--realtime",
+           "--modbus", f"127.0.0.1:{modbus}", "--opcua", url, "--mqtt", f"127.0.0.1:{broker.port}",
+           "--metrics", f"127.0.0.1:{metrics}"]  # fmt: skip
+    station = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(modbus, 30)
+        plc = Plc(modbus)
+        plc.start()
+        scada = None
+        scada = OpcUaWatcher(url)
+        wait_for_port(metrics)
+        while not metric(health := scrape(metrics), "casting_inspect_frames_total") > 10:
+            time.sleep(0.05)
+        stdout, stderr = station.communicate(timeout=120)
+    finally:
+        station.kill()
+        plc.stop()
+        if scada:
+            scada.close()
+        time.sleep(0.3)
+        mes.close()
+        broker.stop()
+    assert station.returncode == 0, stderr
+    parts = part_lines(stdout)
+    assert sorted(parts) == list(range(1, PARTS + 1)), stdout  # each part once, none undecided, no empty frame
+    assert all(signal == signal_of(decision) for signal, decision in parts.values())
+    rows = logged(out)
+    assert len(rows) == PARTS
+    inspector = Inspector(exported_model["onnx"])
+    for name, decision, _, destination in rows:
+        assert Path(destination).parent.name == decision
+        (again,) = inspector.inspect([(name, Path(destination).read_bytes())])
+        assert again.decision == decision  # the filed photo is what was decided
+    decisions = {int(name.split("-")[-1].split(".")[0]): decision for name, decision, _, _ in rows}
+    assert {n: d for n, (_, d) in parts.items()} == decisions
+    assert [n for n, _, _ in plc.results] == list(range(1, PARTS + 1))
+    for number, code, bits in plc.results:
+        assert code == RESULT_CODES[decisions[number]] and bits == BITS[signal_of(decisions[number])]
+    assert any(status & 1 for status, _ in plc.statuses)  # it was ready
+    assert sorted(scada.results) == [name for name, _, _, _ in rows]  # each result once, named as its photo
+    assert {n: m["decision"] for n, m in mes.parts().items()} == decisions
+    states = [m for topic, m in mes.messages if topic.endswith("/state")]
+    assert states[-1]["ready"] is False and "stopped" in states[-1]["reason"]
+    assert metric(health, "casting_inspect_station_ready") == 1
+
+
+def test_a_camera_cut_makes_the_station_not_ready_and_it_reconnects_and_a_broker_restart_loses_no_result(
+    exported_model, video, tmp_path
+):
+    camera_port, modbus, metrics = free_port(), free_port(), free_port()
+    camera = mjpeg_server(video, camera_port)
+    broker = Mosquitto(tmp_path / "broker").start()
+    mes = Subscriber(broker.port, "casting-inspect/station-1/parts")
+    out = tmp_path / "out"
+    cmd = [*CLI, f"http://127.0.0.1:{camera_port}/stream", "--out", str(out), "--model", str(exported_model["onnx"]),
+           "--stall", "1", "--modbus", f"127.0.0.1:{modbus}", "--mqtt", f"127.0.0.1:{broker.port}",
+           "--metrics", f"127.0.0.1:{metrics}"]  # fmt: skip
+    station = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    plc = Plc(modbus)
+    plc.start()
+    try:
+        wait_until(lambda: len(plc.results) >= 2, 60)
+        camera.kill()  # the camera's cable is pulled
+        camera.wait()
+        wait_until(lambda: plc.statuses[-1][1] == 1 and not plc.statuses[-1][0] & 1, 10)  # not ready: camera stalled
+        assert metric(scrape(metrics), "casting_inspect_station_ready") == 0
+        camera = mjpeg_server(video, camera_port)  # plugged back in
+        wait_until(lambda: plc.statuses[-1][0] & 1, 30)
+        broker.stop()  # the MES's broker restarts while parts are decided
+        seen = len(plc.results)
+        wait_until(lambda: len(plc.results) >= seen + 2, 60)
+        broker.start()
+        wait_until(lambda: len(plc.results) >= seen + 3, 60)
+        health = scrape(metrics)
+        station.send_signal(signal.SIGTERM)
+        stdout, stderr = station.communicate(timeout=60)
+        time.sleep(1.0)
+    finally:
+        station.kill()
+        camera.kill()
+        plc.stop()
+        mes.close()
+        broker.stop()
+    assert station.returncode == 130, stderr
+    assert "NOT READY: the camera stalled" in stderr and ("reconnecting" in stderr or "trying again" in stderr)
+    parts = part_lines(stdout)
+    rows = logged(out)
+    assert len(rows) == len(parts) and sorted(parts) == list(range(1, len(parts) + 1))
+    undecided = [n for n, (_, d) in parts.items() if d == "not_a_part"]
+    assert all(parts[n][0] == "NG" for n in undecided)  # a part in view when the camera stalled went NG
+    assert [n for n, _, _ in plc.results] == sorted(parts)  # every part reached the PLC, in order
+    assert set(mes.parts()) == set(parts)  # and the MES, across the broker's restart
+    names = set(re.findall(r"^(casting_inspect_\w+?)(?:_total|_bucket|_count|_sum)?[{ ]", health, re.MULTILINE))
+    rules = yaml.safe_load((PROJECT / "deploy/prometheus/alerts.yml").read_text())
+    for rule in (r for group in rules["groups"] for r in group["rules"]):
+        for used in set(re.findall(r"casting_inspect_\w+", rule["expr"])):
+            assert re.sub(r"(_total|_bucket|_count|_sum)$", "", used) in names, (rule["alert"], used)
+
+
+def wait_until(condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {seconds} s")
+        time.sleep(0.02)
+
+
+def test_a_plc_that_does_not_acknowledge_stops_the_line_and_no_result_is_lost(exported_model, video, tmp_path):
+    modbus = free_port()
+    cmd = [*CLI, str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]),
+           "--modbus", f"127.0.0.1:{modbus}", "--ack-timeout", "0.3", "--realtime"]  # fmt: skip
+    station = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    plc = Plc(modbus, silent_for=1.0)  # the first result waits 1 s for its acknowledge, then all are acknowledged
+    plc.start()
+    try:
+        stdout, stderr = station.communicate(timeout=120)
+    finally:
+        station.kill()
+        plc.stop()
+    assert station.returncode == 0, stderr
+    assert "not acknowledged by the PLC within 0.3 s" in stderr
+    assert any(status & 32 and not status & 1 and fault == 3 for status, fault in plc.statuses)  # fault, not ready
+    assert [n for n, _, _ in plc.results] == list(range(1, PARTS + 1))  # then every result, in order
+    assert len(part_lines(stdout)) == PARTS
+
+
+def test_a_model_that_cannot_load_keeps_the_station_not_ready_and_every_part_ng(video, tmp_path):
+    modbus = free_port()
+    cmd = [*CLI, str(video), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "missing.onnx"),
+           "--modbus", f"127.0.0.1:{modbus}"]  # fmt: skip
+    station = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    plc = Plc(modbus)
+    plc.start()
+    try:
+        stdout, stderr = station.communicate(timeout=120)
+    finally:
+        station.kill()
+        plc.stop()
+    assert "NOT READY: the model cannot load" in stderr and "missing.onnx" in stderr
+    assert not any(status & 1 for status, _ in plc.statuses)  # never ready
+    assert any(fault == 2 for _, fault in plc.statuses)
+    parts = part_lines(stdout)
+    assert len(parts) == PARTS and all(s == "NG" for s, _ in parts.values())
+    assert all(code == RESULT_CODES["not_a_part"] and bits == BITS["NG"] for _, code, bits in plc.results)
+    assert all("model is not loaded" in reason for _, _, reason, _ in logged(tmp_path / "out"))
+
+
+def test_sources_it_cannot_use_are_refused_in_one_line(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a video")
+    for source, expected in (
+        (str(bad), "cannot be opened"),
+        ("genicam:/nowhere/producer.cti", "harvesters"),
+        ("ftp://camera/stream", "not a video file, stream URL"),
+    ):
+        result = subprocess.run([*CLI, source, "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, (source, result.stderr)
+        errors = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and expected in errors[0], (source, result.stderr)

@@ -1,0 +1,111 @@
+"""The station's software trigger on frames drawn here: each part decided once on a whole, centred, still frame;
+empty belt never decided; a part it could not see well is reported undecided, never dropped."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+
+from casting_inspection.serving.health import LineHealth
+from casting_inspection.serving.station.settings import TriggerSettings
+from casting_inspection.serving.station.trigger import PartTrigger
+
+W, H, SIDE = 320, 192, 96
+
+
+def photo(seed: int, hub: int = 50) -> np.ndarray:
+    """A light square photo with a grey disc and a hub (hub=60 matches the belt: a hole in the part's outline)."""
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    r = np.hypot(yy - SIDE / 2, xx - SIDE / 2)
+    image = np.full((SIDE, SIDE), 200, np.uint8)
+    image[r < SIDE * 0.38] = 100 + seed % 10
+    image[r < SIDE * 0.13] = hub
+    return np.repeat(image[..., None], 3, axis=2)
+
+
+def frame(parts: list[tuple[np.ndarray, int]], rng) -> np.ndarray:
+    """The belt (grey 60, noisy) with each (photo, centre x) on it."""
+    canvas = rng.normal(60, 3, (H, W, 3)).clip(0, 255).astype(np.uint8)
+    for image, cx in parts:
+        left, top = cx - SIDE // 2, (H - SIDE) // 2
+        a, b = max(0, left), min(W, left + SIDE)
+        if b > a:
+            canvas[top : top + SIDE, a:b] = image[:, a - left : b - left]
+    return canvas
+
+
+def run(trigger: PartTrigger, frames: list[np.ndarray]) -> list:
+    return [event for index, f in enumerate(frames) for event in trigger.frame(f, index)]
+
+
+def ride(image, xs: list[int], rng) -> list[np.ndarray]:
+    return [frame([(image, x)], rng) for x in xs]
+
+
+def test_a_part_that_stops_at_the_centre_is_decided_once_on_its_whole_photo():
+    rng = np.random.default_rng(0)
+    image = photo(1, hub=60)
+    frames = [frame([], rng)] * 3 + ride(image, [-24, 40, 100, 160, 160, 160, 220, 280, 340], rng) + [frame([], rng)] * 3
+    events = run(PartTrigger(TriggerSettings()), frames)
+    assert [e.kind for e in events] == ["decide"]
+    assert events[0].crop.shape == image.shape
+    assert np.abs(events[0].crop.astype(int) - image).max() <= 12  # the photo, not the belt around it
+
+
+def test_empty_belt_and_sensor_noise_are_never_decided():
+    rng = np.random.default_rng(1)
+    assert run(PartTrigger(TriggerSettings()), [frame([], rng) for _ in range(60)]) == []
+
+
+def test_a_part_too_fast_for_a_sharp_frame_is_reported_undecided_when_it_leaves():
+    rng = np.random.default_rng(2)
+    frames = [frame([], rng)] + ride(photo(2), [-10, 60, 130, 200, 270, 340, 420], rng) + [frame([], rng)]
+    events = run(PartTrigger(TriggerSettings(motion=0.1)), frames)  # 70 px a frame: 22 % of the width
+    assert [e.kind for e in events] == ["undecided"] and "left the view" in events[0].reason
+    assert events[0].crop is not None and events[0].crop.size
+
+
+def test_two_parts_in_view_are_each_decided_once():
+    rng = np.random.default_rng(3)
+    a, b = photo(3), photo(4)
+    frames = [frame([], rng), frame([(a, 160), (b, 40)], rng), frame([(a, 160), (b, 40)], rng), frame([(b, 100)], rng),
+              frame([(b, 160)], rng), frame([(b, 160)], rng), frame([], rng)]  # fmt: skip
+    events = run(PartTrigger(TriggerSettings()), frames)
+    assert sorted(e.track.number for e in events if e.kind == "decide") == [1, 2]
+    assert len(events) == 2
+
+
+def test_a_reset_reports_every_part_in_view_undecided():
+    rng = np.random.default_rng(4)
+    trigger = PartTrigger(TriggerSettings())
+    run(trigger, [frame([], rng), frame([(photo(5), 20)], rng)])
+    events = trigger.reset("the camera stalled while the part was in view")
+    assert [e.kind for e in events] == ["undecided"] and events[0].reason.startswith("the camera stalled")
+    assert trigger.tracks == []
+
+
+def test_settings_out_of_range_are_named():
+    assert TriggerSettings().problem() is None
+    assert "centre" in TriggerSettings(centre=0.9).problem()
+    assert "difference" in TriggerSettings(difference=0).problem()
+
+
+def test_line_health_rolls_over_the_last_parts_and_raises_the_drift_alarm():
+    reference = {"alarm_share": 0.2, "statistics": {"brightness": {"low": 0.3, "high": 0.7, "mean": 0.5, "std": 0.1}}}
+    registry = CollectorRegistry()
+    health = LineHealth(registry, window=4)
+    health.use_model(reference)
+    normal = np.full((1, 3, 8, 8), 128, np.uint8)
+    dark = np.full((1, 3, 8, 8), 20, np.uint8)
+    for decision in ("ok", "ok", "defective", "ok"):
+        health.observe([decision], normal)
+    text = generate_latest(registry).decode()
+    assert 'casting_inspect_rolling_share{decision="defective"} 0.25' in text
+    assert "casting_inspect_drift_alarm 0.0" in text
+    for _ in range(4):
+        health.observe(["not_a_part"], dark)  # a lamp that failed: the window fills with dark frames
+    text = generate_latest(registry).decode()
+    assert 'casting_inspect_rolling_share{decision="not_a_part"} 1.0' in text
+    assert 'casting_inspect_drift_share_outside{statistic="brightness"} 1.0' in text
+    assert "casting_inspect_drift_alarm 1.0" in text
+    assert 'casting_inspect_parts_total{decision="ok"} 3.0' in text
