@@ -244,12 +244,12 @@ def line_video(path: Path, photos: list[np.ndarray], size=(320, 192), fps: float
         for _ in range(gap):  # the first frames teach the station the empty view
             frame()
         side = photo.shape[0]
-        for cx in range(-side // 2 + step // 2, width // 2, step):
+        for cx in range(-side // 2 + step // 2, width // 2, step) if step > 0 else ():  # step 0: an indexing table
             frame(photo, cx)
         stops.append(frame_count)
         for _ in range(pause):
             frame(photo, width // 2)
-        for cx in range(width // 2 + step, width + side // 2, step):
+        for cx in range(width // 2 + step, width + side // 2, step) if step > 0 else ():
             frame(photo, cx)
     writer.release()
     return stops

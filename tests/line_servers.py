@@ -90,6 +90,8 @@ class Plc(threading.Thread):
         self.results: list[tuple[int, int, int]] = []  # (part number, result code, status bits)
         self.statuses: list[tuple[int, int]] = []  # (status word, fault code), each change
         self.stopping = threading.Event()
+        self.pulses = 0  # trigger pulses asked for and not yet sent
+        self.control = 0  # what this PLC last wrote to the control register
 
     def run(self) -> None:
         from pymodbus.client import ModbusTcpClient
@@ -110,6 +112,7 @@ class Plc(threading.Thread):
             if not self.statuses or self.statuses[-1] != (status, fault):
                 self.statuses.append((status, fault))
             acknowledging = self._handshake(client, status, number, code, control, acknowledging)
+            self._pulse(client, acknowledging)
             time.sleep(0.003)
         client.close()
 
@@ -120,12 +123,27 @@ class Plc(threading.Thread):
                 self.results.append((number, code, status & (4 | 8 | 16)))
             self.first_result = self.first_result or time.monotonic()
             if time.monotonic() - self.first_result >= self.silent_for:
-                client.write_register(10, 2, device_id=1)
+                self._write(client, (self.control & 1) | 2)
                 return True
         if acknowledging and not valid:
-            client.write_register(10, 0, device_id=1)
+            self._write(client, self.control & 1)
             return False
         return acknowledging
+
+    def _write(self, client, control: int) -> None:
+        client.write_register(10, control, device_id=1)
+        self.control = control
+
+    def _pulse(self, client, acknowledging: bool) -> None:
+        """A trigger pulse: the bit set for one poll, then cleared (the station acts on the rising edge)."""
+        if self.control & 1:
+            self._write(client, self.control & ~1)
+        elif self.pulses:
+            self.pulses -= 1
+            self._write(client, self.control | 1)
+
+    def trigger(self) -> None:
+        self.pulses += 1
 
     def stop(self) -> None:
         self.stopping.set()

@@ -360,6 +360,11 @@ def test_metrics_count_what_was_sent(server, exported_model):
     assert big.status_code == 413 and delta("casting_inspect_files_rejected_total", reason="file too large") == 1
     version = Inspector(exported_model["onnx"]).version
     assert after[("casting_inspect_model_info", frozenset({"version": version}.items()))] == 1
+    for decision, n in decided.items():  # the line's health the alert rules watch: rolling shares and drift
+        assert delta("casting_inspect_parts_total", decision=decision) == n
+    rolled = sum(v for (name, _), v in after.items() if name == "casting_inspect_rolling_share")
+    assert after[("casting_inspect_rolling_parts", frozenset())] >= 5 and abs(rolled - 1) < 1e-9
+    assert ("casting_inspect_drift_alarm", frozenset()) in after
 
 
 def test_a_photo_that_is_not_a_part_is_never_ok_over_http(server, exported_model):

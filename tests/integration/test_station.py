@@ -258,6 +258,29 @@ def test_a_model_that_cannot_load_keeps_the_station_not_ready_and_every_part_ng(
     assert all("model is not loaded" in reason for _, _, reason, _ in logged(tmp_path / "out"))
 
 
+def test_the_plcs_trigger_decides_the_next_frame_and_nothing_else(exported_model, video, tmp_path):
+    modbus = free_port()
+    cmd = [*CLI, str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime",
+           "--modbus", f"127.0.0.1:{modbus}", "--trigger", "plc"]  # fmt: skip
+    station = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    plc = Plc(modbus)
+    plc.start()
+    try:
+        wait_until(lambda: plc.statuses and plc.statuses[-1][0] & 1, 60)  # ready
+        for k in range(3):
+            plc.trigger()
+            wait_until(lambda k=k: len(plc.results) == k + 1, 10)
+        stdout, stderr = station.communicate(timeout=120)
+    finally:
+        station.kill()
+        plc.stop()
+    assert station.returncode == 0, stderr
+    assert sorted(part_lines(stdout)) == [1, 2, 3]  # three pulses, three parts; the parts riding by decide nothing
+    assert [n for n, _, _ in plc.results] == [1, 2, 3]
+    for _, _, _, destination in logged(tmp_path / "out"):
+        assert cv2.imread(destination).shape == (192, 320, 3)  # the whole frame: the camera is framed on the part
+
+
 def test_sources_it_cannot_use_are_refused_in_one_line(tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("not a video")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from casting_inspection.serving.watch.filing import FOLDERS
 from casting_inspection.serving.watch.inbox import LOCK_NAME
 from casting_inspection.serving.watch.log import LOG_NAME
 from casting_inspection.serving.watch.watcher import Watcher
+from line_servers import free_port
 
 CLI = [sys.executable, "-m", "casting_inspection.serving.cli", "watch"]
 
@@ -170,7 +172,9 @@ def test_running_watcher_survives_a_restart_and_decides_each_photo_once(exported
     inbox, out = tmp_path / "inbox", tmp_path / "sorted"
     inbox.mkdir()
     photos = sorted((exported_model["raw"] / "test").rglob("*.jpeg"))[:8]
-    command = [*CLI, str(inbox), "--out", str(out), "--poll", "0.1", "--settle", "0.3", "--model", str(exported_model["onnx"])]
+    port = free_port()
+    command = [*CLI, str(inbox), "--out", str(out), "--poll", "0.1", "--settle", "0.3", "--model", str(exported_model["onnx"]),
+               "--metrics", f"127.0.0.1:{port}"]  # fmt: skip
 
     def run_until_sorted(batch: list[Path], expected_rows: int) -> None:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -180,6 +184,9 @@ def test_running_watcher_survives_a_restart_and_decides_each_photo_once(exported
             deadline = time.time() + 60
             while time.time() < deadline and (any(inbox.glob("*.jpeg")) or len(logged(out)) < expected_rows):
                 time.sleep(0.2)
+            health = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            assert f"casting_inspect_rolling_parts {float(len(batch))}" in health  # this run's parts, rolling
+            assert "casting_inspect_drift_share_outside{" in health
         finally:
             process.send_signal(signal.SIGTERM)  # what a service manager sends; SIGINT may be ignored in background jobs
             assert process.wait(timeout=20) == 130

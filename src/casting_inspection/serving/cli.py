@@ -27,7 +27,7 @@ from tqdm import tqdm
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path
 from casting_inspection.core.text import printable, spreadsheet_cell
-from casting_inspection.serving.station.command import add_station
+from casting_inspection.serving.station.command import add_station, address
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SKIPPED_EXIT = 3
@@ -208,7 +208,7 @@ def serve(args: argparse.Namespace) -> int:
         body_timeout=args.body_timeout,
         max_active=args.max_active,
     )
-    app = service.create_app(inspector, limits, token=token)
+    app = service.create_app(inspector, limits, token=token, window=args.window)
     print(
         f"serve: model {inspector.version} on http://{args.host}:{args.port} (POST /predict, GET /health, GET /model, GET /metrics)",
         file=sys.stderr,
@@ -246,6 +246,9 @@ def _serve_arguments(sub: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds a client has to send its whole request body, from the server's first read (default: 60)",
     )
+    sub.add_argument(
+        "--window", type=_positive_int, default=200, help="parts in /metrics' rolling rates and drift (default: 200)"
+    )
     sub.add_argument("--max-active", type=int, default=2, help="uploads read and decided at once; the others wait (default: 2)")
     sub.add_argument(
         "--max-connections",
@@ -264,6 +267,7 @@ def _serve_arguments(sub: argparse.ArgumentParser) -> None:
 def watch(args: argparse.Namespace) -> int:
     """Exit 2 when another watcher holds the inbox (so a service manager can tell it from a fault); with
     --once, 3 when a complete photo could not be filed (it stays in the inbox, named on stderr)."""
+    from casting_inspection.serving.health import watched
     from casting_inspection.serving.inference import Inspector
     from casting_inspection.serving.watch.inbox import WatchBusy
     from casting_inspection.serving.watch.watcher import watch_folder
@@ -272,6 +276,7 @@ def watch(args: argparse.Namespace) -> int:
         if not value >= 0:
             raise InspectionError(f"{option} must be 0 or more seconds (got {value})")
     inspector = Inspector(args.model, threads=args.threads)
+    health, metrics_server = watched(inspector, args.metrics, args.window)
     try:
         left = watch_folder(
             inspector,
@@ -282,10 +287,14 @@ def watch(args: argparse.Namespace) -> int:
             once=args.once,
             log_wait=args.log_wait,
             reject_after=args.reject_after,
+            health=health,
         )
     except WatchBusy as exc:
         print(f"casting-inspect watch: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
     return SKIPPED_EXIT if left else 0
 
 
@@ -312,6 +321,10 @@ def _add_watch(commands, common) -> None:
         "--settle", type=float, default=1.0, help="a file is complete when unchanged for this many seconds (default: 1.0)"
     )
     sub.add_argument("--once", action="store_true", help="decide what is complete now, then stop")
+    sub.add_argument(
+        "--metrics", type=address, metavar="HOST:PORT", help="serve the line's health for Prometheus here (rolling rates, drift)"
+    )
+    sub.add_argument("--window", type=_positive_int, default=200, help="parts in the rolling rates and drift (default: 200)")
     sub.add_argument(
         "--log-wait",
         type=float,

@@ -12,8 +12,9 @@ import collections
 import threading
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from casting_inspection.core.errors import InspectionError
 from casting_inspection.data import drift
 
 DECISIONS = ("ok", "defective", "review", "not_a_part")
@@ -86,3 +87,22 @@ class LineHealth:
             for name, share in zip(self.reference["statistics"], shares):
                 self.drift_share.labels(name).set(float(share))
             self.drift_alarm.set(float(bool((shares > self.reference["alarm_share"]).any())))
+
+
+def expose(registry: CollectorRegistry, host: str, port: int):
+    """Serve `registry` for Prometheus on http://HOST:PORT/metrics in a thread; the server, to shut down at stop."""
+    try:
+        server, _ = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise InspectionError(f"--metrics {host}:{port}: cannot listen ({exc.strerror}); choose another port") from None
+    return server
+
+
+def watched(inspector, address: tuple[str, int] | None, window: int):
+    """The line's health for `watch --metrics`: a registry with the rolling rates and drift, served; or (None, None)."""
+    if address is None:
+        return None, None
+    registry = CollectorRegistry()
+    health = LineHealth(registry, window)
+    health.use_model(inspector.drift_reference)
+    return health, expose(registry, *address)

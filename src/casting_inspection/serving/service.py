@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import h11
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +34,7 @@ from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from casting_inspection.core.errors import InspectionError
+from casting_inspection.serving.health import LineHealth
 from casting_inspection.serving.inference import Inspector
 
 log = logging.getLogger("casting_inspection.serving.service")
@@ -99,9 +101,12 @@ def reason_category(reason: str) -> str:
 class Metrics:
     """The service's Prometheus metrics, in a registry per app (several apps in one process do not collide)."""
 
-    def __init__(self, model_version: str):
+    def __init__(self, model_version: str, drift_reference: dict | None = None, window: int = 200):
         self.registry = CollectorRegistry()
         r = self.registry
+        self.health = LineHealth(r, window) if drift_reference else None  # rolling rates and drift, for the alert rules
+        if self.health:
+            self.health.use_model(drift_reference)
         self.requests = Counter("casting_inspect_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
         self.latency = Histogram("casting_inspect_request_seconds", "Time to answer a request", ["endpoint"], registry=r)
         self.decisions = Counter("casting_inspect_decisions", "Decisions returned to clients", ["decision"], registry=r)
@@ -314,7 +319,7 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": "internal error; see the server log"}, status_code=500)
 
 
-def create_app(inspector: Inspector, limits: Limits, token: str | None = None) -> FastAPI:
+def create_app(inspector: Inspector, limits: Limits, token: str | None = None, window: int = 200) -> FastAPI:
     """The app, behind its Guard; with a token every endpoint but /health requires it."""
     app = FastAPI(  # no /docs: its page loads scripts from a public CDN, which a line network must not need
         title="Casting inspection",
@@ -323,7 +328,7 @@ def create_app(inspector: Inspector, limits: Limits, token: str | None = None) -
         docs_url=None,
         redoc_url=None,
     )
-    metrics = Metrics(inspector.version)
+    metrics = Metrics(inspector.version, inspector.drift_reference, window)
     app.add_middleware(Guard, limits=limits, token=token, metrics=metrics)
     _error_handlers(app)
     gate = asyncio.Semaphore(limits.max_active)
@@ -351,7 +356,8 @@ def create_app(inspector: Inspector, limits: Limits, token: str | None = None) -
                 if "file" in exc.details:
                     metrics.reject("file too large: over the upload limit")
                 raise
-            results = await run_in_threadpool(inspector.inspect, named)
+            decoded: list = []
+            results = await run_in_threadpool(lambda: inspector.inspect(named, decoded=decoded))
         bad = [{"file": r.path, "reason": r.error} for r in results if r.error]
         for item in bad:
             metrics.reject(item["reason"])
@@ -359,6 +365,7 @@ def create_app(inspector: Inspector, limits: Limits, token: str | None = None) -
             raise ClientError(422, "not a usable image: " + "; ".join(f"{b['file']}: {b['reason']}" for b in bad), files=bad)
         for r in results:
             metrics.decided(r.decision)
+        metrics.health.observe([r.decision for r in results], np.stack(decoded) if decoded else None)
         return {
             "model_version": inspector.version,
             "threshold": inspector.threshold,

@@ -19,7 +19,7 @@ DESCRIPTION = (
 )
 
 
-def _address(text: str) -> tuple[str, int]:
+def address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:1883)")
@@ -41,12 +41,12 @@ def add_station(commands, common) -> None:
         help="where ok/, defective/, review/, not_a_part/ and the log go (default: station)",
     )
     sub.add_argument("--name", default="station-1", help="this station's name in every message (default: station-1)")
-    sub.add_argument("--modbus", type=_address, metavar="HOST:PORT", help="serve Modbus TCP to the PLC here (e.g. 0.0.0.0:502)")
+    sub.add_argument("--modbus", type=address, metavar="HOST:PORT", help="serve Modbus TCP to the PLC here (e.g. 0.0.0.0:502)")
     sub.add_argument("--ack-timeout", type=float, default=1.0, help="seconds the PLC has to acknowledge a result (default: 1)")
     sub.add_argument("--opcua", metavar="URL", help="serve OPC UA here (e.g. opc.tcp://0.0.0.0:4840/casting-inspect)")
-    sub.add_argument("--mqtt", type=_address, metavar="HOST:PORT", help="publish each part's result to this MQTT broker (QoS 1)")
+    sub.add_argument("--mqtt", type=address, metavar="HOST:PORT", help="publish each part's result to this MQTT broker (QoS 1)")
     sub.add_argument("--mqtt-topic", help="MQTT topic (default: casting-inspect/NAME/parts)")
-    sub.add_argument("--metrics", type=_address, metavar="HOST:PORT", help="serve Prometheus metrics here (e.g. 127.0.0.1:9108)")
+    sub.add_argument("--metrics", type=address, metavar="HOST:PORT", help="serve Prometheus metrics here (e.g. 127.0.0.1:9108)")
     sub.add_argument("--trigger", choices=["software", "plc"], default="software",
                      help="software: find each part in the frames (default); plc: decide the frame after each Modbus trigger")  # fmt: skip
     sub.add_argument(

@@ -9,6 +9,7 @@ are counted as dropped) and reconnects by itself; a video file is read whole, ev
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import re
 import threading
@@ -24,6 +25,8 @@ from casting_inspection.serving.watch.inbox import note
 STREAM = re.compile(r"^(rtsp|rtsps|http|https)://", re.IGNORECASE)
 END = "end"  # the video file is over
 TIMEOUT_MS = 3000  # FFmpeg gives up opening or reading a silent stream after this long, then we reconnect
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own lines: the station says what happened, once
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 @dataclasses.dataclass(frozen=True)

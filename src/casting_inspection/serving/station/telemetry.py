@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 
-from casting_inspection.core.errors import InspectionError
-from casting_inspection.serving.health import LineHealth
+from casting_inspection.serving.health import LineHealth, expose
 
 
 class StationMetrics:
@@ -25,15 +24,7 @@ class StationMetrics:
             "casting_inspect_parts_undecided", "Parts that left the view undecided (signalled NG)", registry=r
         )
         self.model = Info("casting_inspect_model", "The model deciding", registry=r)
-        self.server = None
-        if port is not None:
-            try:
-                self.server, _ = start_http_server(port, addr=host, registry=r)
-            except OSError as exc:
-                raise InspectionError(
-                    f"--metrics-port {port}: cannot listen on {host} ({exc.strerror}); choose another port"
-                ) from None
-            self.port = self.server.server_port
+        self.server = expose(r, host, port) if port is not None else None
 
     def model_loaded(self, inspector) -> None:
         self.model.info({"version": inspector.version})

@@ -37,6 +37,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.processes import pid_alive
 from casting_inspection.core.text import printable
@@ -105,6 +107,7 @@ class Watcher:
         self.reject_after = reject_after  # a file that is not a usable image is rejected once unchanged this long
         self.unusable_since: dict[tuple[str, str], float] = {}  # (name, content) -> when this machine first saw it
         self.log: InspectionLog | None = None
+        self.health = None  # serving.health.LineHealth: the rolling rates and drift, when watch serves --metrics
         self.lock = lock_inbox(inbox, out)
         try:
             self.same_disk = self._check_out()
@@ -251,6 +254,8 @@ class Watcher:
         named = [(photo.path.name, photo.data) for photo in fresh]
         results = self.inspector.inspect(named, decoded=arrays, maps=anomaly_maps) if fresh else []
         pictures = self._pictures(fresh, results, arrays, anomaly_maps)
+        if self.health is not None and arrays:
+            self.health.observe([r.decision for r in results if not r.error], np.stack(arrays))
         fresh, results = self._hold_young_rejections(fresh, results)
         photos = [photo for photo in photos if (photo.path.name, photo.digest) in logged] + fresh
         claimed = set(logged.values())
@@ -490,6 +495,7 @@ def watch_folder(
     once: bool = False,
     log_wait: float = 60.0,
     reject_after: float = 30.0,
+    health=None,
 ) -> int:
     """Watch until SIGTERM or Ctrl-C (KeyboardInterrupt), or look once; returns how many complete photos
     could not be filed (they stay in the inbox, each named on stderr)."""
@@ -500,6 +506,7 @@ def watch_folder(
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         with Watcher(inspector, inbox, out, settle_seconds, log_wait, reject_after) as watcher:
+            watcher.health = health
             print(
                 f"watch: {inbox} -> {out} (model {inspector.version}; log {out / LOG_NAME})" + ("" if once else "; Ctrl-C stops"),
                 file=sys.stderr,
