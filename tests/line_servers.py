@@ -111,8 +111,11 @@ class Plc(threading.Thread):
             control = registers.registers[10]
             if not self.statuses or self.statuses[-1] != (status, fault):
                 self.statuses.append((status, fault))
-            acknowledging = self._handshake(client, status, number, code, control, acknowledging)
-            self._pulse(client, acknowledging)
+            try:
+                acknowledging = self._handshake(client, status, number, code, control, acknowledging)
+                self._pulse(client, acknowledging)
+            except Exception:  # the station stopped between the read and the write
+                continue
             time.sleep(0.003)
         client.close()
 
