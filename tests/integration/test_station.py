@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from casting_inspection.serving.inference import Inspector
+from casting_inspection.serving.review.station import waiting_photos
 from casting_inspection.serving.station.parts import RESULT_CODES, signal_of
 from casting_inspection.serving.watch.log import LOG_NAME
 from helpers import PROJECT, line_video, part_image
@@ -155,6 +156,8 @@ def test_a_video_each_part_decided_once_and_signalled_on_modbus_opcua_and_mqtt(e
     states = [m for topic, m in mes.messages if topic.endswith("/state")]
     assert states[-1]["ready"] is False and "stopped" in states[-1]["reason"]
     assert metric(health, "casting_inspect_station_ready") == 1
+    waiting, missing = waiting_photos(out)  # the review page's queue reads the station's record as it reads watch's
+    assert missing == 0 and sorted(w.name for w in waiting) == sorted(n for n, d, _, _ in rows if d in ("review", "not_a_part"))
 
 
 def test_a_camera_cut_makes_the_station_not_ready_and_it_reconnects_and_a_broker_restart_loses_no_result(
