@@ -234,7 +234,7 @@ def test_a_plc_that_does_not_acknowledge_stops_the_line_and_no_result_is_lost(ex
         station.kill()
         plc.stop()
     assert station.returncode == 0, stderr
-    assert "not acknowledged by the PLC within 0.3 s" in stderr
+    assert "the PLC did not acknowledge part 1 within 0.3 s" in stderr
     assert any(status & 32 and not status & 1 and fault == 3 for status, fault in plc.statuses)  # fault, not ready
     assert [n for n, _, _ in plc.results] == list(range(1, PARTS + 1))  # then every result, in order
     assert len(part_lines(stdout)) == PARTS

@@ -3,6 +3,7 @@ empty belt never decided; a part it could not see well is reported undecided, ne
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -109,3 +110,32 @@ def test_line_health_rolls_over_the_last_parts_and_raises_the_drift_alarm():
     assert 'casting_inspect_drift_share_outside{statistic="brightness"} 1.0' in text
     assert "casting_inspect_drift_alarm 1.0" in text
     assert 'casting_inspect_parts_total{decision="ok"} 3.0' in text
+
+
+def test_a_change_of_the_whole_view_is_learnt_again_and_parts_after_it_are_decided():
+    rng = np.random.default_rng(5)
+    trigger = PartTrigger(TriggerSettings())
+    brighter = [(f.astype(int) + 40).clip(0, 255).astype(np.uint8) for f in [frame([], rng) for _ in range(2)]]
+    events = run(trigger, [frame([], rng), *brighter])  # the hall's lights go on
+    assert events == [] and trigger.background.mean() > 90
+    later = [(f.astype(int) + 40).clip(0, 255).astype(np.uint8) for f in ride(photo(6), [40, 100, 160, 160, 220, 280, 340], rng)]
+    assert [e.kind for e in run(trigger, later)] == ["decide"]
+
+
+def test_a_part_in_the_first_frame_is_learnt_as_belt_then_forgotten_after_dwell():
+    rng = np.random.default_rng(6)
+    trigger = PartTrigger(TriggerSettings(dwell=5))
+    ghost_frames = [frame([(photo(7), 160)], rng)] + [frame([], rng) for _ in range(8)]  # the part leaves: a ghost stays
+    events = [e for index, f in enumerate(ghost_frames) for e in trigger.frame(f, index)]
+    assert len(events) <= 1  # at most the ghost itself, decided once (the model then judges an empty crop)
+    assert trigger.tracks == []  # after `dwell` frames the empty view is learnt again: no part stays
+    assert [e.kind for e in run(trigger, ride(photo(8), [40, 100, 160, 160, 220, 280, 340], rng))] == ["decide"]
+
+
+def test_grey_and_resized_frames_are_taken_in_stride():
+    rng = np.random.default_rng(7)
+    trigger = PartTrigger(TriggerSettings())
+    grey = [f[..., :1] for f in ride(photo(9), [40, 100, 160, 160, 220, 280, 340], rng)]
+    assert [e.kind for e in run(trigger, [frame([], rng)[..., :1], *grey])] == ["decide"]
+    big = cv2.resize(frame([(photo(9), 160)], rng), (640, 384))
+    assert trigger.frame(big, 99) == [] and trigger.notice and "size" in trigger.notice

@@ -365,7 +365,8 @@ def create_app(inspector: Inspector, limits: Limits, token: str | None = None, w
             raise ClientError(422, "not a usable image: " + "; ".join(f"{b['file']}: {b['reason']}" for b in bad), files=bad)
         for r in results:
             metrics.decided(r.decision)
-        metrics.health.observe([r.decision for r in results], np.stack(decoded) if decoded else None)
+        if metrics.health is not None:
+            metrics.health.observe([r.decision for r in results], np.stack(decoded) if decoded else None)
         return {
             "model_version": inspector.version,
             "threshold": inspector.threshold,

@@ -13,8 +13,8 @@ DESCRIPTION = (
     "Decide each part a camera sees, once, and signal it to the line: Modbus TCP (a PLC), OPC UA, MQTT (a MES); "
     "record its photo and decision in OUT as `watch` does (so review and import-line work on it); the line's health "
     "on a Prometheus endpoint. SOURCE: a video file, rtsp:// or http:// stream, camera device (0, /dev/video0), or "
-    "genicam:PRODUCER.cti[#SERIAL]. Exit status: 0 done (a video file) or stopped; 3 a part left the view undecided "
-    "(a video file); 1 an error. Only `ok` is signalled OK: a stall, a model that cannot load or a missing acknowledge "
+    "genicam:PRODUCER.cti[#SERIAL]. Exit status: 0 a video file's end; 130 stopped (SIGTERM, Ctrl-C); 3 a part of a "
+    "video file left the view undecided; 1 an error. Only `ok` is signalled OK: a stall, a model that cannot load or a missing acknowledge "
     "makes the station not ready, and a part it cannot decide is NG."
 )
 
@@ -53,7 +53,7 @@ def add_station(commands, common) -> None:
         "--stall", type=float, default=2.0, help="seconds without a frame before the station is not ready (default: 2)"
     )
     sub.add_argument(
-        "--realtime", action="store_true", help="play a video file at its frame rate, as a live camera (frames may be dropped)"
+        "--realtime", action="store_true", help="play a video file at its frame rate, as a live camera would send it"
     )
     sub.add_argument("--window", type=int, default=200, help="parts in the rolling rates and drift (default: 200)")
     sub.add_argument("--log-wait", type=float, default=60.0, help="seconds to wait for a locked log (default: 60)")

@@ -7,8 +7,8 @@ Holding registers, 0-based, unit id 1:
 | 0 | status bits: 0 ready, 1 result valid, 2 OK, 3 NG, 4 REVIEW, 5 fault, 6 heartbeat (toggles each second) |
 | 1 | part number (low 16 bits) |
 | 2 | result code: 1 ok, 2 defective, 3 review, 4 not a part or undecided |
-| 3 | fault code: 0 none, 1 camera stalled, 2 model not loaded, 3 no acknowledge, 4 station stopped |
-| 4 | defect probability x 10000 |
+| 3 | fault code: 0 none, 1 camera stalled, 2 model not loaded, 3 no acknowledge, 4 station stopped, 5 station hung, 6 this link's own fault, 7 the record cannot keep up |
+| 4 | defect probability x 10000 (65535: none) |
 | 5 | latency from the frame to this signal, ms |
 | 10 | control, written by the PLC: bit 0 trigger (hardware trigger), bit 1 acknowledge |
 
@@ -21,7 +21,10 @@ parts unsignalled. Later parts wait in order, none is lost.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -38,7 +41,7 @@ HOLDING = 3
 STATUS, PART, RESULT, FAULT, PROBABILITY, LATENCY, CONTROL = 0, 1, 2, 3, 4, 5, 10
 READY, VALID, OK, NG, REVIEW, FAULT_BIT, HEARTBEAT = (1 << bit for bit in range(7))
 TRIGGER, ACKNOWLEDGE = 1, 2
-FAULTS = {"camera": 1, "model": 2, "acknowledge": 3, "stopped": 4}
+FAULTS = {"camera": 1, "model": 2, "acknowledge": 3, "stopped": 4, "hung": 5, "internal": 6, "recorder": 7}
 POLL_SECONDS = 0.002
 SIGNAL_BITS = {"OK": OK, "NG": NG, "REVIEW": REVIEW}
 
@@ -50,9 +53,9 @@ class ModbusOutput:
         self.results: queue.Queue = queue.Queue()
         self.state = {"ready": False, "fault": 0, "valid": False, "bits": 0, "heartbeat": False}
         self.station_fault = FAULTS["model"]
-        self.trigger = threading.Event()
+        self.edges: collections.deque = collections.deque(maxlen=64)  # perf_counter of each trigger edge not yet served
         self.stopping = threading.Event()
-        self.sent: list[tuple[int, float]] = []  # (part number, perf_counter when its result was set)
+        self.alive = lambda: True  # the station's loop turning (set by the station): no heartbeat, no READY without it
         self.loop: asyncio.AbstractEventLoop | None = None
         started = threading.Event()
         self.server_thread = threading.Thread(target=lambda: asyncio.run(self._serve(started)), name="modbus", daemon=True)
@@ -93,9 +96,9 @@ class ModbusOutput:
         return self._call(self.server.async_getValues(UNIT, HOLDING, CONTROL, 1))[0]
 
     def _status(self) -> None:
-        s = self.state
-        fault = s["fault"] or (0 if s["ready"] else self.station_fault)
-        word = (READY if s["ready"] and not s["fault"] else 0) | (VALID if s["valid"] else 0) | s["bits"]
+        s, alive = self.state, self.alive()
+        fault = s["fault"] or (0 if s["ready"] else self.station_fault) or (0 if alive else FAULTS["hung"])
+        word = (READY if s["ready"] and alive and not fault else 0) | (VALID if s["valid"] else 0) | s["bits"]
         word |= (FAULT_BIT if fault else 0) | (HEARTBEAT if s["heartbeat"] else 0)
         if (word, fault) != self.written:  # each write is a round trip to the server's loop: only changes
             self._write(FAULT, [fault])
@@ -111,50 +114,64 @@ class ModbusOutput:
         self.results.put(part)
 
     def _post(self, part: Part) -> None:
-        probability = 0 if part.defect_probability is None else round(part.defect_probability * 10000)
+        p = part.defect_probability
+        probability = round(min(max(p, 0.0), 1.0) * 10000) if p is not None and math.isfinite(p) else 0xFFFF
         latency = round((time.perf_counter() - part.arrived) * 1000)
         self._write(PART, [part.number & 0xFFFF, RESULT_CODES.get(part.decision, 4)])
         self._write(PROBABILITY, [probability, min(latency, 0xFFFF)])
         self.state.update(valid=True, bits=SIGNAL_BITS[part.signal])
         self._status()
-        self.sent.append((part.number, time.perf_counter()))
 
     def _handshake(self) -> None:
-        posted, release, beat, last = 0.0, False, time.monotonic(), 0
+        """The PLC's handshake, polled every 2 ms. A fault of its own drops READY (fault 6) and is said once; it goes on."""
+        self.clock = {"posted": 0.0, "released": 0.0, "beat": time.monotonic(), "last": 0, "release": False}
+        failing = None
         while not self.stopping.is_set():
-            pending = self.pending
-            control = self._control()
-            if control & TRIGGER and not last & TRIGGER:
-                self.trigger.set()  # a rising edge: one trigger, however long the PLC holds the bit
-            last = control
-            now = time.monotonic()
-            if pending is not None and control & ACKNOWLEDGE:
-                self.pending = pending = None
-                release = True
-                self.acknowledged += 1
-                self.state.update(valid=False, bits=0, fault=0)
-            elif pending is not None and now - posted > self.ack_timeout and not self.state["fault"]:
-                self.state["fault"] = FAULTS["acknowledge"]
-                note(
-                    f"Modbus: part {pending.number} not acknowledged by the PLC within {self.ack_timeout:g} s; not ready until it is",
-                    "station",
-                )
-            if release and not control & ACKNOWLEDGE:
-                release = False
-            if pending is None and not release and not self.results.empty():
-                self.pending = pending = self.results.get()
-                posted = now
-                self._post(pending)
-            if now - beat >= 1.0:
-                self.state["heartbeat"], beat = not self.state["heartbeat"], now
-            self._status()
+            try:
+                self._turn()
+                failing = None
+            except Exception as exc:
+                if failing is None:
+                    note(f"Modbus: the handshake failed ({type(exc).__name__}: {exc}); not ready until it works", "station")
+                failing = exc
+                self.state["fault"] = FAULTS["internal"]
+                with contextlib.suppress(Exception):
+                    self._status()
             time.sleep(POLL_SECONDS)
 
-    def take_trigger(self) -> bool:
-        """True once per rising edge of the PLC's trigger bit (bit 0 of the control register)."""
-        if not self.trigger.is_set():
+    def _turn(self) -> None:
+        c, control, now = self.clock, self._control(), time.monotonic()
+        if control & TRIGGER and not c["last"] & TRIGGER:
+            self.edges.append(time.perf_counter())  # a rising edge: one trigger, however long the PLC holds the bit
+        c["last"] = control
+        if self.state["fault"] == FAULTS["internal"]:
+            self.state["fault"] = 0
+        if self.pending is not None and control & ACKNOWLEDGE and not c["release"]:
+            self.pending, c["release"], c["released"] = None, True, now
+            self.acknowledged += 1
+            self.state.update(valid=False, bits=0, fault=0)
+        waited = now - (c["released"] if c["release"] else c["posted"])
+        if (self.pending is not None or c["release"]) and waited > self.ack_timeout and not self.state["fault"]:
+            self.state["fault"] = FAULTS["acknowledge"]
+            what = "did not release its acknowledge" if c["release"] else f"did not acknowledge part {self.pending.number}"
+            note(f"Modbus: the PLC {what} within {self.ack_timeout:g} s; not ready until it does", "station")
+        if c["release"] and not control & ACKNOWLEDGE:
+            c["release"] = False
+            if self.state["fault"] == FAULTS["acknowledge"]:
+                self.state["fault"] = 0
+        if self.pending is None and not c["release"] and not self.results.empty():
+            self.pending, c["posted"] = self.results.get(), now
+            self._post(self.pending)
+        if now - c["beat"] >= 1.0 and self.alive():
+            self.state["heartbeat"], c["beat"] = not self.state["heartbeat"], now
+        self._status()
+
+    def take_trigger(self, arrived: float) -> bool:
+        """True once per rising edge of the PLC's trigger bit (bit 0 of the control register), for the first frame
+        read after that edge (`arrived`, perf_counter): a frame taken before the trigger never answers it."""
+        if not self.edges or self.edges[0] >= arrived:
             return False
-        self.trigger.clear()
+        self.edges.popleft()
         return True
 
     def _drain(self) -> None:

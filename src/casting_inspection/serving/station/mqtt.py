@@ -24,6 +24,9 @@ CLOSE_SECONDS = 5.0  # at stop, how long unsent results may take to reach the br
 
 class MqttOutput:
     def __init__(self, host: str, port: int, topic: str, station: str):
+        for name, value in (("--mqtt-topic", topic), ("--name", station)):
+            if not value or any(c in value for c in "+#\0"):
+                raise InspectionError(f"{name} {value!r}: an MQTT topic to publish to has no wildcards (+, #); choose another")
         self.topic, self.station = topic, station
         self.state_topic = f"casting-inspect/{station}/state"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"casting-inspect-{station}", clean_session=False)
@@ -67,11 +70,14 @@ class MqttOutput:
                 self.early.add(mid)
 
     def _publish(self, topic: str, payload: str, retain: bool = False) -> None:
+        info = self.client.publish(
+            topic, payload, qos=1, retain=retain
+        )  # not under our lock: paho calls on_publish under its own
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued until the broker is back
+            note(f"MQTT: a message to {topic} could not be queued ({mqtt.error_string(info.rc)})", "station")
+            return
         with self.lock:
-            info = self.client.publish(topic, payload, qos=1, retain=retain)
-            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued until the broker is back
-                note(f"MQTT: a message to {topic} could not be queued ({mqtt.error_string(info.rc)})", "station")
-            elif info.mid in self.early:
+            if info.mid in self.early:
                 self.early.remove(info.mid)
             else:
                 self.pending.add(info.mid)

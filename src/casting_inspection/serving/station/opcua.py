@@ -4,6 +4,7 @@ Modelled on the OPC UA Machine Vision companion specification (OPC 40100-1) wher
 vision state machine's names (Preoperational while starting, Operational when ready, Error with the reason,
 Halted when stopped), and LastResult carries ResultId, CreationTime, ResultState (1 completed, 4 failed) and the
 evaluation of OPC 40001-101 (1 OK, 2 NotOK, 3 NotDecidable), with our decision, signal and scores beside them.
+The heartbeat counts seconds while the station's loop turns: a hung station stops it.
 Everything sits under Objects/InspectionStation in the namespace urn:casting-inspection, with string node ids
 (ns=N;s=InspectionStation.LastResult.ResultId). Anonymous, unencrypted: put it on the machine network only.
 """
@@ -22,11 +23,13 @@ from asyncua.sync import Server
 
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.serving.station.parts import RESULT_CODES, Part
+from casting_inspection.serving.watch.inbox import note
 
 NAMESPACE = "urn:casting-inspection"
 EVALUATION = {"OK": 1, "NG": 2, "REVIEW": 3}  # OPC 40001-101 ResultEvaluationEnum: OK, NotOK, NotDecidable
 S, D, U, N, T, B = (ua.VariantType.String, ua.VariantType.Double, ua.VariantType.UInt32, ua.VariantType.Int32,
                     ua.VariantType.DateTime, ua.VariantType.Boolean)  # fmt: skip
+FAILED = ("undecided", "could not be decided", "the model is not loaded")
 RESULT = {
     "ResultId": S, "PartNumber": U, "CreationTime": T, "ResultState": N, "ResultEvaluation": N, "ResultCode": U,
     "Decision": S, "Signal": S, "Reason": S, "DefectProbability": D, "AnomalyScore": D, "ProcessingDuration": D,
@@ -50,6 +53,8 @@ class OpcUaOutput:
             raise InspectionError(f"--opcua {url}: cannot serve ({exc}); check the URL and that the port is free") from None
         self.stopping = threading.Event()
         self.closed = False
+        self.alive = lambda: True  # the station's loop turning (set by the station): the heartbeat stops without it
+        self.failing: str | None = None
         self.worker = threading.Thread(target=self._work, name="opcua", daemon=True)
         self.worker.start()
 
@@ -74,9 +79,17 @@ class OpcUaOutput:
         return nodes
 
     def _write(self, values: dict) -> None:
+        """Write every value; a value that cannot be written is said once, and the rest still are."""
         for name, value in values.items():
             kind = RESULT.get(name) or {"State": S, "Ready": B, "Reason": S, "Heartbeat": U, "PartsDecided": U}[name]
-            self.nodes[name].write_value(ua.Variant(value, kind))
+            try:
+                self.nodes[name].write_value(ua.Variant(value, kind))
+                self.failing = None
+            except Exception as exc:
+                message = f"OPC UA: {name} could not be written ({type(exc).__name__}: {exc})"
+                if message != self.failing:
+                    note(message, "station")
+                self.failing = message
 
     def ready(self, ready: bool, reason: str, fault: str = "") -> None:
         state = "Operational" if ready else ("Halted" if fault == "stopped" else "Error")
@@ -84,8 +97,9 @@ class OpcUaOutput:
 
     def post(self, part: Part) -> None:
         latency = (time.perf_counter() - part.arrived) * 1000
+        failed = part.reason.startswith(FAILED)  # no decision was made: undecided, not decidable, no model
         self.results.put({
-            "PartNumber": part.number, "CreationTime": datetime.now(UTC), "ResultState": 1,
+            "PartNumber": part.number, "CreationTime": datetime.now(UTC), "ResultState": 4 if failed else 1,
             "ResultEvaluation": EVALUATION[part.signal], "ResultCode": RESULT_CODES.get(part.decision, 4),
             "Decision": part.decision, "Signal": part.signal, "Reason": part.reason,
             "DefectProbability": part.defect_probability if part.defect_probability is not None else float("nan"),
@@ -100,7 +114,7 @@ class OpcUaOutput:
                 self._write(self.results.get(timeout=0.2))
             except queue.Empty:
                 pass
-            if time.monotonic() - last >= 1.0:
+            if time.monotonic() - last >= 1.0 and self.alive():
                 beat, last = beat + 1, time.monotonic()
                 self._write({"Heartbeat": beat})
 

@@ -5,6 +5,7 @@ should look at it."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +35,7 @@ class Part:
     sha256: str
     image: np.ndarray | None = None  # the network's input, for drift and the anomaly map's overlay
     anomaly_map: np.ndarray | None = None
+    filed: Path | None = None  # where its photo was filed (the recorder's)
 
     @property
     def signal(self) -> str:

@@ -22,6 +22,8 @@ from casting_inspection.serving.watch.inbox import note
 from casting_inspection.serving.watch.log import InspectionLog
 
 RETRY_SECONDS = 1.0
+FINISH_SECONDS = 30.0  # at stop, how long the queue may take to be written
+BACKLOG = 100  # parts waiting to be recorded before the station stops being ready (a full disk stops the line)
 
 
 class Recorder(threading.Thread):
@@ -40,10 +42,18 @@ class Recorder(threading.Thread):
     def record(self, part: Part) -> None:
         self.parts.put(part)
 
+    def behind(self) -> str | None:
+        """Why the station must not take more parts: the record is BACKLOG parts behind (a full or read-only disk)."""
+        if self.parts.qsize() < BACKLOG:
+            return None
+        return f"{self.parts.qsize()} parts wait to be recorded in {self.out} ({self.failing or 'the disk is slow'})"
+
     def finish(self) -> None:
-        """Write everything queued, then stop."""
+        """Write everything queued, for up to FINISH_SECONDS, then stop; what is left is named."""
         self.parts.put(None)
-        self.join()
+        self.join(FINISH_SECONDS)
+        if self.is_alive():
+            note(f"{self.parts.qsize()} parts could not be recorded in {self.out} before stop ({self.failing})", "station")
 
     def run(self) -> None:
         log = InspectionLog(self.out, self.log_wait)
@@ -55,14 +65,12 @@ class Recorder(threading.Thread):
             log.close()
 
     def _write(self, log: InspectionLog, part: Part) -> bool:
+        """File the photo once, then log it; a retry only does what is left."""
         try:
-            final = self._file(part)
+            part.filed = part.filed or self._file(part)
             row = (part.name, part.sha256, part.decided_at, part.decision, part.defect_probability, part.threshold,
-                   part.model_version, part.reason, str(final))  # fmt: skip
+                   part.model_version, part.reason, str(part.filed))  # fmt: skip
             log.retry("log a part", lambda: self._insert(log, row))
-            if part.anomaly_map is not None and part.decision in ("defective", "review"):
-                write_overlay(self.out / "maps" / final.parent.name / f"{final.name}.anomaly.png", part.image, part.anomaly_map,
-                              self.anomaly_threshold)  # fmt: skip
         except Exception as exc:  # a full or read-only disk, a locked log: say so once, keep the part, try again
             message = f"part {part.number} cannot be recorded in {self.out} ({exc}); kept in memory, trying again"
             if message != self.failing:
@@ -71,7 +79,18 @@ class Recorder(threading.Thread):
             return False
         self.failing = None
         self.written += 1
+        self._keep_map(part)
         return True
+
+    def _keep_map(self, part: Part) -> None:
+        """The anomaly map beside a rejected or reviewed part's photo; a map that cannot be written costs only itself."""
+        if part.anomaly_map is None or part.decision not in ("defective", "review"):
+            return
+        try:
+            path = self.out / "maps" / part.filed.parent.name / f"{part.filed.name}.anomaly.png"
+            write_overlay(path, part.image, part.anomaly_map, self.anomaly_threshold)
+        except Exception as exc:
+            note(f"part {part.number}: its anomaly map could not be written ({exc}); the part is recorded", "station")
 
     @staticmethod
     def _insert(log: InspectionLog, row: tuple) -> None:

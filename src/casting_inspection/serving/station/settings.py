@@ -17,6 +17,7 @@ class TriggerSettings:
     jump: float = 0.25  # a centre moving further than this share of the width between frames is another part
     margin: float = 0.0  # the crop's side: the part's larger side times (1 + margin)
     learn: float = 0.05  # how fast an empty frame updates the empty view (0-1)
+    dwell: int = 300  # frames something may stay in view before it is learnt as the empty view (10 s at 30 fps)
 
     def problem(self) -> str | None:
         checks = {
@@ -28,6 +29,7 @@ class TriggerSettings:
             "jump": 0 < self.jump <= 1,
             "margin": 0 <= self.margin <= 1,
             "learn": 0 <= self.learn <= 1,
+            "dwell": self.dwell >= 2,
         }
         bad = [name for name, ok in checks.items() if not ok]
         return f"trigger setting {bad[0]}={getattr(self, bad[0])} is out of range" if bad else None
@@ -42,7 +44,7 @@ class StationSettings:
     trigger: TriggerSettings = TriggerSettings()
     hardware_trigger: bool = False  # decide the frame after each PLC trigger instead of finding parts
     stall_seconds: float = 2.0
-    realtime: bool = False  # a video file played at its own frame rate (a live camera's pace), frames dropped as a camera's
+    realtime: bool = False  # a video file played at its own frame rate (a live camera's pace)
     log_wait: float = 60.0
     window: int = 200
     threads: int = 0

@@ -117,13 +117,15 @@ def open_source(source: str):
 
 
 class FrameReader(threading.Thread):
-    """Reads frames into a queue; a live source's queue holds the newest two, the rest counted in `dropped`."""
+    """Reads frames into a queue; a live source's (or a file played in real time) holds the newest two, the rest
+    counted in `dropped`."""
 
     def __init__(self, source: str, realtime: bool = False, reconnect_seconds: float = 1.0):
         super().__init__(name="frame-reader", daemon=True)
         self.source, self.live, self.realtime = source, is_live(source), realtime
+        self.drops = self.live or realtime  # a camera does not wait for the station: a file played in real time neither
         self.reconnect_seconds = reconnect_seconds
-        self.frames: queue.Queue = queue.Queue(maxsize=2 if self.live else 8)
+        self.frames: queue.Queue = queue.Queue(maxsize=2 if self.drops else 8)
         self.stopping = threading.Event()
         self.dropped = 0
         self.reconnects = 0
@@ -139,7 +141,14 @@ class FrameReader(threading.Thread):
                 capture = self._connect()
                 if capture is None:
                     return
-                self._read_all(capture)
+                try:
+                    self._read_all(capture)
+                except Exception as exc:  # a decoder's or a camera SDK's own error: a live source reconnects
+                    if not self.live:
+                        raise InspectionError(f"{self.source}: cannot be read ({type(exc).__name__}: {exc})") from None
+                    note(f"{self.source}: the camera failed ({type(exc).__name__}: {exc}); reconnecting", "station")
+                    self.stopping.wait(self.reconnect_seconds)
+                    continue
                 if not self.live:
                     self._put(END)
                     return
@@ -154,7 +163,9 @@ class FrameReader(threading.Thread):
                 capture = open_source(self.source)
                 self.connected.set()
                 return capture
-            except OSError as exc:
+            except InspectionError:
+                raise
+            except Exception as exc:  # OSError, or the camera SDK's own: a live source tries again
                 if not self.live:
                     raise InspectionError(f"{self.source}: {exc}") from None
                 note(f"{self.source}: {exc}; trying again in {self.reconnect_seconds:g} s", "station")
@@ -179,7 +190,7 @@ class FrameReader(threading.Thread):
     def _put(self, item) -> None:
         while not self.stopping.is_set():
             try:
-                self.frames.put(item, timeout=0.1) if not self.live or not isinstance(item, Frame) else self._put_newest(item)
+                self.frames.put(item, timeout=0.1) if not self.drops or not isinstance(item, Frame) else self._put_newest(item)
                 return
             except queue.Full:
                 continue

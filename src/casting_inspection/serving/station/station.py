@@ -54,6 +54,13 @@ class Station:
         self.counts: dict[str, int] = {}
         self.undecided = 0
         self.ready_reason: str | None = "starting"
+        self.beat = time.monotonic()  # the loop's last turn: outputs stop their heartbeat when it is older than the stall limit
+        for output in outputs:
+            output.alive = self.alive
+
+    def alive(self) -> bool:
+        """Whether the loop that decides parts is turning: a hung station must not look ready to the PLC."""
+        return time.monotonic() - self.beat < self.settings.stall_seconds + 1.0
 
     def _ready(self, ready: bool, reason: str = "", fault: str = "") -> None:
         """Tell every output; a change is one line for the person at the line."""
@@ -63,7 +70,15 @@ class Station:
         note(f"ready ({self.settings.source})" if ready else f"NOT READY: {reason}", "station")
         self.metrics.ready.set(1 if ready else 0)
         for output in self.outputs:
-            output.ready(ready, reason, fault)
+            self._safely(output, "ready", lambda o=output: o.ready(ready, reason, fault))
+
+    @staticmethod
+    def _safely(output, what: str, call) -> None:
+        """One output's fault is said in one line and never stops the others or the station."""
+        try:
+            call()
+        except Exception as exc:
+            note(f"{type(output).__name__}: {what} failed ({type(exc).__name__}: {exc})", "station")
 
     def _load_model(self) -> None:
         if self.inspector is not None or time.monotonic() < self.next_load:
@@ -81,14 +96,18 @@ class Station:
     def run(self, stop: threading.Event) -> int:
         """Until the video ends or `stop` is set; 0, or 3 when a part left the view undecided (a video file)."""
         self.recorder.start()
+        self._load_model()  # before the first frame: a camera's frames do not wait for it
         self.reader.start()
+        ended = False
         try:
             ended = self._loop(stop)
         finally:
+            if not ended:  # stopped, or a fault: a part in view is reported, never dropped
+                self._decide_all(self.trigger.reset("the station stopped while the part was in view"), None)
             self._ready(False, "the station stopped", "stopped")
             self.reader.stop()
             for output in self.outputs:
-                output.close()
+                self._safely(output, "close", output.close)
             self.recorder.finish()
             self.metrics.close()
         summary = ", ".join(f"{n} {decision}" for decision, n in sorted(self.counts.items())) or "no parts"
@@ -100,6 +119,7 @@ class Station:
 
     def _loop(self, stop: threading.Event) -> bool:
         while not stop.is_set():
+            self.beat = time.monotonic()
             self._load_model()
             try:
                 item = self.reader.frames.get(timeout=min(self.settings.stall_seconds, 0.5))
@@ -112,26 +132,56 @@ class Station:
             if isinstance(item, InspectionError):
                 raise item
             self.last_frame = time.monotonic()
-            if self.inspector is not None:
+            behind = self.recorder.behind()
+            if behind:
+                self._ready(False, f"the record cannot keep up: {behind}", "recorder")
+            elif self.inspector is not None:
                 self._ready(True)
             self.metrics.frames.inc()
             self.metrics.dropped.set(self.reader.dropped)
-            self._decide_all(self._events(item), item)
+            self._decide_all(self._frame_events(item), item)
         return False
+
+    def _frame_events(self, frame: Frame) -> list[Event]:
+        """A frame that breaks the trigger (an odd format, a resolution change) costs the parts in view, signalled NG
+        with the reason, never the station."""
+        try:
+            return self._events(frame)
+        except Exception as exc:
+            note(f"frame {frame.index} could not be looked at ({type(exc).__name__}: {exc}); the view is learnt again", "station")
+            self.trigger.background = None
+            return self.trigger.reset(f"frame {frame.index} could not be looked at")
 
     last_frame = 0.0
 
     def _maybe_stalled(self) -> None:
         waited = time.monotonic() - (self.last_frame or self.metrics.started)
         if waited >= self.settings.stall_seconds:
-            self._ready(False, f"the camera stalled: no frame from {self.settings.source} for {waited:.1f} s", "camera")
+            limit = self.settings.stall_seconds
+            self._ready(False, f"the camera stalled: no frame from {self.settings.source} for over {limit:g} s", "camera")
             self._decide_all(self.trigger.reset("the camera stalled while the part was in view"), None)
+            self._decide_all(self._unserved_triggers(), None)
+
+    def _plc(self):
+        return next((o for o in self.outputs if hasattr(o, "take_trigger")), None) if self.settings.hardware_trigger else None
+
+    def _unserved_triggers(self) -> list[Event]:
+        """The PLC's triggers that came while no frame did: each is a part, signalled NG."""
+        events, plc = [], self._plc()
+        while plc is not None and plc.take_trigger(float("inf")):
+            self.trigger.parts += 1
+            track = Track(self.trigger.parts, (0, 0), (0, 0, 0, 0), -1)
+            events.append(Event("undecided", track, None, "the PLC's trigger came while the camera stalled"))
+        return events
 
     def _events(self, frame: Frame) -> list[Event]:
         if not self.settings.hardware_trigger:
-            return self.trigger.frame(frame.image, frame.index)
-        plc = next((o for o in self.outputs if hasattr(o, "take_trigger")), None)
-        if plc is None or not plc.take_trigger():
+            events = self.trigger.frame(frame.image, frame.index)
+            if self.trigger.notice:
+                note(f"frame {frame.index}: {self.trigger.notice}", "station")
+            return events
+        plc = self._plc()
+        if plc is None or not plc.take_trigger(frame.arrived):  # a frame read after the PLC's edge, never one before
             return []
         self.trigger.parts += 1
         return [Event("decide", Track(self.trigger.parts, (0, 0), (0, 0, 0, 0), frame.index), frame.image)]
@@ -140,7 +190,7 @@ class Station:
         for event in events:
             part = self._decide(event, frame)
             for output in self.outputs:
-                output.post(part)
+                self._safely(output, f"signalling part {part.number}", lambda o=output, p=part: o.post(p))
             latency = time.perf_counter() - part.arrived
             self.metrics.decided(part, latency)
             self.counts[part.decision] = self.counts.get(part.decision, 0) + 1

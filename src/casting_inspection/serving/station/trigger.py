@@ -4,7 +4,10 @@ A frame is compared with the empty view (learnt from the first frame and from ev
 so a lamp that slowly ages is followed). What differs is a part; parts are tracked from frame to frame by
 their centres. A part is decided once, on the first frame in which it is wholly in view, centred and still
 enough to be sharp. A part that leaves the view before such a frame is reported undecided, never dropped.
-Frames with no part are never decided: empty belt between parts is not `not_a_part` noise.
+Frames with no part are never decided: empty belt between parts is not `not_a_part` noise. When most of the
+view changes at once (the hall's lights, the exposure, a bumped camera), or something stays in view longer than
+`dwell` frames (a part left there at start, learnt as belt), the empty view is learnt again from that frame,
+and the parts in view are reported undecided.
 """
 
 from __future__ import annotations
@@ -40,7 +43,20 @@ class Event:
     reason: str = ""
 
 
+CHANGED = 0.85  # more of the frame than this differs from the empty view: not parts, the view itself changed
+
+
+def _grey(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 2:
+        return frame
+    if frame.shape[2] == 1:
+        return frame[..., 0]
+    return cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY if frame.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+
+
 class PartTrigger:
+    notice: str | None = None  # a change of the empty view this frame brought, for the station to say
+
     def __init__(self, settings: TriggerSettings):
         self.settings = settings
         self.background: np.ndarray | None = None  # the empty view at the analysed width
@@ -72,6 +88,7 @@ class PartTrigger:
         mask = (cv2.absdiff(small, self.background) > self.settings.difference).astype(np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))  # sensor noise out
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((7, 7), np.uint8))  # a part's dark patches back in
+        self.covered = float(mask.mean())
         outlines, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         least, blobs = self.settings.min_area * mask.size, []
         for outline in outlines:
@@ -86,14 +103,24 @@ class PartTrigger:
         self.tracks = []
         return ended
 
+    def _relearn(self, small: np.ndarray, gray: np.ndarray, why: str) -> list[Event]:
+        """This frame becomes the empty view; the parts in view are reported undecided (NG), and `notice` says why."""
+        self.background, self.full = small.copy(), gray.astype(np.float32)
+        self.notice = f"{why}: the empty view is learnt again from this frame" if why else None
+        return self.reset(f"{why} while the part was in view") if self.tracks else []
+
     def frame(self, frame: np.ndarray, index: int) -> list[Event]:
         """The events this frame brings: parts to decide on it, and parts that left the view undecided."""
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        self.notice = None
+        gray = _grey(frame)
         small, scale = self._analysed(gray)
-        if self.background is None or self.background.shape != small.shape:
-            self.background, self.full = small.copy(), gray.astype(np.float32)  # the first frame teaches the empty view
-            return self.reset("the camera's view changed size") if self.tracks else []
+        if self.background is None or self.background.shape != small.shape or self.full.shape != gray.shape:
+            return self._relearn(small, gray, "the camera's view changed size" if self.background is not None else "")
         blobs = self._blobs(small)
+        if self.covered > CHANGED:
+            return self._relearn(small, gray, "most of the view changed at once (the light, the exposure, or the camera moved)")
+        if any(index - t.first_frame > self.settings.dwell for t in self.tracks if t.first_frame >= 0):
+            return self._relearn(small, gray, f"something stayed in view over {self.settings.dwell} frames")
         if not blobs and self.settings.learn:
             cv2.accumulateWeighted(small, self.background, self.settings.learn)
             cv2.accumulateWeighted(gray.astype(np.float32), self.full, self.settings.learn)
