@@ -49,7 +49,7 @@ class LineHealth:
         self.alarm_share = Gauge("casting_inspect_drift_alarm_share", "The model's alarm share for input drift", registry=r)
         self.latency = Histogram(
             "casting_inspect_part_latency_seconds",
-            "From a photo or frame arriving to its decision signalled",
+            "From a frame arriving to its decision handed to the outputs",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
