@@ -1,5 +1,6 @@
-"""The station's software trigger on frames drawn here: each part decided once on a whole, centred, still frame;
-empty belt never decided; a part it could not see well is reported undecided, never dropped."""
+"""The station's pieces that need no server. The software trigger on frames drawn here: each part decided once on a
+whole, centred, still frame; empty belt never decided; a part it could not see well reported undecided, never
+dropped; a changed view learnt again. The line's rolling health. A GenICam camera's buffers."""
 
 from __future__ import annotations
 
@@ -139,3 +140,17 @@ def test_grey_and_resized_frames_are_taken_in_stride():
     assert [e.kind for e in run(trigger, [frame([], rng)[..., :1], *grey])] == ["decide"]
     big = cv2.resize(frame([(photo(9), 160)], rng), (640, 384))
     assert trigger.frame(big, 99) == [] and trigger.notice and "size" in trigger.notice
+
+
+def test_genicam_buffers_become_8_bit_frames_and_other_pixel_formats_are_refused_by_name():
+    import pytest
+
+    from casting_inspection.core.errors import InspectionError
+    from casting_inspection.serving.station.sources import _genicam_image
+
+    mono12 = np.array([[0, 4095], [2048, 16]], np.uint16)
+    assert _genicam_image("Mono12", mono12.ravel(), 2, 2).tolist() == [[0, 255], [128, 1]]
+    rgb = np.array([10, 20, 30] * 4, np.uint8)
+    assert _genicam_image("RGB8", rgb, 2, 2)[0, 0].tolist() == [30, 20, 10]  # BGR, as OpenCV's frames
+    with pytest.raises(InspectionError, match="BayerRG8: set the camera to one of Mono8"):
+        _genicam_image("BayerRG8", rgb, 2, 2)

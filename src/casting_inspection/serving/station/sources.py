@@ -86,19 +86,30 @@ class _GenICam:
         try:
             with self.camera.fetch(timeout=TIMEOUT_MS / 1000) as buffer:
                 part = buffer.payload.components[0]
-                channels = int(part.num_components_per_pixel)
-                image = (
-                    part.data.reshape(part.height, part.width, channels)
-                    if channels > 1
-                    else part.data.reshape(part.height, part.width)
-                )
-                return np.array(image[..., ::-1] if channels == 3 else image, dtype=np.uint8)  # RGB -> BGR
+                return _genicam_image(part.data_format, part.data, part.height, part.width)
+        except InspectionError:
+            raise
         except Exception:  # harvesters raises the GenTL producer's own timeout and transport errors
             return None
 
     def release(self) -> None:
         self.camera.destroy()
         self.harvester.reset()
+
+
+GENICAM_FORMATS = ("Mono8", "Mono10", "Mono12", "Mono14", "Mono16", "RGB8", "BGR8")
+
+
+def _genicam_image(pixel_format: str, data: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A camera's buffer as an 8-bit grey or BGR frame: Mono10 to Mono16 scaled down to 8 bits, RGB8 turned to
+    BGR. Any other pixel format (Bayer, packed, YUV) is refused by name rather than decided as noise."""
+    if pixel_format not in GENICAM_FORMATS:
+        raise InspectionError(f"GenICam pixel format {pixel_format}: set the camera to one of {', '.join(GENICAM_FORMATS)}")
+    if pixel_format.startswith("Mono"):
+        bits = int(pixel_format[4:])
+        return (np.asarray(data).reshape(height, width) >> (bits - 8)).astype(np.uint8)
+    image = np.asarray(data, dtype=np.uint8).reshape(height, width, 3)
+    return np.ascontiguousarray(image[..., ::-1] if pixel_format == "RGB8" else image)
 
 
 def is_live(source: str) -> bool:
@@ -143,6 +154,8 @@ class FrameReader(threading.Thread):
                     return
                 try:
                     self._read_all(capture)
+                except InspectionError:
+                    raise  # a camera set up wrongly (its pixel format): said, not retried
                 except Exception as exc:  # a decoder's or a camera SDK's own error: a live source reconnects
                     if not self.live:
                         raise InspectionError(f"{self.source}: cannot be read ({type(exc).__name__}: {exc})") from None
