@@ -51,7 +51,7 @@ class ModbusOutput:
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its own connection chatter; faults are ours to tell
         self.host, self.port, self.ack_timeout = host, port, ack_timeout
         self.results: queue.Queue = queue.Queue()
-        self.state = {"ready": False, "fault": 0, "valid": False, "bits": 0, "heartbeat": False}
+        self.state = {"ready": False, "fault": 0, "valid": False, "bits": 0, "heartbeat": False, "part": 0, "code": 0}
         self.station_fault = FAULTS["model"]
         self.edges: collections.deque = collections.deque(maxlen=64)  # perf_counter of each trigger edge not yet served
         self.stopping = threading.Event()
@@ -68,7 +68,7 @@ class ModbusOutput:
     failure = "no answer"
     pending: Part | None = None  # the result set and not yet acknowledged
     acknowledged = 0
-    written = (-1, -1)
+    written: list[int] = []
 
     async def _serve(self, started: threading.Event) -> None:
         registers = [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)]
@@ -100,10 +100,10 @@ class ModbusOutput:
         fault = s["fault"] or (0 if s["ready"] else self.station_fault) or (0 if alive else FAULTS["hung"])
         word = (READY if s["ready"] and alive and not fault else 0) | (VALID if s["valid"] else 0) | s["bits"]
         word |= (FAULT_BIT if fault else 0) | (HEARTBEAT if s["heartbeat"] else 0)
-        if (word, fault) != self.written:  # each write is a round trip to the server's loop: only changes
-            self._write(FAULT, [fault])
-            self._write(STATUS, [word])
-            self.written = (word, fault)
+        registers = [word, s["part"], s["code"], fault]  # one write: a PLC never reads a status half-updated
+        if registers != self.written:  # each write is a round trip to the server's loop: only changes
+            self._write(STATUS, registers)
+            self.written = registers
 
     def ready(self, ready: bool, reason: str, fault: str = "") -> None:
         """The station's readiness: not ready while the camera stalls or the model cannot load."""
@@ -117,9 +117,10 @@ class ModbusOutput:
         p = part.defect_probability
         probability = round(min(max(p, 0.0), 1.0) * 10000) if p is not None and math.isfinite(p) else 0xFFFF
         latency = round((time.perf_counter() - part.arrived) * 1000)
-        self._write(PART, [part.number & 0xFFFF, RESULT_CODES.get(part.decision, 4)])
         self._write(PROBABILITY, [probability, min(latency, 0xFFFF)])
-        self.state.update(valid=True, bits=SIGNAL_BITS[part.signal])
+        self.state.update(
+            valid=True, bits=SIGNAL_BITS[part.signal], part=part.number & 0xFFFF, code=RESULT_CODES.get(part.decision, 4)
+        )
         self._status()
 
     def _handshake(self) -> None:
