@@ -154,3 +154,31 @@ def test_genicam_buffers_become_8_bit_frames_and_other_pixel_formats_are_refused
     assert _genicam_image("RGB8", rgb, 2, 2)[0, 0].tolist() == [30, 20, 10]  # BGR, as OpenCV's frames
     with pytest.raises(InspectionError, match="BayerRG8: set the camera to one of Mono8"):
         _genicam_image("BayerRG8", rgb, 2, 2)
+
+
+def test_an_indexing_conveyor_moving_parts_together_decides_each_part_once():
+    """Parts 120 px apart move on 60 px a frame for two frames, then stand three: each move takes a part as far as
+    the gap to the next, and each keeps its own track."""
+    rng = np.random.default_rng(8)
+    parts = [photo(10 + k) for k in range(6)]
+    frames, offset = [frame([], rng)], -240
+    for _ in range(12):
+        for _ in range(3):
+            frames.append(frame([(p, 160 + offset - 120 * k) for k, p in enumerate(parts)], rng))
+        for _ in range(2):
+            offset += 60
+            frames.append(frame([(p, 160 + offset - 120 * k) for k, p in enumerate(parts)], rng))
+    events = run(PartTrigger(TriggerSettings()), frames)
+    assert [e.kind for e in events] == ["decide"] * 6
+    assert sorted(e.track.number for e in events) == sorted({e.track.number for e in events})
+
+
+def test_a_decided_part_still_in_view_after_a_stall_is_not_decided_again():
+    rng = np.random.default_rng(9)
+    trigger = PartTrigger(TriggerSettings())
+    image = photo(11)
+    first = run(trigger, [frame([], rng), frame([(image, 160)], rng), frame([(image, 160)], rng)])
+    assert [e.kind for e in first] == ["decide"]
+    assert trigger.reset("the camera stalled while the part was in view", keep_decided=True) == []
+    again = [e for i, f in enumerate([frame([(image, 160)], rng)] * 3 + [frame([], rng)]) for e in trigger.frame(f, 10 + i)]
+    assert again == []

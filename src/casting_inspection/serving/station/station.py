@@ -159,7 +159,7 @@ class Station:
         if waited >= self.settings.stall_seconds:
             limit = self.settings.stall_seconds
             self._ready(False, f"the camera stalled: no frame from {self.settings.source} for over {limit:g} s", "camera")
-            self._decide_all(self.trigger.reset("the camera stalled while the part was in view"), None)
+            self._decide_all(self.trigger.reset("the camera stalled while the part was in view", keep_decided=True), None)
             self._decide_all(self._unserved_triggers(), None)
 
     def _plc(self):

@@ -30,6 +30,7 @@ class Track:
     first_frame: int
     decided: bool = False
     wholly_seen: bool = False
+    velocity: tuple[float, float] = (0.0, 0.0)  # its last move between two frames, in analysed pixels
     last_crop: np.ndarray | None = None  # the part as last seen wholly in view, for the record of an undecided part
 
 
@@ -97,10 +98,11 @@ class PartTrigger:
                 blobs.append(((moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]), cv2.boundingRect(outline)))
         return blobs
 
-    def reset(self, reason: str) -> list[Event]:
-        """Forget every part in view (the camera stalled or reconnected): those not decided are reported."""
+    def reset(self, reason: str, keep_decided: bool = False) -> list[Event]:
+        """Forget the parts in view: those not decided are reported. After a stall, `keep_decided` keeps the decided
+        ones, so that a part still there when frames come back is not decided twice."""
         ended = [Event("undecided", t, t.last_crop, reason) for t in self.tracks if not t.decided]
-        self.tracks = []
+        self.tracks = [t for t in self.tracks if t.decided] if keep_decided else []
         return ended
 
     def _relearn(self, small: np.ndarray, gray: np.ndarray, why: str) -> list[Event]:
@@ -137,20 +139,26 @@ class PartTrigger:
         return events
 
     def _match(self, blobs) -> dict:
-        """Each blob with the track whose centre is nearest (within `jump`), largest blobs first, or a new track. A small
-        blob beside or inside a larger one this frame is a piece of it (a dark patch cut it off at the frame's edge)."""
-        limit = self.settings.jump * self.settings.width
-        free, matched = list(self.tracks), {}
+        """Each blob with a track, or a new track. A small blob beside or inside a larger one this frame is a piece
+        of it (a dark patch cut it off at the frame's edge). Pairs are taken nearest first, a track's distance being
+        to where it is or to where its last move would take it: parts that move on together (an indexing conveyor)
+        keep their own tracks."""
+        whole = []
         for centre, box in sorted(blobs, key=lambda b: -b[1][2] * b[1][3]):
-            if any(_near(centre, other) for _, other in matched):
-                continue
-            near = min(free, key=lambda t: np.hypot(t.centre[0] - centre[0], t.centre[1] - centre[1]), default=None)
-            if near is not None and np.hypot(near.centre[0] - centre[0], near.centre[1] - centre[1]) <= limit:
-                free.remove(near)
-                matched[(centre, box)] = near
-            else:
+            if not any(_near(centre, other) for _, other in whole):
+                whole.append((centre, box))
+        pairs = sorted(
+            (_distance(track, centre), i, j) for i, (centre, _) in enumerate(whole) for j, track in enumerate(self.tracks)
+        )
+        limit, matched, taken = self.settings.jump * self.settings.width, {}, set()
+        for distance, i, j in pairs:
+            if distance <= limit and whole[i] not in matched and j not in taken:
+                matched[whole[i]] = self.tracks[j]
+                taken.add(j)
+        for blob in whole:
+            if blob not in matched:
                 self.parts += 1
-                matched[(centre, box)] = Track(self.parts, centre, box, first_frame=-1)
+                matched[blob] = Track(self.parts, blob[0], blob[1], first_frame=-1)
         return matched
 
     def _follow(self, frame, shape, scale, centre, box, track: Track, index: int) -> list[Event]:
@@ -160,6 +168,9 @@ class PartTrigger:
         moved = np.hypot(track.centre[0] - centre[0], track.centre[1] - centre[1]) / width
         fresh = track.first_frame < 0
         off = np.hypot(centre[0] - width / 2, centre[1] - height / 2) / width
+        step = (centre[0] - track.centre[0], centre[1] - track.centre[1])
+        if not fresh and np.hypot(*step) > 1:  # a move (a stop keeps the last one: the conveyor's way)
+            track.velocity = step
         track.centre = centre
         track.box = self._edges(self.gray, tuple(round(v / scale) for v in box), pad=int(np.ceil(2 / scale)))
         if fresh:
@@ -175,6 +186,12 @@ class PartTrigger:
             return []  # a part seen for the first time has no measured motion yet: one more frame
         track.decided = True
         return [Event("decide", track, track.last_crop)]
+
+
+def _distance(track: Track, centre: tuple[float, float]) -> float:
+    here = np.hypot(track.centre[0] - centre[0], track.centre[1] - centre[1])
+    moved = np.hypot(track.centre[0] + track.velocity[0] - centre[0], track.centre[1] + track.velocity[1] - centre[1])
+    return float(min(here, moved))
 
 
 def _near(centre: tuple[float, float], box: tuple[int, int, int, int], reach: int = 4) -> bool:
