@@ -78,3 +78,18 @@ def test_an_acknowledge_never_released_stops_the_line(link):
     client.write_register(10, 0, device_id=1)
     registers = settle(client, lambda r: r[0] & 2 and r[1] == 2)
     assert registers[0] & 4 and registers[3] == 0
+
+
+def test_an_acknowledge_already_set_does_not_take_a_result_the_plc_never_saw(link):
+    output, client = link
+    client.write_register(10, 2, device_id=1)  # left set (a PLC restarted mid-handshake)
+    time.sleep(0.05)
+    output.post(part(1, "defective", 0.99))
+    registers = settle(client, lambda r: r[0] & 2)  # shown, and stays shown: the stale bit acknowledges nothing
+    time.sleep(0.1)
+    assert read(client)[0] & 2 and registers[1] == 1 and output.acknowledged == 0
+    client.write_register(10, 0, device_id=1)
+    time.sleep(0.05)  # a PLC's scan: the station polls every 2 ms
+    client.write_register(10, 2, device_id=1)  # a real acknowledge: low, then high
+    settle(client, lambda r: not r[0] & 2)
+    assert output.acknowledged == 1

@@ -118,7 +118,7 @@ def test_a_change_of_the_whole_view_is_learnt_again_and_parts_after_it_are_decid
     trigger = PartTrigger(TriggerSettings())
     brighter = [(f.astype(int) + 40).clip(0, 255).astype(np.uint8) for f in [frame([], rng) for _ in range(2)]]
     events = run(trigger, [frame([], rng), *brighter])  # the hall's lights go on
-    assert events == [] and trigger.background.mean() > 90
+    assert events == [] and trigger.background.mean() > 90 and trigger.notice is None
     later = [(f.astype(int) + 40).clip(0, 255).astype(np.uint8) for f in ride(photo(6), [40, 100, 160, 160, 220, 280, 340], rng)]
     assert [e.kind for e in run(trigger, later)] == ["decide"]
 
@@ -173,12 +173,21 @@ def test_an_indexing_conveyor_moving_parts_together_decides_each_part_once():
     assert sorted(e.track.number for e in events) == sorted({e.track.number for e in events})
 
 
-def test_a_decided_part_still_in_view_after_a_stall_is_not_decided_again():
-    rng = np.random.default_rng(9)
+def test_a_light_change_with_a_part_in_view_keeps_it_one_part_and_leaves_no_phantom():
+    rng = np.random.default_rng(10)
     trigger = PartTrigger(TriggerSettings())
-    image = photo(11)
-    first = run(trigger, [frame([], rng), frame([(image, 160)], rng), frame([(image, 160)], rng)])
-    assert [e.kind for e in first] == ["decide"]
-    assert trigger.reset("the camera stalled while the part was in view", keep_decided=True) == []
-    again = [e for i, f in enumerate([frame([(image, 160)], rng)] * 3 + [frame([], rng)]) for e in trigger.frame(f, 10 + i)]
-    assert again == []
+    image = photo(12)
+    lit = lambda f: (f.astype(int) + 40).clip(0, 255).astype(np.uint8)  # noqa: E731
+    frames = [frame([], rng), *ride(image, [40, 100, 160, 160], rng)]  # decided at the centre
+    frames += [lit(f) for f in ride(image, [160, 160, 220, 280, 340, 400], rng)] + [lit(frame([], rng))] * 3
+    events = run(trigger, frames)
+    assert [e.kind for e in events] == ["decide"]  # one part, one result: no undecided, no phantom where it stood
+
+
+def test_a_part_held_at_the_centre_past_dwell_is_neither_learnt_as_belt_nor_a_phantom():
+    rng = np.random.default_rng(11)
+    trigger = PartTrigger(TriggerSettings(dwell=5))
+    image = photo(13)
+    frames = [frame([], rng), *ride(image, [40, 100, 160], rng), *[frame([(image, 160)], rng)] * 12]
+    frames += ride(image, [220, 280, 340, 400], rng) + [frame([], rng)] * 3
+    assert [e.kind for e in run(trigger, frames)] == ["decide"]

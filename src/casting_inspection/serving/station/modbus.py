@@ -53,7 +53,7 @@ class ModbusOutput:
         self.results: queue.Queue = queue.Queue()
         self.state = {"ready": False, "fault": 0, "valid": False, "bits": 0, "heartbeat": False, "part": 0, "code": 0}
         self.station_fault = FAULTS["model"]
-        self.edges: collections.deque = collections.deque(maxlen=64)  # perf_counter of each trigger edge not yet served
+        self.edges: collections.deque = collections.deque()  # perf_counter of each trigger edge not yet served
         self.stopping = threading.Event()
         self.alive = lambda: True  # the station's loop turning (set by the station): no heartbeat, no READY without it
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -67,6 +67,7 @@ class ModbusOutput:
 
     failure = "no answer"
     pending: Part | None = None  # the result set and not yet acknowledged
+    unshown: Part | None = None  # the result taken from the queue whose registers could not be written yet
     acknowledged = 0
     written: list[int] = []
 
@@ -125,7 +126,7 @@ class ModbusOutput:
 
     def _handshake(self) -> None:
         """The PLC's handshake, polled every 2 ms. A fault of its own drops READY (fault 6) and is said once; it goes on."""
-        self.clock = {"posted": 0.0, "released": 0.0, "beat": time.monotonic(), "last": 0, "release": False}
+        self.clock = {"posted": 0.0, "released": 0.0, "beat": time.monotonic(), "last": 0, "release": False, "low": False}
         failing = None
         while not self.stopping.is_set():
             try:
@@ -147,7 +148,8 @@ class ModbusOutput:
         c["last"] = control
         if self.state["fault"] == FAULTS["internal"]:
             self.state["fault"] = 0
-        if self.pending is not None and control & ACKNOWLEDGE and not c["release"]:
+        c["low"] = c["low"] or not control & ACKNOWLEDGE  # an acknowledge counts once seen low since the result was set
+        if self.pending is not None and control & ACKNOWLEDGE and c["low"] and not c["release"]:
             self.pending, c["release"], c["released"] = None, True, now
             self.acknowledged += 1
             self.state.update(valid=False, bits=0, fault=0)
@@ -160,9 +162,11 @@ class ModbusOutput:
             c["release"] = False
             if self.state["fault"] == FAULTS["acknowledge"]:
                 self.state["fault"] = 0
-        if self.pending is None and not c["release"] and not self.results.empty():
-            self.pending, c["posted"] = self.results.get(), now
-            self._post(self.pending)
+        if self.pending is None and not c["release"] and (self.unshown is not None or not self.results.empty()):
+            part, self.unshown = self.unshown or self.results.get(), None
+            self.unshown = part  # until the PLC can see it: a write that fails shows it again next turn
+            self._post(part)
+            self.pending, self.unshown, c["posted"], c["low"] = part, None, now, not control & ACKNOWLEDGE
         if now - c["beat"] >= 1.0 and self.alive():
             self.state["heartbeat"], c["beat"] = not self.state["heartbeat"], now
         self._status()
@@ -178,11 +182,13 @@ class ModbusOutput:
     def _drain(self) -> None:
         """At stop, give the PLC its results: wait while it keeps acknowledging, at most `ack_timeout` for each."""
         done, since = self.acknowledged, time.monotonic()
-        while (self.pending is not None or not self.results.empty()) and time.monotonic() - since < self.ack_timeout:
+        while (
+            self.pending is not None or self.unshown is not None or not self.results.empty()
+        ) and time.monotonic() - since < self.ack_timeout:
             if self.acknowledged != done:
                 done, since = self.acknowledged, time.monotonic()
             time.sleep(POLL_SECONDS)
-        left = self.results.qsize() + (self.pending is not None)
+        left = self.results.qsize() + (self.pending is not None) + (self.unshown is not None)
         if left:
             note(f"Modbus: {left} results not acknowledged by the PLC at stop; each is in the station's log", "station")
 

@@ -49,6 +49,21 @@ class MqttOutput:
             raise InspectionError(f"--mqtt {host}:{port}: {exc}") from None
         self.client.loop_start()
         self.address = f"{host}:{port}"
+        self.alive = lambda: True  # the station's loop turning (set by the station)
+        self.state = {"station": station, "ready": False, "reason": "starting", "fault": ""}
+        self.watchdog = threading.Thread(target=self._watch, name="mqtt-watchdog", daemon=True)
+        self.watchdog.start()
+
+    def _watch(self) -> None:
+        """A hung station is not ready for the MES either: paho's own thread would keep its connection, and its will, alive."""
+        hung = False
+        while not self.closed:
+            alive = self.alive()
+            if alive == hung:
+                hung = not alive
+                state = {**self.state, "ready": False, "reason": "the station's loop is not turning"} if hung else self.state
+                self._publish(self.state_topic, json.dumps(state), retain=True)
+            time.sleep(0.5)
 
     def _connected(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -83,8 +98,8 @@ class MqttOutput:
                 self.pending.add(info.mid)
 
     def ready(self, ready: bool, reason: str, fault: str = "") -> None:
-        state = {"station": self.station, "ready": ready, "reason": reason, "fault": fault}
-        self._publish(self.state_topic, json.dumps(state), retain=True)
+        self.state = {"station": self.station, "ready": ready, "reason": reason, "fault": fault}
+        self._publish(self.state_topic, json.dumps(self.state), retain=True)
 
     def post(self, part: Part) -> None:
         latency = (time.perf_counter() - part.arrived) * 1000

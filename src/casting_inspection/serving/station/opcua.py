@@ -54,7 +54,8 @@ class OpcUaOutput:
         self.stopping = threading.Event()
         self.closed = False
         self.alive = lambda: True  # the station's loop turning (set by the station): the heartbeat stops without it
-        self.failing: str | None = None
+        self.failing: set[str] = set()  # nodes whose last write failed: each said once
+        self.state = {"State": "Preoperational", "Ready": False, "Reason": "starting"}
         self.worker = threading.Thread(target=self._work, name="opcua", daemon=True)
         self.worker.start()
 
@@ -84,16 +85,16 @@ class OpcUaOutput:
             kind = RESULT.get(name) or {"State": S, "Ready": B, "Reason": S, "Heartbeat": U, "PartsDecided": U}[name]
             try:
                 self.nodes[name].write_value(ua.Variant(value, kind))
-                self.failing = None
+                self.failing.discard(name)
             except Exception as exc:
-                message = f"OPC UA: {name} could not be written ({type(exc).__name__}: {exc})"
-                if message != self.failing:
-                    note(message, "station")
-                self.failing = message
+                if name not in self.failing:
+                    note(f"OPC UA: {name} could not be written ({type(exc).__name__}: {exc})", "station")
+                self.failing.add(name)
 
     def ready(self, ready: bool, reason: str, fault: str = "") -> None:
         state = "Operational" if ready else ("Halted" if fault == "stopped" else "Error")
-        self.results.put({"State": state, "Ready": ready, "Reason": reason})
+        self.state = {"State": state, "Ready": ready, "Reason": reason}
+        self.results.put(dict(self.state))
 
     def post(self, part: Part) -> None:
         latency = (time.perf_counter() - part.arrived) * 1000
@@ -108,13 +109,19 @@ class OpcUaOutput:
         })  # fmt: skip  # ResultId last: a client watching it reads a whole result
 
     def _work(self) -> None:
-        beat, last = 0, time.monotonic()
+        beat, last, hung = 0, time.monotonic(), False
         while not self.stopping.is_set() or not self.results.empty():
             try:
                 self._write(self.results.get(timeout=0.2))
             except queue.Empty:
                 pass
-            if time.monotonic() - last >= 1.0 and self.alive():
+            alive = self.alive()
+            if alive == hung:  # the station's loop stopped turning, or turns again: a hung station is not ready
+                hung = not alive
+                self._write(
+                    {"State": "Error", "Ready": False, "Reason": "the station's loop is not turning"} if hung else self.state
+                )
+            if time.monotonic() - last >= 1.0 and alive:
                 beat, last = beat + 1, time.monotonic()
                 self._write({"Heartbeat": beat})
 

@@ -39,21 +39,24 @@ class Recorder(threading.Thread):
         self.written = 0
         self.failing: str | None = None
 
+    lagging = False
+
     def record(self, part: Part) -> None:
         self.parts.put(part)
 
     def behind(self) -> str | None:
-        """Why the station must not take more parts: the record is BACKLOG parts behind (a full or read-only disk)."""
-        if self.parts.qsize() < BACKLOG:
-            return None
-        return f"{self.parts.qsize()} parts wait to be recorded in {self.out} ({self.failing or 'the disk is slow'})"
+        """Why the station must not take more parts: the record is BACKLOG parts behind (a full or read-only disk),
+        until it is down to half that."""
+        waiting = self.parts.qsize()
+        self.lagging = waiting >= BACKLOG or (self.lagging and waiting > BACKLOG // 2)
+        return f"the record cannot keep up: parts wait to be recorded in {self.out}" if self.lagging else None
 
     def finish(self) -> None:
         """Write everything queued, for up to FINISH_SECONDS, then stop; what is left is named."""
         self.parts.put(None)
-        self.join(FINISH_SECONDS)
-        if self.is_alive():
-            note(f"{self.parts.qsize()} parts could not be recorded in {self.out} before stop ({self.failing})", "station")
+        self.join(FINISH_SECONDS + self.log_wait)
+        if self.is_alive() or not self.parts.empty():
+            note(f"parts could not be recorded in {self.out} before stop ({self.failing or 'the recorder stopped'})", "station")
 
     def run(self) -> None:
         log = InspectionLog(self.out, self.log_wait)
@@ -117,6 +120,7 @@ class Recorder(threading.Thread):
                 raise FileExistsError(f"every name for {part.name} is taken in {folder}")
         finally:
             staged.unlink(missing_ok=True)
+        part.filed = candidate  # named: a retry after a failed sync below must not file it twice
         fsync_dir(folder)
         return candidate
 

@@ -13,6 +13,7 @@ camera reconnects by itself; nothing already decided is lost.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import threading
@@ -85,7 +86,7 @@ class Station:
             return
         try:
             self.inspector = Inspector(self.settings.model, threads=self.settings.threads)
-        except InspectionError as exc:
+        except (InspectionError, OSError) as exc:
             self.next_load = time.monotonic() + MODEL_RETRY_SECONDS
             self.model_problem = str(exc)
             self._ready(False, f"the model cannot load: {exc}", "model")
@@ -102,14 +103,17 @@ class Station:
         try:
             ended = self._loop(stop)
         finally:
-            if not ended:  # stopped, or a fault: a part in view is reported, never dropped
-                self._decide_all(self.trigger.reset("the station stopped while the part was in view"), None)
-            self._ready(False, "the station stopped", "stopped")
-            self.reader.stop()
-            for output in self.outputs:
-                self._safely(output, "close", output.close)
-            self.recorder.finish()
-            self.metrics.close()
+            try:
+                if not ended:  # stopped, or a fault: a part in view is reported, never dropped
+                    self._decide_all(self.trigger.reset("the station stopped while the part was in view"), None)
+                self._decide_all(self._unserved_triggers("the station stopped"), None)
+                self._ready(False, "the station stopped", "stopped")
+            finally:
+                self.reader.stop()
+                for output in self.outputs:
+                    self._safely(output, "close", output.close)
+                self.recorder.finish()
+                self.metrics.close()
         summary = ", ".join(f"{n} {decision}" for decision, n in sorted(self.counts.items())) or "no parts"
         note(
             f"{summary}; {self.undecided} undecided; {self.reader.index} frames, {self.reader.dropped} dropped",
@@ -134,7 +138,7 @@ class Station:
             self.last_frame = time.monotonic()
             behind = self.recorder.behind()
             if behind:
-                self._ready(False, f"the record cannot keep up: {behind}", "recorder")
+                self._ready(False, behind, "recorder")
             elif self.inspector is not None:
                 self._ready(True)
             self.metrics.frames.inc()
@@ -159,19 +163,19 @@ class Station:
         if waited >= self.settings.stall_seconds:
             limit = self.settings.stall_seconds
             self._ready(False, f"the camera stalled: no frame from {self.settings.source} for over {limit:g} s", "camera")
-            self._decide_all(self.trigger.reset("the camera stalled while the part was in view", keep_decided=True), None)
-            self._decide_all(self._unserved_triggers(), None)
+            self._decide_all(self.trigger.reset("the camera stalled while the part was in view"), None)
+            self._decide_all(self._unserved_triggers("the camera stalled"), None)
 
     def _plc(self):
         return next((o for o in self.outputs if hasattr(o, "take_trigger")), None) if self.settings.hardware_trigger else None
 
-    def _unserved_triggers(self) -> list[Event]:
-        """The PLC's triggers that came while no frame did: each is a part, signalled NG."""
+    def _unserved_triggers(self, why: str) -> list[Event]:
+        """The PLC's triggers no frame answered (a stall, the end): each is a part, signalled NG."""
         events, plc = [], self._plc()
         while plc is not None and plc.take_trigger(float("inf")):
             self.trigger.parts += 1
             track = Track(self.trigger.parts, (0, 0), (0, 0, 0, 0), -1)
-            events.append(Event("undecided", track, None, "the PLC's trigger came while the camera stalled"))
+            events.append(Event("undecided", track, None, f"the PLC's trigger came and {why}"))
         return events
 
     def _events(self, frame: Frame) -> list[Event]:
@@ -191,13 +195,13 @@ class Station:
             part = self._decide(event, frame)
             for output in self.outputs:
                 self._safely(output, f"signalling part {part.number}", lambda o=output, p=part: o.post(p))
-            latency = time.perf_counter() - part.arrived
-            self.metrics.decided(part, latency)
+            self.recorder.record(part)
             self.counts[part.decision] = self.counts.get(part.decision, 0) + 1
             self.undecided += event.kind == "undecided"
-            self.recorder.record(part)
+            self.metrics.decided(part, time.perf_counter() - part.arrived)
             flag = f"  ({part.reason})" if part.reason else ""
-            print(printable(f"part {part.number:<6} {part.signal:<6} {part.decision:<10} {part.name}{flag}"), flush=True)
+            with contextlib.suppress(OSError):  # a closed terminal or pipe costs the line of text, not the part
+                print(printable(f"part {part.number:<6} {part.signal:<6} {part.decision:<10} {part.name}{flag}"), flush=True)
 
     def _decide(self, event: Event, frame: Frame | None) -> Part:
         image = event.crop if event.crop is not None and event.crop.size else np.zeros((8, 8, 3), np.uint8)
@@ -223,7 +227,7 @@ class Station:
             part.reason = f"could not be decided ({type(exc).__name__}: {exc})"
             return
         part.decision = result.decision or "not_a_part"
-        part.reason = result.error or result.flag
+        part.reason = f"could not be decided: {result.error}" if result.error else result.flag
         part.defect_probability, part.anomaly = result.defect_probability, result.anomaly
         part.threshold, part.model_version = result.threshold, result.model_version
         part.image = arrays[0] if arrays else None

@@ -98,17 +98,24 @@ class PartTrigger:
                 blobs.append(((moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]), cv2.boundingRect(outline)))
         return blobs
 
-    def reset(self, reason: str, keep_decided: bool = False) -> list[Event]:
-        """Forget the parts in view: those not decided are reported. After a stall, `keep_decided` keeps the decided
-        ones, so that a part still there when frames come back is not decided twice."""
+    def reset(self, reason: str) -> list[Event]:
+        """Forget the parts in view (the camera stalled, the station stops): those not decided are reported. A decided
+        part still there when frames come back is decided again: a second result, never a part lost."""
         ended = [Event("undecided", t, t.last_crop, reason) for t in self.tracks if not t.decided]
-        self.tracks = [t for t in self.tracks if t.decided] if keep_decided else []
+        self.tracks = []
         return ended
 
-    def _relearn(self, small: np.ndarray, gray: np.ndarray, why: str) -> list[Event]:
-        """This frame becomes the empty view; the parts in view are reported undecided (NG), and `notice` says why."""
-        self.background, self.full = small.copy(), gray.astype(np.float32)
+    def _relearn(self, small: np.ndarray, gray: np.ndarray, why: str, keep: bool = False) -> list[Event]:
+        """This frame becomes the empty view, and `notice` says why. With `keep`, the parts in view stay tracked and
+        the belt under each is filled in from the belt around them (so none of them turns into belt, and none leaves
+        a phantom part behind when it moves on); else they are reported undecided (NG)."""
         self.notice = f"{why}: the empty view is learnt again from this frame" if why else None
+        if keep and self.tracks:
+            scale = small.shape[1] / gray.shape[1]
+            self.background = _belt_under(small.astype(np.float32), [_scaled(t.box, scale) for t in self.tracks])
+            self.full = _belt_under(gray.astype(np.float32), [t.box for t in self.tracks])
+            return []
+        self.background, self.full = small.copy(), gray.astype(np.float32)
         return self.reset(f"{why} while the part was in view") if self.tracks else []
 
     def frame(self, frame: np.ndarray, index: int) -> list[Event]:
@@ -120,9 +127,13 @@ class PartTrigger:
             return self._relearn(small, gray, "the camera's view changed size" if self.background is not None else "")
         blobs = self._blobs(small)
         if self.covered > CHANGED:
-            return self._relearn(small, gray, "most of the view changed at once (the light, the exposure, or the camera moved)")
-        if any(index - t.first_frame > self.settings.dwell for t in self.tracks if t.first_frame >= 0):
-            return self._relearn(small, gray, f"something stayed in view over {self.settings.dwell} frames")
+            why = "most of the view changed at once (the light, the exposure, or the camera moved)"
+            self._relearn(small, gray, why, keep=True)
+            blobs = self._blobs(small)
+        elif any(
+            index - t.first_frame > self.settings.dwell and t.velocity == (0.0, 0.0) for t in self.tracks if t.first_frame >= 0
+        ):
+            return self._relearn(small, gray, f"something that never moved stayed in view over {self.settings.dwell} frames")
         if not blobs and self.settings.learn:
             cv2.accumulateWeighted(small, self.background, self.settings.learn)
             cv2.accumulateWeighted(gray.astype(np.float32), self.full, self.settings.learn)
@@ -186,6 +197,22 @@ class PartTrigger:
             return []  # a part seen for the first time has no measured motion yet: one more frame
         track.decided = True
         return [Event("decide", track, track.last_crop)]
+
+
+def _scaled(box: tuple[int, int, int, int], scale: float) -> tuple[int, int, int, int]:
+    return tuple(int(round(v * scale)) for v in box)
+
+
+def _belt_under(view: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """`view` with each box (grown by a few pixels) filled with the median of the view outside every box."""
+    covered = np.zeros(view.shape, bool)
+    for x, y, w, h in boxes:
+        grow = max(2, w // 20)
+        covered[max(0, y - grow) : y + h + grow, max(0, x - grow) : x + w + grow] = True
+    if covered.all():
+        return view
+    view[covered] = float(np.median(view[~covered]))
+    return view
 
 
 def _distance(track: Track, centre: tuple[float, float]) -> float:
