@@ -191,3 +191,12 @@ def test_a_part_held_at_the_centre_past_dwell_is_neither_learnt_as_belt_nor_a_ph
     frames = [frame([], rng), *ride(image, [40, 100, 160], rng), *[frame([(image, 160)], rng)] * 12]
     frames += ride(image, [220, 280, 340, 400], rng) + [frame([], rng)] * 3
     assert [e.kind for e in run(trigger, frames)] == ["decide"]
+
+
+def test_a_part_on_a_conveyor_that_never_stops_is_decided_once_on_its_best_centred_frame():
+    rng = np.random.default_rng(12)
+    image = photo(14)
+    xs = list(range(-20, 400, 36))  # 36 px a frame (11 % of the width): never still; 160 is one of its places
+    events = run(PartTrigger(TriggerSettings()), [frame([], rng), *ride(image, xs, rng), frame([], rng)])
+    assert [e.kind for e in events] == ["decide"]
+    assert np.abs(events[0].crop.astype(int) - image).max() <= 12  # the frame where it stood at the centre

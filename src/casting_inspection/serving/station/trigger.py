@@ -3,7 +3,9 @@
 A frame is compared with the empty view (learnt from the first frame and from every frame with no part,
 so a lamp that slowly ages is followed). What differs is a part; parts are tracked from frame to frame by
 their centres. A part is decided once, on the first frame in which it is wholly in view, centred and still
-enough to be sharp. A part that leaves the view before such a frame is reported undecided, never dropped.
+enough to be sharp; a part that only passes through the centre (a conveyor that never stops) is decided on its
+best-centred frame once it moves away from the centre. A part never wholly in view and centred is reported
+undecided, never dropped.
 Frames with no part are never decided: empty belt between parts is not `not_a_part` noise. When most of the
 view changes at once (the hall's lights, the exposure, a bumped camera), or something stays in view longer than
 `dwell` frames (a part left there at start, learnt as belt), the empty view is learnt again from that frame,
@@ -31,6 +33,7 @@ class Track:
     decided: bool = False
     wholly_seen: bool = False
     velocity: tuple[float, float] = (0.0, 0.0)  # its last move between two frames, in analysed pixels
+    best: tuple[float, np.ndarray] | None = None  # its best-centred whole frame so far: (distance from the centre, crop)
     last_crop: np.ndarray | None = None  # the part as last seen wholly in view, for the record of an undecided part
 
 
@@ -140,7 +143,9 @@ class PartTrigger:
         self.gray = gray
         matched = self._match(blobs)
         events = [
-            Event("undecided", t, t.last_crop, "left the view before a whole, centred, still frame")
+            self._on_best(t)
+            if t.best is not None
+            else Event("undecided", t, t.last_crop, "left the view before a whole, centred frame")
             for t in self.tracks
             if t not in matched.values() and not t.decided
         ]
@@ -193,10 +198,22 @@ class PartTrigger:
             return []
         track.wholly_seen = True
         track.last_crop = crop(frame, track.box, self.settings.margin)
-        if track.decided or fresh or off > self.settings.centre or moved > self.settings.motion:
-            return []  # a part seen for the first time has no measured motion yet: one more frame
+        if track.decided:
+            return []
+        if off <= self.settings.centre and not fresh and moved <= self.settings.motion:
+            track.decided = True
+            return [Event("decide", track, track.last_crop)]
+        if track.best is not None and off > track.best[0]:  # it passed the centre without standing still
+            return [self._on_best(track)]
+        if off <= self.settings.centre:  # centred but moving, or seen for the first time: the best so far
+            track.best = (off, track.last_crop)
+        return []
+
+    @staticmethod
+    def _on_best(track: Track) -> Event:
+        """A part on a conveyor that never stops is decided on its best-centred frame (a blurred one is the guard's)."""
         track.decided = True
-        return [Event("decide", track, track.last_crop)]
+        return Event("decide", track, track.best[1], "moving: decided on its best-centred frame")
 
 
 def _scaled(box: tuple[int, int, int, int], scale: float) -> tuple[int, int, int, int]:
