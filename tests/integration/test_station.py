@@ -221,19 +221,35 @@ def wait_until(condition, seconds: float) -> None:
         time.sleep(0.02)
 
 
-def test_a_plc_that_does_not_acknowledge_stops_the_line_and_no_result_is_lost(exported_model, video, tmp_path):
-    modbus = free_port()
-    cmd = [*CLI, str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]),
-           "--modbus", f"127.0.0.1:{modbus}", "--ack-timeout", "0.3", "--realtime"]  # fmt: skip
-    station = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    plc = Plc(modbus, silent_for=1.0)  # the first result waits 1 s for its acknowledge, then all are acknowledged
+def run_with_plc(args: list[str], modbus: int, silent_for: float = 0.0) -> tuple[int, str, str, Plc]:
+    """The station on the video to its end, with a PLC on its Modbus port: (exit status, stdout, stderr, the PLC)."""
+    station = subprocess.Popen([*CLI, *args, "--modbus", f"127.0.0.1:{modbus}"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    plc = Plc(modbus, silent_for=silent_for)
     plc.start()
     try:
         stdout, stderr = station.communicate(timeout=120)
     finally:
         station.kill()
         plc.stop()
-    assert station.returncode == 0, stderr
+    return station.returncode, stdout, stderr, plc
+
+
+def test_a_plc_that_does_not_acknowledge_stops_the_line_and_no_result_is_lost(exported_model, video, tmp_path):
+    args = [
+        str(video),
+        "--out",
+        str(tmp_path / "out"),
+        "--model",
+        str(exported_model["onnx"]),
+        "--ack-timeout",
+        "0.3",
+        "--realtime",
+    ]
+    code, stdout, stderr, plc = run_with_plc(
+        args, free_port(), silent_for=1.0
+    )  # the first result waits 1 s, then all are acknowledged
+    assert code == 0, stderr
     assert "the PLC did not acknowledge part 1 within 0.3 s" in stderr
     assert any(status & 32 and not status & 1 and fault == 3 for status, fault in plc.statuses)  # fault, not ready
     assert [n for n, _, _ in plc.results] == list(range(1, PARTS + 1))  # then every result, in order
@@ -241,17 +257,8 @@ def test_a_plc_that_does_not_acknowledge_stops_the_line_and_no_result_is_lost(ex
 
 
 def test_a_model_that_cannot_load_keeps_the_station_not_ready_and_every_part_ng(video, tmp_path):
-    modbus = free_port()
-    cmd = [*CLI, str(video), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "missing.onnx"),
-           "--modbus", f"127.0.0.1:{modbus}"]  # fmt: skip
-    station = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    plc = Plc(modbus)
-    plc.start()
-    try:
-        stdout, stderr = station.communicate(timeout=120)
-    finally:
-        station.kill()
-        plc.stop()
+    args = [str(video), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "missing.onnx")]
+    _, stdout, stderr, plc = run_with_plc(args, free_port())
     assert "NOT READY: the model cannot load" in stderr and "missing.onnx" in stderr
     assert not any(status & 1 for status, _ in plc.statuses)  # never ready
     assert any(fault == 2 for _, fault in plc.statuses)
@@ -282,6 +289,16 @@ def test_the_plcs_trigger_decides_the_next_frame_and_nothing_else(exported_model
     assert [n for n, _, _ in plc.results] == [1, 2, 3]
     for _, _, _, destination in logged(tmp_path / "out"):
         assert cv2.imread(destination).shape == (192, 320, 3)  # the whole frame: the camera is framed on the part
+
+
+def test_a_video_cut_short_says_so_and_exits_3(exported_model, video, tmp_path):
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(video.read_bytes()[: video.stat().st_size * 2 // 3])  # a copy that stopped two thirds in
+    args = [*CLI, str(cut), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"])]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert "of the 141 frames it declares (cut short?)" in result.stderr
+    assert len(part_lines(result.stdout)) == len(logged(tmp_path / "out"))  # what it saw, it decided and recorded
 
 
 def test_sources_it_cannot_use_are_refused_in_one_line(tmp_path):

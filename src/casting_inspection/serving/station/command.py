@@ -14,7 +14,7 @@ DESCRIPTION = (
     "record its photo and decision in OUT as `watch` does (so review and import-line work on it); the line's health "
     "on a Prometheus endpoint. SOURCE: a video file, rtsp:// or http:// stream, camera device (0, /dev/video0), or "
     "genicam:PRODUCER.cti[#SERIAL]. Exit status: 0 a video file's end; 130 stopped (SIGTERM, Ctrl-C); 3 a part of a "
-    "video file left the view undecided; 1 an error. Only `ok` is signalled OK: a stall, a model that cannot load or a missing acknowledge "
+    "video file left the view undecided, or the file ended before the frames it declares; 1 an error. Only `ok` is signalled OK: a stall, a model that cannot load or a missing acknowledge "
     "makes the station not ready, and a part it cannot decide is NG."
 )
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from casting_inspection.serving.maps import write_overlay
 from casting_inspection.serving.station.parts import Part
-from casting_inspection.serving.watch.filing import FOLDERS, fsync_dir, link_or_claim, names
+from casting_inspection.serving.watch.filing import FOLDERS, claim_name, fsync_dir
 from casting_inspection.serving.watch.inbox import note
 from casting_inspection.serving.watch.log import InspectionLog
 
@@ -110,14 +110,7 @@ class Recorder(threading.Thread):
             f.flush()
             os.fsync(f.fileno())
         try:
-            for candidate in names(folder / part.name, part.sha256):
-                try:
-                    link_or_claim(staged, candidate)
-                    break
-                except FileExistsError:
-                    continue
-            else:
-                raise FileExistsError(f"every name for {part.name} is taken in {folder}")
+            candidate, _ = claim_name(staged, part.sha256, folder / part.name)
         finally:
             staged.unlink(missing_ok=True)
         part.filed = candidate  # named: a retry after a failed sync below must not file it twice

@@ -48,6 +48,7 @@ class _OpenCV:
             self.capture.release()
             raise OSError("cannot be opened (no such file, device or stream, or a format FFmpeg cannot decode)")
         self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 0.0
+        self.declared = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # a file's own count (0: none)
 
     def read(self) -> np.ndarray | None:
         ok, frame = self.capture.read()
@@ -60,7 +61,7 @@ class _OpenCV:
 class _GenICam:
     """A GenICam camera through harvesters; `genicam:PRODUCER.cti` or `genicam:PRODUCER.cti#SERIAL`."""
 
-    fps = 0.0
+    fps, declared = 0.0, 0
 
     def __init__(self, source: str):
         try:
@@ -163,12 +164,22 @@ class FrameReader(threading.Thread):
                     self.stopping.wait(self.reconnect_seconds)
                     continue
                 if not self.live:
+                    self._check_length(capture.declared)
                     self._put(END)
                     return
                 self.connected.clear()
                 note(f"{self.source}: the stream stopped; reconnecting", "station")
         except InspectionError as exc:
             self._put(exc)
+
+    def _check_length(self, declared: int) -> None:
+        """A file that ends before the frames it declares was cut short: the frames past the cut are named, not lost
+        without a word."""
+        if declared > self.index:
+            self.short = f"{self.source}: ended after {self.index} of the {declared} frames it declares (cut short?)"
+            note(self.short, "station")
+
+    short: str | None = None
 
     def _connect(self):
         while not self.stopping.is_set():

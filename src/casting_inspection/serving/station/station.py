@@ -95,7 +95,8 @@ class Station:
         self.metrics.model_loaded(self.inspector)
 
     def run(self, stop: threading.Event) -> int:
-        """Until the video ends or `stop` is set; 0, or 3 when a part left the view undecided (a video file)."""
+        """Until the video ends or `stop` is set; 0, or 3 when a part left the view undecided or the file ended before
+        the frames it declares (a video file)."""
         self.recorder.start()
         self._load_model()  # before the first frame: a camera's frames do not wait for it
         self.reader.start()
@@ -119,7 +120,7 @@ class Station:
             f"{summary}; {self.undecided} undecided; {self.reader.index} frames, {self.reader.dropped} dropped",
             "station",
         )
-        return 3 if ended and self.undecided else 0
+        return 3 if ended and (self.undecided or self.reader.short) else 0
 
     def _loop(self, stop: threading.Event) -> bool:
         while not stop.is_set():

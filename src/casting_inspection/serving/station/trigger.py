@@ -244,9 +244,10 @@ def _near(centre: tuple[float, float], box: tuple[int, int, int, int], reach: in
 
 
 def crop(frame: np.ndarray, box: tuple[int, int, int, int], margin: float) -> np.ndarray:
-    """The square around the part (as the data set's photos frame it), cut at the frame's edges."""
+    """The square around the part (as the data set's photos frame it), cut at the frame's edges: a view of the
+    frame, not a copy (it is taken on every frame a part is seen, and encoded only once)."""
     x, y, w, h = box
     side = round(max(w, h) * (1 + margin))
     cx, cy = x + w / 2, y + h / 2
     left, top = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))
-    return np.ascontiguousarray(frame[top : top + side, left : left + side])
+    return frame[top : top + side, left : left + side]

@@ -53,6 +53,18 @@ def link_or_claim(staged: Path, candidate: Path) -> bool:
     return True
 
 
+def claim_name(staged: Path, digest: str, destination: Path) -> tuple[Path, bool]:
+    """The name `staged` now also has: `destination` or the next free one; or a name where this very photo
+    already is (a restart after the link). Returns it, and whether `staged` itself was moved there."""
+    for candidate in names(destination, digest):
+        try:
+            return candidate, link_or_claim(staged, candidate)
+        except FileExistsError:
+            if sha256_of(candidate) == digest:
+                return candidate, False
+    raise OSError(errno.EEXIST, f"{destination.name} and 98 variants of it are taken by other files")
+
+
 def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -44,7 +44,7 @@ from casting_inspection.core.processes import pid_alive
 from casting_inspection.core.text import printable
 from casting_inspection.serving.inference import Inspector, Result
 from casting_inspection.serving.maps import write_overlay
-from casting_inspection.serving.watch.filing import FOLDERS, TEMPORARY, fsync_dir, link_or_claim, names, sha256_of
+from casting_inspection.serving.watch.filing import FOLDERS, TEMPORARY, claim_name, fsync_dir, names, sha256_of
 from casting_inspection.serving.watch.inbox import (
     FUTURE_SECONDS,
     LINGER_SECONDS,
@@ -412,7 +412,7 @@ class Watcher:
                 return self._move(photo, destination)
         staged = self._copy_in(photo, folder)
         try:
-            final, _ = self._claim(staged, photo.digest, destination)
+            final, _ = claim_name(staged, photo.digest, destination)
         finally:
             staged.unlink(missing_ok=True)
         fsync_dir(folder)
@@ -425,7 +425,7 @@ class Watcher:
         """A file refused unread (over max_file_bytes: its content decided nothing) on the inbox's disk is filed by
         name, never copied: it may be gigabytes."""
         try:
-            final, moved = self._claim(photo.path, photo.digest, destination)
+            final, moved = claim_name(photo.path, photo.digest, destination)
         except OSError as exc:
             if exc.errno == errno.EXDEV:  # a bind mount below --out: the same device number, no rename
                 raise _CannotMove from None
@@ -435,17 +435,6 @@ class Watcher:
         if not moved:
             self._remove_from_inbox(photo, final)
         return final
-
-    def _claim(self, staged: Path, digest: str, destination: Path) -> tuple[Path, bool]:
-        """The name `staged` now also has: `destination` or the next free one; or a name where this very
-        photo already is (a restart after the link, before the inbox copy was removed)."""
-        for candidate in names(destination, digest):
-            try:
-                return candidate, link_or_claim(staged, candidate)
-            except FileExistsError:
-                if sha256_of(candidate) == digest:
-                    return candidate, False
-        raise OSError(errno.EEXIST, f"{destination.name} and 98 variants of it are taken by other files")
 
     def _copy_in(self, photo: _Photo, folder: Path) -> Path:
         """A synced copy of the photo in a hidden temporary next to its destination, checked to hold the
