@@ -125,7 +125,12 @@ def main() -> None:
             profile_train(args.epochs)
         if "evaluate" in args.stages:
             outputs = EvaluateOutputs(
-                out / "test.json", out / "drift.json", out / "plots", out / "operating_point.json", out / "guard.safetensors"
+                out / "test.json",
+                out / "drift.json",
+                out / "painted.json",
+                out / "plots",
+                out / "operating_point.json",
+                out / "guard.safetensors",
             )
             profile_call(
                 "evaluate",
@@ -136,6 +141,7 @@ def main() -> None:
                     Path("data/drift_reference.json"),
                     outputs,
                     MODEL.anomaly,
+                    Path("data/painted"),
                 ),
                 args.top,
             )

@@ -16,12 +16,12 @@ from casting_inspection.evaluation.anomaly import fit_anomaly
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True, help="the prepared array cache")
-    parser.add_argument("--raw", type=Path, required=True, help="the original photos (defects are painted on them)")
+    parser.add_argument("--painted", type=Path, required=True, help="validation good photos with painted defects (paint stage)")
     parser.add_argument("--model", type=Path, required=True, help="the fitted model of good parts")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True, help="the painted defects with their maps")
     args = parser.parse_args()
-    figures = fit_anomaly(load_section("anomaly"), args.data, args.raw, args.model, args.metrics, args.plots)
+    figures = fit_anomaly(load_section("anomaly"), args.data, args.painted, args.model, args.metrics, args.plots)
     print("anomaly: " + json.dumps(figures))
 
 

@@ -20,13 +20,20 @@ def main() -> None:
     parser.add_argument("--drift-reference", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--drift", type=Path, required=True, help="input drift of the test split")
+    parser.add_argument("--painted-metrics", type=Path, required=True, help="the shipped decision on painted defects")
     parser.add_argument("--plots", type=Path, required=True)
     parser.add_argument("--operating-point", type=Path, required=True, help="the decision threshold, shipped with the model")
     parser.add_argument("--guard", type=Path, required=True, help="the not-a-part guard's feature statistics")
     parser.add_argument("--anomaly", type=Path, required=True, help="the model of good parts (the anomaly stage)")
+    parser.add_argument("--painted", type=Path, required=True, help="validation good photos with painted defects (paint stage)")
     args = parser.parse_args()
     outputs = EvaluateOutputs(
-        metrics=args.metrics, drift=args.drift, plots=args.plots, operating_point=args.operating_point, guard=args.guard
+        metrics=args.metrics,
+        drift=args.drift,
+        painted=args.painted_metrics,
+        plots=args.plots,
+        operating_point=args.operating_point,
+        guard=args.guard,
     )
     results = evaluate_model(
         load_section("evaluate"),
@@ -35,6 +42,7 @@ def main() -> None:
         drift_reference_path=args.drift_reference,
         out=outputs,
         anomaly_path=args.anomaly,
+        painted_dir=args.painted,
     )
     print("evaluate: " + json.dumps({k: v for k, v in results.items() if k != "leak_free"}))
 

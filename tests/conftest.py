@@ -32,11 +32,14 @@ def exported_model(tmp_path_factory) -> dict:
     Returns its paths and the raw photos it can be tried on."""
     import json
 
+    from safetensors import safe_open
+
     from casting_inspection.data.dataset import load_split
     from casting_inspection.data.prepare import prepare_dataset
     from casting_inspection.evaluation.anomaly import fit_anomaly
     from casting_inspection.evaluation.guard import fit_guard, save_guard
     from casting_inspection.evaluation.model_files import ModelFiles
+    from casting_inspection.evaluation.painted import paint_validation
     from casting_inspection.export.onnx import export_onnx
     from casting_inspection.modeling.augmentation import augmentation_from
     from casting_inspection.modeling.checkpoint import load_checkpoint
@@ -56,12 +59,17 @@ def exported_model(tmp_path_factory) -> dict:
     rules["novelty_threshold"] *= 3  # 8 validation photos set it at their maximum: a margin keeps generated parts decided
     save_guard(root / "guard.safetensors", tensors)
     section = fast_section("anomaly", root)
-    anomaly = fit_anomaly(section, prepared, raw, root / "anomaly.safetensors", root / "anomaly.json", root / "plots")
-    margin = anomaly["threshold"] * 1.5  # the same margin's reason: few validation parts set it
-    fitted, _ = load_anomaly(root / "anomaly.safetensors")
-    save_patchcore(
-        root / "anomaly.safetensors", fitted, {"taps": section.taps, "input_size": section.input_size, "threshold": margin}
+    paint_validation(section.painted, prepared, raw, root / "painted")
+    anomaly = fit_anomaly(
+        section, prepared, root / "painted", root / "anomaly.safetensors", root / "anomaly.json", root / "plots"
     )
+    # the same margin's reason: few validation parts set it (the flaw finder's score is a probability: halfway to 1)
+    threshold = anomaly["threshold"]
+    margin = threshold * 1.5 if section.method == "patchcore" else (threshold + 1) / 2
+    fitted, _ = load_anomaly(root / "anomaly.safetensors")
+    with safe_open(str(root / "anomaly.safetensors"), "pt") as handle:
+        spec = json.loads(handle.metadata()["spec"])
+    save_patchcore(root / "anomaly.safetensors", fitted, {**spec, "threshold": margin})
     operating_point = {
         "threshold": 0.5,
         "temperature": 1.0,

@@ -17,6 +17,7 @@ STAGE_ROOM = {
     "download": "data",
     "prepare": "data",
     "train": "modeling",
+    "paint": "evaluation",
     "anomaly": "evaluation",
     "evaluate": "evaluation",
     "retake": "evaluation",
@@ -70,9 +71,13 @@ def test_the_serving_path_needs_no_torch_and_no_params(module):
 @pytest.mark.parametrize("stage", list(PIPELINE))
 def test_each_stage_reads_its_own_params_section(stage):
     """The report only reads what the other stages wrote, so it has no section of its own; the retake renders the
-    line changes robustness names, and reads those keys of its section only (not how robustness batches)."""
+    line changes robustness names, and reads those keys of its section only (not how robustness batches); the paint
+    stage reads the anomaly section's `painted` only."""
     if stage == "retake":
         assert PIPELINE[stage]["params"] == [f"robustness.{key}" for key in ("seed", "workers", *CHANGES)]
+        return
+    if stage == "paint":  # paints what the model of good parts is judged on: that section's `painted` only
+        assert PIPELINE[stage]["params"] == ["anomaly.painted"]
         return
     assert PIPELINE[stage].get("params") == (None if stage == "report" else [stage])
 

@@ -16,7 +16,7 @@ from helpers import jpeg_bytes, part_image, project_env, run
 
 pytestmark = pytest.mark.slow  # real processes, servers, browsers or dvc runs: skipped by `pytest -m "not slow"`
 
-STAGES = ["download", "prepare", "train", "anomaly", "evaluate", "retake", "robustness", "export", "report"]
+STAGES = ["download", "prepare", "train", "paint", "anomaly", "evaluate", "retake", "robustness", "export", "report"]
 PICTURES = {
     "sample_grid.png",
     "errors_test.png",
@@ -82,6 +82,10 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert set(anomaly["painted"]) == {"hole", "crack", "scratch", "chip"} and anomaly["held_out"]["kind"] == "blob"
     assert operating_point["anomaly_threshold"] == pytest.approx(anomaly["threshold"]) == test["anomaly"]["threshold"]
     assert export["onnx_anomaly_flips"] == 0
+    painted = json.loads((repo / "metrics/painted.json").read_text())  # the shipped decision on the painted defects
+    assert set(painted["painted"]) == {"hole", "crack", "scratch", "chip"} and painted["held_out"]["kind"] == "blob"
+    for cell in [*painted["painted"].values(), painted["held_out"]]:
+        assert sum(cell[name] for name in ("ok", "defective", "review", "not_a_part")) == pytest.approx(1, abs=1e-3)
     combined = test["combined"]
     assert combined["photos"] == 17 and combined["not_a_part"] == test["not_a_part"]["test_flagged"]
     assert combined["review"] + combined["not_a_part"] == round((1 - combined["decided_automatically"]) * 17)
@@ -133,7 +137,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     run(["git", "checkout", str(perturbations)], repo)
     painted = repo / "src/casting_inspection/evaluation/painted.py"  # the painted defects judge; they never decide
     painted.write_text(painted.read_text() + "\n# a reviewer's note\n")
-    assert set(json.loads(run(["dvc", "status", "--json"], repo, env).stdout)) == {"anomaly"}
+    assert set(json.loads(run(["dvc", "status", "--json"], repo, env).stdout)) == {"paint"}
     run(["git", "checkout", str(painted)], repo)
 
     # shared storage: push to a DVC remote (a local folder here), and a second clone pulls the same model
@@ -200,7 +204,7 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     assert imported.returncode == (3 if skipped else 0) and all("not a part the model can judge" in t for t in skipped)
     recorded = 20 - len(skipped)  # what the model's guard calls not a part is left out, named
     with_line = run(["dvc", "repro"], repo, env)
-    assert ran_stages(with_line.stdout)[:4] == ["prepare", "train", "anomaly", "evaluate"]  # the new labels retrain
+    assert ran_stages(with_line.stdout)[:5] == ["prepare", "train", "paint", "anomaly", "evaluate"]  # the new labels retrain
     line = json.loads((repo / "metrics/data.json").read_text())["line"]
     assert recorded >= 15 and line["photos"] == recorded and line["line_test"] > 0
     assert line["train"] + line["val"] + line["line_test"] + line["dropped"] == recorded  # dropped: near copies of official ones

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from casting_inspection.data.images import preprocess
-from casting_inspection.evaluation.anomaly import painted_photos, peak_on_defect
-from casting_inspection.evaluation.painted import KINDS, paint, part_disc, rng_for
+from casting_inspection.evaluation.anomaly import peak_on_defect
+from casting_inspection.evaluation.painted import KINDS, paint, painted_photos, part_disc, rng_for
 from casting_inspection.modeling.patchcore import (
     PatchCore,
     PatchFeatures,
@@ -45,6 +45,17 @@ def test_the_part_is_found_where_it_was_drawn():
     image = part_image(False, 3, size=SIDE)
     row, col, radius = part_disc(np.asarray(image, np.float32))
     assert abs(row - SIDE / 2) <= 4 and abs(col - SIDE / 2) <= 4 and abs(radius - 0.38 * SIDE) <= 4
+
+
+def test_the_rim_is_found_though_the_dark_inner_ring_is_sharper():
+    """An impeller: a bright flange hardly lighter than the table, around a dark ring with a hard edge."""
+    side = 128
+    image = Image.new("L", (side, side), 150)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([side * 0.1, side * 0.1, side * 0.9, side * 0.9], fill=175)  # flange: radius 0.4
+    draw.ellipse([side * 0.25, side * 0.25, side * 0.75, side * 0.75], fill=20)  # dark ring: radius 0.25
+    _, _, radius = part_disc(np.asarray(image, np.float32))
+    assert abs(radius - 0.4 * side) <= 3
 
 
 @pytest.mark.parametrize("kind", KINDS)

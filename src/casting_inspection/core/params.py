@@ -243,17 +243,40 @@ class PaintedParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class FlawParams:
+    share: float = check(_fraction)
+    contrast: list[float] = check(lambda v: None if len(v) == 2 and 0 < v[0] <= v[1] <= 1 else "must be [low, high] in (0, 1]")
+    size: list[float] = check(lambda v: None if len(v) == 2 and 0 < v[0] <= v[1] else "must be [low, high] with 0 < low <= high")
+    radius: float = check(lambda v: None if 0 < v <= 0.5 else "must be in (0, 0.5]")
+    width: int = check(_positive)
+    tune: list[int] = check(lambda v: None if all(0 <= b <= 15 for b in v) else "must list EfficientNet-Lite0 blocks 0-15")
+    epochs: int = check(_positive)
+    lr: float = check(_positive)
+    batch_size: int = check(_positive)
+    positive_weight: float = check(_positive)
+
+
+@dataclasses.dataclass(frozen=True)
 class AnomalyParams:
+    method: Literal["flaws", "patchcore"]
     taps: list[int] = check(lambda v: None if v and all(0 <= t <= 15 for t in v) else "must list EfficientNet-Lite0 blocks 0-15")
     input_size: int = check(lambda v: None if 32 <= v <= 512 else "must be between 32 and 512")
     window: float = check(lambda v: None if 0 < v <= 0.75 else "must be in (0, 0.75]")
     lamp: list[float] = check(lambda v: None if len(v) == 2 and 0 < v[0] <= v[1] else "must be [low, high] with 0 < low <= high")
     patches: int = check(_positive)
     coreset: int = check(_positive)
+    flaws: FlawParams
     reject_share: float = check(_fraction)
     batch_size: int = check(_positive)
     seed: int = check(_non_negative)
     painted: PaintedParams
+
+    def __post_init__(self):
+        if self.method == "flaws" and any(block > max(self.taps) for block in self.flaws.tune):
+            raise InspectionError(
+                f"params.yaml: anomaly.flaws.tune {self.flaws.tune} names blocks past the last of anomaly.taps "
+                f"{self.taps}; those blocks never run: list blocks up to {max(self.taps)}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

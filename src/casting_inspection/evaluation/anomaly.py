@@ -10,15 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from casting_inspection.core.files import atomic_path, write_json
 from casting_inspection.core.overlay import overlay, tile_grid
 from casting_inspection.core.params import AnomalyParams
-from casting_inspection.data.dataset import load_preprocessing, load_split
-from casting_inspection.data.images import preprocess
-from casting_inspection.evaluation.painted import paint, rng_for
+from casting_inspection.data.dataset import load_split
+from casting_inspection.evaluation.painted_set import load_painted
+from casting_inspection.modeling.flaws import FlawNet, FlawTraining, fit_flawnet
 from casting_inspection.modeling.patchcore import (
     PatchCore,
     PatchFeatures,
@@ -27,6 +26,7 @@ from casting_inspection.modeling.patchcore import (
     part_window,
     save_patchcore,
 )
+from casting_inspection.modeling.synthetic import FlawSettings
 
 GALLERY = 6  # painted photos of each kind shown with their maps
 
@@ -56,16 +56,29 @@ def fit_patchcore(params: AnomalyParams, good: torch.Tensor) -> PatchCore:
     return PatchCore(features, bank, window).eval()
 
 
-def painted_photos(raw_dir: Path, paths: list[str], kind: str, seed: int, spec: dict) -> tuple[torch.Tensor, np.ndarray]:
-    """The photos with one painted defect of `kind` each, prepared as the network sees them, and each defect's
-    centre (row, col) as fractions of the frame."""
-    arrays, centres = [], []
-    for path in paths:
-        with Image.open(Path(raw_dir) / path) as image:
-            image.load()
-        painted, centre = paint(image, kind, rng_for(seed, kind, path), image.size[0] / spec["image_size"])
-        arrays.append(preprocess(painted, spec["image_size"], spec["color_mode"])), centres.append(centre)
-    return torch.from_numpy(np.stack(arrays)), np.array(centres)
+def fit_flaws(params: AnomalyParams, good: torch.Tensor) -> FlawNet:
+    """The flaw finder: its head trained on the good photos with flaws drawn on them (under the same lamp range)."""
+    features = PatchFeatures(params.taps, good.shape[1], params.input_size)
+    flaws = params.flaws
+    training = FlawTraining(
+        FlawSettings(flaws.share, tuple(flaws.contrast), tuple(flaws.size), flaws.radius),
+        flaws.width,
+        tuple(flaws.tune),
+        flaws.epochs,
+        flaws.lr,
+        flaws.batch_size,
+        flaws.positive_weight,
+        tuple(params.lamp),
+        params.seed,
+    )
+    with torch.no_grad():
+        side = features(good[:1].float() / 255).shape[-1]
+    return fit_flawnet(training, features, good, part_window(side, params.window))
+
+
+def _spec(params: AnomalyParams, threshold: float) -> dict:
+    spec = {"method": params.method, "taps": params.taps, "input_size": params.input_size, "threshold": threshold}
+    return {**spec, "reject_share": params.reject_share, **({"width": params.flaws.width} if params.method == "flaws" else {})}
 
 
 def peak_on_defect(maps: np.ndarray, centres: np.ndarray, tolerance: float) -> np.ndarray:
@@ -77,21 +90,21 @@ def peak_on_defect(maps: np.ndarray, centres: np.ndarray, tolerance: float) -> n
 
 
 def fit_anomaly(
-    params: AnomalyParams, prepared_dir: Path, raw_dir: Path, model_path: Path, metrics_path: Path, plots_dir: Path
+    params: AnomalyParams, prepared_dir: Path, painted_dir: Path, model_path: Path, metrics_path: Path, plots_dir: Path
 ) -> dict:
     train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
-    model = fit_patchcore(params, train.images[train.labels == 0])
+    fit = fit_flaws if params.method == "flaws" else fit_patchcore
+    model = fit(params, train.images[train.labels == 0])
     good = val.labels == 0
     clean, _ = anomaly_scores(model, val.images[good], params.batch_size)
     threshold = float(np.quantile(clean, 1 - params.reject_share))
-    spec = load_preprocessing(prepared_dir)
-    paths = [path for path, keep in zip(val.paths, good.tolist()) if keep]
+    painted = load_painted(painted_dir)
     kinds, tiles = {}, []
-    for kind in [*params.painted.kinds, params.painted.held_out]:
-        images, centres = painted_photos(raw_dir, paths, kind, params.painted.seed, spec)
+    for kind in [*painted.kinds, painted.held_out]:
+        images, centres = painted.images[kind], painted.index.centres[kind]
         scores, maps = anomaly_scores(model, images, params.batch_size)
         tiles += [
-            (overlay(images[i].numpy(), maps[i], threshold), f"{kind}: {scores[i]:.2f}") for i in range(min(GALLERY, len(images)))
+            (overlay(images[i].numpy(), maps[i], threshold), f"{kind}: {scores[i]:.3g}") for i in range(min(GALLERY, len(images)))
         ]
         kinds[kind] = {
             "decided_ok": round(float(np.mean(scores < threshold)), 4),
@@ -101,15 +114,14 @@ def fit_anomaly(
     figures = {
         "threshold": round(threshold, 6),
         "val_good_rejected": round(float(np.mean(clean >= threshold)), 4),
-        "bank_patches": len(model.bank),
-        "painted": {kind: kinds[kind] for kind in params.painted.kinds},
-        "held_out": {"kind": params.painted.held_out, **kinds[params.painted.held_out]},
-        "painted_photos_per_kind": len(paths),
+        "method": params.method,
+        "painted": {kind: kinds[kind] for kind in painted.kinds},
+        "held_out": {"kind": painted.held_out, **kinds[painted.held_out]},
+        "painted_photos_per_kind": len(painted.index.paths),
     }
-    spec = {"taps": params.taps, "input_size": params.input_size, "reject_share": params.reject_share, "threshold": threshold}
-    save_patchcore(model_path, model, spec)
+    save_patchcore(model_path, model, _spec(params, threshold))
     write_json(metrics_path, figures)
-    title = f"Painted on validation good parts (held out: {params.painted.held_out}); threshold {threshold:.2f}"
+    title = f"Painted on validation good parts (held out: {painted.held_out}); threshold {threshold:.3g}"
     with atomic_path(Path(plots_dir) / "painted.png") as tmp:
         tile_grid(tiles, GALLERY, title).save(tmp, format="PNG")
     return figures

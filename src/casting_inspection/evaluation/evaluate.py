@@ -14,7 +14,7 @@ from dvclive import Live
 from sklearn import metrics as skm
 
 from casting_inspection import CLASS_NAMES
-from casting_inspection.core.decision import DecisionRule
+from casting_inspection.core.decision import DECISIONS, DecisionRule
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path, write_json, write_text
 from casting_inspection.core.overlay import overlay, tile_grid
@@ -29,6 +29,7 @@ from casting_inspection.evaluation.galleries import Tile, draw_tiles, evidence_c
 from casting_inspection.evaluation.guard import Decider, guard_reasons
 from casting_inspection.evaluation.metrics import decision_metrics, review_metrics
 from casting_inspection.evaluation.not_a_part import not_a_part_figures
+from casting_inspection.evaluation.painted_set import PaintedSet, load_painted
 from casting_inspection.modeling.checkpoint import load_checkpoint
 from casting_inspection.modeling.patchcore import anomaly_scores, load_anomaly
 from casting_inspection.modeling.predict import predict_logits_and_features, select_device
@@ -42,6 +43,7 @@ class EvaluateOutputs:
 
     metrics: Path
     drift: Path
+    painted: Path
     plots: Path
     operating_point: Path
     guard: Path
@@ -54,6 +56,7 @@ def evaluate_model(
     drift_reference_path: Path,
     out: EvaluateOutputs,
     anomaly_path: Path,
+    painted_dir: Path,
 ) -> dict:
     """Calibrate on validation, write the operating point, then score the test split once with it."""
     device = select_device("auto")
@@ -74,6 +77,7 @@ def evaluate_model(
     results["anomaly"] = anomaly_figures(scored.labels, departures, anomaly_threshold)
     results["combined"] = combined_figures(scored.labels, decisions)
     _anomaly_gallery(test, scored, decisions, departures, maps, point.rule, Path(out.plots) / "images" / "anomaly_test.png")
+    write_json(out.painted, painted_figures(decide, load_painted(painted_dir)))
     spec = ImageSpec(**checkpoint["preprocessing"])
     results["not_a_part"] = not_a_part_figures(params, decide, test, val, flags, spec, Path(out.plots) / "images")
     results["line_test"] = line_test_figures(decide, load_split(prepared_dir, "line_test"), point.rule)
@@ -124,6 +128,21 @@ def combined_figures(labels: np.ndarray, decided: list[tuple[str, str | None]]) 
         "false_reject_rate": round(float(((decisions == "defective") & (labels == 0)).sum() / max((labels == 0).sum(), 1)), 4),
         "review": int((decisions == "review").sum()),
         "not_a_part": int((decisions == "not_a_part").sum()),
+    }
+
+
+def painted_figures(decide: Decider, painted: PaintedSet) -> dict:
+    """The shipped decision (guard, model of good parts, classifier, review band) on defects painted on validation
+    good parts: the share of each kind decided each way. `ok` is a painted defect shipped."""
+
+    def shares(kind: str) -> dict:
+        decisions = np.array([decision for decision, _, _ in decide(painted.images[kind], painted.index.sizes)])
+        return {name: round(float(np.mean(decisions == name)), 4) for name in DECISIONS}
+
+    return {
+        "photos_per_kind": len(painted.index.paths),
+        "painted": {kind: shares(kind) for kind in painted.kinds},
+        "held_out": {"kind": painted.held_out, **shares(painted.held_out)},
     }
 
 

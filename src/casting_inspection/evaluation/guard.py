@@ -115,7 +115,7 @@ def load_guard(path: Path) -> dict:
 
 class Decider:
     """The shipped decision for uint8 images, in PyTorch: the guard's reasons, then the rule (core.decision), with the
-    model of good parts' score when there is one (`anomaly`: a modeling.patchcore.PatchCore, or None)."""
+    model of good parts' score when there is one (`anomaly`: what modeling.patchcore.load_anomaly returns, or None)."""
 
     def __init__(
         self, model, temperature: float, rule: DecisionRule, guard_rules: dict, tensors: dict, batch_size: int, anomaly=None

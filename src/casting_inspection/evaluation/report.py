@@ -264,21 +264,30 @@ photos flagged ({reasons}); the figures above are on the {test["n"]} decided. Ge
 Parts re-taken under line changes flagged: {html.escape("; ".join(flagged))}.</p>"""
 
 
-def _anomaly(anomaly: dict, test: dict, plots_dir: Path) -> str:
-    """The model of good parts: painted defects of forms the data set lacks (one kind never chosen on), the test split
-    scored once, the combined decision, and where the maps point."""
+def _anomaly(anomaly: dict, painted: dict, test: dict, plots_dir: Path) -> str:
+    """The model of good parts: painted defects of forms the data set lacks (one kind never chosen on), alone and in the
+    shipped decision, the test split scored once, the combined decision, and where the maps point."""
+    shipped = {**painted["painted"], anomaly["held_out"]["kind"]: painted["held_out"]}
     rows = [
-        [kind, _pct(cell["decided_ok"], 1), f"{cell['auroc']:.3f}", _pct(cell["map_peak_on_defect"], 0)]
-        for kind, cell in [*anomaly["painted"].items(), (anomaly["held_out"]["kind"] + " (held out)", anomaly["held_out"])]
+        [
+            kind + (" (held out)" if kind == anomaly["held_out"]["kind"] else ""),
+            _pct(cell["decided_ok"], 1),
+            f"{cell['auroc']:.3f}",
+            _pct(cell["map_peak_on_defect"], 0),
+            _pct(shipped[kind]["ok"], 1),
+            _pct(shipped[kind]["review"] + shipped[kind]["not_a_part"], 1),
+        ]
+        for kind, cell in [*anomaly["painted"].items(), (anomaly["held_out"]["kind"], anomaly["held_out"])]
     ]
     alone, combined = test["anomaly"], test["combined"]
     auroc = "n/a" if alone["auroc"] is None else f"{alone['auroc']:.3f}"
     return f"""<h2>A model of good parts</h2>
 <p>Fitted on the train split's good photos only, it flags whatever departs from every good part seen, at a threshold
 that rejects {_pct(anomaly["val_good_rejected"], 1)} of validation good parts. A part is <b>defective</b> when it or the
-classifier says so. Defects painted on {anomaly["painted_photos_per_kind"]} validation good parts, each kind alone
-(anomaly model alone; "map on defect": its highest patch lies on the defect):</p>
-{_table(["kind", "decided ok", "AUROC", "map on defect"], rows)}
+classifier says so. Defects painted on {anomaly["painted_photos_per_kind"]} validation good parts, each kind alone,
+decided by the anomaly model alone ("map on defect": its highest patch lies on the defect) and by the shipped decision
+(shipped: decided <b>ok</b>; to a person: review or not a part):</p>
+{_table(["kind", "anomaly model: ok", "AUROC", "map on defect", "shipped decision: ok", "to a person"], rows)}
 <p>Test split, scored once: AUROC of the anomaly score alone {auroc}; it alone rejects {alone["good_rejected"]} of
 {alone["good"]} good parts and {alone["defects_rejected"]} of {alone["defects"]} defects. The shipped decision:
 {_pct(combined["decided_automatically"], 1)} decided automatically, {combined["missed_defects"]} missed defects,
@@ -354,8 +363,9 @@ even the leak-free subset still shares parts with training; published accuracies
 
 
 def write_report(metrics_dir: Path, plots_dir: Path, out_path: Path) -> Path:
-    data, train, test, robustness, drift, export, anomaly = (
-        _read_json(metrics_dir / f"{n}.json") for n in ("data", "train", "test", "robustness", "drift", "export", "anomaly")
+    data, train, test, robustness, drift, export, anomaly, painted = (
+        _read_json(metrics_dir / f"{n}.json")
+        for n in ("data", "train", "test", "robustness", "drift", "export", "anomaly", "painted")
     )
     evaluate_dir, images_dir = plots_dir / "evaluate", plots_dir / "evaluate/images"
     missing = [name for name, *_ in PICTURES if not (images_dir / name).exists()]
@@ -364,7 +374,7 @@ def write_report(metrics_dir: Path, plots_dir: Path, out_path: Path) -> Path:
     body = "\n".join(
         [
             _headline(test, train),
-            _anomaly(anomaly, test, plots_dir),
+            _anomaly(anomaly, painted, test, plots_dir),
             _not_a_part(test, robustness),
             _line(data, test),
             _robustness(robustness, export),

@@ -26,8 +26,8 @@ from casting_inspection.modeling.patchcore import load_anomaly
 INPUT_NAME = "image"
 OUTPUT_NAME = "defect_probability"
 NOVELTY_NAME = "novelty"  # the not-a-part guard's squared Mahalanobis distance (evaluation.guard)
-ANOMALY_NAME = "anomaly"  # the model of good parts' score: the worst patch's distance from every good patch
-ANOMALY_MAP_NAME = "anomaly_map"  # (N, h, w): each patch's distance, where the part departs from a good one
+ANOMALY_NAME = "anomaly"  # the model of good parts' score: its map's worst patch on the part
+ANOMALY_MAP_NAME = "anomaly_map"  # (N, h, w): each patch's departure from a good part (a flaw probability, or a distance)
 
 
 def one_digit(value: float) -> float:
@@ -177,7 +177,7 @@ def _metadata(checkpoint: dict, operating_point: dict, checkpoint_path: Path, dr
         # not a part, not a decision: the photo checks and the novelty threshold (the graph's second output)
         "guard": json.dumps(operating_point["guard"]),
         # the model of good parts: a part whose score (the graph's "anomaly" output) reaches this is defective; the
-        # "anomaly_map" output shows where (each patch's distance, over the part's window)
+        # "anomaly_map" output shows where (each patch's departure, over the part's window)
         "anomaly_threshold": json.dumps(operating_point.get("anomaly_threshold")),
         "image_size": str(checkpoint["preprocessing"]["image_size"]),
         "color_mode": checkpoint["preprocessing"]["color_mode"],

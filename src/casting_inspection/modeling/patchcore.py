@@ -21,6 +21,7 @@ from torch import nn
 
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path
+from casting_inspection.modeling.flaws import FlawNet
 
 
 def lite0_imagenet_state() -> dict[str, torch.Tensor]:
@@ -115,7 +116,7 @@ def greedy_coreset(points: torch.Tensor, size: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def anomaly_scores(model: PatchCore, images: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def anomaly_scores(model: nn.Module, images: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(score per image, map per image) for uint8 images, in order."""
     scores, maps = [], []
     batch_size = min(batch_size, 32)  # each image's patch-to-bank distances take megabytes
@@ -125,7 +126,7 @@ def anomaly_scores(model: PatchCore, images: torch.Tensor, batch_size: int) -> t
     return np.concatenate(scores), np.concatenate(maps)
 
 
-def save_patchcore(path: Path, model: PatchCore, spec: dict) -> None:
+def save_patchcore(path: Path, model: nn.Module, spec: dict) -> None:
     """Every weight (the filters too: serving and export need no wheel) and `spec` (taps, input size, threshold)."""
     from safetensors.torch import save_file
 
@@ -134,8 +135,8 @@ def save_patchcore(path: Path, model: PatchCore, spec: dict) -> None:
         save_file(tensors, str(tmp), metadata={"spec": json.dumps(spec)})
 
 
-def load_anomaly(path: Path) -> tuple[PatchCore, float]:
-    """The fitted model of good parts and its threshold."""
+def load_anomaly(path: Path) -> tuple[nn.Module, float]:
+    """The fitted model of good parts (PatchCore, or the flaw finder of `flaws.py`) and its threshold."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -146,6 +147,9 @@ def load_anomaly(path: Path) -> tuple[PatchCore, float]:
     tensors = load_file(str(path))
     in_channels = tensors["features.stem.0.weight"].shape[1]
     features = PatchFeatures(spec["taps"], in_channels, spec["input_size"], imagenet=False)
-    model = PatchCore(features, tensors["bank"], tensors["window"])
+    if spec.get("method", "patchcore") == "flaws":
+        model = FlawNet(features, int(spec["width"]), tensors["window"])
+    else:
+        model = PatchCore(features, tensors["bank"], tensors["window"])
     model.load_state_dict(tensors)
     return model.eval(), float(spec["threshold"])
