@@ -33,7 +33,7 @@ def png(image: Image.Image) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models/model.onnx")
-    parser.add_argument("--seed", type=int, default=1, help="painting seed (the anomaly stage paints with its own)")
+    parser.add_argument("--seed", type=int, default=1, help="painting seed (the paint stage paints with its own)")
     parser.add_argument("--limit", type=int, default=0, help="at most this many photos per kind (0 = all)")
     args = parser.parse_args()
     inspector = Inspector(args.model)

@@ -72,12 +72,12 @@ def test_the_serving_path_needs_no_torch_and_no_params(module):
 def test_each_stage_reads_its_own_params_section(stage):
     """The report only reads what the other stages wrote, so it has no section of its own; the retake renders the
     line changes robustness names, and reads those keys of its section only (not how robustness batches); the paint
-    stage reads the anomaly section's `painted` only."""
+    stage reads what the anomaly section's `painted` says to paint."""
     if stage == "retake":
         assert PIPELINE[stage]["params"] == [f"robustness.{key}" for key in ("seed", "workers", *CHANGES)]
         return
-    if stage == "paint":  # paints what the model of good parts is judged on: that section's `painted` only
-        assert PIPELINE[stage]["params"] == ["anomaly.painted"]
+    if stage == "paint":  # paints what the model of good parts is judged on: what to paint, not how it is judged
+        assert PIPELINE[stage]["params"] == [f"anomaly.painted.{key}" for key in ("kinds", "held_out", "seed")]
         return
     assert PIPELINE[stage].get("params") == (None if stage == "report" else [stage])
 

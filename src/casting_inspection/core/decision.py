@@ -3,8 +3,8 @@ watch), with its validity check, the novelty score and the words for each outcom
 
 Free of PyTorch and of params: the numbers come from the model's operating point (evaluate chooses them on
 validation; export writes them into the ONNX metadata). A photo the guard flags is `not_a_part` and is never
-decided. A part whose anomaly score (its distance from every good part seen, modeling.patchcore) reaches the
-anomaly threshold is `defective`, whatever the classifier says: the classifier knows the defects it was shown, the
+decided. A part whose anomaly score (how far it departs from a good part: modeling.flaws or modeling.patchcore)
+reaches the anomaly threshold is `defective`, whatever the classifier says: the classifier knows the defects it was shown, the
 model of good parts whatever departs from a good part. The others go to a person inside the review band
 [low, high), are `defective` at or above the threshold, and `ok` below it.
 """

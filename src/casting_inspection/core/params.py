@@ -249,7 +249,9 @@ class FlawParams:
     size: list[float] = check(lambda v: None if len(v) == 2 and 0 < v[0] <= v[1] else "must be [low, high] with 0 < low <= high")
     radius: float = check(lambda v: None if 0 < v <= 0.5 else "must be in (0, 0.5]")
     width: int = check(_positive)
-    tune: list[int] = check(lambda v: None if all(0 <= b <= 15 for b in v) else "must list EfficientNet-Lite0 blocks 0-15")
+    tune: list[int] = check(
+        lambda v: None if all(0 <= b <= 15 for b in v) and len(set(v)) == len(v) else "must list distinct Lite0 blocks 0-15"
+    )
     epochs: int = check(_positive)
     lr: float = check(_positive)
     batch_size: int = check(_positive)

@@ -135,6 +135,9 @@ def painted_figures(decide: Decider, painted: PaintedSet) -> dict:
     """The shipped decision (guard, model of good parts, classifier, review band) on defects painted on validation
     good parts: the share of each kind decided each way. `ok` is a painted defect shipped."""
 
+    if not painted.index.paths:
+        raise InspectionError("data/painted holds no painted photo: the validation split has no good part to paint")
+
     def shares(kind: str) -> dict:
         decisions = np.array([decision for decision, _, _ in decide(painted.images[kind], painted.index.sizes)])
         return {name: round(float(np.mean(decisions == name)), 4) for name in DECISIONS}

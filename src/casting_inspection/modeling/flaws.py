@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from casting_inspection.core.errors import InspectionError
 from casting_inspection.modeling.synthetic import FlawSettings, draw_flaws
 
 if TYPE_CHECKING:  # patchcore.py loads this module's model: no import back at run time
@@ -67,9 +68,12 @@ class FlawNet(nn.Module):
         return heat.flatten(1).amax(1), heat
 
 
-def _batch(good: torch.Tensor, index: torch.Tensor, training: FlawTraining, g: torch.Generator):
-    """Good photos turned and flipped (exact: a round part has no upright), under one lamp level, some with a flaw."""
+def _batch(good: torch.Tensor, index: torch.Tensor, training: FlawTraining, side: int, g: torch.Generator):
+    """Good photos at the filters' input side, turned and flipped (exact: a round part has no upright), under one
+    lamp level, some with a flaw (its size in pixels of that input)."""
     x = good[index].float() / 255
+    if x.shape[-1] != side:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
     x = torch.rot90(x, int(torch.randint(4, (), generator=g)), dims=(-2, -1))
     if float(torch.rand((), generator=g)) < 0.5:
         x = x.flip(-1)
@@ -79,6 +83,8 @@ def _batch(good: torch.Tensor, index: torch.Tensor, training: FlawTraining, g: t
 
 def fit_flawnet(training: FlawTraining, features: PatchFeatures, good: torch.Tensor, window: torch.Tensor) -> FlawNet:
     """Train the head, and the blocks `training.tune` names, on `good` (uint8, N C H W)."""
+    if len(good) == 0:
+        raise InspectionError("the flaw finder needs good training photos, and the train split has none")
     torch.manual_seed(training.seed)
     g = torch.Generator().manual_seed(training.seed)
     features.eval()  # BatchNorm keeps ImageNet's statistics; tuned blocks learn their weights only
@@ -96,10 +102,10 @@ def fit_flawnet(training: FlawTraining, features: PatchFeatures, good: torch.Ten
         model.head.train()
         order, total = torch.randperm(len(good), generator=g), 0.0
         for step in tqdm(range(steps), desc=f"flaws {epoch}/{training.epochs}", unit="batch", leave=False, disable=None):
-            x, masks = _batch(good, order[step * training.batch_size : (step + 1) * training.batch_size], training, g)
+            index = order[step * training.batch_size : (step + 1) * training.batch_size]
+            x, masks = _batch(good, index, training, features.input_size, g)
             logits = model.logits(x)
-            cell = x.shape[-1] // logits.shape[-1]
-            target = (F.max_pool2d(masks[:, None], cell)[:, 0] / VISIBLE).clamp(0, 1)
+            target = (F.adaptive_max_pool2d(masks[:, None], logits.shape[-2:])[:, 0] / VISIBLE).clamp(0, 1)
             loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
