@@ -63,9 +63,10 @@ def exported_model(tmp_path_factory) -> dict:
     anomaly = fit_anomaly(
         section, prepared, root / "painted", root / "anomaly.safetensors", root / "anomaly.json", root / "plots"
     )
-    # the same margin's reason: few validation parts set it (the flaw finder's score is a probability: halfway to 1)
+    # the same margin's reason: few validation parts set it (the flaw finder's score is a probability: a quarter of
+    # the way to 1; generated good parts score about 0.35 and the painted blot of the maps tests about 0.7)
     threshold = anomaly["threshold"]
-    margin = threshold * 1.5 if section.method == "patchcore" else (threshold + 1) / 2
+    margin = threshold * 1.5 if section.method == "patchcore" else threshold + (1 - threshold) / 4
     fitted, _ = load_anomaly(root / "anomaly.safetensors")
     with safe_open(str(root / "anomaly.safetensors"), "pt") as handle:
         spec = json.loads(handle.metadata()["spec"])

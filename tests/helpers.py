@@ -36,7 +36,7 @@ FAST_PARAMS = {
         "patches": 4000,
         "coreset": 256,
         "batch_size": 32,
-        "flaws": {"epochs": 10, "width": 16, "batch_size": 16},
+        "flaws": {"epochs": 60, "width": 16, "batch_size": 16},
     },
     "evaluate": {"batch_size": 32},
     "robustness": {"batch_size": 32},
