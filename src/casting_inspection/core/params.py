@@ -122,6 +122,7 @@ class AugmentParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
+    classifier: bool
     model: Literal["cnn", "resnet18", "efficientnet_lite0", "vgg_seed", "mlp", "logreg"]
     weights: Literal["none", "imagenet"]
     freeze: int = check(_non_negative)
@@ -142,6 +143,8 @@ class TrainParams:
     distributed: bool
 
     def __post_init__(self):
+        if self.distributed and not self.classifier:
+            raise InspectionError("params.yaml: train.distributed trains a classifier; it needs train.classifier=true")
         if self.weights == "imagenet" and self.model not in ("resnet18", "efficientnet_lite0"):
             raise InspectionError("params.yaml: train.weights=imagenet needs train.model=resnet18 or efficientnet_lite0")
         if self.freeze and self.weights != "imagenet":

@@ -27,6 +27,19 @@ class Split:
     def leak_free(self) -> np.ndarray:
         return ~(self.leaked | self.near_duplicate)
 
+    def good(self) -> Split:
+        """The good photos alone: all that a product with good photos only has to choose with."""
+        keep = (self.labels == 0).numpy()
+        rows = np.flatnonzero(keep)
+        return Split(
+            self.images[torch.from_numpy(keep)],
+            self.labels[torch.from_numpy(keep)],
+            [self.paths[i] for i in rows],
+            self.leaked[keep],
+            self.near_duplicate[keep],
+            [self.sizes[i] for i in rows],
+        )
+
 
 def load_split(prepared_dir: Path, split: str) -> Split:
     prepared_dir = Path(prepared_dir)

@@ -73,11 +73,11 @@ def _verify(job: tuple[Path, str, ImageSpec]):
 def _list_raw(raw_dir: Path) -> list[tuple[Path, str, str, str]]:
     files = []
     for split in SPLITS:
+        if not (raw_dir / split).is_dir():
+            raise InspectionError(f"{raw_dir / split}: missing; run the download stage first (dvc repro download)")
         for label in CLASS_NAMES:
-            folder = raw_dir / split / label
-            if not folder.is_dir():
-                raise InspectionError(f"{folder}: missing; run the download stage first (dvc repro download)")
-            for path in sorted(folder.iterdir()):
+            folder = raw_dir / split / label  # no defect folder: a product with good photos only (train.classifier)
+            for path in sorted(folder.iterdir()) if folder.is_dir() else []:
                 files.append((path, f"{split}/{label}/{path.name}", split, label))
     return files
 

@@ -17,6 +17,7 @@ from casting_inspection.evaluation.guard import fit_guard, save_guard
 from casting_inspection.evaluation.metrics import Costs
 from casting_inspection.evaluation.operating_point import choose_review_band, choose_threshold
 from casting_inspection.modeling.augmentation import augmentation_from
+from casting_inspection.modeling.checkpoint import has_classifier
 from casting_inspection.modeling.predict import predict_logits
 
 
@@ -50,9 +51,15 @@ def costs_of(params: EvaluateParams) -> Costs:
     return Costs(params.cost_missed_defect, params.cost_false_reject, params.defect_rate)
 
 
-def calibrate(params: EvaluateParams, model, checkpoint: dict, train: Split, val: Split, device) -> tuple[OperatingPoint, Scored]:
-    """Fit the operating point on validation (and the guard on train + validation); the scored validation split."""
+def calibrate(
+    params: EvaluateParams, model, checkpoint: dict, splits: tuple[Split, Split], anomaly_threshold: float, device
+) -> tuple[OperatingPoint, Scored]:
+    """Fit the operating point on validation (and the guard on train + validation); the scored validation split.
+    Without a classifier (train.classifier: false) only the good photos choose: defect photos may not exist."""
+    train, val = splits
     logits = predict_logits(model, val.images, params.batch_size, device).double().numpy()
+    if not has_classifier(checkpoint):
+        return _good_parts_only(params, model, checkpoint, (train.good(), val.good()), anomaly_threshold, logits, val)
     temperature = fit_temperature(logits, val.labels.numpy()) if params.calibration.temperature_scaling else 1.0
     scored = Scored(val.labels.numpy().astype(int), sigmoid(logits / temperature), sigmoid(logits))
     costs = costs_of(params)
@@ -60,7 +67,32 @@ def calibrate(params: EvaluateParams, model, checkpoint: dict, train: Split, val
         params.operating_point, scored.labels, scored.probabilities, costs, params.threshold, params.target_recall
     )
     band = choose_review_band(params.review_share, scored.labels, scored.probabilities, threshold, costs)
-    augment = checkpoint["train_params"]["augment"]
-    rules, tensors = fit_guard(model, train, val, params.guard, params.batch_size, augmentation_from(augment), augment["group"])
-    rule = DecisionRule(threshold, band, rules["novelty_threshold"])
+    rules, tensors = _guard(params, model, checkpoint, train, val)
+    rule = DecisionRule(threshold, band, rules["novelty_threshold"], anomaly_threshold)
     return OperatingPoint(temperature, rule, rules, tensors), scored
+
+
+def _guard(params: EvaluateParams, model, checkpoint: dict, train: Split, val: Split) -> tuple[dict, dict]:
+    augment = checkpoint["train_params"]["augment"]
+    return fit_guard(model, train, val, params.guard, params.batch_size, augmentation_from(augment), augment["group"])
+
+
+def _good_parts_only(params: EvaluateParams, model, checkpoint: dict, good: tuple[Split, Split], anomaly_threshold, logits, val):
+    """The model of good parts decides alone: its own threshold (a share of validation good parts rejected), a review
+    band just below it holding `review_share` of the validation good parts, the guard fitted on good photos."""
+    scored = Scored(val.labels.numpy().astype(int), sigmoid(logits), sigmoid(logits))
+    band = good_review_band(scored.probabilities[scored.labels == 0], anomaly_threshold, params.review_share)
+    rules, tensors = _guard(params, model, checkpoint, *good)
+    rule = DecisionRule(anomaly_threshold, band, rules["novelty_threshold"], anomaly_threshold)
+    return OperatingPoint(1.0, rule, rules, tensors), scored
+
+
+def good_review_band(good_scores: np.ndarray, threshold: float, review_share: float) -> tuple[float, float] | None:
+    """[low, threshold): the highest-scoring validation good parts below the threshold, at most `review_share` of
+    them, go to a person; low sits halfway between the last one in and the next. None when no part fits."""
+    below = np.sort(good_scores[good_scores < threshold])
+    held = min(int(review_share * len(good_scores)), len(below))
+    if held == 0:
+        return None
+    low = below[-held] / 2 if held == len(below) else (below[-held - 1] + below[-held]) / 2
+    return float(low), float(threshold)

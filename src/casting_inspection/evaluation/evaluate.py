@@ -30,8 +30,8 @@ from casting_inspection.evaluation.guard import Decider, guard_reasons
 from casting_inspection.evaluation.metrics import decision_metrics, review_metrics
 from casting_inspection.evaluation.not_a_part import not_a_part_figures
 from casting_inspection.evaluation.painted_set import PaintedSet, load_painted
-from casting_inspection.modeling.checkpoint import load_checkpoint
-from casting_inspection.modeling.patchcore import anomaly_scores, load_anomaly
+from casting_inspection.modeling.inspector import load_inspector
+from casting_inspection.modeling.patchcore import anomaly_scores
 from casting_inspection.modeling.predict import predict_logits_and_features, select_device
 
 GALLERY_MOST = 36  # test parts in the anomaly gallery
@@ -60,11 +60,9 @@ def evaluate_model(
 ) -> dict:
     """Calibrate on validation, write the operating point, then score the test split once with it."""
     device = select_device("auto")
-    model, checkpoint = load_checkpoint(checkpoint_path, device)
+    model, checkpoint, anomaly, anomaly_threshold = load_inspector(checkpoint_path, anomaly_path, device)
     train, val, test = (load_split(prepared_dir, split) for split in ("train", "val", "test"))
-    point, val_scored = calibrate(params, model, checkpoint, train, val, device)
-    anomaly, anomaly_threshold = load_anomaly(anomaly_path)
-    point.rule = dataclasses.replace(point.rule, anomaly_threshold=anomaly_threshold)
+    point, val_scored = calibrate(params, model, checkpoint, (train, val), anomaly_threshold, device)
     point.save(out.operating_point, out.guard)
     logits, features = predict_logits_and_features(model, test.images, params.batch_size, device)
     logits = logits.double().numpy()

@@ -51,8 +51,11 @@ def part_mask(image: np.ndarray, sectors: int = 16) -> np.ndarray:
 
 def last_conv_layer(model: InspectionNet) -> nn.Module | None:
     """Grad-CAM's usual layer: the last convolutional block's output, the deepest one that still has a map.
-    None for the fully connected baselines, which have no map to explain with."""
-    backbone = model.backbone
+    None for the fully connected baselines, which have no map to explain with, and without a classifier
+    (train.classifier: false: the model of good parts' own map shows where)."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        return None
     if hasattr(backbone, "cam_layer"):  # EfficientNet-Lite0
         return backbone.cam_layer
     if hasattr(backbone, "layer4"):  # torchvision ResNet

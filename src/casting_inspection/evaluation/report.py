@@ -211,12 +211,23 @@ def _headline(test: dict, train: dict) -> str:
         ],
     )
     return f"""<h1>Casting inspection report</h1>
-<p class="sub">{test["n"]} test photos of cast impellers ({defects} defective, {test["good_parts"]} good); a {train["params"]:,}-parameter
-network; decision threshold {test["threshold"]:.3f} on the defect probability, chosen on the validation split
-({test["operating_point"]}), never on test.</p>
+<p class="sub">{test["n"]} test photos of cast impellers ({defects} defective, {test["good_parts"]} good); {_decider(train, test)},
+chosen on the validation split, never on test.</p>
 {_cards(test)}
 <p>{html.escape(plain)}</p>
 {decisions}"""
+
+
+def _decider(train: dict, test: dict) -> str:
+    if train.get("classifier") is False:
+        return (
+            "no classifier (train.classifier: false): the model of good parts decides alone, threshold "
+            f"{test['threshold']:.3f} on its score (a share of validation good parts rejected)"
+        )
+    return (
+        f"a {train['params']:,}-parameter network; decision threshold {test['threshold']:.3f} on the defect probability "
+        f"({test['operating_point']})"
+    )
 
 
 def _robustness(robustness: dict, export: dict) -> str:
@@ -340,7 +351,17 @@ def _pictures(images_dir: Path, plots_dir: Path, train: dict) -> str:
     return f"""<h2>Pictures</h2>
 {pictures}
 <h3>Training</h3>
-{_img(_training_curves(plots_dir / "train"), "training curves")}
+{_training(plots_dir, train)}"""
+
+
+def _training(plots_dir: Path, train: dict) -> str:
+    if train.get("classifier") is False:
+        good = train["good_photos"]
+        return (
+            f"<p>No classifier (train.classifier: false): the model of good parts, fitted on {good['train']:,} good "
+            f"train photos and thresholded on {good['val']:,} good validation photos, decides alone.</p>"
+        )
+    return f"""{_img(_training_curves(plots_dir / "train"), "training curves")}
 <p class="sub">Best epoch {train["best_epoch"]} of {train["epochs_run"]}, validation loss {train["val_loss"]}.</p>"""
 
 

@@ -20,8 +20,8 @@ from casting_inspection.evaluation.metrics import count_errors
 from casting_inspection.evaluation.model_files import ModelFiles
 from casting_inspection.evaluation.perturbations import CHANGES
 from casting_inspection.evaluation.retake import load_retaken, settings
-from casting_inspection.modeling.checkpoint import load_checkpoint
-from casting_inspection.modeling.patchcore import anomaly_scores, load_anomaly
+from casting_inspection.modeling.inspector import load_inspector
+from casting_inspection.modeling.patchcore import anomaly_scores
 from casting_inspection.modeling.predict import predict_logits, predict_logits_and_features, select_device
 
 
@@ -78,7 +78,7 @@ def evaluate_robustness(
     checkpoint_path, operating_point_path, guard_path = model_files.checkpoint, model_files.operating_point, model_files.guard
     batch_size = params.batch_size
     device = select_device("auto")
-    model, checkpoint = load_checkpoint(checkpoint_path, device)
+    model, checkpoint, anomaly, anomaly_threshold = load_inspector(checkpoint_path, model_files.anomaly, device)
     operating_point = json.loads(Path(operating_point_path).read_text())
     threshold, temperature = operating_point["threshold"], operating_point["temperature"]
     test = load_split(prepared_dir, "test")
@@ -93,7 +93,6 @@ def evaluate_robustness(
         raise InspectionError(f"{retaken_dir} holds other changes than params.yaml's robustness section: run `dvc repro retake`")
     labels = test.labels.numpy().astype(int)
     rules, tensors = operating_point["guard"], load_guard(guard_path)
-    anomaly, anomaly_threshold = load_anomaly(model_files.anomaly)
     good = labels == 0
 
     def decide(images: torch.Tensor) -> tuple[np.ndarray, list[bool]]:  # one forward pass for both

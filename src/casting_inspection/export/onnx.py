@@ -19,9 +19,9 @@ from casting_inspection.data.dataset import load_split
 from casting_inspection.evaluation.guard import load_guard
 from casting_inspection.evaluation.metrics import count_errors
 from casting_inspection.evaluation.model_files import ModelFiles
-from casting_inspection.modeling.checkpoint import load_checkpoint
+from casting_inspection.modeling.checkpoint import has_classifier
+from casting_inspection.modeling.inspector import load_inspector
 from casting_inspection.modeling.networks import ProbabilityNet, count_parameters
-from casting_inspection.modeling.patchcore import load_anomaly
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "defect_probability"
@@ -58,11 +58,11 @@ def export_onnx(
     metrics_path: Path,
 ) -> dict:
     checkpoint_path, operating_point_path, guard_path = model_files.checkpoint, model_files.operating_point, model_files.guard
-    model, checkpoint = load_checkpoint(checkpoint_path, "cpu")
+    model, checkpoint, anomaly, anomaly_threshold = load_inspector(checkpoint_path, model_files.anomaly, "cpu")
     operating_point = json.loads(Path(operating_point_path).read_text())
     threshold = operating_point["threshold"]
     guard = load_guard(guard_path)
-    anomaly, anomaly_threshold = _model_of_good_parts(model_files.anomaly, operating_point, operating_point_path)
+    _check_threshold(model_files.anomaly, anomaly_threshold, operating_point, operating_point_path)
     shipped = ProbabilityNet(model, operating_point["temperature"], guard or None, anomaly).eval()
     test = load_split(prepared_dir, "test")
     names = [OUTPUT_NAME, *([NOVELTY_NAME] if guard else []), ANOMALY_NAME, ANOMALY_MAP_NAME]
@@ -109,15 +109,13 @@ def export_onnx(
     return results
 
 
-def _model_of_good_parts(path: Path, operating_point: dict, operating_point_path: Path):
-    """The fitted model and its threshold, which must be the one the operating point ships."""
-    anomaly, anomaly_threshold = load_anomaly(path)
+def _check_threshold(path: Path, anomaly_threshold: float, operating_point: dict, operating_point_path: Path) -> None:
+    """The model of good parts' threshold must be the one the operating point ships."""
     if operating_point.get("anomaly_threshold") != anomaly_threshold:
         raise InspectionError(
             f"{operating_point_path}: its anomaly_threshold is not {path}'s ({anomaly_threshold}); "
             "run the evaluate stage again (dvc repro evaluate)"
         )
-    return anomaly, anomaly_threshold
 
 
 def _agreement(onnx_out: dict, torch_out: dict, operating_point: dict) -> dict:
@@ -185,7 +183,10 @@ def _metadata(checkpoint: dict, operating_point: dict, checkpoint_path: Path, dr
         "preprocessing": json.dumps(checkpoint["preprocessing"]),
         "input": "float32 (N, C, H, W) in [0, 1], resized as in casting_inspection.data.images.load_image",
         "source": json.dumps(_source(checkpoint_path, checkpoint, operating_point)),
-        "output": "defect probability per image",
+        # false: a product with good photos only; the defect probability is then the model of good parts' score
+        "classifier": json.dumps(has_classifier(checkpoint)),
+        "output": "defect probability per image"
+        + ("" if has_classifier(checkpoint) else " (no classifier: the model of good parts' flaw probability)"),
         # the training range of brightness, contrast, sharpness and part position (casting_inspection.data.drift),
         # so whatever serves the model can warn when the camera drifts
         "drift_reference": json.dumps(json.loads(Path(drift_reference_path).read_text())),
@@ -251,7 +252,7 @@ def _quantize(float_path: Path, int8_path: Path, calibration: np.ndarray) -> Non
             "nodes_to_exclude": [
                 node.name
                 for node in onnx.load(str(prepared)).graph.node
-                if node.op_type == "Conv" and node.input[1].startswith("anomaly.")
+                if node.op_type == "Conv" and node.input[1].startswith(("anomaly.", "net.anomaly."))
             ],
         }
         ranges = Path(scratch) / "ranges.json"

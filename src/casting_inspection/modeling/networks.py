@@ -293,7 +293,8 @@ class InspectionNet(nn.Module):
 class ProbabilityNet(nn.Module):
     """What ships: the defect probability per image; when a guard is given, the squared Mahalanobis distance of the
     image's pooled features from the training split's (the not-a-part novelty score); when a model of good parts is
-    given (modeling.patchcore), its anomaly score and map. Outputs in that order, those present only."""
+    given (modeling.patchcore), its anomaly score and map. Outputs in that order, those present only. Without a
+    classifier (modeling.inspector.GoodPartsOnly) the defect probability is the model of good parts' score."""
 
     def __init__(self, net: InspectionNet, temperature: float = 1.0, guard: dict | None = None, anomaly: nn.Module | None = None):
         super().__init__()
@@ -306,6 +307,9 @@ class ProbabilityNet(nn.Module):
         self.anomaly = anomaly
 
     def forward(self, x: torch.Tensor):
+        if getattr(self.net, "decides_by_anomaly", False):  # no classifier (modeling.inspector): the score is both
+            score, amap = self.anomaly(x)
+            return score, score.clone(), amap
         if not self.guarded:
             outputs = [torch.sigmoid(self.net(x) / self.temperature)]
         else:

@@ -242,10 +242,13 @@ def train_model(
     params: TrainParams, prepared_dir: Path, checkpoint_path: Path, metrics_path: Path, live_dir: Path
 ) -> dict | None:
     """Returns the summary on rank 0 (or without torchrun), None on the other ranks."""
+    if not params.classifier:
+        return no_classifier(params, prepared_dir, checkpoint_path, metrics_path, live_dir)
     job, device = start_job(params)
     try:
         seed_everything(params.seed)
         train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
+        _check_classes(train)
         config = model_config(params, train)
         run = _setup(params, job, device, train, config)
         if job.main:
@@ -261,6 +264,40 @@ def train_model(
     finally:
         if job.world > 1:
             dist.destroy_process_group()
+
+
+def _check_classes(train: Split) -> None:
+    if not 0 < int(train.labels.sum()) < len(train.labels):
+        missing = CLASS_NAMES[0] if train.labels.sum() else CLASS_NAMES[1]
+        raise InspectionError(
+            f"the train split has no {missing} photo: a classifier cannot learn one class; with good photos only, "
+            "set train.classifier: false (the model of good parts then decides alone)"
+        )
+
+
+def no_classifier(params: TrainParams, prepared_dir: Path, checkpoint_path: Path, metrics_path: Path, live_dir: Path) -> dict:
+    """train.classifier: false (a product with good photos only): no network is trained. The checkpoint carries
+    what the later stages need without one: the class names, the preprocessing and these params."""
+    if params.distributed:
+        raise InspectionError("train.distributed needs train.classifier: true; there is nothing to train")
+    train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
+    info = {
+        "classifier": False,
+        "class_names": list(CLASS_NAMES),
+        "preprocessing": load_preprocessing(prepared_dir),
+        "epoch": 0,
+        "train_params": dataclasses.asdict(params),
+    }
+    save_checkpoint(checkpoint_path, {}, None, info)
+    good = {name: int((split.labels == 0).sum()) for name, split in (("train", train), ("val", val))}
+    summary = {"classifier": False, "good_photos": good}
+    with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live:
+        live.summary = summary
+    write_json(metrics_path, summary)
+    print(
+        f"train: no classifier (train.classifier: false); the model of good parts decides alone ({good['train']} good train photos)"
+    )
+    return summary
 
 
 def _fit(run: Run, params: TrainParams, job: Job, device, val: Split, live_dir: Path) -> tuple[dict, dict, list]:
