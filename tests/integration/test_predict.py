@@ -125,7 +125,12 @@ def test_a_darker_camera_gets_a_drift_warning(exported_model, tmp_path):
 
 @pytest.mark.parametrize(
     ("key", "value", "problem"),
-    [("threshold", "nan", "threshold nan"), ("threshold", "1.5", "threshold 1.5"), ("review_band", "[0.9, 0.95]", "review band")],
+    [
+        ("threshold", "nan", "threshold nan"),
+        ("threshold", "1.5", "threshold 1.5"),
+        ("review_band", "[0.9, 0.95]", "review band"),
+        ("classifier", "false", "without a classifier the threshold must be"),  # a classifier's threshold, sold as none
+    ],
 )
 def test_a_model_that_cannot_decide_safely_refuses_to_load(exported_model, tmp_path, key, value, problem):
     """A NaN threshold decides every part ok (every comparison is false): fail closed, at load."""

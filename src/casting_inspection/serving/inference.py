@@ -71,6 +71,7 @@ class Inspector:
             self.drift_reference = json.loads(metadata["drift_reference"])
             self.guard = json.loads(metadata["guard"])
             anomaly_threshold = _threshold(json.loads(metadata.get("anomaly_threshold", "null")))
+            self.classifier = json.loads(metadata.get("classifier", "true")) is not False
         except (KeyError, ValueError, TypeError) as exc:
             raise InspectionError(
                 f"{model_path}: metadata lacks {exc}; export it again with this version (dvc repro export)"
@@ -85,6 +86,8 @@ class Inspector:
             problem = "the anomaly threshold is set but the graph has no anomaly output"
         if self.rule.anomaly_threshold is None and "anomaly" in self.outputs:
             problem = "the graph scores departures from good parts but its metadata has no anomaly_threshold"
+        if not self.classifier and self.rule.anomaly_threshold != self.threshold:
+            problem = "without a classifier the threshold must be the model of good parts' anomaly_threshold"
         if problem:
             raise InspectionError(f"{model_path}: cannot decide safely: {problem}; export it again (dvc repro export)")
         self.metadata = dict(metadata)
@@ -165,6 +168,7 @@ class Inspector:
             "threshold": self.threshold,
             "review_band": list(self.review_band) if self.review_band else None,
             "anomaly_threshold": self.rule.anomaly_threshold,
+            "classifier": self.classifier,  # false: a product with good photos only; the model of good parts decides alone
             "input": {
                 "image_size": self.spec.image_size,
                 "color_mode": self.spec.color_mode,
