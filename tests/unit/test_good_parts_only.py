@@ -45,6 +45,8 @@ def test_without_a_classifier_the_defect_probability_is_the_flaw_finders_score()
     score, amap = anomaly(images)
     decider = GoodPartsOnly(anomaly).eval()
     assert torch.allclose(torch.sigmoid(decider(images)), score, atol=1e-6)
+    same_score, same_map, pooled = decider.scored(images)  # one pass: the score, its map and the guard's features
+    assert torch.equal(same_score, score) and torch.equal(same_map, amap) and pooled.shape[0] == 3 and pooled.dim() == 2
     probability, departure, shipped_map = ProbabilityNet(decider, 1.0, None, anomaly).eval()(images)
     assert torch.equal(probability, score) and torch.equal(departure, score) and torch.equal(shipped_map, amap)
 
@@ -62,7 +64,10 @@ def test_a_checkpoint_without_a_classifier_loads_only_with_the_flaw_finder(tmp_p
     params = dataclasses.replace(params, taps=[2, 4], input_size=64, flaws=dataclasses.replace(params.flaws, width=8))
     save_patchcore(tmp_path / "flaws.safetensors", finder(), _spec(params, 0.7))
     decider, metadata, anomaly, threshold = load_inspector(checkpoint, tmp_path / "flaws.safetensors")
-    assert isinstance(decider, GoodPartsOnly) and decider.anomaly is anomaly and threshold == 0.7
+    assert isinstance(decider, GoodPartsOnly) and threshold == 0.7
+    assert decider.anomaly is not anomaly  # its own copy goes to the device; anomaly_scores runs the other on the CPU
+    images = torch.rand(2, 1, 64, 64)
+    assert torch.equal(decider.scored(images)[0], anomaly(images)[0])
     assert metadata["classifier"] is False
     features = PatchFeatures([2, 4], 1, 64, imagenet=False)
     bank = PatchCore(features, torch.rand(32, features(torch.zeros(1, 1, 64, 64)).shape[1]), part_window(16, 0.45))

@@ -221,6 +221,23 @@ def test_figures(
     return results
 
 
+def _curves(live: Live, labels: np.ndarray, probabilities: np.ndarray) -> None:
+    """Precision-recall and ROC (defective = positive)."""
+    live.log_sklearn_plot("precision_recall", labels, probabilities, name="precision_recall.json")
+    fpr, tpr, thresholds = skm.roc_curve(labels, probabilities)
+    # sklearn's first threshold is +inf, which strict JSON readers of `dvc plots` reject
+    roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thresholds, 1.0)})
+    live.log_plot(
+        "roc",
+        roc,
+        x="fpr",
+        y="tpr",
+        title="ROC (defective = positive)",
+        x_label="false positive rate",
+        y_label="true positive rate",
+    )
+
+
 def _plots(
     params: EvaluateParams,
     test: Split,
@@ -238,22 +255,11 @@ def _plots(
     bins = params.calibration.bins
     with Live(str(plots_dir), dvcyaml=False, save_dvc_exp=False) as live:
         live.log_sklearn_plot("confusion_matrix", names[labels].tolist(), names[predicted].tolist(), name="confusion_matrix.json")
-        live.log_sklearn_plot("precision_recall", labels, probabilities, name="precision_recall.json")
+        if len(np.unique(labels)) == 2:  # a split without defect photos (a new product) has no curves
+            _curves(live, labels, probabilities)
         # reliability diagrams: the raw network, and after temperature scaling
         live.log_sklearn_plot("calibration", labels, raw_probabilities, name="calibration_raw.json", n_bins=bins)
         live.log_sklearn_plot("calibration", labels, probabilities, name="calibration.json", n_bins=bins)
-        fpr, tpr, thresholds = skm.roc_curve(labels, probabilities)
-        # sklearn's first threshold is +inf, which strict JSON readers of `dvc plots` reject
-        roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thresholds, 1.0)})
-        live.log_plot(
-            "roc",
-            roc,
-            x="fpr",
-            y="tpr",
-            title="ROC (defective = positive)",
-            x_label="false positive rate",
-            y_label="true positive rate",
-        )
     (plots_dir / "metrics.json").unlink(missing_ok=True)  # dvclive's empty summary; the figures are in metrics/test.json
     report = skm.classification_report(labels, predicted, labels=[0, 1], target_names=list(CLASS_NAMES), digits=4)
     write_text(plots_dir / "classification_report.txt", report)
@@ -388,6 +394,11 @@ def _release_gate(params: EvaluateParams, results: dict, metrics_path: Path) -> 
         ("escape_rate_upper95", params.gate.max_escape_rate_upper95),
         ("false_reject_rate_upper95", params.gate.max_false_reject_rate_upper95),
     ):
+        if results[key] is None and limit < 1:  # no defect (or no good) photo in the test split: nothing to bound
+            raise InspectionError(
+                f"release gate: the test split has no photo to bound {key} with; add them to test/ in the data "
+                f"or set evaluate.gate.max_{key} to 1.0 (off); see {metrics_path}"
+            )
         if results[key] is not None and results[key] > limit:
             raise InspectionError(
                 f"release gate: test {key} = {results[key]:.4f} is above evaluate.gate.max_{key} = "

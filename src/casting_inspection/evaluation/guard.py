@@ -31,11 +31,11 @@ def pooled_features(model: InspectionNet, images: torch.Tensor, batch_size: int)
 
 
 def fit_novelty(features: np.ndarray, labels: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, its mean (2, D) and the whitening matrix W (2, D, D) of its own covariance (shrunk toward its
+    """Per class present, its mean (C, D) and the whitening matrix W (C, D, D) of its own covariance (shrunk toward its
     diagonal): novelty = min over the classes of ||(f - mean_c) W_c||^2 (core.decision.novelty_score), the squared
     Mahalanobis distance to the nearer class. Each class gets its own spread because defects vary far more than good
     castings: one shared spread would call an unusual defect a stranger (docs/not-a-part.md has the figures)."""
-    fits = [_gaussian(features[labels == c], shrinkage) for c in (0, 1)]
+    fits = [_gaussian(features[labels == c], shrinkage) for c in (0, 1) if (labels == c).any()]  # good photos only: one
     return np.stack([mean for mean, _ in fits]), np.stack([whitening for _, whitening in fits])
 
 

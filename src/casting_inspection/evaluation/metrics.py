@@ -23,7 +23,12 @@ class Costs:
         rate = self.defect_rate if defect_rate is None else defect_rate
         return rate * escape_rate * self.missed_defect + (1 - rate) * false_reject_rate * self.false_reject
 
-    def per_1000(self, escape_rate: float, false_reject_rate: float, defect_rate: float | None = None) -> float:
+    def per_1000(
+        self, escape_rate: float | None, false_reject_rate: float | None, defect_rate: float | None = None
+    ) -> float | None:
+        """None when a rate is unknown: a split without defect photos (or without good ones) has no escape rate."""
+        if escape_rate is None or false_reject_rate is None:
+            return None
         return round(1000 * float(self.per_part(escape_rate, false_reject_rate, defect_rate)), 3)
 
 

@@ -115,6 +115,10 @@ def _pct(value, digits=2) -> str:
     return "n/a" if value is None else f"{100 * value:.{digits}f} %"
 
 
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:g}"  # None: no defect photo in the test split to measure with
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
@@ -164,7 +168,7 @@ def _cards(test: dict) -> str:
         ),
         _card(
             "Expected cost per 1,000 parts",
-            f"{test['expected_cost_per_1000']['line_defect_rate']:g}",
+            _number(test["expected_cost_per_1000"]["line_defect_rate"]),
             "in scrapped-good-part units, at the line's defect rate",
         ),
     ]
@@ -173,7 +177,9 @@ def _cards(test: dict) -> str:
 
 def _headline(test: dict, train: dict) -> str:
     defects, missed = test["defects"], test["missed_defects"]
-    if missed == 0:
+    if defects == 0:
+        plain = "The test split holds no defect photo: what the model misses cannot be measured yet."
+    elif missed == 0:
         plain = f"Zero misses in {defects} defects still allows a true escape rate of up to {_pct(test['escape_rate_upper95'])} (exact 95 % bound)."
     else:
         plain = (
@@ -330,9 +336,13 @@ def _line(data: dict, test: dict) -> str:
 {line["val"]} validation; {line["dropped"]} dropped as copies of official photos. {html.escape(figures)}.</p>"""
 
 
-def _trust(test: dict, evaluate_dir: Path) -> str:
+def _trust(test: dict, evaluate_dir: Path, classifier: bool) -> str:
     calibration, explanations = test["calibration"], test["explanations"]
     evidence = explanations["evidence_on_part"]
+    if not classifier:
+        return """<h2>Can each decision be trusted?</h2>
+<p>No classifier (train.classifier: false): the score is the model of good parts' flaw probability, chosen on good
+photos alone and calibrated on no defect; no Grad-CAM. Its maps show where it looked (the anomaly gallery).</p>"""
     return f"""<h2>Can each decision be trusted?</h2>
 <p>Temperature {calibration["temperature"]:.3f} (fitted on validation). Expected calibration error
 {_pct(calibration["before"]["ece"])} before, {_pct(calibration["after"]["ece"])} after; Brier score
@@ -399,7 +409,7 @@ def write_report(metrics_dir: Path, plots_dir: Path, out_path: Path) -> Path:
             _not_a_part(test, robustness),
             _line(data, test),
             _robustness(robustness, export),
-            _trust(test, evaluate_dir),
+            _trust(test, evaluate_dir, train.get("classifier") is not False),
             _pictures(images_dir, plots_dir, train),
             _details(data, test, drift, export, evaluate_dir),
         ]

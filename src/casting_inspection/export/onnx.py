@@ -62,7 +62,7 @@ def export_onnx(
     operating_point = json.loads(Path(operating_point_path).read_text())
     threshold = operating_point["threshold"]
     guard = load_guard(guard_path)
-    _check_threshold(model_files.anomaly, anomaly_threshold, operating_point, operating_point_path)
+    _check_operating_point(model_files, checkpoint, anomaly_threshold, operating_point)
     shipped = ProbabilityNet(model, operating_point["temperature"], guard or None, anomaly).eval()
     test = load_split(prepared_dir, "test")
     names = [OUTPUT_NAME, *([NOVELTY_NAME] if guard else []), ANOMALY_NAME, ANOMALY_MAP_NAME]
@@ -109,12 +109,20 @@ def export_onnx(
     return results
 
 
-def _check_threshold(path: Path, anomaly_threshold: float, operating_point: dict, operating_point_path: Path) -> None:
-    """The model of good parts' threshold must be the one the operating point ships."""
+def _check_operating_point(files: ModelFiles, checkpoint: dict, anomaly_threshold: float, operating_point: dict) -> None:
+    """The operating point must ship the model of good parts' threshold, and without a classifier be chosen for none."""
     if operating_point.get("anomaly_threshold") != anomaly_threshold:
         raise InspectionError(
-            f"{operating_point_path}: its anomaly_threshold is not {path}'s ({anomaly_threshold}); "
+            f"{files.operating_point}: its anomaly_threshold is not {files.anomaly}'s ({anomaly_threshold}); "
             "run the evaluate stage again (dvc repro evaluate)"
+        )
+    if not has_classifier(checkpoint) and (operating_point["threshold"], operating_point["temperature"]) != (
+        anomaly_threshold,
+        1.0,
+    ):
+        raise InspectionError(
+            f"{files.operating_point} was chosen for a classifier, but {files.checkpoint} holds none "
+            "(train.classifier: false); run the evaluate stage again (dvc repro evaluate)"
         )
 
 

@@ -7,6 +7,7 @@ robustness, export and every consumer of the ONNX file decide such a product by 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -21,19 +22,33 @@ EDGE = 1e-6  # a score of exactly 0 or 1 has no finite logit
 
 
 class GoodPartsOnly(nn.Module):
-    """The classifier's stand-in without one: logits of the flaw finder's score. No pooled features: the guard keeps
-    its photo checks, and the model of good parts is itself the check for a part unlike every good one."""
+    """The classifier's stand-in without one: logits of the flaw finder's score, and as the guard's features the
+    flaw finder's filters pooled over the photo, so the not-a-part guard still measures how far a photo lies from
+    every good one. Always float32, as the shipped graph computes it (no bfloat16 autocast on CUDA)."""
 
-    has_features = False
+    has_features = True
     decides_by_anomaly = True  # modeling.networks.ProbabilityNet ships the score once, not twice
 
     def __init__(self, anomaly: FlawNet):
         super().__init__()
         self.anomaly = anomaly
 
+    def scored(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(score, map, pooled features) from one pass of the filters: FlawNet's forward, keeping the features."""
+        with torch.autocast(x.device.type, enabled=False):
+            features = self.anomaly.features(x.float())
+            heat = torch.sigmoid(self.anomaly.head(features)[:, 0]) * self.anomaly.window
+            return heat.flatten(1).amax(1), heat, features.mean((-2, -1))
+
+    def logits_and_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        score, _, pooled = self.scored(x)
+        return torch.logit(score.clamp(EDGE, 1 - EDGE)), pooled
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scored(x)[2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        score, _ = self.anomaly(x)
-        return torch.logit(score.clamp(EDGE, 1 - EDGE))
+        return self.logits_and_pooled(x)[0]
 
 
 def load_inspector(checkpoint_path: Path, anomaly_path: Path, device: torch.device | str = "cpu"):
@@ -49,4 +64,5 @@ def load_inspector(checkpoint_path: Path, anomaly_path: Path, device: torch.devi
             f"{anomaly_path}: train.classifier=false needs anomaly.method: flaws, whose score is the probability of a "
             "flaw; PatchCore's is a distance with no scale to decide by alone"
         )
-    return GoodPartsOnly(anomaly).to(device).eval(), metadata, anomaly, anomaly_threshold
+    # its own copy on the device: the model of good parts itself stays where anomaly_scores runs it (the CPU)
+    return GoodPartsOnly(copy.deepcopy(anomaly)).to(device).eval(), metadata, anomaly, anomaly_threshold

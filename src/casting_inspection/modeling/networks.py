@@ -289,6 +289,11 @@ class InspectionNet(nn.Module):
         """Pooled features (the networks with a guard in feature space: the small CNN, EfficientNet-Lite0)."""
         return self.backbone.pooled(self.standardize(x))
 
+    def logits_and_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both from one pass: the head reads the very vector the guard measures."""
+        pooled = self.pooled(x)
+        return self.backbone.head(pooled).squeeze(1), pooled
+
 
 class ProbabilityNet(nn.Module):
     """What ships: the defect probability per image; when a guard is given, the squared Mahalanobis distance of the
@@ -304,17 +309,18 @@ class ProbabilityNet(nn.Module):
         if guard is not None:
             self.register_buffer("feature_means", guard["means"].float())  # (classes, D)
             self.register_buffer("whitening", guard["whitening"].float())  # (classes, D, D): each class its own
-        self.anomaly = anomaly
+        self.anomaly = None if getattr(net, "decides_by_anomaly", False) else anomaly  # without a classifier: net scores
 
     def forward(self, x: torch.Tensor):
         if getattr(self.net, "decides_by_anomaly", False):  # no classifier (modeling.inspector): the score is both
-            score, amap = self.anomaly(x)
-            return score, score.clone(), amap
+            score, amap, pooled = self.net.scored(x)
+            novelty = [novelty_score(pooled, self.feature_means, self.whitening, torch)] if self.guarded else []
+            return score, *novelty, score.clone(), amap
         if not self.guarded:
             outputs = [torch.sigmoid(self.net(x) / self.temperature)]
         else:
-            pooled = self.net.pooled(x)
-            probability = torch.sigmoid(self.net.backbone.head(pooled).squeeze(1) / self.temperature)
+            logits, pooled = self.net.logits_and_pooled(x)
+            probability = torch.sigmoid(logits / self.temperature)
             outputs = [probability, novelty_score(pooled, self.feature_means, self.whitening, torch)]
         if self.anomaly is not None:
             outputs += list(self.anomaly(x))

@@ -52,8 +52,8 @@ def predict_logits_and_features(
     model.eval()
     logits, features = [], []
     for i in range(0, len(images), batch_size):
-        pooled = model.pooled(to_input(images[i : i + batch_size].to(device)))
-        logits.append(model.backbone.head(pooled).squeeze(1).float().cpu())
+        batch_logits, pooled = model.logits_and_pooled(to_input(images[i : i + batch_size].to(device)))
+        logits.append(batch_logits.float().cpu())
         features.append(pooled.float().cpu())
     return torch.cat(logits), torch.cat(features)
 

@@ -270,8 +270,9 @@ def _check_classes(train: Split) -> None:
     if not 0 < int(train.labels.sum()) < len(train.labels):
         missing = CLASS_NAMES[0] if train.labels.sum() else CLASS_NAMES[1]
         raise InspectionError(
-            f"the train split has no {missing} photo: a classifier cannot learn one class; with good photos only, "
-            "set train.classifier: false (the model of good parts then decides alone)"
+            f"the train split has no {missing} photo: a classifier cannot learn one class; check train/{missing}/ in "
+            "the data, or, for a product with good photos only, set train.classifier: false (the model of good parts "
+            "then decides alone)"
         )
 
 
