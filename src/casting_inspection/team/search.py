@@ -379,6 +379,23 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def check_classifier(spec: SearchSpec, params_path: Path = Path("params.yaml")) -> None:
+    """A search on the classifier's figures needs a classifier: with train.classifier false no trial writes them."""
+    if not params_path.is_file():
+        raise InspectionError(f"{params_path}: missing; run the search in the project's folder")
+    train = (YAML(typ="safe").load(params_path.read_text()) or {}).get("train") or {}
+    tuned = {dimension.key for dimension in spec.space}
+    if (
+        train.get("classifier", True) is False
+        and spec.metrics_file == Path("metrics/train.json")
+        and "train.classifier" not in tuned
+    ):
+        raise InspectionError(
+            f"{params_path}: train.classifier is false, so no trial trains a classifier or writes {spec.objective}; "
+            "turn it on to search, or choose the model of good parts with bench/choose_anomaly.py"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("preset", nargs="?", default="cnn-search", help="a preset with a search: block (presets/NAME.yaml)")
@@ -395,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
         if not _NAME.fullmatch(study_name):
             raise InspectionError(f"--study {study_name!r}: letters, digits, - and _ only (it names git refs)")
         spec = load_search(args.preset)
+        check_classifier(spec)
         trials = spec.trials if args.trials is None else args.trials
         if trials < 1:
             raise InspectionError(f"--trials {trials}: at least 1")
