@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image, ImageDraw
 
-from casting_inspection.data.plausibility import implausible, part_range, photo_statistics, seam_limit
+from casting_inspection.data.plausibility import implausible, layout_model, part_range, photo_statistics, seam_limit
 from helpers import part_image
 
 
@@ -47,3 +48,28 @@ def test_a_torn_frame_is_named_as_such():
     assert reasons[0].startswith("a straight cut across the frame") and reasons[1] is None
     rules.pop("max_seam")  # a model exported without the check: no seam rule to apply
     assert implausible(photo_statistics(grey(torn)), [(128, 128)], rules) == [None]
+
+
+def filling_part(seed: int, size: int = 128) -> np.ndarray:
+    """A part that nearly fills the frame, as the line's photos do: rim, dark ring, hub."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.normal(200, 6, (size, size)).clip(0, 255).astype(np.uint8))
+    draw, centre = ImageDraw.Draw(image), size / 2 + rng.uniform(-2, 2)
+    for radius, fill in ((0.47, int(rng.integers(150, 170))), (0.30, 40), (0.12, 120)):
+        draw.ellipse([centre - radius * size, centre - radius * size, centre + radius * size, centre + radius * size], fill=fill)
+    return np.asarray(image)
+
+
+def test_swapped_quarters_of_a_part_that_fills_the_frame_are_not_laid_out_as_a_part():
+    parts = [filling_part(i) for i in range(40)]
+    statistics = photo_statistics(grey(*parts))
+    rules = {"exposure": [0.0, 1.0], "min_contrast": 0.0, "max_clipped": 1.0, "max_aspect": 1.25}
+    rules |= {"part": part_range(statistics, 0.08), "max_seam": seam_limit(statistics, 1.2)}
+    a = filling_part(100)
+    quarters = np.block([[a[64:, 64:], a[64:, :64]], [a[:64, 64:], a[:64, :64]]])  # four quarter parts in the corners
+    dimmer = (a * 0.7).astype(np.uint8)  # the lamp at x0.7: the same layout
+    frames = grey(quarters, a, dimmer)
+    assert implausible(photo_statistics(frames), [(128, 128)] * 3, rules) == [None] * 3  # position, size and seam pass it
+    rules["layout"] = layout_model(statistics, 1.2)
+    reasons = implausible(photo_statistics(frames), [(128, 128)] * 3, rules)
+    assert reasons[0].startswith("not laid out as a part photo") and reasons[1:] == [None, None], reasons

@@ -206,6 +206,7 @@ class GuardParams:
     max_aspect: float = check(lambda v: None if v >= 1 else "must be >= 1")
     position_margin: float = check(_non_negative)
     seam_margin: float = check(lambda v: None if v >= 1 else "must be >= 1")
+    layout_margin: float = check(lambda v: None if v >= 1 else "must be >= 1")
     seed: int = check(_non_negative)
 
 

@@ -3,8 +3,9 @@
 A line camera also sends black frames (lamp off), blown-out or flat frames, crops and mis-sized captures,
 and frames where the part is missing or misplaced, and torn or stitched frames (a straight cut with texture on
 both sides: two parts' halves, swapped quarters). Exposure is checked against fixed sane bounds (wide
-enough for the lamp drifting x0.7-x1.3), the capture's aspect ratio against a limit, and the part's
-position and size against the range seen in training, with a margin. NumPy only and batched, so the
+enough for the lamp drifting x0.7-x1.3), the capture's aspect ratio against a limit, the part's
+position and size against the range seen in training, with a margin, and the frame's layout (where part
+and table lie, at 8 x 8 cells) against the training photos'. NumPy only and batched, so the
 serving path pays microseconds per image.
 """
 
@@ -17,6 +18,8 @@ from casting_inspection.data.background import background_level
 PART_CONTRAST = 0.08  # grey levels (0-1) by which a part's pixel differs from the table
 SEAM_FLOOR = 3 / 255  # a side of a cut whose lines vary less than this is a flat fill (a shift's uncovered strip), not a tear
 SEAM_OFFSET = 2 / 255  # keeps the seam score finite on flat lines
+LAYOUT_GRID = 8  # cells per side of a frame's layout: at 128 px a cell of 16 px sees the part's rings and the table, not texture
+LAYOUT_FLOOR = 0.05  # least spread of a layout cell (in the photo's own standard deviations): the steady table corners
 
 
 def seam_score(gray: np.ndarray) -> np.ndarray:
@@ -76,7 +79,32 @@ def _photo_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
         "radius": radius,
         "roundness": (part & disc).sum(axis=(1, 2)) / union,
         "seam": seam_score(gray),
+        "layout": layout_cells(gray),
     }
+
+
+def layout_cells(gray: np.ndarray) -> np.ndarray:
+    """(N, H, W) grey in [0, 1] -> (N, LAYOUT_GRID ** 2): each cell's mean in the photo's own standard deviations from
+    its own mean, so the lamp level and contrast do not count, only where bright and dark lie in the frame."""
+    gray = gray.astype(np.float64)
+    norm = (gray - gray.mean(axis=(1, 2), keepdims=True)) / (gray.std(axis=(1, 2), keepdims=True) + 1e-3)
+    rows, cols = (np.arange(LAYOUT_GRID) * side // LAYOUT_GRID for side in gray.shape[1:])
+    sums = np.add.reduceat(np.add.reduceat(norm, rows, axis=1), cols, axis=2)
+    counts = np.outer(np.diff(np.append(rows, gray.shape[1])), np.diff(np.append(cols, gray.shape[2])))
+    return (sums / counts).reshape(len(gray), -1)
+
+
+def layout_model(statistics: dict[str, np.ndarray], margin: float) -> dict:
+    """The training photos' layout: each cell's mean and spread, and the largest departure they show (99.9 %) times
+    `margin`. Above it, the part is not where a part lies, or the frame is cut up (quarters swapped, half table)."""
+    cells = statistics["layout"].astype(np.float64)
+    model = {"mean": cells.mean(axis=0).tolist(), "scale": (cells.std(axis=0) + LAYOUT_FLOOR).tolist()}
+    return model | {"limit": float(np.quantile(layout_score(cells, model), 0.999)) * margin}
+
+
+def layout_score(cells: np.ndarray, model: dict) -> np.ndarray:
+    """Mean squared departure of each photo's layout cells from training's, in training's spreads."""
+    return (((cells - np.asarray(model["mean"])) / np.asarray(model["scale"])) ** 2).mean(axis=1)
 
 
 def part_range(statistics: dict[str, np.ndarray], margin: float) -> dict[str, list[float]]:
@@ -96,8 +124,10 @@ def seam_limit(statistics: dict[str, np.ndarray], factor: float) -> float:
 
 def implausible(statistics: dict[str, np.ndarray], sizes: list[tuple[int, int]], rules: dict) -> list[str | None]:
     """Per image, the first reason it is not a plausible part photo, or None. `rules`: exposure [low, high],
-    min_contrast, max_clipped, max_aspect, and `part` ranges from `part_range`."""
+    min_contrast, max_clipped, max_aspect, `part` ranges from `part_range`, and (when fitted) `max_seam` and `layout`
+    from `seam_limit` and `layout_model`."""
     low, high = rules["exposure"]
+    layout = layout_score(statistics["layout"], rules["layout"]) if rules.get("layout") else None
     reasons = []
     for i, (width, height) in enumerate(sizes):
         brightness, contrast = float(statistics["brightness"][i]), float(statistics["contrast"][i])
@@ -116,6 +146,11 @@ def implausible(statistics: dict[str, np.ndarray], sizes: list[tuple[int, int]],
                 reasons.append(f"no part where parts are ({', '.join(outside)} outside training's range)")
             elif rules.get("max_seam") is not None and seam > rules["max_seam"]:
                 reasons.append(f"a straight cut across the frame (seam {seam:.1f} > {rules['max_seam']:.1f}): torn or stitched?")
+            elif layout is not None and layout[i] > rules["layout"]["limit"]:
+                limit = rules["layout"]["limit"]
+                reasons.append(
+                    f"not laid out as a part photo (layout {layout[i]:.1f} > {limit:.1f}): cut up, part off-centre or half missing?"
+                )
             else:
                 reasons.append(None)
     return reasons

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from casting_inspection.core.decision import DecisionRule, novelty_flag, novelty_score
 from casting_inspection.core.files import atomic_path
 from casting_inspection.data.dataset import Split
-from casting_inspection.data.plausibility import implausible, part_range, photo_statistics, seam_limit
+from casting_inspection.data.plausibility import implausible, layout_model, part_range, photo_statistics, seam_limit
 from casting_inspection.modeling.augmentation import augment_batch
 from casting_inspection.modeling.networks import InspectionNet
 from casting_inspection.modeling.patchcore import anomaly_scores
@@ -75,6 +75,7 @@ def fit_guard(model: InspectionNet, train: Split, val: Split, params, batch_size
         "part": part_range(statistics, params.position_margin),
         # the camera's own photos only (the first half): the augmentation's fill leaves straight edges no camera makes
         "max_seam": seam_limit({"seam": statistics["seam"][: len(train.images)]}, params.seam_margin),
+        "layout": layout_model(statistics, params.layout_margin),  # the augmented copies too: a shifted part is a part
     }
     if not model.has_features:  # baselines without a pooled feature vector: the photo checks only
         return {**rules, "novelty_threshold": None, "false_alarm_rate": None}, {}

@@ -64,7 +64,11 @@ class FlawNet(nn.Module):
         return self.head(self.features(x))[:, 0]  # autograd reaches only the blocks left trainable
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        heat = torch.sigmoid(self.head(self.features(x))[:, 0]) * self.window
+        return self.judge(self.features(x))
+
+    def judge(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score, map) from the filters' maps: the flaw probability per patch within the window, and its peak."""
+        heat = torch.sigmoid(self.head(features)[:, 0]) * self.window
         return heat.flatten(1).amax(1), heat
 
 

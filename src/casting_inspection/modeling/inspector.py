@@ -34,11 +34,10 @@ class GoodPartsOnly(nn.Module):
         self.anomaly = anomaly
 
     def scored(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(score, map, pooled features) from one pass of the filters: FlawNet's forward, keeping the features."""
+        """(score, map, pooled features) of the flaw finder, in float32 as its threshold was set."""
         with torch.autocast(x.device.type, enabled=False):
             features = self.anomaly.features(x.float())
-            heat = torch.sigmoid(self.anomaly.head(features)[:, 0]) * self.anomaly.window
-            return heat.flatten(1).amax(1), heat, features.mean((-2, -1))
+            return *self.anomaly.judge(features), features.mean((-2, -1))
 
     def logits_and_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         score, _, pooled = self.scored(x)
