@@ -13,8 +13,8 @@ import torch
 
 from casting_inspection.core.params import load_section
 from casting_inspection.data.dataset import load_split
-from casting_inspection.evaluation.perturbations import CHANGES
-from casting_inspection.evaluation.retake import render, settings
+from casting_inspection.evaluation.retake import render
+from casting_inspection.evaluation.retaken_set import CHANGES, settings
 from casting_inspection.evaluation.robustness import predict_renderings, robustness_metrics
 from casting_inspection.modeling.checkpoint import load_checkpoint
 from casting_inspection.modeling.predict import predict_logits

@@ -41,7 +41,7 @@ def exported_model(tmp_path_factory) -> dict:
     from casting_inspection.evaluation.model_files import ModelFiles
     from casting_inspection.evaluation.painted import paint_validation
     from casting_inspection.export.onnx import export_onnx
-    from casting_inspection.modeling.augmentation import augmentation_from
+    from casting_inspection.modeling.augmentation import augmentation_from, augmented_copies
     from casting_inspection.modeling.checkpoint import load_checkpoint
     from casting_inspection.modeling.patchcore import load_anomaly, save_patchcore
     from casting_inspection.modeling.training import train_model
@@ -55,7 +55,9 @@ def exported_model(tmp_path_factory) -> dict:
     model, _ = load_checkpoint(root / "model.safetensors")
     train, val = load_split(prepared, "train"), load_split(prepared, "val")
     augment = dataclasses.asdict(fast_section("train", root).augment)
-    rules, tensors = fit_guard(model, train, val, fast_section("evaluate", root).guard, 64, augmentation_from(augment), 4)
+    guard = fast_section("evaluate", root).guard
+    moved = augmented_copies(train.images, augmentation_from(augment), 4, guard.seed)
+    rules, tensors = fit_guard(model, train, moved, val, guard, 64)
     rules["novelty_threshold"] *= 3  # 8 validation photos set it at their maximum: a margin keeps generated parts decided
     save_guard(root / "guard.safetensors", tensors)
     section = fast_section("anomaly", root)

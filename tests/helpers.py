@@ -39,7 +39,7 @@ FAST_PARAMS = {
         "flaws": {"epochs": 60, "width": 16, "batch_size": 16},
     },
     "evaluate": {"batch_size": 32},
-    "robustness": {"batch_size": 32},
+    "robustness": {"batch_size": 32, "workers": 1},  # a pool's start costs more than 17 photos (test_perturbations runs one)
     "export": {"batch_size": 32},
 }
 

@@ -8,7 +8,7 @@ import ast
 import pytest
 from ruamel.yaml import YAML
 
-from casting_inspection.evaluation.perturbations import CHANGES
+from casting_inspection.evaluation.retaken_set import CHANGES
 from helpers import PACKAGE, PROJECT, local_imports, room, third_party
 
 PIPELINE = YAML(typ="safe").load((PROJECT / "dvc.yaml").read_text())["stages"]

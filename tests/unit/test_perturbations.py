@@ -11,8 +11,9 @@ from PIL import Image
 
 from casting_inspection.core.params import AugmentParams, load_section
 from casting_inspection.data.background import background_level
-from casting_inspection.evaluation.perturbations import CHANGES, perturb, rng_for
-from casting_inspection.evaluation.retake import render, settings
+from casting_inspection.evaluation.perturbations import perturb, rng_for
+from casting_inspection.evaluation.retake import render
+from casting_inspection.evaluation.retaken_set import CHANGES, settings
 from casting_inspection.evaluation.robustness import robustness_metrics
 from casting_inspection.modeling.augmentation import augmentation_from
 from helpers import PROJECT, jpeg_bytes, part_image
@@ -115,7 +116,7 @@ def test_renderings_from_other_photos_or_settings_are_refused_with_what_to_run(t
     import json
 
     from casting_inspection.core.errors import InspectionError
-    from casting_inspection.evaluation.retake import INDEX, RENDERS, load_retaken
+    from casting_inspection.evaluation.retaken_set import INDEX, RENDERS, load_retaken
 
     np.save(tmp_path / RENDERS, np.zeros((2, 3, 1, 8, 8), np.uint8))
     made = {"seed": 0, "image_size": 8, "color_mode": "L"}

@@ -16,7 +16,7 @@ from casting_inspection.evaluation.calibration import fit_temperature, sigmoid
 from casting_inspection.evaluation.guard import fit_guard, save_guard
 from casting_inspection.evaluation.metrics import Costs
 from casting_inspection.evaluation.operating_point import choose_review_band, choose_threshold
-from casting_inspection.modeling.augmentation import augmentation_from
+from casting_inspection.modeling.augmentation import augmentation_from, augmented_copies
 from casting_inspection.modeling.checkpoint import has_classifier
 from casting_inspection.modeling.predict import predict_logits
 
@@ -74,7 +74,8 @@ def calibrate(
 
 def _guard(params: EvaluateParams, model, checkpoint: dict, train: Split, val: Split) -> tuple[dict, dict]:
     augment = checkpoint["train_params"]["augment"]
-    return fit_guard(model, train, val, params.guard, params.batch_size, augmentation_from(augment), augment["group"])
+    moved = augmented_copies(train.images, augmentation_from(augment), augment["group"], params.guard.seed)
+    return fit_guard(model, train, moved, val, params.guard, params.batch_size)
 
 
 def _good_parts_only(params: EvaluateParams, model, checkpoint: dict, good: tuple[Split, Split], anomaly_threshold, logits, val):

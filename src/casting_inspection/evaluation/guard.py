@@ -19,7 +19,6 @@ from casting_inspection.core.decision import DecisionRule, novelty_flag, novelty
 from casting_inspection.core.files import atomic_path
 from casting_inspection.data.dataset import Split
 from casting_inspection.data.plausibility import implausible, layout_model, part_range, photo_statistics, seam_limit
-from casting_inspection.modeling.augmentation import augment_batch
 from casting_inspection.modeling.networks import InspectionNet
 from casting_inspection.modeling.patchcore import anomaly_scores
 from casting_inspection.modeling.predict import predict_features, predict_logits_and_features
@@ -52,20 +51,12 @@ def novelty(features: np.ndarray, means: np.ndarray, whitening: np.ndarray) -> n
     return novelty_score(features, means, whitening, np)
 
 
-def augmented(images: torch.Tensor, augment: torch.nn.Module, group: int, seed: int) -> torch.Tensor:
-    """One draw of the training augmentation per image, back to uint8: the line changes the model was trained
-    to withstand are what 'a part' looks like to the guard, not only the clean photos."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        moved = augment_batch(augment, images.float().div(255), group).clamp(0, 1)
-    return moved.mul(255).round().to(torch.uint8)
-
-
-def fit_guard(model: InspectionNet, train: Split, val: Split, params, batch_size: int, augment, group: int) -> tuple[dict, dict]:
+def fit_guard(model: InspectionNet, train: Split, moved: torch.Tensor, val: Split, params, batch_size: int) -> tuple[dict, dict]:
     """The rules (for the metadata) and the tensors (class means, whitening) of the guard. `params`: evaluate.guard;
-    `augment`/`group`: the training augmentation from the checkpoint. The threshold: the 1 - false_alarm_rate
-    quantile of the validation parts' novelty."""
-    images = torch.cat([train.images, augmented(train.images, augment, group, params.seed)])
+    `moved`: the train photos under one draw of the training augmentation (`augmentation.augmented_copies`): the line
+    changes the model was trained to withstand are what 'a part' looks like to the guard, not only the clean photos.
+    The threshold: the 1 - false_alarm_rate quantile of the validation parts' novelty."""
+    images = torch.cat([train.images, moved])
     statistics = photo_statistics(images.numpy())
     rules = {
         "exposure": list(params.exposure),

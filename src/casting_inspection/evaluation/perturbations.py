@@ -16,8 +16,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from casting_inspection.data.background import background_level
-
-CHANGES = ("brightness", "contrast", "rotation", "shift", "blur", "jpeg")
+from casting_inspection.evaluation.retaken_set import CHANGES
 
 
 def _fill(image: Image.Image) -> list[int]:

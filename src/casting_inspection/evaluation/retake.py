@@ -4,7 +4,6 @@ that changes training re-uses them instead of rendering 8,580 photos again."""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -13,19 +12,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_dir, write_json
 from casting_inspection.core.params import RobustnessParams
 from casting_inspection.data.dataset import load_preprocessing, load_split
 from casting_inspection.data.images import preprocess
-from casting_inspection.evaluation.perturbations import CHANGES, perturb, rng_for
-
-RENDERS, INDEX = "renders.npy", "index.json"
-
-
-def settings(strengths: dict[str, list[float]]) -> list[tuple[str, float]]:
-    """(change, strength) pairs in the order of CHANGES, from a mapping change -> strengths."""
-    return [(change, float(strength)) for change in CHANGES for strength in strengths.get(change, [])]
+from casting_inspection.evaluation.perturbations import perturb, rng_for
+from casting_inspection.evaluation.retaken_set import CHANGES, INDEX, RENDERS, settings
 
 
 def _one_thread() -> None:
@@ -76,15 +68,3 @@ def retake_test_photos(params: RobustnessParams, prepared_dir: Path, raw_dir: Pa
             np.save(f, renders)
         write_json(tmp / INDEX, index)
     return renders.shape[0] * renders.shape[1]
-
-
-def load_retaken(retaken_dir: Path, paths: list[str], expected: dict) -> tuple[list[tuple[str, float]], np.ndarray]:
-    """The (change, strength) settings and their renderings (settings, images, C, H, W) of these test photos.
-    `expected`: seed, image_size and color_mode they must have been rendered with (what the model and params say)."""
-    index = json.loads((Path(retaken_dir) / INDEX).read_text())
-    chosen = [(change, float(strength)) for change, strength in index["settings"]]
-    renders = np.load(Path(retaken_dir) / RENDERS, mmap_mode="r")
-    made = {key: index.get(key) for key in expected}
-    if index["paths"] != list(paths) or made != expected or renders.shape[:2] != (len(chosen), len(paths)):
-        raise InspectionError(f"{retaken_dir} was rendered from other photos or settings ({made}): run `dvc repro retake`")
-    return chosen, renders

@@ -18,8 +18,7 @@ from casting_inspection.evaluation.calibration import sigmoid
 from casting_inspection.evaluation.guard import guard_reasons, load_guard
 from casting_inspection.evaluation.metrics import count_errors
 from casting_inspection.evaluation.model_files import ModelFiles
-from casting_inspection.evaluation.perturbations import CHANGES
-from casting_inspection.evaluation.retake import load_retaken, settings
+from casting_inspection.evaluation.retaken_set import CHANGES, load_retaken, settings
 from casting_inspection.modeling.inspector import load_inspector
 from casting_inspection.modeling.patchcore import anomaly_scores
 from casting_inspection.modeling.predict import predict_logits, predict_logits_and_features, select_device

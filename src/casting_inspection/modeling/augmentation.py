@@ -69,3 +69,11 @@ def augment_batch(augment: nn.Module, images: torch.Tensor, group: int) -> torch
     network's own step on two cores; small groups keep most of the variety at a fraction of the cost.
     """
     return torch.cat([augment(chunk) for chunk in images.split(group)])
+
+
+def augmented_copies(images: torch.Tensor, augment: nn.Module, group: int, seed: int) -> torch.Tensor:
+    """One seeded draw of the augmentation per uint8 image, back to uint8 (what the not-a-part guard is also fitted on)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        moved = augment_batch(augment, images.float().div(255), group).clamp(0, 1)
+    return moved.mul(255).round().to(torch.uint8)

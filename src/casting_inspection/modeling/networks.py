@@ -10,7 +10,6 @@ import dataclasses
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
 
 from casting_inspection.core.decision import novelty_score
 from casting_inspection.core.errors import InspectionError
@@ -162,6 +161,8 @@ class MLP(nn.Module):
 
 
 def _resnet18(in_channels: int, imagenet: bool) -> nn.Module:
+    from torchvision.models import ResNet18_Weights, resnet18  # only this network needs torchvision's models (1.4 s to import)
+
     network = resnet18(weights=None, num_classes=1)
     if imagenet:
         try:
