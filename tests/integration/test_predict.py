@@ -185,6 +185,7 @@ def test_a_photo_that_is_not_a_part_is_never_ok(exported_model, tmp_path):
         subprocess.run([*CLI, "about", "--model", str(exported_model["onnx"])], capture_output=True, text=True, timeout=60).stdout
     )
     assert about["guard"]["max_aspect"] > 1 and "novelty_threshold" in about["guard"]
+    assert about["guard"]["layout"]["cells"] == 64 and about["guard"]["layout"]["limit"] > 0  # not its fitted numbers
 
 
 def test_a_pipe_given_by_name_is_skipped_not_read(exported_model, tmp_path):

@@ -19,6 +19,7 @@ from casting_inspection.evaluation.guard import guard_reasons, load_guard
 from casting_inspection.evaluation.metrics import count_errors
 from casting_inspection.evaluation.model_files import ModelFiles
 from casting_inspection.evaluation.retaken_set import CHANGES, load_retaken, settings
+from casting_inspection.modeling.checkpoint import has_classifier
 from casting_inspection.modeling.inspector import load_inspector
 from casting_inspection.modeling.patchcore import anomaly_scores
 from casting_inspection.modeling.predict import predict_logits, predict_logits_and_features, select_device
@@ -99,16 +100,20 @@ def evaluate_robustness(
         kept = [flag is None for flag in guard_reasons(rules, tensors, images, test.sizes, features)]
         return sigmoid(logits.double().numpy() / temperature), kept
 
+    def good_scores(images: np.ndarray, decided_by: np.ndarray) -> np.ndarray:  # a line change is no defect
+        if not has_classifier(checkpoint):  # the model of good parts decided them already: its score is the probability
+            return decided_by[good]
+        return anomaly_scores(anomaly, torch.from_numpy(np.array(images[good])), batch_size)[0]
+
     outcomes = [decide(torch.from_numpy(np.array(images))) for images in renders]  # one setting in memory at a time
     probabilities, decided = np.stack([p for p, _ in outcomes]), np.array([kept for _, kept in outcomes])
     report = robustness_metrics(probabilities, labels, chosen, threshold, predict(test.images), decided)
     reference = json.loads(Path(drift_reference_path).read_text())
-    for (change, strength), images, kept in zip(chosen, renders, decided):
+    for (change, strength), images, kept, decided_by in zip(chosen, renders, decided, probabilities):
         cell = report[change][f"{strength:g}"]
         cell["drift_flagged"] = round(drift.share_flagged(drift.image_statistics(images), reference), 4)
         cell["not_a_part"] = round(float(1 - kept.mean()), 4)  # parts the guard flagged: a false alarm each
-        scores, _ = anomaly_scores(anomaly, torch.from_numpy(np.array(images[good])), batch_size)
-        cell["anomaly_rejected_good"] = round(float(np.mean(scores >= anomaly_threshold)), 4)  # a line change is no defect
+        cell["anomaly_rejected_good"] = round(float(np.mean(good_scores(images, decided_by) >= anomaly_threshold)), 4)
     write_json(out_path, report)
     return report
 

@@ -160,6 +160,19 @@ class Inspector:
             out.append(slot)
         return out
 
+    @staticmethod
+    def _shown(guard: dict) -> dict:
+        """The guard's rules as a person reads them: the layout's limit and cell count, not its 128 fitted numbers."""
+        layout = guard.get("layout")
+        return {**guard, "layout": {"cells": len(layout["mean"]), "limit": layout["limit"]}} if layout else guard
+
+    def _source(self) -> dict:
+        source = json.loads(self.metadata.get("source", "{}"))
+        point = source.get("operating_point")
+        if isinstance(point, dict) and isinstance(point.get("guard"), dict):
+            source["operating_point"] = {**point, "guard": self._shown(point["guard"])}
+        return source
+
     def info(self) -> dict:
         """What `GET /model` and `predict --about` tell: which model, how it decides, where it came from."""
         return {
@@ -176,7 +189,7 @@ class Inspector:
                 "min_side": self.spec.min_side,
                 "max_pixels": self.spec.max_pixels,
             },
-            "guard": self.guard,
+            "guard": self._shown(self.guard),
             "class_names": json.loads(self.metadata.get("class_names", "[]")),
-            "source": json.loads(self.metadata.get("source", "{}")),
+            "source": self._source(),
         }
