@@ -83,6 +83,10 @@ def main() -> None:
         )
         print(f"peak resident memory of the largest stage process: {peak_mib:.0f} MiB")
         train = json.loads((repo / "metrics/train.json").read_text())
+        if train.get("classifier") is False:  # good photos only: no training seed to vary, the shipped decision is all
+            combined = json.loads((repo / "metrics/test.json").read_text())["combined"]
+            print(f"no classifier (train.classifier: false), good photos {train['good_photos']}; shipped decision: {combined}")
+            return
         print(
             f"train: {times.get('train', 0) / train['epochs_run']:.1f} s/epoch (mean), {train['epochs_run']} epochs, {train['params']:,} params"
         )

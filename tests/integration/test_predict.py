@@ -146,6 +146,21 @@ def test_a_model_that_cannot_decide_safely_refuses_to_load(exported_model, tmp_p
         Inspector(broken)
 
 
+def test_a_model_whose_layout_rule_is_malformed_refuses_to_load(exported_model, tmp_path):
+    """A layout rule of another grid would fail on every batch: refuse it once, at load, with what to do."""
+    import onnx
+
+    model = onnx.load(str(exported_model["onnx"]))
+    (prop,) = [prop for prop in model.metadata_props if prop.key == "guard"]
+    guard = json.loads(prop.value)
+    assert len(guard["layout"]["mean"]) == 64  # the exported model has one
+    guard["layout"]["mean"] = guard["layout"]["mean"][:16]
+    prop.value = json.dumps(guard)
+    onnx.save(model, str(tmp_path / "broken.onnx"))
+    with pytest.raises(InspectionError, match="cannot decide safely: the guard's layout rule is not 64 cells.*export it again"):
+        Inspector(tmp_path / "broken.onnx")
+
+
 def frames() -> dict[str, bytes]:
     """What a line camera also sends: a black frame (lamp off), a white one, a 1000x40 strip, noise."""
     from PIL import Image, ImageDraw

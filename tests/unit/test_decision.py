@@ -74,3 +74,15 @@ def test_a_missing_anomaly_score_never_ships_a_part():
     [(decision, flag)] = rule.decide_all([0.0], [None], None, [math.nan])
     assert decision == "not_a_part" and "anomaly score" in flag
     assert DecisionRule(0.5, anomaly_threshold=math.inf).problem() and DecisionRule(0.5, anomaly_threshold=0.0).problem()
+
+
+def test_a_part_only_the_model_of_good_parts_rejects_by_a_small_margin_goes_to_a_person_never_ok():
+    rule = DecisionRule(0.8, (0.1, 0.8), 50.0, anomaly_threshold=2.0, anomaly_review=3.0)
+    assert rule.decide(0.0, None, 2.5) == "review"  # the classifier says ok, the model of good parts only just rejects
+    assert rule.decide(0.0, None, 3.0) == "defective"  # far from every good part: scrapped
+    assert rule.decide(0.9, None, 2.5) == "defective"  # the classifier rejects it too
+    assert rule.decide(0.0, None, 1.9) == "ok" and rule.decide(0.0, "cut up", 2.5) == "not_a_part"
+    assert rule.problem() is None
+    assert DecisionRule(0.8, None, None, 2.0, anomaly_review=2.0).problem()  # an empty band is a broken file
+    assert DecisionRule(0.8, None, None, None, anomaly_review=3.0).problem()  # a band without a model of good parts
+    assert DecisionRule(0.8, None, None, 2.0, anomaly_review=math.nan).problem()

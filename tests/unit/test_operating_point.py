@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from casting_inspection.evaluation.metrics import Costs
-from casting_inspection.evaluation.operating_point import candidate_thresholds, choose_review_band, choose_threshold
+from casting_inspection.evaluation.operating_point import (
+    candidate_thresholds,
+    choose_anomaly_review,
+    choose_review_band,
+    choose_threshold,
+)
 
 #                 defects ...................  good parts ......................
 LABELS = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
@@ -97,3 +102,14 @@ def test_bayes_threshold_follows_costs_and_priors_not_single_photos():
     moved = PROBS.copy()
     moved[7] = 0.99  # one photo moves: min_cost may jump, the Bayes threshold does not
     assert threshold("bayes", probs=moved, cost_missed_defect=10.0, defect_rate=0.02) == rare
+
+
+def test_the_anomaly_review_band_holds_the_lowest_parts_only_the_model_of_good_parts_rejects():
+    anomaly = np.array([0.1, 0.2, 0.90, 0.95, 0.97, 0.99, 0.3, 0.96])
+    probabilities = np.array([0.0, 0.0, 0.1, 0.1, 0.1, 0.1, 0.0, 0.95])  # the last: the classifier rejects it too
+    # 8 validation parts at 25 %: two of the four only the model of good parts rejects; the top halfway to the third
+    assert choose_anomaly_review(0.25, anomaly, probabilities, 0.5, 0.9) == pytest.approx(0.96)
+    top = choose_anomaly_review(0.9, anomaly, probabilities, 0.5, 0.9)  # room for all four: just above the last
+    assert top > 0.99 and top == np.nextafter(0.99, 1)
+    assert choose_anomaly_review(0.1, anomaly, probabilities, 0.5, 0.9) is None  # less than one part's room
+    assert choose_anomaly_review(0.5, anomaly, probabilities, 0.5, 0.999) is None  # no part only it rejects

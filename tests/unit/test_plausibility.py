@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from casting_inspection.data.plausibility import implausible, layout_model, part_range, photo_statistics, seam_limit
+from casting_inspection.data.plausibility import (
+    LAYOUT_GRID,
+    implausible,
+    layout_cells,
+    layout_model,
+    layout_problem,
+    layout_score,
+    part_range,
+    photo_statistics,
+    seam_limit,
+)
 from helpers import part_image
 
 
@@ -73,3 +83,36 @@ def test_swapped_quarters_of_a_part_that_fills_the_frame_are_not_laid_out_as_a_p
     rules["layout"] = layout_model(statistics, 1.2)
     reasons = implausible(photo_statistics(frames), [(128, 128)] * 3, rules)
     assert reasons[0].startswith("not laid out as a part photo") and reasons[1:] == [None, None], reasons
+
+
+def test_a_part_moved_as_far_as_training_moved_it_is_laid_out_as_a_part_and_the_limit_is_training_s_most():
+    parts = [filling_part(i) for i in range(40)]
+    moved = [np.roll(part, (dy, dx), axis=(0, 1)) for part in parts for dy, dx in ((0, 8), (-8, 0), (6, -6))]
+    statistics = photo_statistics(grey(*parts, *moved))  # the guard is fitted on the photos and their shifted copies
+    model = layout_model(statistics, 1.2)
+    scores = layout_score(statistics["layout"], model)
+    assert model["limit"] == np.quantile(scores, 0.999) * 1.2
+    a = filling_part(100)
+    frames = grey(np.roll(a, (0, 7), axis=(0, 1)), np.roll(a, (5, -5), axis=(0, 1)), np.roll(a, (64, 64), axis=(0, 1)))
+    assert list(layout_score(photo_statistics(frames)["layout"], model) > model["limit"]) == [False, False, True]
+
+
+def test_layout_cells_are_each_cell_s_mean_in_the_photo_s_standard_deviations_at_any_size():
+    gray = np.random.default_rng(0).random((2, 100, 75))
+    edges_y, edges_x = (np.arange(LAYOUT_GRID + 1) * side // LAYOUT_GRID for side in gray.shape[1:])
+    for photo, cells in zip(gray, layout_cells(gray)):
+        expected = [
+            (photo[y0:y1, x0:x1].mean() - photo.mean()) / (photo.std() + 1e-3)
+            for y0, y1 in zip(edges_y, edges_y[1:])
+            for x0, x1 in zip(edges_x, edges_x[1:])
+        ]
+        np.testing.assert_allclose(cells, expected, atol=1e-12)
+
+
+def test_a_layout_rule_read_from_a_model_file_is_checked_before_it_is_applied():
+    good = {"mean": [0.0] * 64, "scale": [1.0] * 64, "limit": 2.0}
+    assert layout_problem(None) is None and layout_problem(good) is None
+    assert "64 cells" in layout_problem({**good, "mean": [0.0] * 16})
+    assert "64 cells" in layout_problem({**good, "scale": [0.0] * 64})
+    assert "lacks" in layout_problem({"mean": good["mean"]})
+    assert "limit" in layout_problem({**good, "limit": float("nan")})

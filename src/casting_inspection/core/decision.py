@@ -5,8 +5,10 @@ Free of PyTorch and of params: the numbers come from the model's operating point
 validation; export writes them into the ONNX metadata). A photo the guard flags is `not_a_part` and is never
 decided. A part whose anomaly score (how far it departs from a good part: modeling.flaws or modeling.patchcore)
 reaches the anomaly threshold is `defective`, whatever the classifier says: the classifier knows the defects it was shown, the
-model of good parts whatever departs from a good part. The others go to a person inside the review band
-[low, high), are `defective` at or above the threshold, and `ok` below it.
+model of good parts whatever departs from a good part. One that only the model of good parts rejects (the classifier
+says ok) by the smallest margins, a score in [anomaly threshold, anomaly review), goes to a person instead of the
+scrap bin: never `ok`. The others go to a person inside the review band [low, high), are `defective` at or above the
+threshold, and `ok` below it.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ DECISIONS = (OK, DEFECTIVE, REVIEW, NOT_A_PART)
 @dataclasses.dataclass(frozen=True)
 class DecisionRule:
     """The operating point: the defect-probability threshold, the review band (None: no band), the
-    guard's novelty threshold (None: a network without features, or no novelty check) and the anomaly threshold
-    (None: no model of good parts)."""
+    guard's novelty threshold (None: a network without features, or no novelty check), the anomaly threshold
+    (None: no model of good parts) and the top of the anomaly review band (None: no band)."""
 
     threshold: float
     band: tuple[float, float] | None = None
     novelty_threshold: float | None = None
     anomaly_threshold: float | None = None
+    anomaly_review: float | None = None
 
     def problem(self) -> str | None:
         """Why this rule could not decide safely (a NaN threshold would call every part ok), or None."""
@@ -38,6 +41,11 @@ class DecisionRule:
             return f"novelty threshold {self.novelty_threshold} is not a finite number"
         if self.anomaly_threshold is not None and not (math.isfinite(self.anomaly_threshold) and self.anomaly_threshold > 0):
             return f"anomaly threshold {self.anomaly_threshold} is not a finite number > 0"
+        review = self.anomaly_review
+        if review is not None and not (
+            self.anomaly_threshold is not None and math.isfinite(review) and review > self.anomaly_threshold
+        ):
+            return f"anomaly review band top {review} is not a finite number above the anomaly threshold"
         band = self.band
         if band is None:
             return None
@@ -57,7 +65,8 @@ class DecisionRule:
             if anomaly is None or not math.isfinite(anomaly):
                 return NOT_A_PART
             if anomaly >= self.anomaly_threshold:
-                return DEFECTIVE
+                only_anomaly = probability < self.threshold and self.anomaly_review is not None
+                return REVIEW if only_anomaly and anomaly < self.anomaly_review else DEFECTIVE
         if self.band is not None and self.band[0] <= probability < self.band[1]:
             return REVIEW
         return DEFECTIVE if probability >= self.threshold else OK

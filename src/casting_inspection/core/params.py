@@ -219,6 +219,7 @@ class EvaluateParams:
     cost_false_reject: float = check(_positive)
     defect_rate: float = check(_fraction)
     review_share: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+    anomaly_review_share: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
     gate: GateParams
     batch_size: int = check(_positive)
     calibration: CalibrationParams

@@ -19,7 +19,7 @@ PART_CONTRAST = 0.08  # grey levels (0-1) by which a part's pixel differs from t
 SEAM_FLOOR = 3 / 255  # a side of a cut whose lines vary less than this is a flat fill (a shift's uncovered strip), not a tear
 SEAM_OFFSET = 2 / 255  # keeps the seam score finite on flat lines
 LAYOUT_GRID = 8  # cells per side of a frame's layout: at 128 px a cell of 16 px sees the part's rings and the table, not texture
-LAYOUT_FLOOR = 0.05  # least spread of a layout cell (in the photo's own standard deviations): the steady table corners
+LAYOUT_FLOOR = 0.05  # added to each layout cell's spread (in the photo's own standard deviations): the steady table corners
 
 
 def seam_score(gray: np.ndarray) -> np.ndarray:
@@ -87,19 +87,34 @@ def layout_cells(gray: np.ndarray) -> np.ndarray:
     """(N, H, W) grey in [0, 1] -> (N, LAYOUT_GRID ** 2): each cell's mean in the photo's own standard deviations from
     its own mean, so the lamp level and contrast do not count, only where bright and dark lie in the frame."""
     gray = gray.astype(np.float64)
-    norm = (gray - gray.mean(axis=(1, 2), keepdims=True)) / (gray.std(axis=(1, 2), keepdims=True) + 1e-3)
     rows, cols = (np.arange(LAYOUT_GRID) * side // LAYOUT_GRID for side in gray.shape[1:])
-    sums = np.add.reduceat(np.add.reduceat(norm, rows, axis=1), cols, axis=2)
+    sums = np.add.reduceat(np.add.reduceat(gray, rows, axis=1), cols, axis=2)
     counts = np.outer(np.diff(np.append(rows, gray.shape[1])), np.diff(np.append(cols, gray.shape[2])))
-    return (sums / counts).reshape(len(gray), -1)
+    cells = (sums / counts).reshape(len(gray), -1)  # the cells' means first: the standardising is then 64 values a photo
+    return (cells - gray.mean(axis=(1, 2))[:, None]) / (gray.std(axis=(1, 2))[:, None] + 1e-3)
 
 
 def layout_model(statistics: dict[str, np.ndarray], margin: float) -> dict:
     """The training photos' layout: each cell's mean and spread, and the largest departure they show (99.9 %) times
-    `margin`. Above it, the part is not where a part lies, or the frame is cut up (quarters swapped, half table)."""
+    `margin`. Above it, the part is not where a part lies, or the frame is cut up (quarters swapped, half table).
+    It also bounds how far off-centre a part may be: a little beyond the augmentation's shifts it is fitted on."""
     cells = statistics["layout"].astype(np.float64)
     model = {"mean": cells.mean(axis=0).tolist(), "scale": (cells.std(axis=0) + LAYOUT_FLOOR).tolist()}
     return model | {"limit": float(np.quantile(layout_score(cells, model), 0.999)) * margin}
+
+
+def layout_problem(model: dict | None) -> str | None:
+    """Why a layout rule read from a model file cannot be applied (another grid, a number missing), or None."""
+    if model is None:
+        return None
+    cells = LAYOUT_GRID**2
+    try:
+        mean, scale, limit = (np.asarray(model[key], dtype=np.float64) for key in ("mean", "scale", "limit"))
+    except (KeyError, TypeError, ValueError):
+        return "the guard's layout rule lacks its mean, scale or limit"
+    if mean.shape != (cells,) or scale.shape != (cells,) or not (scale > 0).all() or not np.isfinite(mean).all():
+        return f"the guard's layout rule is not {cells} cells with a positive spread each"
+    return None if limit.shape == () and np.isfinite(limit) and limit > 0 else "the guard's layout limit is not a number > 0"
 
 
 def layout_score(cells: np.ndarray, model: dict) -> np.ndarray:

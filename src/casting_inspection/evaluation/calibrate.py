@@ -15,7 +15,7 @@ from casting_inspection.data.dataset import Split
 from casting_inspection.evaluation.calibration import fit_temperature, sigmoid
 from casting_inspection.evaluation.guard import fit_guard, save_guard
 from casting_inspection.evaluation.metrics import Costs
-from casting_inspection.evaluation.operating_point import choose_review_band, choose_threshold
+from casting_inspection.evaluation.operating_point import choose_anomaly_review, choose_review_band, choose_threshold
 from casting_inspection.modeling.augmentation import augmentation_from, augmented_copies
 from casting_inspection.modeling.checkpoint import has_classifier
 from casting_inspection.modeling.predict import predict_logits
@@ -34,6 +34,7 @@ class OperatingPoint:
         band = list(self.rule.band) if self.rule.band else None
         point = {"threshold": self.rule.threshold, "temperature": self.temperature, "review_band": band}
         point["anomaly_threshold"] = self.rule.anomaly_threshold  # the anomaly stage's, chosen on validation good parts
+        point["anomaly_review"] = self.rule.anomaly_review
         write_json(path, {**point, "guard": self.guard_rules})
         save_guard(guard_path, self.guard_tensors)
 
@@ -52,11 +53,13 @@ def costs_of(params: EvaluateParams) -> Costs:
 
 
 def calibrate(
-    params: EvaluateParams, model, checkpoint: dict, splits: tuple[Split, Split], anomaly_threshold: float, device
+    params: EvaluateParams, model, checkpoint: dict, splits: tuple[Split, Split], anomaly: tuple[float, np.ndarray], device
 ) -> tuple[OperatingPoint, Scored]:
     """Fit the operating point on validation (and the guard on train + validation); the scored validation split.
+    `anomaly`: the model of good parts' threshold and its scores of the validation photos.
     Without a classifier (train.classifier: false) only the good photos choose: defect photos may not exist."""
     train, val = splits
+    anomaly_threshold, val_anomaly = anomaly
     logits = predict_logits(model, val.images, params.batch_size, device).double().numpy()
     if not has_classifier(checkpoint):
         return _good_parts_only(params, model, checkpoint, (train.good(), val.good()), anomaly_threshold, logits, val)
@@ -67,8 +70,9 @@ def calibrate(
         params.operating_point, scored.labels, scored.probabilities, costs, params.threshold, params.target_recall
     )
     band = choose_review_band(params.review_share, scored.labels, scored.probabilities, threshold, costs)
+    review = choose_anomaly_review(params.anomaly_review_share, val_anomaly, scored.probabilities, threshold, anomaly_threshold)
     rules, tensors = _guard(params, model, checkpoint, train, val)
-    rule = DecisionRule(threshold, band, rules["novelty_threshold"], anomaly_threshold)
+    rule = DecisionRule(threshold, band, rules["novelty_threshold"], anomaly_threshold, review)
     return OperatingPoint(temperature, rule, rules, tensors), scored
 
 

@@ -62,7 +62,8 @@ def evaluate_model(
     device = select_device("auto")
     model, checkpoint, anomaly, anomaly_threshold = load_inspector(checkpoint_path, anomaly_path, device)
     train, val, test = (load_split(prepared_dir, split) for split in ("train", "val", "test"))
-    point, val_scored = calibrate(params, model, checkpoint, (train, val), anomaly_threshold, device)
+    val_anomaly = anomaly_scores(anomaly, val.images, params.batch_size)[0]
+    point, val_scored = calibrate(params, model, checkpoint, (train, val), (anomaly_threshold, val_anomaly), device)
     point.save(out.operating_point, out.guard)
     logits, features = predict_logits_and_features(model, test.images, params.batch_size, device)
     logits = logits.double().numpy()
@@ -73,6 +74,7 @@ def evaluate_model(
     departures, maps = anomaly_scores(anomaly, test.images, params.batch_size)
     decisions = point.rule.decide_all(scored.probabilities, flags, None, departures)
     results["anomaly"] = anomaly_figures(scored.labels, departures, anomaly_threshold)
+    results["anomaly"]["review_top"] = point.rule.anomaly_review  # below it, a part only this model rejects: a person looks
     results["combined"] = combined_figures(scored.labels, decisions)
     _anomaly_gallery(test, scored, decisions, departures, maps, point.rule, Path(out.plots) / "images" / "anomaly_test.png")
     write_json(out.painted, painted_figures(decide, load_painted(painted_dir)))

@@ -1,7 +1,8 @@
 """Not a part, not a decision: fit the guard that turns a photo the model cannot judge into `not_a_part`.
 
 Two checks, both fitted without the test split: the photo's own plausibility (data.plausibility: exposure,
-contrast, capture shape, the part where parts are in training), and novelty in the network's own feature
+contrast, capture shape, the part where parts are in training, a straight cut across the frame, the frame's layout),
+and novelty in the network's own feature
 space — the squared Mahalanobis distance of an image's pooled features from the training split's, with its
 threshold set on the validation split for a stated false-alarm rate. The guard travels with the model: the
 distance is a second output of the ONNX graph and the rules are in its metadata.

@@ -72,3 +72,16 @@ def choose_review_band(
     best = np.lexsort((off_centre.ravel(), width.ravel(), cost.ravel()))[0]
     low, high = np.unravel_index(best, cost.shape)
     return float(lows[low]), float(highs[high])
+
+
+def choose_anomaly_review(
+    share: float, anomaly: np.ndarray, probabilities: np.ndarray, threshold: float, anomaly_threshold: float
+) -> float | None:
+    """The top of [anomaly_threshold, top): a part only the model of good parts rejects (probability < threshold),
+    scoring in it, goes to a person instead of the scrap bin. It holds the lowest such validation scores, at most
+    `share` of the validation parts; the top lies halfway to the next one, or just above the last. None: no band."""
+    only = np.sort(anomaly[(anomaly >= anomaly_threshold) & (probabilities < threshold)])
+    held = min(int(share * len(anomaly)), len(only))
+    if held == 0:
+        return None
+    return float((only[held - 1] + only[held]) / 2) if held < len(only) else float(np.nextafter(only[-1], np.inf))

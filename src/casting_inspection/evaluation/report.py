@@ -224,6 +224,15 @@ chosen on the validation split, never on test.</p>
 {decisions}"""
 
 
+def _anomaly_review(top: float | None) -> str:
+    if top is None:
+        return ""
+    return (
+        f", except that a part only it rejects, with a score below {top:.3f} (the lowest such validation scores), goes to "
+        "a person instead of the scrap bin"
+    )
+
+
 def _decider(train: dict, test: dict) -> str:
     if train.get("classifier") is False:
         return (
@@ -272,8 +281,8 @@ def _not_a_part(test: dict, robustness: dict) -> str:
     ]
     reasons = ", ".join(f"{reason} ({n})" for reason, n in guard["test_reasons"].items()) or "none"
     return f"""<h2>Not a part, not a decision</h2>
-<p>A photo the model cannot judge (a dark or blown-out frame, a flat frame, a strip or crop, no part where parts are, or
-pooled features unlike every training photo) is <b>not_a_part</b>, never ok. The novelty threshold is set on validation
+<p>A photo the model cannot judge (a dark or blown-out frame, a flat frame, a strip or crop, no part where parts are, a
+torn or cut-up frame, or pooled features unlike every training photo) is <b>not_a_part</b>, never ok. The novelty threshold is set on validation
 for a {_pct(guard["val_flagged_share"], 1)} false-alarm rate. Test split: {guard["test_flagged"]} of {test["n"] + guard["test_flagged"]}
 photos flagged ({reasons}); the figures above are on the {test["n"]} decided. Generated not-a-part photos:
 {material["caught"]} of {material["n"]} caught, {material["decided_ok"]} decided ok
@@ -301,7 +310,7 @@ def _anomaly(anomaly: dict, painted: dict, test: dict, plots_dir: Path) -> str:
     return f"""<h2>A model of good parts</h2>
 <p>Fitted on the train split's good photos only, it flags whatever departs from every good part seen, at a threshold
 that rejects {_pct(anomaly["val_good_rejected"], 1)} of validation good parts. A part is <b>defective</b> when it or the
-classifier says so. Defects painted on {anomaly["painted_photos_per_kind"]} validation good parts, each kind alone,
+classifier says so{_anomaly_review(alone.get("review_top"))}. Defects painted on {anomaly["painted_photos_per_kind"]} validation good parts, each kind alone,
 decided by the anomaly model alone ("map on defect": its highest patch lies on the defect) and by the shipped decision
 (shipped: decided <b>ok</b>; to a person: review or not a part):</p>
 {_table(["kind", "anomaly model: ok", "AUROC", "map on defect", "shipped decision: ok", "to a person"], rows)}

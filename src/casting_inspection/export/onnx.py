@@ -185,6 +185,7 @@ def _metadata(checkpoint: dict, operating_point: dict, checkpoint_path: Path, dr
         # the model of good parts: a part whose score (the graph's "anomaly" output) reaches this is defective; the
         # "anomaly_map" output shows where (each patch's departure, over the part's window)
         "anomaly_threshold": json.dumps(operating_point.get("anomaly_threshold")),
+        "anomaly_review": json.dumps(operating_point.get("anomaly_review")),
         "image_size": str(checkpoint["preprocessing"]["image_size"]),
         "color_mode": checkpoint["preprocessing"]["color_mode"],
         # the checks and resize of casting_inspection.data.images.load_image, so every consumer prepares images as training did

@@ -17,17 +17,17 @@ import onnxruntime as ort
 from casting_inspection.core.decision import DecisionRule
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.data.images import BadImage, ImageSpec, load_image
-from casting_inspection.data.plausibility import implausible, photo_statistics
+from casting_inspection.data.plausibility import implausible, layout_problem, photo_statistics
 
 SLICE = 16  # images per ONNX Runtime call when the graph computes anomaly maps: memory stays near 0.3 GB
 
 
-def _threshold(value) -> float | None:
-    """The metadata's anomaly threshold: a number, or null for a model without a model of good parts."""
+def _threshold(value, name: str) -> float | None:
+    """The metadata's anomaly threshold or review top: a number, or null (no model of good parts, no band)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"anomaly_threshold {value!r} is not a number")
+        raise ValueError(f"{name} {value!r} is not a number")
     return float(value)
 
 
@@ -70,30 +70,37 @@ class Inspector:
             self.spec = ImageSpec(**json.loads(metadata["preprocessing"]))
             self.drift_reference = json.loads(metadata["drift_reference"])
             self.guard = json.loads(metadata["guard"])
-            anomaly_threshold = _threshold(json.loads(metadata.get("anomaly_threshold", "null")))
+            anomaly_threshold = _threshold(json.loads(metadata.get("anomaly_threshold", "null")), "anomaly_threshold")
+            anomaly_review = _threshold(json.loads(metadata.get("anomaly_review", "null")), "anomaly_review")
             self.classifier = json.loads(metadata.get("classifier", "true")) is not False
         except (KeyError, ValueError, TypeError) as exc:
             raise InspectionError(
                 f"{model_path}: metadata lacks {exc}; export it again with this version (dvc repro export)"
             ) from None
         self.review_band = tuple(float(v) for v in band) if band else None
-        self.rule = DecisionRule(self.threshold, self.review_band, self.guard.get("novelty_threshold"), anomaly_threshold)
+        novelty = self.guard.get("novelty_threshold")
+        self.rule = DecisionRule(self.threshold, self.review_band, novelty, anomaly_threshold, anomaly_review)
         self.outputs = [output.name for output in self.session.get_outputs()]
-        problem = self.rule.problem()
-        if self.rule.novelty_threshold is not None and "novelty" not in self.outputs:
-            problem = "the guard's novelty threshold is set but the graph has no novelty output"
-        if self.rule.anomaly_threshold is not None and "anomaly" not in self.outputs:
-            problem = "the anomaly threshold is set but the graph has no anomaly output"
-        if self.rule.anomaly_threshold is None and "anomaly" in self.outputs:
-            problem = "the graph scores departures from good parts but its metadata has no anomaly_threshold"
-        if not self.classifier and self.rule.anomaly_threshold != self.threshold:
-            problem = "without a classifier the threshold must be the model of good parts' anomaly_threshold"
+        problem = self._problem()
         if problem:
             raise InspectionError(f"{model_path}: cannot decide safely: {problem}; export it again (dvc repro export)")
         self.metadata = dict(metadata)
         self.path = model_path
         self.version = hashlib.sha256(data).hexdigest()[:12]
         self.input_name = self.session.get_inputs()[0].name
+
+    def _problem(self) -> str | None:
+        """Why this model's rule, guard and graph could not decide safely together, or None."""
+        rule, outputs = self.rule, self.outputs
+        if rule.novelty_threshold is not None and "novelty" not in outputs:
+            return "the guard's novelty threshold is set but the graph has no novelty output"
+        if rule.anomaly_threshold is not None and "anomaly" not in outputs:
+            return "the anomaly threshold is set but the graph has no anomaly output"
+        if rule.anomaly_threshold is None and "anomaly" in outputs:
+            return "the graph scores departures from good parts but its metadata has no anomaly_threshold"
+        if not self.classifier and rule.anomaly_threshold != self.threshold:
+            return "without a classifier the threshold must be the model of good parts' anomaly_threshold"
+        return rule.problem() or layout_problem(self.guard.get("layout"))
 
     def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the graph by name for uint8 images (N, C, H, W): the defect probability and, when the
@@ -181,6 +188,7 @@ class Inspector:
             "threshold": self.threshold,
             "review_band": list(self.review_band) if self.review_band else None,
             "anomaly_threshold": self.rule.anomaly_threshold,
+            "anomaly_review": self.rule.anomaly_review,  # only the model of good parts rejects, below this: a person looks
             "classifier": self.classifier,  # false: a product with good photos only; the model of good parts decides alone
             "input": {
                 "image_size": self.spec.image_size,
