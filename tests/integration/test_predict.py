@@ -130,6 +130,8 @@ def test_a_darker_camera_gets_a_drift_warning(exported_model, tmp_path):
         ("threshold", "1.5", "threshold 1.5"),
         ("review_band", "[0.9, 0.95]", "review band"),
         ("classifier", "false", "without a classifier the threshold must be"),  # a classifier's threshold, sold as none
+        ("anomaly_review", "0.0001", "anomaly review band top"),  # a band below the threshold it starts at
+        ("anomaly_review", "NaN", "anomaly review band top"),
     ],
 )
 def test_a_model_that_cannot_decide_safely_refuses_to_load(exported_model, tmp_path, key, value, problem):
@@ -137,9 +139,11 @@ def test_a_model_that_cannot_decide_safely_refuses_to_load(exported_model, tmp_p
     import onnx
 
     model = onnx.load(str(exported_model["onnx"]))
-    for prop in model.metadata_props:
-        if prop.key == key:
-            prop.value = value
+    props = {prop.key: prop for prop in model.metadata_props}
+    if key in props:
+        props[key].value = value
+    else:  # a key this model does not carry (no anomaly review band)
+        model.metadata_props.add(key=key, value=value)
     broken = tmp_path / "broken.onnx"
     onnx.save(model, str(broken))
     with pytest.raises(InspectionError, match="cannot decide safely: " + problem):

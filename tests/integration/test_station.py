@@ -187,6 +187,8 @@ def test_a_camera_cut_makes_the_station_not_ready_and_it_reconnects_and_a_broker
         wait_until(lambda: len(plc.results) >= seen + 2, 60)
         broker.start()
         wait_until(lambda: len(plc.results) >= seen + 3, 60)
+        reached = {n for n, _, _ in plc.results}  # the MES reconnects on its own time: wait for it, not for a guess
+        wait_until(lambda: reached <= set(mes.parts()), 30)
         health = scrape(metrics)
         station.send_signal(signal.SIGTERM)
         stdout, stderr = station.communicate(timeout=60)

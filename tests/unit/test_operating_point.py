@@ -113,3 +113,11 @@ def test_the_anomaly_review_band_holds_the_lowest_parts_only_the_model_of_good_p
     assert top > 0.99 and top == np.nextafter(0.99, 1)
     assert choose_anomaly_review(0.1, anomaly, probabilities, 0.5, 0.9) is None  # less than one part's room
     assert choose_anomaly_review(0.5, anomaly, probabilities, 0.5, 0.999) is None  # no part only it rejects
+
+
+def test_the_anomaly_review_band_never_ships_a_top_the_plant_would_refuse():
+    probabilities = np.zeros(6)
+    with_nan = np.array([0.95, np.nan, 0.96, 0.1, 0.2, 0.3])
+    assert choose_anomaly_review(0.5, with_nan, probabilities, 0.5, 0.9) == np.nextafter(0.96, 1)  # NaN is no score
+    at_threshold = np.array([0.9, 0.9, 0.9, 0.1, 0.2, 0.3])  # ties at the threshold: a band would be empty
+    assert choose_anomaly_review(0.34, at_threshold, probabilities, 0.5, 0.9) is None

@@ -6,7 +6,7 @@ validation; export writes them into the ONNX metadata). A photo the guard flags 
 decided. A part whose anomaly score (how far it departs from a good part: modeling.flaws or modeling.patchcore)
 reaches the anomaly threshold is `defective`, whatever the classifier says: the classifier knows the defects it was shown, the
 model of good parts whatever departs from a good part. One that only the model of good parts rejects (the classifier
-says ok) by the smallest margins, a score in [anomaly threshold, anomaly review), goes to a person instead of the
+says ok), with a score in [anomaly threshold, anomaly review), goes to a person instead of the
 scrap bin: never `ok`. The others go to a person inside the review band [low, high), are `defective` at or above the
 threshold, and `ok` below it.
 """
@@ -57,7 +57,8 @@ class DecisionRule:
         return novelty_flag(score, self.novelty_threshold)
 
     def decide(self, probability: float, flag: str | None = None, anomaly: float | None = None) -> str:
-        """One part: a flagged photo is not a part; an anomalous one defective; else review inside the band, else
+        """One part: a flagged photo is not a part; an anomalous one defective (review inside the anomaly band when
+        only the model of good parts rejects it); else review inside the band, else
         the threshold decides."""
         if flag or not math.isfinite(probability):  # a model that gives no number cannot ship a part
             return NOT_A_PART

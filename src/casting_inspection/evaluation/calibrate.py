@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from casting_inspection.core.decision import DecisionRule
+from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import write_json
 from casting_inspection.core.params import EvaluateParams
 from casting_inspection.data.dataset import Split
@@ -73,6 +74,8 @@ def calibrate(
     review = choose_anomaly_review(params.anomaly_review_share, val_anomaly, scored.probabilities, threshold, anomaly_threshold)
     rules, tensors = _guard(params, model, checkpoint, train, val)
     rule = DecisionRule(threshold, band, rules["novelty_threshold"], anomaly_threshold, review)
+    if rule.problem():  # what the plant's Inspector would refuse at load must not be written
+        raise InspectionError(f"the operating point chosen on validation cannot decide safely: {rule.problem()}")
     return OperatingPoint(temperature, rule, rules, tensors), scored
 
 

@@ -150,10 +150,11 @@ def painted_figures(decide: Decider, painted: PaintedSet) -> dict:
 
 
 def _anomaly_gallery(test: Split, scored: Scored, decisions, departures, maps, rule: DecisionRule, path: Path) -> None:
-    """The test parts only the model of good parts rejected, then the shipped decision's errors, with their maps."""
+    """The test parts only the model of good parts rejected (scrapped, or sent to a person inside its review band),
+    then the shipped decision's errors, with their maps."""
     labels, names = scored.labels, np.array(CLASS_NAMES)
-    classifier_passed = scored.probabilities < rule.threshold
-    only_anomaly = [i for i, (d, _) in enumerate(decisions) if d == "defective" and classifier_passed[i]]
+    lone = (scored.probabilities < rule.threshold) & (departures >= rule.anomaly_threshold)
+    only_anomaly = [i for i, (d, _) in enumerate(decisions) if d in ("defective", "review") and lone[i]]
     errors = [i for i, (d, _) in enumerate(decisions) if (d == "ok" and labels[i]) or (d == "defective" and not labels[i])]
     chosen = list(dict.fromkeys(only_anomaly + errors))[:GALLERY_MOST]
     tiles = [

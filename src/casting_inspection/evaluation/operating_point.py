@@ -78,10 +78,13 @@ def choose_anomaly_review(
     share: float, anomaly: np.ndarray, probabilities: np.ndarray, threshold: float, anomaly_threshold: float
 ) -> float | None:
     """The top of [anomaly_threshold, top): a part only the model of good parts rejects (probability < threshold),
-    scoring in it, goes to a person instead of the scrap bin. It holds the lowest such validation scores, at most
-    `share` of the validation parts; the top lies halfway to the next one, or just above the last. None: no band."""
-    only = np.sort(anomaly[(anomaly >= anomaly_threshold) & (probabilities < threshold)])
+    scoring in it, goes to a person instead of the scrap bin. The band takes the validation parts only it rejects,
+    lowest score first, at most `share` of the validation parts: the top lies halfway to the next one, or just above
+    the highest when all fit (above it, that model scraps alone). None: no band (no room, or nothing to hold)."""
+    lone = (anomaly >= anomaly_threshold) & (probabilities < threshold) & np.isfinite(anomaly)
+    only = np.sort(anomaly[lone])
     held = min(int(share * len(anomaly)), len(only))
     if held == 0:
         return None
-    return float((only[held - 1] + only[held]) / 2) if held < len(only) else float(np.nextafter(only[-1], np.inf))
+    top = float((only[held - 1] + only[held]) / 2) if held < len(only) else float(np.nextafter(only[-1], np.inf))
+    return top if np.isfinite(top) and top > anomaly_threshold else None

@@ -228,8 +228,8 @@ def _anomaly_review(top: float | None) -> str:
     if top is None:
         return ""
     return (
-        f", except that a part only it rejects, with a score below {top:.3f} (the lowest such validation scores), goes to "
-        "a person instead of the scrap bin"
+        f", except that a part only it rejects, with a score below {top:.3f} (set by the validation parts it alone "
+        "rejected), goes to a person instead of the scrap bin"
     )
 
 
@@ -265,7 +265,8 @@ def _robustness(robustness: dict, export: dict) -> str:
     return f"""<h2>Does it hold when the line changes?</h2>
 <p>The test photos re-taken under one camera or lighting change at a time. Flipped = decisions that differ from the
 unchanged photo's (an attribute gauge R&amp;R view); drift flagged = share the input-drift check would warn about;
-good rejected as anomalous = good parts the model of good parts alone rejects (a line change is not a defect).
+good rejected as anomalous = good parts whose score reaches the model of good parts' threshold (scrapped, or sent to a
+person inside its review band; a line change is not a defect).
 Worst: {_pct(robustness["worst"]["accuracy"])} under {html.escape(robustness["worst"]["change"])}.</p>
 {_table(["change", "strength", "accuracy", "missed defects", "false rejects", "flipped", "drift flagged", "good rejected as anomalous"], rows)}"""
 

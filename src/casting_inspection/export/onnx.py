@@ -182,8 +182,9 @@ def _metadata(checkpoint: dict, operating_point: dict, checkpoint_path: Path, dr
         "temperature": str(operating_point["temperature"]),  # already inside the graph: the output is calibrated
         # not a part, not a decision: the photo checks and the novelty threshold (the graph's second output)
         "guard": json.dumps(operating_point["guard"]),
-        # the model of good parts: a part whose score (the graph's "anomaly" output) reaches this is defective; the
-        # "anomaly_map" output shows where (each patch's departure, over the part's window)
+        # the model of good parts: a part whose score (the graph's "anomaly" output) reaches this is defective, or
+        # review below anomaly_review when only it rejects the part; the "anomaly_map" output shows where (each
+        # patch's departure, over the part's window)
         "anomaly_threshold": json.dumps(operating_point.get("anomaly_threshold")),
         "anomaly_review": json.dumps(operating_point.get("anomaly_review")),
         "image_size": str(checkpoint["preprocessing"]["image_size"]),

@@ -40,7 +40,9 @@ class Result:
     model_version: str
     error: str = ""  # why the file was skipped
     flag: str = ""  # why it is not a part the model can judge (decision not_a_part)
-    anomaly: float | None = None  # the model of good parts' score (defective at or above the model's anomaly threshold)
+    anomaly: float | None = (
+        None  # the model of good parts' score (at or above the anomaly threshold: defective, or review in its band)
+    )
 
     def row(self) -> dict:
         return dataclasses.asdict(self)
@@ -73,10 +75,12 @@ class Inspector:
             anomaly_threshold = _threshold(json.loads(metadata.get("anomaly_threshold", "null")), "anomaly_threshold")
             anomaly_review = _threshold(json.loads(metadata.get("anomaly_review", "null")), "anomaly_review")
             self.classifier = json.loads(metadata.get("classifier", "true")) is not False
-        except (KeyError, ValueError, TypeError) as exc:
+        except KeyError as exc:
             raise InspectionError(
                 f"{model_path}: metadata lacks {exc}; export it again with this version (dvc repro export)"
             ) from None
+        except (ValueError, TypeError) as exc:
+            raise InspectionError(f"{model_path}: unreadable metadata ({exc}); export it again (dvc repro export)") from None
         self.review_band = tuple(float(v) for v in band) if band else None
         novelty = self.guard.get("novelty_threshold")
         self.rule = DecisionRule(self.threshold, self.review_band, novelty, anomaly_threshold, anomaly_review)
@@ -100,6 +104,8 @@ class Inspector:
             return "the graph scores departures from good parts but its metadata has no anomaly_threshold"
         if not self.classifier and rule.anomaly_threshold != self.threshold:
             return "without a classifier the threshold must be the model of good parts' anomaly_threshold"
+        if not self.classifier and rule.anomaly_review is not None:
+            return "without a classifier there is no anomaly review band (nothing else rejects)"
         return rule.problem() or layout_problem(self.guard.get("layout"))
 
     def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """One decided part, as every output of the station tells it, and the one mapping from a decision to the signal
-a reject gate acts on: only `ok` is OK. A part in doubt goes the safe way (NG), with REVIEW set when a person
-should look at it."""
+a reject gate acts on: only `ok` is OK. A part in doubt is never OK: REVIEW when a person should look at it
+(a gate passes a part on OK alone), NG otherwise."""
 
 from __future__ import annotations
 
