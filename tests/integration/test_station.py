@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -172,6 +173,7 @@ def test_a_camera_cut_makes_the_station_not_ready_and_it_reconnects_and_a_broker
            "--stall", "1", "--modbus", f"127.0.0.1:{modbus}", "--mqtt", f"127.0.0.1:{broker.port}",
            "--metrics", f"127.0.0.1:{metrics}"]  # fmt: skip
     station = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    output = drain(station)  # read as it comes: a full pipe would stall whichever station thread writes to it
     plc = Plc(modbus)
     plc.start()
     try:
@@ -191,7 +193,8 @@ def test_a_camera_cut_makes_the_station_not_ready_and_it_reconnects_and_a_broker
         wait_until(lambda: reached <= set(mes.parts()), 30)
         health = scrape(metrics)
         station.send_signal(signal.SIGTERM)
-        stdout, stderr = station.communicate(timeout=60)
+        station.wait(timeout=60)
+        stdout, stderr = output()
         time.sleep(1.0)
     finally:
         station.kill()
@@ -213,6 +216,24 @@ def test_a_camera_cut_makes_the_station_not_ready_and_it_reconnects_and_a_broker
     for rule in (r for group in rules["groups"] for r in group["rules"]):
         for used in set(re.findall(r"casting_inspect_\w+", rule["expr"])):
             assert re.sub(r"(_total|_bucket|_count|_sum)$", "", used) in names, (rule["alert"], used)
+
+
+def drain(process: subprocess.Popen):
+    """Read a process's stdout and stderr while it runs; the returned function waits for both and gives them."""
+    chunks: dict[str, list[str]] = {"out": [], "err": []}
+    readers = [
+        threading.Thread(target=lambda s=stream, k=key: chunks[k].extend(iter(s.readline, "")), daemon=True)
+        for key, stream in (("out", process.stdout), ("err", process.stderr))
+    ]
+    for reader in readers:
+        reader.start()
+
+    def output() -> tuple[str, str]:
+        for reader in readers:
+            reader.join(30)
+        return "".join(chunks["out"]), "".join(chunks["err"])
+
+    return output
 
 
 def wait_until(condition, seconds: float) -> None:
