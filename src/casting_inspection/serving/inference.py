@@ -40,9 +40,7 @@ class Result:
     model_version: str
     error: str = ""  # why the file was skipped
     flag: str = ""  # why it is not a part the model can judge (decision not_a_part)
-    anomaly: float | None = (
-        None  # the model of good parts' score (at or above the anomaly threshold: defective, or review in its band)
-    )
+    anomaly: float | None = None  # the model of good parts' score (see core.decision for what it decides)
 
     def row(self) -> dict:
         return dataclasses.asdict(self)
