@@ -60,7 +60,7 @@ mosquitto:
 
 test: install browser postgres mosquitto
 	ruff check . && ruff format --check .
-	python -m pytest -q -n 2 --dist loadfile tests  # two processes; a file's tests stay in one (its fixtures are built once)
+	python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests  # two processes; a file's tests stay in one (its fixtures are built once), the longest files first (tests/conftest.py)
 
 # Benchmarks (run by hand, print figures; see bench/RESULTS.md). Needs `make repro` first.
 bench: install

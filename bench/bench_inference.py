@@ -26,9 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from casting_inspection.core.params import load_section  # noqa: E402
 from casting_inspection.data.dataset import load_split  # noqa: E402
 from casting_inspection.data.images import load_image  # noqa: E402
+from casting_inspection.evaluation.guard import load_guard  # noqa: E402
 from casting_inspection.export.onnx import _to_onnx  # noqa: E402
-from casting_inspection.modeling.checkpoint import load_checkpoint  # noqa: E402
+from casting_inspection.modeling.inspector import load_inspector  # noqa: E402
 from casting_inspection.modeling.networks import ProbabilityNet  # noqa: E402
+from casting_inspection.serving.inference import Inspector  # noqa: E402
 
 
 def timings(fn, repeats: int, warmup: int = 5) -> list[float]:
@@ -66,15 +68,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     test = load_split(Path("data/prepared"), "test")
-    model, _ = load_checkpoint(Path("models/model.safetensors"))
-    shipped = ProbabilityNet(model).eval()
+    model, _, anomaly, _ = load_inspector(Path("models/model.safetensors"), Path("models/anomaly.safetensors"), "cpu")
+    temperature = json.loads(Path("models/operating_point.json").read_text())["temperature"]
+    # what export turns into the ONNX graph: classifier, guard's novelty and the model of good parts
+    shipped = ProbabilityNet(model, temperature, load_guard(Path("models/guard.safetensors")) or None, anomaly).eval()
     options = ort.SessionOptions()
     if args.threads:
         options.intra_op_num_threads = args.threads
     session = ort.InferenceSession("models/model.onnx", options, providers=["CPUExecutionProvider"])
     int8 = ort.InferenceSession("models/model.int8.onnx", options, providers=["CPUExecutionProvider"])
     # the classifier alone, without the guard and the model of good parts: what the shipped graph adds costs
-    alone = _to_onnx(shipped, test.images[:2].float() / 255, 18, ["defect_probability"])
+    alone = _to_onnx(ProbabilityNet(model).eval(), test.images[:2].float() / 255, 18, ["defect_probability"])
     classifier = ort.InferenceSession(alone.SerializeToString(), options, providers=["CPUExecutionProvider"])
     prepare = load_section("prepare")
     jpegs = [Path("data/raw", p).read_bytes() for p in test.paths[:64]]
@@ -101,6 +105,12 @@ def main() -> None:
         session.run(None, {"image": (array[None].astype(np.float32) / 255)})
 
     rows.append(summarize("onnxruntime + decode/resize", 1, timings(one_image_end_to_end, args.repeats)))
+    # what predict, serve and watch run: decode, the photo checks, the graph (maps included) and the decision
+    inspector = Inspector(Path("models/model.onnx"), args.threads)
+    files = [(f"{i}.jpeg", data) for i, data in enumerate(jpegs)]
+    for batch in (1, 64):
+        chunk = files[:batch]
+        rows.append(summarize("Inspector.inspect, JPEG in", batch, timings(lambda: inspector.inspect(chunk), args.repeats)))  # noqa: B023
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     onnx_mib = onnx_only_peak_mib(test.paths)
     print(

@@ -14,6 +14,19 @@ from helpers import fast_section, kaggle_files, new_project, write_raw, write_zi
 # processes (and the stages they start, which inherit this) do not steal each other's cores while they wait.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# The files that run whole pipelines go first. `make test` hands whole files to two processes in collection order
+# (`--dist loadfile --no-loadscope-reorder`): a two-minute file handed out last would leave one process alone at
+# the end while the other waits.
+LONGEST_FIRST = ("test_pipeline.py", "test_search.py", "test_new_product.py", "test_station.py", "test_watch.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a file, and among the other files, the order stays as collected
+
 
 @pytest.fixture(scope="session")
 def kaggle_zip(tmp_path_factory) -> Path:

@@ -46,7 +46,7 @@ def test_a_product_with_good_photos_only(project_copy, tmp_path):
     assert [o.name for o in model.graph.output] == ["defect_probability", "novelty", "anomaly", "anomaly_map"]
     assert {p.key: p.value for p in model.metadata_props}["classifier"] == "false"
     export = json.loads((repo / "metrics/export.json").read_text())
-    assert export["onnx_anomaly_flips"] == export["onnx_guard_flips"] == 0
+    assert export["onnx_anomaly_flips"] == export["onnx_guard_flips"] == export["onnx_outcome_flips"] == 0
     table = pd.read_csv(repo / "plots/evaluate/predictions.csv", keep_default_na=False)
     shipped = run([sys.executable, "-m", "casting_inspection.serving.cli", "predict", "data/raw/test"], repo, env)
     rows = pd.read_csv(io.StringIO(shipped.stdout))

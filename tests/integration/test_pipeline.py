@@ -81,7 +81,8 @@ def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
     anomaly = json.loads((repo / "metrics/anomaly.json").read_text())
     assert set(anomaly["painted"]) == {"hole", "crack", "scratch", "chip"} and anomaly["held_out"]["kind"] == "blob"
     assert operating_point["anomaly_threshold"] == pytest.approx(anomaly["threshold"]) == test["anomaly"]["threshold"]
-    assert export["onnx_anomaly_flips"] == 0
+    assert export["onnx_anomaly_flips"] == export["onnx_outcome_flips"] == 0  # every threshold and band at once
+    assert 0 <= export["int8"]["outcome_flips"] <= export["images_checked"]
     painted = json.loads((repo / "metrics/painted.json").read_text())  # the shipped decision on the painted defects
     assert set(painted["painted"]) == {"hole", "crack", "scratch", "chip"} and painted["held_out"]["kind"] == "blob"
     for cell in [*painted["painted"].values(), painted["held_out"]]:

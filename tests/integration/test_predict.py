@@ -36,6 +36,7 @@ def test_folder_and_glob_give_one_row_per_image_with_the_models_decision(exporte
         "model_version",
         "flag",
         "anomaly",
+        "review_reason",
     ]
     assert len(rows) == len(list(test_dir.rglob("*.jpeg")))
     assert set(rows["decision"]) <= {"ok", "defective", "review"}  # generated parts: all judged
@@ -45,6 +46,8 @@ def test_folder_and_glob_give_one_row_per_image_with_the_models_decision(exporte
     assert (rows.loc[anomalous, "decision"] == "defective").all()
     band = (rows["defect_probability"] >= 0.4) & (rows["defect_probability"] < 0.6) & ~anomalous
     assert (rows.loc[band, "decision"] == "review").all() and not (rows.loc[~band, "decision"] == "review").any()
+    reasons = rows["review_reason"].fillna("")
+    assert reasons[band].str.startswith("defect probability ").all() and (reasons[~band] == "").all()
 
     pattern = str(test_dir / "def_front" / "*.jpeg")
     jsonl = predict(pattern, "--format", "jsonl", "--model", exported_model["onnx"])
@@ -148,6 +151,30 @@ def test_a_model_that_cannot_decide_safely_refuses_to_load(exported_model, tmp_p
     onnx.save(model, str(broken))
     with pytest.raises(InspectionError, match="cannot decide safely: " + problem):
         Inspector(broken)
+
+
+def test_a_part_only_the_model_of_good_parts_rejects_goes_to_a_person_with_the_reason(exported_model, tmp_path):
+    """A model that carries an anomaly review band, through its metadata, the CLI and the rule: never ok, never
+    scrapped by the model of good parts alone inside the band, and the reviewer is told which band."""
+    import onnx
+
+    test_dir = exported_model["raw"] / "test"
+    before = pd.read_csv(io.StringIO(predict(test_dir, "--model", exported_model["onnx"]).stdout))
+    classifier_ok = before[before["defect_probability"] < 0.5]
+    assert len(classifier_ok) >= 2
+    threshold = float(classifier_ok["anomaly"].median())  # some of them now depart from the good parts
+    model = onnx.load(str(exported_model["onnx"]))
+    props = {prop.key: prop for prop in model.metadata_props}
+    props["anomaly_threshold"].value = json.dumps(threshold)
+    props["review_band"].value = "null"  # the classifier's own band aside: below 0.5 it says ok
+    model.metadata_props.add(key="anomaly_review", value=json.dumps(float(before["anomaly"].max()) + 1))
+    onnx.save(model, str(tmp_path / "banded.onnx"))
+    rows = pd.read_csv(io.StringIO(predict(test_dir, "--model", tmp_path / "banded.onnx").stdout), keep_default_na=False)
+    only = (rows["anomaly"] >= threshold) & (rows["defect_probability"] < 0.5)
+    assert only.any() and (rows.loc[only, "decision"] == "review").all()
+    assert rows.loc[only, "review_reason"].str.startswith("only the model of good parts rejects it: anomaly ").all()
+    both = (rows["anomaly"] >= threshold) & (rows["defect_probability"] >= 0.5)
+    assert (rows.loc[both, "decision"] == "defective").all()
 
 
 def test_a_model_whose_layout_rule_is_malformed_refuses_to_load(exported_model, tmp_path):

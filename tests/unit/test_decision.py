@@ -86,3 +86,35 @@ def test_a_part_only_the_model_of_good_parts_rejects_by_a_small_margin_goes_to_a
     assert DecisionRule(0.8, None, None, 2.0, anomaly_review=2.0).problem()  # an empty band is a broken file
     assert DecisionRule(0.8, None, None, None, anomaly_review=3.0).problem()  # a band without a model of good parts
     assert DecisionRule(0.8, None, None, 2.0, anomaly_review=math.nan).problem()
+
+
+def test_the_exports_agreement_counts_every_outcome_that_differs_the_anomaly_review_top_included():
+    from casting_inspection.export.onnx import outcome_flips, shipped_rule
+
+    point = {"threshold": 0.5, "review_band": [0.4, 0.6], "guard": {"novelty_threshold": 10.0}}
+    rule = shipped_rule(point | {"anomaly_threshold": 0.5, "anomaly_review": 0.8})
+    assert rule == DecisionRule(0.5, (0.4, 0.6), 10.0, 0.5, 0.8)
+    first = {
+        "defect_probability": np.array([0.1, 0.1, 0.45, 0.1]),
+        "novelty": np.array([1.0, 1.0, 1.0, 9.9]),
+        "anomaly": np.array([0.79, 0.2, 0.2, 0.2]),
+    }
+    # the anomaly crosses the review top only (review -> defective), the classifier the band's edge (ok -> review),
+    # and the novelty its limit (ok -> not a part): no single threshold's flips would count all three
+    second = {
+        "defect_probability": np.array([0.1, 0.1, 0.35, 0.1]),
+        "novelty": np.array([1.0, 1.0, 1.0, 10.1]),
+        "anomaly": np.array([0.81, 0.2, 0.2, 0.2]),
+    }
+    assert outcome_flips(rule, first, second) == 3
+    assert outcome_flips(rule, first, first) == 0
+    assert outcome_flips(shipped_rule(point | {"review_band": None}), first, second) == 1  # the novelty only
+
+
+def test_a_review_says_which_band_sent_the_part_to_a_person():
+    rule = DecisionRule(0.5, (0.4, 0.6), None, 0.8, 0.9)
+    assert rule.decide(0.1, anomaly=0.85) == rule.decide(0.45, anomaly=0.1) == "review"
+    assert rule.review_reason(0.1, 0.85) == (
+        "only the model of good parts rejects it: anomaly 0.850 in its review band [0.800, 0.900)"
+    )
+    assert rule.review_reason(0.45, 0.1) == "defect probability 0.450 in the review band [0.400, 0.600)"

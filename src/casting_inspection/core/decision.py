@@ -92,6 +92,14 @@ class DecisionRule:
             out.append((self.decide(float(p), flag, departure), flag))
         return out
 
+    def review_reason(self, probability: float, anomaly: float | None) -> str:
+        """Why a part that `decide` sends to a person went there, for the person who looks: which band it is in."""
+        if self.anomalous(anomaly):
+            low, high = self.anomaly_threshold, self.anomaly_review
+            return f"only the model of good parts rejects it: anomaly {anomaly:.3f} in its review band [{low:.3f}, {high:.3f})"
+        low, high = self.band or (math.nan, math.nan)
+        return f"defect probability {probability:.3f} in the review band [{low:.3f}, {high:.3f})"
+
     def anomalous(self, anomaly: float | None) -> bool:
         """Whether the model of good parts alone rejects the part."""
         return self.anomaly_threshold is not None and anomaly is not None and anomaly >= self.anomaly_threshold

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -105,6 +106,23 @@ def image_spec(params: PrepareParams) -> ImageSpec:
     )
 
 
+SMALL = 256  # files decoded without a pool of processes
+
+
+def _verify_all(jobs: list[tuple], workers: int) -> list[tuple]:
+    """Each file checked and decoded, in order, in `workers` processes (in this one for one worker or a few hundred
+    files: a pool's start costs more). They are spawned, not forked: a child forked from a process whose threads
+    are running (torch's pool, tqdm's monitor) can hang."""
+
+    def progress(results):  # disable=None: a progress bar on a terminal, none in CI logs
+        return list(tqdm(results, total=len(jobs), desc="verify", unit="img", disable=None))
+
+    if workers == 1 or len(jobs) <= SMALL:
+        return progress(map(_verify, jobs))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return progress(pool.map(_verify, jobs, chunksize=64))
+
+
 def prepare_dataset(
     params: PrepareParams,
     raw_dir: Path,
@@ -116,11 +134,7 @@ def prepare_dataset(
 ) -> dict:
     files = _list_raw(Path(raw_dir)) + _list_line(line_dir)
     spec = image_spec(params)
-    jobs = [(path, relative, spec) for path, relative, _, _ in files]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        # disable=None: a progress bar on a terminal, none in CI logs
-        progress = tqdm(pool.map(_verify, jobs, chunksize=64), total=len(jobs), desc="verify", unit="img", disable=None)
-        results = list(progress)
+    results = _verify_all([(path, relative, spec) for path, relative, _, _ in files], workers)
     table = pd.DataFrame([record for record, _ in results])
     table[["width", "height"]] = table[["width", "height"]].astype("Int64")  # a rejected file has none: not 300.0
     table.insert(1, "label", [label for *_, label in files])

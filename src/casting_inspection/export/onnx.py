@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from casting_inspection.core.decision import DecisionRule
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path, write_json
 from casting_inspection.core.params import ExportParams, Int8Params
@@ -97,7 +98,7 @@ def export_onnx(
         test.images,
         test.labels.numpy(),
         onnx_out,
-        (threshold, anomaly_threshold),
+        shipped_rule(operating_point),
         params.batch_size,
     )
     write_json(metrics_path, results)
@@ -144,7 +145,33 @@ def _agreement(onnx_out: dict, torch_out: dict, operating_point: dict) -> dict:
     for name, key in ((NOVELTY_NAME, "onnx_guard_flips"), (ANOMALY_NAME, "onnx_anomaly_flips")):
         if name in onnx_out and limits[name] is not None:  # a second score, as the two runtimes compute it
             results[key] = int(((onnx_out[name] >= limits[name]) != (torch_out[name] >= limits[name])).sum())
+    results["onnx_outcome_flips"] = outcome_flips(shipped_rule(operating_point), onnx_out, torch_out)
     return results
+
+
+def shipped_rule(operating_point: dict) -> DecisionRule:
+    """The rule the exported model's metadata carries: every threshold and band of the operating point."""
+    band = operating_point["review_band"]
+    return DecisionRule(
+        operating_point["threshold"],
+        tuple(band) if band else None,
+        operating_point["guard"].get("novelty_threshold"),
+        operating_point.get("anomaly_threshold"),
+        operating_point.get("anomaly_review"),
+    )
+
+
+def outcome_flips(rule: DecisionRule, first: dict, second: dict) -> int:
+    """Parts whose shipped outcome (ok, defective, review or not a part, by every threshold and band at once)
+    differs between two runtimes' outputs. The photo checks are left out: the same NumPy code runs on the same
+    pixels whichever graph scores them."""
+
+    def outcomes(out: dict) -> list[str]:
+        probabilities = out[OUTPUT_NAME]
+        flags = [None] * len(probabilities)
+        return [d for d, _ in rule.decide_all(probabilities, flags, out.get(NOVELTY_NAME), out.get(ANOMALY_NAME))]
+
+    return sum(a != b for a, b in zip(outcomes(first), outcomes(second)))
 
 
 def _to_onnx(shipped: torch.nn.Module, example: torch.Tensor, opset: int, names: list[str]) -> onnx.ModelProto:
@@ -284,23 +311,22 @@ def _int8(
     test_images: torch.Tensor,
     test_labels: np.ndarray,
     float_out: dict,
-    thresholds: tuple[float, float],
+    rule: DecisionRule,
     batch_size: int,
 ) -> dict:
     """Static int8 quantization calibrated on training images; its size and decisions against the float model."""
     float_probs, float_anomaly = float_out[OUTPUT_NAME], float_out[ANOMALY_NAME]
-    threshold, anomaly_threshold = thresholds
+    threshold, anomaly_threshold = rule.threshold, rule.anomaly_threshold
     pick = np.random.default_rng(params.seed).choice(
         len(train_images), min(params.calibration_images, len(train_images)), replace=False
     )
     _quantize(float_path, int8_path, train_images[np.sort(pick)].numpy().astype(np.float32) / 255)
     images = test_images.numpy().astype(np.float32) / 255
     int8_session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
-    runs = [
-        int8_session.run([OUTPUT_NAME, ANOMALY_NAME], {INPUT_NAME: images[i : i + batch_size]})
-        for i in range(0, len(images), batch_size)
-    ]
-    int8_probs, int8_anomaly = (np.concatenate(column) for column in zip(*runs))
+    names = list(float_out)
+    runs = [int8_session.run(names, {INPUT_NAME: images[i : i + batch_size]}) for i in range(0, len(images), batch_size)]
+    int8_out = {name: np.concatenate(column) for name, column in zip(names, zip(*runs))}
+    int8_probs, int8_anomaly = int8_out[OUTPUT_NAME], int8_out[ANOMALY_NAME]
     labels = test_labels.astype(bool)
     return {
         "bytes": Path(int8_path).stat().st_size,
@@ -313,4 +339,5 @@ def _int8(
         # the classifier's quantized standardisation also feeds the model of good parts: its score moves a little
         "anomaly_max_abs_diff": one_digit(float(np.abs(int8_anomaly - float_anomaly).max())),
         "anomaly_flips": int(((int8_anomaly >= anomaly_threshold) != (float_anomaly >= anomaly_threshold)).sum()),
+        "outcome_flips": outcome_flips(rule, int8_out, float_out),
     }

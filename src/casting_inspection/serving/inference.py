@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from casting_inspection.core.decision import DecisionRule
+from casting_inspection.core.decision import REVIEW, DecisionRule
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.data.images import BadImage, ImageSpec, load_image
 from casting_inspection.data.plausibility import implausible, layout_problem, photo_statistics
@@ -41,6 +41,7 @@ class Result:
     error: str = ""  # why the file was skipped
     flag: str = ""  # why it is not a part the model can judge (decision not_a_part)
     anomaly: float | None = None  # the model of good parts' score (see core.decision for what it decides)
+    review_reason: str = ""  # why a person looks (decision review): which band the part is in
 
     def row(self) -> dict:
         return dataclasses.asdict(self)
@@ -165,9 +166,9 @@ class Inspector:
             if slot is None:
                 p, (decision, flag), departure = next(decided)
                 score = None if departure is None else round(float(departure), 4)
-                slot = Result(
-                    name, decision, round(float(p), 6), round(self.threshold, 6), self.version, flag=flag or "", anomaly=score
-                )
+                why = self.rule.review_reason(float(p), departure) if decision == REVIEW else ""
+                slot = Result(name, decision, round(float(p), 6), round(self.threshold, 6), self.version)
+                slot.flag, slot.anomaly, slot.review_reason = flag or "", score, why
             out.append(slot)
         return out
 

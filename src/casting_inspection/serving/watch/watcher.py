@@ -274,7 +274,8 @@ class Watcher:
                     self._keep_map(photo, final, *pictures[key])
                 probability = f"{result.defect_probability:.4f}" if result.defect_probability is not None else "-"
                 renamed = f"  -> {final.name}" if final.name != photo.path.name else ""
-                reason = f"  ({result.error or result.flag})" if result.error or result.flag else ""
+                why = result.error or result.flag or result.review_reason
+                reason = f"  ({why})" if why else ""
                 line = f"{result.decision or 'rejected':<10}{probability:>8}  {photo.path.name}{renamed}{reason}"
                 print(printable(line), flush=True)
         return filed
@@ -369,7 +370,7 @@ class Watcher:
                         result.defect_probability,
                         result.threshold,
                         result.model_version,
-                        result.error or result.flag,  # why skipped, or why not a part
+                        result.error or result.flag or result.review_reason,  # why skipped, not a part, or to a person
                         str(destination),
                     ),
                 )
