@@ -17,7 +17,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The files that run whole pipelines go first. `make test` hands whole files to two processes in collection order
 # (`--dist loadfile --no-loadscope-reorder`): a two-minute file handed out last would leave one process alone at
 # the end while the other waits.
-LONGEST_FIRST = ("test_pipeline.py", "test_search.py", "test_new_product.py", "test_station.py", "test_watch.py")
+# A process takes its next file once two or fewer of its tests wait, so the pipeline file (two tests) takes the
+# third at once: a shorter one, not the other pipeline file.
+LONGEST_FIRST = ("test_pipeline.py", "test_search.py", "test_station.py", "test_new_product.py", "test_watch.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

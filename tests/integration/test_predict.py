@@ -167,7 +167,7 @@ def test_a_part_only_the_model_of_good_parts_rejects_goes_to_a_person_with_the_r
     props = {prop.key: prop for prop in model.metadata_props}
     props["anomaly_threshold"].value = json.dumps(threshold)
     props["review_band"].value = "null"  # the classifier's own band aside: below 0.5 it says ok
-    model.metadata_props.add(key="anomaly_review", value=json.dumps(float(before["anomaly"].max()) + 1))
+    props["anomaly_review"].value = json.dumps(float(before["anomaly"].max()) + 1)  # export writes "null" here
     onnx.save(model, str(tmp_path / "banded.onnx"))
     rows = pd.read_csv(io.StringIO(predict(test_dir, "--model", tmp_path / "banded.onnx").stdout), keep_default_na=False)
     only = (rows["anomaly"] >= threshold) & (rows["defect_probability"] < 0.5)

@@ -122,3 +122,18 @@ def test_output_is_replaced_atomically_and_not_left_half_written(raw_dir, tmp_pa
         run_prepare(raw_dir, tmp_path)
     assert len(np.load(tmp_path / "prepared/test.npy")) == 17  # the earlier output is intact
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_spawned_decoders_give_the_same_bytes_as_one_process(raw_dir, tmp_path, monkeypatch):
+    """The pool the real data set takes (spawned processes, never forked from a process whose threads run): the same
+    files rejected, the same arrays, the same manifest as decoding in this process."""
+    import casting_inspection.data.prepare as prepare
+
+    outs = {}
+    for workers in (1, 2):
+        monkeypatch.setattr(prepare, "SMALL", 0 if workers == 2 else prepare.SMALL)  # the pool for these few files
+        out = tmp_path / f"prepared-{workers}"
+        prepare_dataset(PARAMS, raw_dir, out, tmp_path / f"data-{workers}.json", tmp_path / "drift.json", workers=workers)
+        outs[workers] = {path.name: path.read_bytes() for path in sorted(out.iterdir())}
+    assert outs[1] == outs[2] and "manifest.csv" in outs[1]
+    assert (tmp_path / "data-1.json").read_text() == (tmp_path / "data-2.json").read_text()

@@ -112,6 +112,7 @@ def test_predict_several_images_decides_as_the_cli_does(server, exported_model):
     expected = Inspector(exported_model["onnx"]).inspect(files)
     assert [r["file"] for r in body["results"]] == [name for name, _ in files]
     assert [r["decision"] for r in body["results"]] == [r.decision for r in expected]
+    assert [r.get("review_reason", "") for r in body["results"]] == [r.review_reason for r in expected]  # which band
     assert [r["defect_probability"] for r in body["results"]] == pytest.approx([r.defect_probability for r in expected], abs=1e-6)
 
 

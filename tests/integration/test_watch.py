@@ -104,7 +104,8 @@ def test_once_sorts_every_complete_file_and_rejects_bad_ones(exported_model, tmp
     assert result.returncode == 0, result.stderr
     rows = logged(out)
     assert len(rows) == 7 and {r[0] for r in rows} == {p.name for p in photos} | {"garbage.jpeg"}
-    expected = {r.path: r.decision for r in Inspector(exported_model["onnx"]).inspect([(p.name, p.read_bytes()) for p in photos])}
+    results = Inspector(exported_model["onnx"]).inspect([(p.name, p.read_bytes()) for p in photos])
+    expected, why = {r.path: r.decision for r in results}, {r.path: r.review_reason for r in results}
     for name, decision, destination, reason in rows:
         assert Path(destination).exists() and Path(destination).parent.name == {"": "rejected"}.get(
             expected.get(name, ""), decision
@@ -112,7 +113,8 @@ def test_once_sorts_every_complete_file_and_rejects_bad_ones(exported_model, tmp
         if name == "garbage.jpeg":
             assert decision == "rejected" and "not an image" in reason
         else:
-            assert decision == expected[name] and reason == ""
+            assert decision == expected[name] and reason == why[name]  # a review says which band sent it
+            assert bool(reason) == (decision == "review")
     assert photos_in(inbox) == ["still_writing.jpeg"]  # not complete yet: left alone
 
 

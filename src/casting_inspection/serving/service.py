@@ -367,15 +367,21 @@ def create_app(inspector: Inspector, limits: Limits, token: str | None = None, w
             metrics.decided(r.decision)
         if metrics.health is not None:
             metrics.health.observe([r.decision for r in results], np.stack(decoded) if decoded else None)
-        return {
-            "model_version": inspector.version,
-            "threshold": inspector.threshold,
-            "review_band": list(inspector.review_band) if inspector.review_band else None,
-            "results": [
-                {"file": r.path, "decision": r.decision, "defect_probability": r.defect_probability}
-                | ({"not_a_part": r.flag} if r.flag else {})  # why the model would not judge this photo
-                for r in results
-            ],
-        }
+        return _answer(inspector, results)
 
     return app
+
+
+def _answer(inspector: Inspector, results: list) -> dict:
+    """POST /predict's body: which model and rule decided, and each photo's decision with its reasons."""
+    return {
+        "model_version": inspector.version,
+        "threshold": inspector.threshold,
+        "review_band": list(inspector.review_band) if inspector.review_band else None,
+        "results": [
+            {"file": r.path, "decision": r.decision, "defect_probability": r.defect_probability}
+            | ({"not_a_part": r.flag} if r.flag else {})  # why the model would not judge this photo
+            | ({"review_reason": r.review_reason} if r.review_reason else {})  # which band sent it to a person
+            for r in results
+        ],
+    }

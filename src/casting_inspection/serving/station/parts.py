@@ -23,7 +23,7 @@ class Part:
     number: int  # counted from 1 since the station started
     name: str  # its photo's file name
     decision: str  # ok, defective, review or not_a_part (undecided parts and faults are not_a_part, with the reason)
-    reason: str  # why not a part, why undecided; empty for a plain decision
+    reason: str  # why not a part, why undecided, or which band sent it to a person; empty for a plain decision
     defect_probability: float | None
     anomaly: float | None
     threshold: float
