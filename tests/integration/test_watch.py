@@ -496,11 +496,23 @@ def test_nothing_in_the_inbox_is_ignored_silently(exported_model, tmp_path):
     future = drop(photo, inbox, age_seconds=-3600, name="future.jpeg")
     drop(photo, inbox, name=".hidden.jpeg")
     drop(photo, inbox, name="upload.jpeg.part")
-    drop(photo, inbox, age_seconds=0, name="recent.jpeg")
+    recent = drop(photo, inbox, age_seconds=0, name="recent.jpeg")
     (inbox / "folder").mkdir()
     os.mkfifo(inbox / "pipe.jpeg")
     (inbox / "link.jpeg").symlink_to(photo)
-    result = run_once(inbox, out, exported_model["onnx"], "--settle", "1")
+    writing = threading.Event()
+
+    def keep_writing() -> None:  # a writer still at it, however long the watcher takes to start on a busy machine
+        while not writing.wait(0.05):
+            os.utime(recent)
+
+    writer = threading.Thread(target=keep_writing, daemon=True)
+    writer.start()
+    try:
+        result = run_once(inbox, out, exported_model["onnx"], "--settle", "1")
+    finally:
+        writing.set()
+        writer.join()
     assert result.returncode == 0, result.stderr
     assert [row[0] for row in logged(out)] == ["future.jpeg"] and not future.exists()
     notes = {

@@ -43,6 +43,11 @@ class Result:
     anomaly: float | None = None  # the model of good parts' score (see core.decision for what it decides)
     review_reason: str = ""  # why a person looks (decision review): which band the part is in
 
+    @property
+    def why(self) -> str:
+        """The one reason a person reads beside the decision: why skipped, why not a part, or which band sent it."""
+        return self.error or self.flag or self.review_reason
+
     def row(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -167,8 +172,16 @@ class Inspector:
                 p, (decision, flag), departure = next(decided)
                 score = None if departure is None else round(float(departure), 4)
                 why = self.rule.review_reason(float(p), departure) if decision == REVIEW else ""
-                slot = Result(name, decision, round(float(p), 6), round(self.threshold, 6), self.version)
-                slot.flag, slot.anomaly, slot.review_reason = flag or "", score, why
+                slot = Result(
+                    name,
+                    decision,
+                    round(float(p), 6),
+                    round(self.threshold, 6),
+                    self.version,
+                    flag=flag or "",
+                    anomaly=score,
+                    review_reason=why,
+                )
             out.append(slot)
         return out
 

@@ -228,7 +228,7 @@ class Station:
             part.reason = f"could not be decided ({type(exc).__name__}: {exc})"
             return
         part.decision = result.decision or "not_a_part"
-        part.reason = f"could not be decided: {result.error}" if result.error else result.flag or result.review_reason
+        part.reason = f"could not be decided: {result.error}" if result.error else result.why
         part.defect_probability, part.anomaly = result.defect_probability, result.anomaly
         part.threshold, part.model_version = result.threshold, result.model_version
         part.image = arrays[0] if arrays else None

@@ -274,8 +274,7 @@ class Watcher:
                     self._keep_map(photo, final, *pictures[key])
                 probability = f"{result.defect_probability:.4f}" if result.defect_probability is not None else "-"
                 renamed = f"  -> {final.name}" if final.name != photo.path.name else ""
-                why = result.error or result.flag or result.review_reason
-                reason = f"  ({why})" if why else ""
+                reason = f"  ({result.why})" if result.why else ""
                 line = f"{result.decision or 'rejected':<10}{probability:>8}  {photo.path.name}{renamed}{reason}"
                 print(printable(line), flush=True)
         return filed
@@ -370,7 +369,7 @@ class Watcher:
                         result.defect_probability,
                         result.threshold,
                         result.model_version,
-                        result.error or result.flag or result.review_reason,  # why skipped, not a part, or to a person
+                        result.why,
                         str(destination),
                     ),
                 )
