@@ -142,6 +142,7 @@ def main() -> None:
                     outputs,
                     MODEL.anomaly,
                     Path("data/painted"),
+                    Path("data/departures.safetensors"),
                 ),
                 args.top,
             )
@@ -153,6 +154,7 @@ def main() -> None:
                     MODEL,
                     prepared_dir=PREPARED,
                     retaken_dir=Path("data/retaken"),
+                    departures_path=Path("data/retaken_departures.safetensors"),
                     drift_reference_path=Path("data/drift_reference.json"),
                     out_path=out / "robustness.json",
                 ),

@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--guard", type=Path, required=True, help="the not-a-part guard's feature statistics")
     parser.add_argument("--anomaly", type=Path, required=True, help="the model of good parts (the anomaly stage)")
     parser.add_argument("--painted", type=Path, required=True, help="validation good photos with painted defects (paint stage)")
+    parser.add_argument("--departures", type=Path, required=True, help="the model of good parts' scores (departures stage)")
     args = parser.parse_args()
     outputs = EvaluateOutputs(
         metrics=args.metrics,
@@ -43,6 +44,7 @@ def main() -> None:
         out=outputs,
         anomaly_path=args.anomaly,
         painted_dir=args.painted,
+        departures_path=args.departures,
     )
     print("evaluate: " + json.dumps({k: v for k, v in results.items() if k != "leak_free"}))
 

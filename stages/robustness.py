@@ -23,6 +23,9 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--guard", type=Path, required=True, help="the not-a-part guard's feature statistics")
     parser.add_argument("--anomaly", type=Path, required=True, help="the model of good parts (the anomaly stage)")
+    parser.add_argument(
+        "--departures", type=Path, required=True, help="its scores of the re-taken good parts (retaken_departures stage)"
+    )
     args = parser.parse_args()
     params = load_section("robustness")
     report = evaluate_robustness(
@@ -30,6 +33,7 @@ def main() -> None:
         ModelFiles(checkpoint=args.checkpoint, operating_point=args.operating_point, guard=args.guard, anomaly=args.anomaly),
         prepared_dir=args.data,
         retaken_dir=args.retaken,
+        departures_path=args.departures,
         drift_reference_path=args.drift_reference,
         out_path=args.metrics,
     )

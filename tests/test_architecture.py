@@ -19,8 +19,10 @@ STAGE_ROOM = {
     "train": "modeling",
     "paint": "evaluation",
     "anomaly": "evaluation",
+    "departures": "evaluation",
     "evaluate": "evaluation",
     "retake": "evaluation",
+    "retaken_departures": "evaluation",
     "robustness": "evaluation",
     "report": "evaluation",
     "export": "export",
@@ -72,12 +74,19 @@ def test_the_serving_path_needs_no_torch_and_no_params(module):
 def test_each_stage_reads_its_own_params_section(stage):
     """The report only reads what the other stages wrote, so it has no section of its own; the retake renders the
     line changes robustness names, and reads those keys of its section only (not how robustness batches); the paint
-    stage reads what the anomaly section's `painted` says to paint."""
+    stage reads what the anomaly section's `painted` says to paint; the two departures stages score with the model of
+    good parts as its section batches it."""
     if stage == "retake":
         assert PIPELINE[stage]["params"] == [f"robustness.{key}" for key in ("seed", "workers", *CHANGES)]
         return
     if stage == "paint":  # paints what the model of good parts is judged on: what to paint, not how it is judged
         assert PIPELINE[stage]["params"] == [f"anomaly.painted.{key}" for key in ("kinds", "held_out", "seed")]
+        return
+    if stage == "departures":  # the model of good parts' scores: how it batches them, nothing that judges them
+        assert PIPELINE[stage]["params"] == ["anomaly.batch_size"]
+        return
+    if stage == "retaken_departures":  # ... of the re-taken parts, checked against the seed they were rendered with
+        assert PIPELINE[stage]["params"] == ["robustness.seed", "anomaly.batch_size"]
         return
     assert PIPELINE[stage].get("params") == (None if stage == "report" else [stage])
 

@@ -8,8 +8,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from casting_inspection.core.errors import InspectionError
 from casting_inspection.data.images import preprocess
 from casting_inspection.evaluation.anomaly import peak_on_defect
+from casting_inspection.evaluation.departures import score_departures
+from casting_inspection.evaluation.departures_set import MAPS, departures_of, load_departures, retaken_key
 from casting_inspection.evaluation.painted import KINDS, paint, painted_photos, part_disc, rng_for
 from casting_inspection.modeling.patchcore import (
     PatchCore,
@@ -106,3 +109,24 @@ def test_a_brighter_or_flatter_exposure_is_not_a_departure(fitted):
         changed = (images * gain + offset).clamp(0, 255).round().to(torch.uint8)
         moved, _ = anomaly_scores(fitted, changed, 6)
         assert np.abs(moved - base).max() < 0.05 * base.max(), (gain, offset)
+
+
+def test_scores_written_once_are_the_scores_computed_in_place_and_never_another_sets(fitted, tmp_path):
+    """The departures stages score each set once; evaluate and robustness read them instead of scoring again."""
+    path = tmp_path / "anomaly.safetensors"
+    save_patchcore(path, fitted, {"taps": [2, 4], "input_size": 128, "threshold": 1.5})
+    good = torch.from_numpy(np.stack([preprocess(im, 64, "L") for im in good_parts(40, 60)]))  # two batches of 32
+    sets = {"val": good[:35], "test": good[35:], retaken_key("jpeg", 20.0): good[:3]}
+    out = tmp_path / "departures.safetensors"
+    assert score_departures(path, sets, 128, out, maps=("test",)) == {"val": 35, "test": 5, "retaken/jpeg/20": 3}
+    stored, (loaded, _) = load_departures(out), load_anomaly(path)
+    for name, images in sets.items():
+        scores, maps = anomaly_scores(loaded, images, 128)
+        assert np.array_equal(departures_of(stored, name, len(images), out), scores)  # bit for bit
+    assert np.array_equal(stored["test" + MAPS], anomaly_scores(loaded, sets["test"], 128)[1])
+    with pytest.raises(InspectionError, match=r"departures.safetensors: no scores for 36 photos of val; run `dvc repro`"):
+        departures_of(stored, "val", 36, out)  # other photos than were scored: refused, never misaligned
+    with pytest.raises(InspectionError, match="no scores for 3 photos of painted/hole"):
+        departures_of(stored, "painted/hole", 3, out)
+    with pytest.raises(InspectionError, match="missing; run the stage"):
+        load_departures(tmp_path / "nowhere.safetensors")

@@ -24,6 +24,7 @@ from casting_inspection.data.dataset import Split, load_split
 from casting_inspection.data.images import ImageSpec
 from casting_inspection.evaluation.calibrate import OperatingPoint, Scored, calibrate, costs_of
 from casting_inspection.evaluation.calibration import calibration_metrics, sigmoid
+from casting_inspection.evaluation.departures_set import MAPS, departures_of, load_departures
 from casting_inspection.evaluation.explain import evidence_on_part, gradcam, part_mask
 from casting_inspection.evaluation.galleries import Tile, draw_tiles, evidence_chart
 from casting_inspection.evaluation.guard import Decider, guard_reasons
@@ -31,7 +32,6 @@ from casting_inspection.evaluation.metrics import decision_metrics, review_metri
 from casting_inspection.evaluation.not_a_part import not_a_part_figures
 from casting_inspection.evaluation.painted_set import PaintedSet, load_painted
 from casting_inspection.modeling.inspector import load_inspector
-from casting_inspection.modeling.patchcore import anomaly_scores
 from casting_inspection.modeling.predict import predict_logits_and_features, select_device
 
 GALLERY_MOST = 36  # test parts in the anomaly gallery
@@ -57,12 +57,14 @@ def evaluate_model(
     out: EvaluateOutputs,
     anomaly_path: Path,
     painted_dir: Path,
+    departures_path: Path,
 ) -> dict:
     """Calibrate on validation, write the operating point, then score the test split once with it."""
     device = select_device("auto")
     model, checkpoint, anomaly, anomaly_threshold = load_inspector(checkpoint_path, anomaly_path, device)
     train, val, test = (load_split(prepared_dir, split) for split in ("train", "val", "test"))
-    val_anomaly = anomaly_scores(anomaly, val.images, params.batch_size)[0]
+    scores = load_departures(departures_path)
+    val_anomaly = departures_of(scores, "val", len(val.images), departures_path)
     point, val_scored = calibrate(params, model, checkpoint, (train, val), (anomaly_threshold, val_anomaly), device)
     point.save(out.operating_point, out.guard)
     logits, features = predict_logits_and_features(model, test.images, params.batch_size, device)
@@ -71,13 +73,14 @@ def evaluate_model(
     flags = guard_reasons(point.guard_rules, point.guard_tensors, test.images, test.sizes, features)
     results = test_figures(params, test, scored, val_scored, point, np.array([flag is None for flag in flags]))
     decide = Decider(model, point.temperature, point.rule, point.guard_rules, point.guard_tensors, params.batch_size, anomaly)
-    departures, maps = anomaly_scores(anomaly, test.images, params.batch_size)
+    departures = departures_of(scores, "test", len(test.images), departures_path)
+    maps = departures_of(scores, "test" + MAPS, len(test.images), departures_path)
     decisions = point.rule.decide_all(scored.probabilities, flags, None, departures)
     results["anomaly"] = anomaly_figures(scored.labels, departures, anomaly_threshold)
     results["anomaly"]["review_top"] = point.rule.anomaly_review  # below it, a part only this model rejects: a person looks
     results["combined"] = combined_figures(scored.labels, decisions)
     _anomaly_gallery(test, scored, decisions, departures, maps, point.rule, Path(out.plots) / "images" / "anomaly_test.png")
-    write_json(out.painted, painted_figures(decide, load_painted(painted_dir)))
+    write_json(out.painted, painted_figures(decide, load_painted(painted_dir), scores, departures_path))
     spec = ImageSpec(**checkpoint["preprocessing"])
     results["not_a_part"] = not_a_part_figures(params, decide, test, val, flags, spec, Path(out.plots) / "images")
     results["line_test"] = line_test_figures(decide, load_split(prepared_dir, "line_test"), point.rule)
@@ -131,15 +134,17 @@ def combined_figures(labels: np.ndarray, decided: list[tuple[str, str | None]]) 
     }
 
 
-def painted_figures(decide: Decider, painted: PaintedSet) -> dict:
+def painted_figures(decide: Decider, painted: PaintedSet, scores: dict[str, np.ndarray], scores_path: Path) -> dict:
     """The shipped decision (guard, model of good parts, classifier, review band) on defects painted on validation
-    good parts: the share of each kind decided each way. `ok` is a painted defect shipped."""
+    good parts: the share of each kind decided each way. `ok` is a painted defect shipped. `scores`: the model of
+    good parts' score of each painted photo (evaluation.departures)."""
 
     if not painted.index.paths:
         raise InspectionError("data/painted holds no painted photo: the validation split has no good part to paint")
 
     def shares(kind: str) -> dict:
-        decisions = np.array([decision for decision, _, _ in decide(painted.images[kind], painted.index.sizes)])
+        departures = departures_of(scores, f"painted/{kind}", len(painted.images[kind]), scores_path)
+        decisions = np.array([decision for decision, _, _ in decide(painted.images[kind], painted.index.sizes, departures)])
         return {name: round(float(np.mean(decisions == name)), 4) for name in DECISIONS}
 
     return {

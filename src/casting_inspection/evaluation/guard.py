@@ -121,13 +121,16 @@ class Decider:
         _, features = predict_logits_and_features(self.model, images, self.batch_size, next(self.model.parameters()).device)
         return guard_reasons(self.guard_rules, self.tensors, images, sizes, features)
 
-    def __call__(self, images: torch.Tensor, sizes: list[tuple[int, int]]) -> list[tuple[str, float, str | None]]:
-        """(decision, defect probability, guard reason) per image."""
+    def __call__(
+        self, images: torch.Tensor, sizes: list[tuple[int, int]], departures: np.ndarray | None = None
+    ) -> list[tuple[str, float, str | None]]:
+        """(decision, defect probability, guard reason) per image; `departures`: the model of good parts' scores of
+        these images when already computed (evaluation.departures), else it scores them here."""
         device = next(self.model.parameters()).device
         logits, features = predict_logits_and_features(self.model, images, self.batch_size, device)
         flags = guard_reasons(self.guard_rules, self.tensors, images, sizes, features)
         probabilities = torch.sigmoid(logits.double() / self.temperature).numpy()
-        scores = self.anomaly_scores(images)
+        scores = departures if departures is not None and self.anomaly is not None else self.anomaly_scores(images)
         return [
             (decision, float(p), flag)
             for p, (decision, flag) in zip(probabilities, self.rule.decide_all(probabilities, flags, None, scores))

@@ -15,13 +15,13 @@ from casting_inspection.core.params import RobustnessParams
 from casting_inspection.data import drift
 from casting_inspection.data.dataset import load_split
 from casting_inspection.evaluation.calibration import sigmoid
+from casting_inspection.evaluation.departures_set import departures_of, load_departures, retaken_key
 from casting_inspection.evaluation.guard import guard_reasons, load_guard
 from casting_inspection.evaluation.metrics import count_errors
 from casting_inspection.evaluation.model_files import ModelFiles
 from casting_inspection.evaluation.retaken_set import CHANGES, load_retaken, settings
 from casting_inspection.modeling.checkpoint import has_classifier
 from casting_inspection.modeling.inspector import load_inspector
-from casting_inspection.modeling.patchcore import anomaly_scores
 from casting_inspection.modeling.predict import predict_logits, predict_logits_and_features, select_device
 
 
@@ -70,6 +70,7 @@ def evaluate_robustness(
     *,
     prepared_dir: Path,
     retaken_dir: Path,
+    departures_path: Path,
     drift_reference_path: Path,
     out_path: Path,
 ) -> dict:
@@ -78,7 +79,7 @@ def evaluate_robustness(
     checkpoint_path, operating_point_path, guard_path = model_files.checkpoint, model_files.operating_point, model_files.guard
     batch_size = params.batch_size
     device = select_device("auto")
-    model, checkpoint, anomaly, anomaly_threshold = load_inspector(checkpoint_path, model_files.anomaly, device)
+    model, checkpoint, _, anomaly_threshold = load_inspector(checkpoint_path, model_files.anomaly, device)
     operating_point = json.loads(Path(operating_point_path).read_text())
     threshold, temperature = operating_point["threshold"], operating_point["temperature"]
     test = load_split(prepared_dir, "test")
@@ -100,10 +101,12 @@ def evaluate_robustness(
         kept = [flag is None for flag in guard_reasons(rules, tensors, images, test.sizes, features)]
         return sigmoid(logits.double().numpy() / temperature), kept
 
-    def good_scores(images: np.ndarray, decided_by: np.ndarray) -> np.ndarray:  # a line change is no defect
+    scores = load_departures(departures_path)
+
+    def good_scores(setting: tuple[str, float], decided_by: np.ndarray) -> np.ndarray:  # a line change is no defect
         if not has_classifier(checkpoint):  # the model of good parts decided them already: its score is the probability
             return decided_by[good]
-        return anomaly_scores(anomaly, torch.from_numpy(np.array(images[good])), batch_size)[0]
+        return departures_of(scores, retaken_key(*setting), int(good.sum()), departures_path)
 
     outcomes = [decide(torch.from_numpy(np.array(images))) for images in renders]  # one setting in memory at a time
     probabilities, decided = np.stack([p for p, _ in outcomes]), np.array([kept for _, kept in outcomes])
@@ -113,7 +116,7 @@ def evaluate_robustness(
         cell = report[change][f"{strength:g}"]
         cell["drift_flagged"] = round(drift.share_flagged(drift.image_statistics(images), reference), 4)
         cell["not_a_part"] = round(float(1 - kept.mean()), 4)  # parts the guard flagged: a false alarm each
-        cell["anomaly_rejected_good"] = round(float(np.mean(good_scores(images, decided_by) >= anomaly_threshold)), 4)
+        cell["anomaly_rejected_good"] = round(float(np.mean(good_scores((change, strength), decided_by) >= anomaly_threshold)), 4)
     write_json(out_path, report)
     return report
 
