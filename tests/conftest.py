@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from helpers import fast_section, kaggle_files, new_project, write_raw, write_zip
 
@@ -42,11 +44,22 @@ def project_copy(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def exported_model(tmp_path_factory) -> dict:
+def exported_model(tmp_path_factory, worker_id) -> dict:
     """A small model trained on generated parts and exported as the pipeline does, with a review band.
-    Returns its paths and the raw photos it can be tried on."""
-    import json
+    Returns its paths and the raw photos it can be tried on. Built once per run: the test processes share it (every
+    test only reads it), the first to need it builds it while the others wait."""
+    if worker_id == "master":  # one process, no xdist
+        return build_exported_model(tmp_path_factory.mktemp("model"))
+    shared = tmp_path_factory.getbasetemp().parent / "exported-model.json"
+    with FileLock(f"{shared}.lock"):
+        if not shared.is_file():
+            paths = build_exported_model(tmp_path_factory.mktemp("model"))
+            shared.write_text(json.dumps({name: str(path) for name, path in paths.items()}))
+        return {name: Path(path) for name, path in json.loads(shared.read_text()).items()}
 
+
+def build_exported_model(root: Path) -> dict:
+    """Prepare, train, fit the guard and the model of good parts, and export, in `root`; the paths by name."""
     from safetensors import safe_open
 
     from casting_inspection.data.dataset import load_split
@@ -61,7 +74,6 @@ def exported_model(tmp_path_factory) -> dict:
     from casting_inspection.modeling.patchcore import load_anomaly, save_patchcore
     from casting_inspection.modeling.training import train_model
 
-    root = tmp_path_factory.mktemp("model")
     raw = root / "raw"
     write_raw(raw, n_train=16, n_test=6)
     prepared = root / "prepared"
