@@ -22,7 +22,7 @@ from casting_inspection.modeling.networks import ProbabilityNet
 from casting_inspection.serving.inference import Inspector
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import timings  # noqa: E402
+from ort_timings import timings  # noqa: E402
 
 
 def median_ms(call, repeats: int) -> float:

@@ -30,7 +30,7 @@ from casting_inspection.evaluation.guard import load_guard  # noqa: E402
 from casting_inspection.export.onnx import _to_onnx  # noqa: E402
 from casting_inspection.modeling.inspector import load_inspector  # noqa: E402
 from casting_inspection.modeling.networks import ProbabilityNet  # noqa: E402
-from ort_timings import summarize, timings  # noqa: E402, F401 (timings: bench_guard and model_table use it)
+from ort_timings import summarize, timings  # noqa: E402
 
 
 def ort_rows(classifier: torch.nn.Module, example: torch.Tensor, repeats: int, threads: int) -> list[dict]:
@@ -41,7 +41,9 @@ def ort_rows(classifier: torch.nn.Module, example: torch.Tensor, repeats: int, t
         command = [sys.executable, str(Path(__file__).with_name("ort_timings.py")), "--repeats", str(repeats)]
         command += ["--threads", str(threads), "--classifier", str(alone)]
         src = str(Path(__file__).resolve().parents[1] / "src")
-        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, check=True)
+        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src})
+    if result.returncode != 0:
+        sys.exit(f"ort_timings.py failed:\n{result.stderr[-3000:]}")
     *lines, rows = result.stdout.strip().splitlines()
     print("\n".join(lines), flush=True)
     return json.loads(rows)["rows"]

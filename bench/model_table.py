@@ -82,7 +82,7 @@ def _worst(robustness: dict) -> str:
 def onnx_images_per_second(entry: dict, cache: Path, repeats: int) -> str:
     """Median throughput at batch 64 of the run's `models/model.onnx`, read from the local DVC cache."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_inference import timings  # torch and the package load only when timing
+    from ort_timings import timings  # torch and the package load only when timing
 
     out = ((entry.get("data") or {}).get("outs") or {}).get("models/model.onnx") or {}
     digest = out.get("hash") or ""

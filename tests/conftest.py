@@ -44,11 +44,11 @@ def project_copy(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def exported_model(tmp_path_factory, worker_id) -> dict:
+def exported_model(tmp_path_factory) -> dict:
     """A small model trained on generated parts and exported as the pipeline does, with a review band.
     Returns its paths and the raw photos it can be tried on. Built once per run: the test processes share it (every
     test only reads it), the first to need it builds it while the others wait."""
-    if worker_id == "master":  # one process, no xdist
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process
         return build_exported_model(tmp_path_factory.mktemp("model"))
     shared = tmp_path_factory.getbasetemp().parent / "exported-model.json"
     with FileLock(f"{shared}.lock"):

@@ -12,7 +12,7 @@ from casting_inspection.core.errors import InspectionError
 from casting_inspection.data.images import preprocess
 from casting_inspection.evaluation.anomaly import peak_on_defect
 from casting_inspection.evaluation.departures import score_departures
-from casting_inspection.evaluation.departures_set import MAPS, departures_of, load_departures, retaken_key
+from casting_inspection.evaluation.departures_set import departures_of, load_departures, retaken_key
 from casting_inspection.evaluation.painted import KINDS, paint, painted_photos, part_disc, rng_for
 from casting_inspection.modeling.patchcore import (
     PatchCore,
@@ -112,21 +112,24 @@ def test_a_brighter_or_flatter_exposure_is_not_a_departure(fitted):
 
 
 def test_scores_written_once_are_the_scores_computed_in_place_and_never_another_sets(fitted, tmp_path):
-    """The departures stages score each set once; evaluate and robustness read them instead of scoring again."""
+    """The departures stages score each set once; evaluate and robustness read them instead of scoring again, and
+    refuse scores made by another model of good parts or of other photos, even with the same count."""
     path = tmp_path / "anomaly.safetensors"
     save_patchcore(path, fitted, {"taps": [2, 4], "input_size": 128, "threshold": 1.5})
     good = torch.from_numpy(np.stack([preprocess(im, 64, "L") for im in good_parts(40, 60)]))  # two batches of 32
     sets = {"val": good[:35], "test": good[35:], retaken_key("jpeg", 20.0): good[:3]}
     out = tmp_path / "departures.safetensors"
     assert score_departures(path, sets, 128, out, maps=("test",)) == {"val": 35, "test": 5, "retaken/jpeg/20": 3}
-    stored, (loaded, _) = load_departures(out), load_anomaly(path)
+    stored, (loaded, _) = load_departures(out, path), load_anomaly(path)
     for name, images in sets.items():
-        scores, maps = anomaly_scores(loaded, images, 128)
-        assert np.array_equal(departures_of(stored, name, len(images), out), scores)  # bit for bit
-    assert np.array_equal(stored["test" + MAPS], anomaly_scores(loaded, sets["test"], 128)[1])
-    with pytest.raises(InspectionError, match=r"departures.safetensors: no scores for 36 photos of val; run `dvc repro`"):
-        departures_of(stored, "val", 36, out)  # other photos than were scored: refused, never misaligned
-    with pytest.raises(InspectionError, match="no scores for 3 photos of painted/hole"):
-        departures_of(stored, "painted/hole", 3, out)
+        assert np.array_equal(departures_of(stored, name, images), anomaly_scores(loaded, images, 128)[0])  # bit for bit
+    assert np.array_equal(departures_of(stored, "test", sets["test"], maps=True), anomaly_scores(loaded, sets["test"], 128)[1])
+    with pytest.raises(InspectionError, match=r"departures.safetensors: no scores for these 35 photos of val; run `dvc"):
+        departures_of(stored, "val", good[5:40])  # as many photos, other ones: refused, never misaligned
+    with pytest.raises(InspectionError, match="no scores for these 3 photos of painted/hole"):
+        departures_of(stored, "painted/hole", good[:3])
+    save_patchcore(path, fitted, {"taps": [2, 4], "input_size": 128, "threshold": 1.7})  # the model of good parts changed
+    with pytest.raises(InspectionError, match=r"scored by another model of good parts than .*anomaly.safetensors; run"):
+        load_departures(out, path)
     with pytest.raises(InspectionError, match="missing; run the stage"):
-        load_departures(tmp_path / "nowhere.safetensors")
+        load_departures(tmp_path / "nowhere.safetensors", path)

@@ -1,11 +1,11 @@
-"""The model of good parts' score on every photo a later stage judges, computed when that model or those photos
-change, never when only the classifier does. An experiment on training then re-uses them: scoring the validation,
+"""The model of good parts' score on the validation, test, painted and re-taken photos, computed when that model or
+those photos change, never when only the classifier does. An experiment on training then re-uses them: scoring the validation,
 test and painted photos was half of evaluate's time, and the re-taken good parts nearly all of robustness's.
 
 Two stages, so that each re-runs only for what it reads: `departures` scores the photos evaluate judges (validation,
 test with its maps, each painted kind), `retaken_departures` the re-taken good test parts robustness judges. Each
 score is `modeling.patchcore.anomaly_scores`'s, in the same batches: the same bytes as scoring in place. The files'
-layout is departures_set.py's.
+layout, and the fingerprints that tie them to the model and the photos, are departures_set.py's.
 """
 
 from __future__ import annotations
@@ -49,5 +49,5 @@ def score_departures(anomaly_path: Path, sets: dict[str, torch.Tensor], batch_si
             arrays[name] = scores
             if name in maps:
                 arrays[name + MAPS] = heat
-    save_departures(out_path, arrays)
+    save_departures(out_path, arrays, anomaly_path, sets)
     return {name: len(images) for name, images in sets.items()}

@@ -24,7 +24,7 @@ from casting_inspection.data.dataset import Split, load_split
 from casting_inspection.data.images import ImageSpec
 from casting_inspection.evaluation.calibrate import OperatingPoint, Scored, calibrate, costs_of
 from casting_inspection.evaluation.calibration import calibration_metrics, sigmoid
-from casting_inspection.evaluation.departures_set import MAPS, departures_of, load_departures
+from casting_inspection.evaluation.departures_set import Departures, departures_of, load_departures
 from casting_inspection.evaluation.explain import evidence_on_part, gradcam, part_mask
 from casting_inspection.evaluation.galleries import Tile, draw_tiles, evidence_chart
 from casting_inspection.evaluation.guard import Decider, guard_reasons
@@ -63,8 +63,8 @@ def evaluate_model(
     device = select_device("auto")
     model, checkpoint, anomaly, anomaly_threshold = load_inspector(checkpoint_path, anomaly_path, device)
     train, val, test = (load_split(prepared_dir, split) for split in ("train", "val", "test"))
-    scores = load_departures(departures_path)
-    val_anomaly = departures_of(scores, "val", len(val.images), departures_path)
+    scores = load_departures(departures_path, anomaly_path)
+    val_anomaly = departures_of(scores, "val", val.images)
     point, val_scored = calibrate(params, model, checkpoint, (train, val), (anomaly_threshold, val_anomaly), device)
     point.save(out.operating_point, out.guard)
     logits, features = predict_logits_and_features(model, test.images, params.batch_size, device)
@@ -73,14 +73,13 @@ def evaluate_model(
     flags = guard_reasons(point.guard_rules, point.guard_tensors, test.images, test.sizes, features)
     results = test_figures(params, test, scored, val_scored, point, np.array([flag is None for flag in flags]))
     decide = Decider(model, point.temperature, point.rule, point.guard_rules, point.guard_tensors, params.batch_size, anomaly)
-    departures = departures_of(scores, "test", len(test.images), departures_path)
-    maps = departures_of(scores, "test" + MAPS, len(test.images), departures_path)
+    departures, maps = departures_of(scores, "test", test.images), departures_of(scores, "test", test.images, maps=True)
     decisions = point.rule.decide_all(scored.probabilities, flags, None, departures)
     results["anomaly"] = anomaly_figures(scored.labels, departures, anomaly_threshold)
     results["anomaly"]["review_top"] = point.rule.anomaly_review  # below it, a part only this model rejects: a person looks
     results["combined"] = combined_figures(scored.labels, decisions)
     _anomaly_gallery(test, scored, decisions, departures, maps, point.rule, Path(out.plots) / "images" / "anomaly_test.png")
-    write_json(out.painted, painted_figures(decide, load_painted(painted_dir), scores, departures_path))
+    write_json(out.painted, painted_figures(decide, load_painted(painted_dir), scores))
     spec = ImageSpec(**checkpoint["preprocessing"])
     results["not_a_part"] = not_a_part_figures(params, decide, test, val, flags, spec, Path(out.plots) / "images")
     results["line_test"] = line_test_figures(decide, load_split(prepared_dir, "line_test"), point.rule)
@@ -134,7 +133,7 @@ def combined_figures(labels: np.ndarray, decided: list[tuple[str, str | None]]) 
     }
 
 
-def painted_figures(decide: Decider, painted: PaintedSet, scores: dict[str, np.ndarray], scores_path: Path) -> dict:
+def painted_figures(decide: Decider, painted: PaintedSet, scores: Departures) -> dict:
     """The shipped decision (guard, model of good parts, classifier, review band) on defects painted on validation
     good parts: the share of each kind decided each way. `ok` is a painted defect shipped. `scores`: the model of
     good parts' score of each painted photo (evaluation.departures)."""
@@ -143,7 +142,7 @@ def painted_figures(decide: Decider, painted: PaintedSet, scores: dict[str, np.n
         raise InspectionError("data/painted holds no painted photo: the validation split has no good part to paint")
 
     def shares(kind: str) -> dict:
-        departures = departures_of(scores, f"painted/{kind}", len(painted.images[kind]), scores_path)
+        departures = departures_of(scores, f"painted/{kind}", painted.images[kind])
         decisions = np.array([decision for decision, _, _ in decide(painted.images[kind], painted.index.sizes, departures)])
         return {name: round(float(np.mean(decisions == name)), 4) for name in DECISIONS}
 

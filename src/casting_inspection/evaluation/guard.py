@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from casting_inspection.core.decision import DecisionRule, novelty_flag, novelty_score
+from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path
 from casting_inspection.data.dataset import Split
 from casting_inspection.data.plausibility import implausible, layout_model, part_range, photo_statistics, seam_limit
@@ -130,6 +131,8 @@ class Decider:
         logits, features = predict_logits_and_features(self.model, images, self.batch_size, device)
         flags = guard_reasons(self.guard_rules, self.tensors, images, sizes, features)
         probabilities = torch.sigmoid(logits.double() / self.temperature).numpy()
+        if departures is not None and len(departures) != len(images):
+            raise InspectionError(f"{len(departures)} scores of the model of good parts for {len(images)} photos")
         scores = departures if departures is not None and self.anomaly is not None else self.anomaly_scores(images)
         return [
             (decision, float(p), flag)

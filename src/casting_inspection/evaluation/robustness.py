@@ -101,12 +101,12 @@ def evaluate_robustness(
         kept = [flag is None for flag in guard_reasons(rules, tensors, images, test.sizes, features)]
         return sigmoid(logits.double().numpy() / temperature), kept
 
-    scores = load_departures(departures_path)
+    scores = load_departures(departures_path, model_files.anomaly)
 
-    def good_scores(setting: tuple[str, float], decided_by: np.ndarray) -> np.ndarray:  # a line change is no defect
+    def good_scores(setting: tuple[str, float], images: np.ndarray, decided_by: np.ndarray) -> np.ndarray:
         if not has_classifier(checkpoint):  # the model of good parts decided them already: its score is the probability
             return decided_by[good]
-        return departures_of(scores, retaken_key(*setting), int(good.sum()), departures_path)
+        return departures_of(scores, retaken_key(*setting), np.array(images[good]))  # a line change is no defect
 
     outcomes = [decide(torch.from_numpy(np.array(images))) for images in renders]  # one setting in memory at a time
     probabilities, decided = np.stack([p for p, _ in outcomes]), np.array([kept for _, kept in outcomes])
@@ -116,7 +116,9 @@ def evaluate_robustness(
         cell = report[change][f"{strength:g}"]
         cell["drift_flagged"] = round(drift.share_flagged(drift.image_statistics(images), reference), 4)
         cell["not_a_part"] = round(float(1 - kept.mean()), 4)  # parts the guard flagged: a false alarm each
-        cell["anomaly_rejected_good"] = round(float(np.mean(good_scores((change, strength), decided_by) >= anomaly_threshold)), 4)
+        cell["anomaly_rejected_good"] = round(
+            float(np.mean(good_scores((change, strength), images, decided_by) >= anomaly_threshold)), 4
+        )
     write_json(out_path, report)
     return report
 
