@@ -120,6 +120,9 @@ def test_scores_written_once_are_the_scores_computed_in_place_and_never_another_
     sets = {"val": good[:35], "test": good[35:], retaken_key("jpeg", 20.0): good[:3]}
     out = tmp_path / "departures.safetensors"
     assert score_departures(path, sets, 128, out, maps=("test",)) == {"val": 35, "test": 5, "retaken/jpeg/20": 3}
+    again = tmp_path / "again.safetensors"
+    score_departures(path, sets, 128, again, maps=("test",))
+    assert again.read_bytes() == out.read_bytes()  # a DVC output: the same bytes from the same model and photos
     stored, (loaded, _) = load_departures(out, path), load_anomaly(path)
     for name, images in sets.items():
         assert np.array_equal(departures_of(stored, name, images), anomaly_scores(loaded, images, 128)[0])  # bit for bit

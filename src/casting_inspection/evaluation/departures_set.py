@@ -7,6 +7,7 @@ outside `dvc repro`. Evaluate and robustness read them; the scoring is departure
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,9 @@ class Departures:
 
 
 def save_departures(path: Path, arrays: dict[str, np.ndarray], anomaly_path: Path, sets: dict) -> None:
-    metadata = {"anomaly": model_fingerprint(anomaly_path)} | {name: fingerprint(photos) for name, photos in sets.items()}
+    photos = {name: fingerprint(images) for name, images in sets.items()}
+    # one metadata entry: safetensors writes several in a random order, and the file's bytes would follow it
+    metadata = {"fingerprints": json.dumps({"anomaly": model_fingerprint(anomaly_path), "photos": photos}, sort_keys=True)}
     with atomic_path(Path(path)) as tmp:
         save_file({name: np.ascontiguousarray(value) for name, value in arrays.items()}, str(tmp), metadata=metadata)
 
@@ -51,10 +54,10 @@ def load_departures(path: Path, anomaly_path: Path) -> Departures:
     if not Path(path).is_file():
         raise InspectionError(f"{path}: missing; run the stage that scores those photos (dvc repro)")
     with safe_open(str(path), "np") as handle:
-        metadata = dict(handle.metadata() or {})
-    if metadata.pop("anomaly", None) != model_fingerprint(anomaly_path):
+        fingerprints = json.loads((handle.metadata() or {}).get("fingerprints", "{}"))
+    if fingerprints.get("anomaly") != model_fingerprint(anomaly_path):
         raise InspectionError(f"{path}: scored by another model of good parts than {anomaly_path}; run `dvc repro`")
-    return Departures(Path(path), load_file(str(path)), metadata)
+    return Departures(Path(path), load_file(str(path)), fingerprints.get("photos", {}))
 
 
 def departures_of(departures: Departures, name: str, photos, maps: bool = False) -> np.ndarray:
