@@ -357,10 +357,22 @@ def _login_name(given: str | None) -> str:
     return check_inspector(given)
 
 
+class _Maps(argparse.Action):
+    """--map, collected; refused at the first past MAX_MAPS (a plant names a handful of classes), before argparse
+    reads the rest: it takes seconds over thousands of options."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        maps = [*getattr(namespace, self.dest), values]
+        if len(maps) > MAX_MAPS:
+            parser.exit(
+                1,
+                printable(f"{parser.prog}: error: more than {MAX_MAPS} --map options; import the class folders in parts") + "\n",
+            )
+        setattr(namespace, self.dest, maps)
+
+
 def _verdict_maps(maps: list[str]) -> dict[str, str]:
-    """--map NAME=VERDICT, each sub-folder once; at most MAX_MAPS of them (a plant names a handful of classes)."""
-    if len(maps) > MAX_MAPS:
-        raise InspectionError(f"{len(maps)} --map options: at most {MAX_MAPS}; import the class folders in parts")
+    """--map NAME=VERDICT, each sub-folder once."""
     mapping = {}
     for item in maps:
         name, sep, verdict = item.partition("=")
@@ -452,9 +464,7 @@ def _add_line_commands(commands, common) -> None:
         "Exit status: 0 all added; 3 some files were skipped (named on stderr); 1 an error.",
     )
     sub.add_argument("folder", help="the labelled folder, one sub-folder per class")
-    sub.add_argument(
-        "--map", action="append", default=[], metavar="SUBFOLDER=VERDICT", help="e.g. --map NG=defective --map OK=ok"
-    )
+    sub.add_argument("--map", action=_Maps, default=[], metavar="SUBFOLDER=VERDICT", help="e.g. --map NG=defective --map OK=ok")
     sub.add_argument("--line", default=str(DEFAULT_LINE), help=f"the line data set (default: {DEFAULT_LINE})")
     sub.add_argument("--inspector", help="who labelled them (default: your login name)")
     common(sub)
