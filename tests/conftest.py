@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from helpers import fast_section, kaggle_files, new_project, write_raw, write_zip
+from helpers import fast_section, kaggle_files, new_project, project_env, run, write_raw, write_zip
 
 # `make test` runs two test processes on two cores: torch's idle threads sleep instead of spinning, so the
 # processes (and the stages they start, which inherit this) do not steal each other's cores while they wait.
@@ -19,9 +19,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The files that run whole pipelines go first. `make test` hands whole files to two processes in collection order
 # (`--dist loadfile --no-loadscope-reorder`): a two-minute file handed out last would leave one process alone at
 # the end while the other waits.
-# A process takes its next file once two or fewer of its tests wait, so the pipeline file (two tests) takes the
-# third at once: a shorter one, not the other pipeline file.
-LONGEST_FIRST = ("test_pipeline.py", "test_search.py", "test_station.py", "test_new_product.py", "test_watch.py")
+# A process takes its next file once two or fewer of its tests wait. So the pipeline file (two tests) takes the third
+# at once, the new product's, while the other process runs the station's, the watcher's and then the search's, whose
+# repository the pipeline file's first `dvc repro` (`reproduced_project`, about a minute) has built by then.
+LONGEST_FIRST = ("test_pipeline.py", "test_station.py", "test_new_product.py", "test_watch.py", "test_search.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -41,6 +42,26 @@ def kaggle_zip(tmp_path_factory) -> Path:
 def project_copy(tmp_path) -> Path:
     """The project's pipeline (dvc.yaml, stages, src) in a fresh git + DVC repository, with fast params."""
     return new_project(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory, kaggle_zip) -> tuple[Path, str]:
+    """The project's pipeline after one `dvc repro` on the generated archive, and what that run printed. Built once
+    per run, as `exported_model` is; a test that changes it works on a copy (`copy_project`)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process
+        return build_reproduced_project(tmp_path_factory.mktemp("reproduced"), kaggle_zip)
+    shared = tmp_path_factory.getbasetemp().parent / "reproduced-project.json"
+    with FileLock(f"{shared}.lock"):
+        if not shared.is_file():
+            repo, output = build_reproduced_project(tmp_path_factory.mktemp("reproduced"), kaggle_zip)
+            shared.write_text(json.dumps({"repo": str(repo), "output": output}))
+        built = json.loads(shared.read_text())
+        return Path(built["repo"]), built["output"]
+
+
+def build_reproduced_project(root: Path, archive: Path) -> tuple[Path, str]:
+    repo = new_project(root / "repo")
+    return repo, run(["dvc", "repro"], repo, project_env(CASTING_ARCHIVE=str(archive))).stdout
 
 
 @pytest.fixture(scope="session")

@@ -220,6 +220,12 @@ def new_project(repo: Path) -> Path:
     return repo
 
 
+def copy_project(repo: Path, dest: Path) -> Path:
+    """A repository of its own: git, DVC's cache and the workspace, byte for byte."""
+    shutil.copytree(repo, dest, symlinks=True)
+    return dest
+
+
 def line_video(path: Path, photos: list[np.ndarray], size=(320, 192), fps: float = 30, step: int = 48, pause: int = 2,
                gap: int = 1, belt: int = 60, seed: int = 0, lead: int = 0) -> list[int]:  # fmt: skip
     """A conveyor filmed from above: each photo (H, W, 3 BGR uint8) rides in from the left, stops `pause` frames at the

@@ -13,7 +13,7 @@ from ruamel.yaml import YAML
 
 from browser import rendered_images
 from casting_inspection.modeling.checkpoint import load_checkpoint
-from helpers import jpeg_bytes, part_image, project_env, run
+from helpers import copy_project, jpeg_bytes, part_image, project_env, run
 
 pytestmark = pytest.mark.slow  # real processes, servers, browsers or dvc runs: skipped by `pytest -m "not slow"`
 
@@ -37,12 +37,11 @@ def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
-def test_repro_then_noop_then_experiment(project_copy, kaggle_zip):
-    repo = project_copy
+def test_repro_then_noop_then_experiment(reproduced_project, kaggle_zip, tmp_path):
+    source, first = reproduced_project  # the project after its first `dvc repro`, and what that run printed
+    repo = copy_project(source, tmp_path / "repo")
     env = project_env(CASTING_ARCHIVE=str(kaggle_zip))
-
-    first = run(["dvc", "repro"], repo, env)
-    assert ran_stages(first.stdout) == STAGES
+    assert ran_stages(first) == STAGES
 
     data = json.loads((repo / "metrics/data.json").read_text())
     assert data["test"]["total"] == 17 and data["leaked"] == {"test_images": 1, "train_copies": 1}

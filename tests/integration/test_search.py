@@ -21,7 +21,7 @@ import optuna
 import pytest
 from ruamel.yaml import YAML
 
-from helpers import new_project, project_env, run
+from helpers import copy_project, project_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -76,10 +76,10 @@ def postgres():
 
 
 @pytest.fixture(scope="module")
-def origin(tmp_path_factory, kaggle_zip) -> Path:
-    """A bare git remote and a DVC remote holding the pipeline, run once, with the search preset."""
+def origin(tmp_path_factory, reproduced_project) -> Path:
+    """A bare git remote and a DVC remote holding the reproduced pipeline, with the search presets."""
     root = tmp_path_factory.mktemp("search")
-    repo, bare, store = new_project(root / "repo"), root / "origin.git", root / "dvc-store"
+    repo, bare, store = copy_project(reproduced_project[0], root / "repo"), root / "origin.git", root / "dvc-store"
     presets = repo / "presets"
     presets.mkdir()
     YAML().dump(PRESET, presets / "small.yaml")
@@ -89,7 +89,6 @@ def origin(tmp_path_factory, kaggle_zip) -> Path:
     YAML().dump(broken, presets / "broken.yaml")
     run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], root)
     run(["dvc", "remote", "add", "-d", "store", str(store)], repo)
-    run(["dvc", "repro"], repo, env=project_env(CASTING_ARCHIVE=str(kaggle_zip)))
     run(["dvc", "push", "-q"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "pipeline"], repo)
