@@ -229,6 +229,14 @@ def test_the_line_folder_is_not_imported_into_itself(exported_model, tmp_path, c
     assert rows(line_dir) == before
 
 
+def test_a_hundred_maps_are_read_and_the_next_is_refused(capsys):
+    maps = [f"--map=class{i}=ok" for i in range(cli.MAX_MAPS)]
+    assert len(cli.build_parser().parse_args(["import-line", "folder", *maps]).map) == cli.MAX_MAPS
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(["import-line", "folder", *maps, "--map", "NG=defective"])
+    assert exited.value.code == 1 and "more than 100 --map options" in capsys.readouterr().err
+
+
 def test_thousands_of_maps_are_one_quick_line(exported_model, tmp_path, capsys):
     folder, _ = plant_folder(tmp_path)
     maps = [arg for i in range(20_000) for arg in ("--map", f"class{i}=ok")]

@@ -37,6 +37,16 @@ def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
+def downstream(dot: str, stages: set[str]) -> set[str]:
+    """Every stage that `dvc dag --dot` puts after any of `stages`: what re-runs when their outputs change."""
+    edges = re.findall(r'"([^"]+)" -> "([^"]+)"', dot)
+    found, frontier = set(), set(stages)
+    while frontier:
+        frontier = {after for before, after in edges if before in frontier} - found
+        found |= frontier
+    return found
+
+
 def test_repro_then_noop_then_experiment(reproduced_project, kaggle_zip, tmp_path):
     source, first = reproduced_project  # the project after its first `dvc repro`, and what that run printed
     repo = copy_project(source, tmp_path / "repo")
@@ -160,7 +170,9 @@ def test_repro_then_noop_then_experiment(reproduced_project, kaggle_zip, tmp_pat
     params = YAML().load((repo / "params.yaml").read_text())
     params["robustness"]["jpeg"] = [20]
     YAML().dump(params, repo / "params.yaml")
-    assert set(json.loads(run(["dvc", "status", "--json"], repo, env).stdout)) == {"retake", "robustness"}
+    changed = set(json.loads(run(["dvc", "status", "--json"], repo, env).stdout))
+    assert changed == {"retake", "robustness"}
+    assert downstream(run(["dvc", "dag", "--dot"], repo, env).stdout, changed) == {"retaken_departures", "robustness", "report"}
     run(["git", "checkout", "params.yaml"], repo)
 
     experiment = run(["dvc", "exp", "run", "-S", "train.lr=1e-5"], repo, env)

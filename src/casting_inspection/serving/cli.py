@@ -464,7 +464,13 @@ def _add_line_commands(commands, common) -> None:
         "Exit status: 0 all added; 3 some files were skipped (named on stderr); 1 an error.",
     )
     sub.add_argument("folder", help="the labelled folder, one sub-folder per class")
-    sub.add_argument("--map", action=_Maps, default=[], metavar="SUBFOLDER=VERDICT", help="e.g. --map NG=defective --map OK=ok")
+    sub.add_argument(
+        "--map",
+        action=_Maps,
+        default=[],
+        metavar="SUBFOLDER=VERDICT",
+        help=f"e.g. --map NG=defective --map OK=ok (at most {MAX_MAPS})",
+    )
     sub.add_argument("--line", default=str(DEFAULT_LINE), help=f"the line data set (default: {DEFAULT_LINE})")
     sub.add_argument("--inspector", help="who labelled them (default: your login name)")
     common(sub)
