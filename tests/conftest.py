@@ -44,39 +44,40 @@ def project_copy(tmp_path) -> Path:
     return new_project(tmp_path / "repo")
 
 
+def built_once(tmp_path_factory, name: str, build) -> dict:
+    """`build(folder)`'s result (plain JSON values), built once per run: the test processes share it, the first to
+    need it builds it while the others wait."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent / f"{name}.json"
+    with FileLock(f"{shared}.lock"):
+        if not shared.is_file():
+            shared.write_text(json.dumps(build(tmp_path_factory.mktemp(name))))
+        return json.loads(shared.read_text())
+
+
 @pytest.fixture(scope="session")
 def reproduced_project(tmp_path_factory, kaggle_zip) -> tuple[Path, str]:
     """The project's pipeline after one `dvc repro` on the generated archive, and what that run printed. Built once
-    per run, as `exported_model` is; a test that changes it works on a copy (`copy_project`)."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process
-        return build_reproduced_project(tmp_path_factory.mktemp("reproduced"), kaggle_zip)
-    shared = tmp_path_factory.getbasetemp().parent / "reproduced-project.json"
-    with FileLock(f"{shared}.lock"):
-        if not shared.is_file():
-            repo, output = build_reproduced_project(tmp_path_factory.mktemp("reproduced"), kaggle_zip)
-            shared.write_text(json.dumps({"repo": str(repo), "output": output}))
-        built = json.loads(shared.read_text())
-        return Path(built["repo"]), built["output"]
+    per run (`built_once`); a test that changes it works on a copy (`copy_project`)."""
+    built = built_once(tmp_path_factory, "reproduced-project", lambda root: build_reproduced_project(root, kaggle_zip))
+    return Path(built["repo"]), built["output"]
 
 
-def build_reproduced_project(root: Path, archive: Path) -> tuple[Path, str]:
+def build_reproduced_project(root: Path, archive: Path) -> dict:
     repo = new_project(root / "repo")
-    return repo, run(["dvc", "repro"], repo, project_env(CASTING_ARCHIVE=str(archive))).stdout
+    return {"repo": str(repo), "output": run(["dvc", "repro"], repo, project_env(CASTING_ARCHIVE=str(archive))).stdout}
 
 
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory) -> dict:
     """A small model trained on generated parts and exported as the pipeline does, with a review band.
-    Returns its paths and the raw photos it can be tried on. Built once per run: the test processes share it (every
-    test only reads it), the first to need it builds it while the others wait."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process
-        return build_exported_model(tmp_path_factory.mktemp("model"))
-    shared = tmp_path_factory.getbasetemp().parent / "exported-model.json"
-    with FileLock(f"{shared}.lock"):
-        if not shared.is_file():
-            paths = build_exported_model(tmp_path_factory.mktemp("model"))
-            shared.write_text(json.dumps({name: str(path) for name, path in paths.items()}))
-        return {name: Path(path) for name, path in json.loads(shared.read_text()).items()}
+    Returns its paths and the raw photos it can be tried on. Built once per run, shared by the test processes (every
+    test only reads it; `built_once`)."""
+    built = built_once(
+        tmp_path_factory, "exported-model", lambda root: {k: str(v) for k, v in build_exported_model(root).items()}
+    )
+    return {name: Path(path) for name, path in built.items()}
 
 
 def build_exported_model(root: Path) -> dict:
