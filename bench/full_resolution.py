@@ -96,7 +96,9 @@ def main() -> None:
             anomaly_scores(model, batch, 64)
             times.append((time.perf_counter() - tick) / len(batch) * 1e3)
         mean = statistics.mean(shares[:-1])
-        print(f"| {side} | {statistics.median(times):.1f} | {seconds:.0f} | " + " | ".join(cells) + f" | {mean:.1%} |", flush=True)
+        print(
+            f"| {side} | {statistics.median(times):.1f} | {seconds:.0f} | " + " | ".join(cells) + f" | {mean:.1%} |", flush=True
+        )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
-"""Which painted defects does the shipped model of good parts let through? Each painted validation photo is compared
-with the same photo unpainted (the paint stage paints every validation good part once per kind), so the defect's
-footprint in the network's 128-pixel input is known exactly: how far it moves the grey level at most, and how that
-compares with the surface's own roughness around it (the grey levels' spread in the 9 x 9 pixels centred on the
-defect, unpainted). The share decided `ok` by the model of good parts alone is printed per band. Test photos are not read.
+"""Which painted defects does the shipped model of good parts let through? The paint stage records how far each
+defect moves the grey level of the network's 128-pixel input at most; here that change is also compared with the
+unpainted surface's own roughness around the defect (the grey levels' spread in the 9 x 9 pixels centred on it).
+The share decided `ok` by the model of good parts alone is printed per band. Test photos are not read.
 
 Usage: PYTHONPATH=src python bench/painted_visibility.py (after `dvc repro anomaly`).
 """
@@ -17,35 +16,52 @@ from pathlib import Path
 import numpy as np
 
 from casting_inspection.data.dataset import load_split
+from casting_inspection.evaluation.metrics import shipped_by_change
 from casting_inspection.evaluation.painted_set import load_painted
 from casting_inspection.modeling.patchcore import anomaly_scores, load_anomaly
 
-BANDS = [0, 10, 20, 40, 80, 256]  # largest change of grey level in the 128-pixel input
+BANDS = [10, 20, 40, 80]  # edges between bands of the largest change of grey level (evaluate's rule, finer)
 RATIOS = [0, 1, 2, 4, 8, np.inf]  # that change over the surface's own spread around the defect
 
 
-def footprint(painted: np.ndarray, clean: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per photo: the largest grey-level change the painting made, and that over the unpainted surface's spread
-    in the 9 x 9 pixels around the defect's centre."""
-    delta = np.abs(painted.astype(np.int16) - clean.astype(np.int16)).reshape(len(painted), -1).max(1)
+def over_roughness(changes: np.ndarray, clean: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Per photo: the defect's largest grey-level change (the paint stage's figure) over the unpainted surface's
+    spread in the 9 x 9 pixels around the defect's centre."""
     side = clean.shape[-1]
     spread = []
     for image, (row, col) in zip(clean[:, 0], centres):
         r, c = int(row * side), int(col * side)
         spread.append(image[max(r - 4, 0) : r + 5, max(c - 4, 0) : c + 5].astype(np.float64).std())
-    return delta, delta / np.maximum(np.array(spread), 1.0)
+    return changes / np.maximum(np.array(spread), 1.0)
 
 
-def table(title: str, edges: list, values: dict, shipped: dict) -> None:
-    labels = [f"{lo:g}–{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])]
+def print_table(title: str, labels: list[str], rows: dict[str, list[str]]) -> None:
     print(f"\n{title}\n\n| kind | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels))
-    for kind in values:
-        band = np.digitize(values[kind], edges[1:-1])
-        cells = []
-        for b in range(len(labels)):
-            inside = band == b
-            cells.append(f"{shipped[kind][inside].mean():.0%} of {inside.sum()}" if inside.any() else "–")
+    for kind, cells in rows.items():
         print(f"| {kind} | " + " | ".join(cells) + " |")
+
+
+def by_change(deltas: dict, shipped: dict) -> None:
+    """Bands of grey-level change as evaluate draws them (metrics.shipped_by_change)."""
+    figures = {kind: shipped_by_change(shipped[kind], deltas[kind], BANDS) for kind in deltas}
+    labels = list(next(iter(figures.values())))
+    rows = {
+        kind: [f"{c['ok']:.0%} of {c['photos']}" if c["photos"] else "–" for c in bands.values()]
+        for kind, bands in figures.items()
+    }
+    print_table("Share decided ok by the largest change of grey level (128-pixel input):", labels, rows)
+
+
+def by_ratio(ratios: dict, shipped: dict) -> None:
+    labels = [f"{lo:g}–{hi:g}" for lo, hi in zip(RATIOS[:-1], RATIOS[1:])]
+    rows = {}
+    for kind, values in ratios.items():
+        band = np.digitize(values, RATIOS[1:-1])
+        rows[kind] = [
+            f"{shipped[kind][band == b].mean():.0%} of {(band == b).sum()}" if (band == b).any() else "–"
+            for b in range(len(labels))
+        ]
+    print_table("Share decided ok by that change over the surface's own spread around the defect:", labels, rows)
 
 
 def main() -> None:
@@ -63,10 +79,11 @@ def main() -> None:
         images = painted.images[kind]
         scores, _ = anomaly_scores(model, images, 64)
         shipped[kind] = scores < threshold
-        deltas[kind], ratios[kind] = footprint(images.numpy(), clean, painted.index.centres[kind])
+        deltas[kind] = painted.index.changes[kind]
+        ratios[kind] = over_roughness(deltas[kind], clean, painted.index.centres[kind])
         print(f"{kind}: {shipped[kind].mean():.1%} ok; median change {np.median(deltas[kind]):.0f} grey levels")
-    table("Share decided ok by the largest change of grey level (128-pixel input):", BANDS, deltas, shipped)
-    table("Share decided ok by that change over the surface's own spread around the defect:", RATIOS, ratios, shipped)
+    by_change(deltas, shipped)
+    by_ratio(ratios, shipped)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,10 @@ def test_repro_then_noop_then_experiment(reproduced_project, kaggle_zip, tmp_pat
     assert set(painted["painted"]) == {"hole", "crack", "scratch", "chip"} and painted["held_out"]["kind"] == "blob"
     for cell in [*painted["painted"].values(), painted["held_out"]]:
         assert sum(cell[name] for name in ("ok", "defective", "review", "not_a_part")) == pytest.approx(1, abs=1e-3)
+        bands = cell["by_change"].values()  # the same painted defects, by the change each makes
+        assert sum(band["photos"] for band in bands) == painted["photos_per_kind"]
+        shipped = sum(band["photos"] * band["ok"] for band in bands if band["photos"])
+        assert shipped / painted["photos_per_kind"] == pytest.approx(cell["ok"], abs=1e-3)
     combined = test["combined"]
     assert combined["photos"] == 17 and combined["not_a_part"] == test["not_a_part"]["test_flagged"]
     assert combined["review"] + combined["not_a_part"] == round((1 - combined["decided_automatically"]) * 17)

@@ -14,6 +14,7 @@ from casting_inspection.evaluation.anomaly import peak_on_defect
 from casting_inspection.evaluation.departures import score_departures
 from casting_inspection.evaluation.departures_set import departures_of, load_departures, retaken_key
 from casting_inspection.evaluation.painted import KINDS, paint, painted_photos, part_disc, rng_for
+from casting_inspection.evaluation.painted_set import PaintedIndex, load_painted, save_images, save_index
 from casting_inspection.modeling.patchcore import (
     PatchCore,
     PatchFeatures,
@@ -80,10 +81,42 @@ def test_a_painted_defect_scores_above_good_parts_and_the_map_points_at_it(fitte
     paths = [f"{i}.png" for i in range(len(clean))]
     spec = {"image_size": 64, "color_mode": "L"}
     clean_scores, _ = anomaly_scores(fitted, torch.from_numpy(np.stack([preprocess(im, 64, "L") for im in clean])), 8)
-    painted, centres = painted_photos(tmp_path, paths, "blob", 0, spec)
+    painted, centres, _ = painted_photos(tmp_path, paths, "blob", 0, spec)
     scores, maps = anomaly_scores(fitted, painted, 8)
     assert np.median(scores) > np.max(clean_scores)
     assert peak_on_defect(maps, centres, 0.1).mean() >= 0.75
+
+
+def test_each_painted_defect_carries_the_largest_change_it_makes_in_the_prepared_photo(tmp_path):
+    clean = good_parts(4, 200)
+    for i, image in enumerate(clean):
+        image.save(tmp_path / f"{i}.png")
+    painted, _, changes = painted_photos(
+        tmp_path, [f"{i}.png" for i in range(4)], "hole", 0, {"image_size": 64, "color_mode": "L"}
+    )
+    prepared = np.stack([preprocess(im, 64, "L") for im in clean]).astype(int)
+    expected = np.abs(painted.numpy().astype(int) - prepared).reshape(4, -1).max(1)
+    assert np.array_equal(changes, expected) and (changes > 0).all()
+
+
+def test_a_painted_set_reads_back_as_written(tmp_path):
+    centres = {"hole": np.array([[0.25, 0.5]]), "blob": np.array([[0.5, 0.75]])}
+    changes = {"hole": np.array([37]), "blob": np.array([0])}
+    save_index(tmp_path, PaintedIndex(["hole"], "blob", ["val/a.png"], [(300, 300)], centres, changes))
+    for kind in ("hole", "blob"):
+        save_images(tmp_path, kind, torch.zeros(1, 1, 8, 8, dtype=torch.uint8))
+    painted = load_painted(tmp_path)
+    assert painted.kinds == ["hole"] and painted.held_out == "blob" and painted.index.sizes == [(300, 300)]
+    assert {kind: value.tolist() for kind, value in painted.index.changes.items()} == {"hole": [37], "blob": [0]}
+    assert np.array_equal(painted.index.centres["blob"], centres["blob"])
+
+
+def test_a_painted_index_without_changes_asks_for_the_paint_stage_again(tmp_path):
+    (tmp_path / "painted.json").write_text(
+        '{"kinds": ["hole"], "held_out": "blob", "paths": [], "sizes": [], "centres": {"hole": [], "blob": []}}'
+    )
+    with pytest.raises(InspectionError, match=r"painted.json comes from an older version; run the paint stage again"):
+        load_painted(tmp_path)
 
 
 def test_a_saved_model_scores_as_the_fitted_one(fitted, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from casting_inspection.evaluation.metrics import decision_metrics, interval_95, review_metrics
+from casting_inspection.evaluation.metrics import decision_metrics, interval_95, review_metrics, shipped_by_change
 
 
 def test_misses_and_false_rejects_are_counted_with_defective_positive():
@@ -78,3 +78,15 @@ def test_novelty_is_the_mahalanobis_distance_to_the_nearer_class_each_with_its_o
     inverse = np.linalg.inv(np.cov(defective, rowvar=False))
     exact = (probe[0] - defective.mean(axis=0)) @ inverse @ (probe[0] - defective.mean(axis=0))
     assert scores[0] == pytest.approx(exact, rel=1e-6)
+
+
+def test_defects_shipped_are_counted_per_band_of_the_change_they_make():
+    changes = np.array([0, 19, 20, 39, 39, 80, 255])
+    shipped = np.array([True, True, True, False, False, False, True])
+    figures = shipped_by_change(shipped, changes, [20, 40, 80])
+    assert list(figures) == ["0-20", "20-40", "40-80", "80-255"]
+    assert figures["0-20"] == {"photos": 2, "ok": 1.0, "ok_upper95": 1.0}
+    assert figures["20-40"]["photos"] == 3 and figures["20-40"]["ok"] == pytest.approx(1 / 3, abs=1e-6)
+    assert figures["40-80"] == {"photos": 0, "ok": None, "ok_upper95": None}
+    assert figures["80-255"]["photos"] == 2 and figures["80-255"]["ok"] == 0.5
+    assert 0.5 < figures["80-255"]["ok_upper95"] < 1  # two photos bound little

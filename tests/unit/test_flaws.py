@@ -99,7 +99,9 @@ def test_a_painted_defect_it_never_saw_scores_above_good_parts_and_the_map_point
     for i, image in enumerate(clean):
         image.save(tmp_path / f"{i}.png")
     clean_scores, _ = anomaly_scores(finder, torch.from_numpy(np.stack([preprocess(im, 64, "L") for im in clean])), 8)
-    painted, centres = painted_photos(tmp_path, [f"{i}.png" for i in range(12)], "blob", 0, {"image_size": 64, "color_mode": "L"})
+    painted, centres, _ = painted_photos(
+        tmp_path, [f"{i}.png" for i in range(12)], "blob", 0, {"image_size": 64, "color_mode": "L"}
+    )
     scores, maps = anomaly_scores(finder, painted, 8)
     assert np.median(scores) > np.max(clean_scores)
     assert peak_on_defect(maps, centres, 0.1).mean() >= 0.75

@@ -38,6 +38,8 @@ def test_project_params_are_valid():
         ({"prepare": {"val_fraction": 1.5}}, "prepare.val_fraction must be between 0 and 1"),
         ({"prepare": {"duplicates": "ignore"}}, "prepare.duplicates must be one of ['drop', 'report']"),
         ({"download": {"dataset": "no-slash"}}, "download.dataset must look like 'owner/slug'"),
+        ({"evaluate": {"painted_bands": [40, 20]}}, "evaluate.painted_bands must be rising grey levels in 1-254"),
+        ({"evaluate": {"painted_bands": [20, 255]}}, "evaluate.painted_bands must be rising grey levels in 1-254"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path, override, message):

@@ -220,6 +220,9 @@ class EvaluateParams:
     defect_rate: float = check(_fraction)
     review_share: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
     anomaly_review_share: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+    painted_bands: list[int] = check(
+        lambda v: None if all(a < b <= 254 for a, b in zip([0, *v], v)) else "must be rising grey levels in 1-254"
+    )
     gate: GateParams
     batch_size: int = check(_positive)
     calibration: CalibrationParams

@@ -28,7 +28,7 @@ from casting_inspection.evaluation.departures_set import Departures, departures_
 from casting_inspection.evaluation.explain import evidence_on_part, gradcam, part_mask
 from casting_inspection.evaluation.galleries import Tile, draw_tiles, evidence_chart
 from casting_inspection.evaluation.guard import Decider, guard_reasons
-from casting_inspection.evaluation.metrics import decision_metrics, review_metrics
+from casting_inspection.evaluation.metrics import decision_metrics, review_metrics, shipped_by_change
 from casting_inspection.evaluation.not_a_part import not_a_part_figures
 from casting_inspection.evaluation.painted_set import PaintedSet, load_painted
 from casting_inspection.modeling.inspector import load_inspector
@@ -79,7 +79,7 @@ def evaluate_model(
     results["anomaly"]["review_top"] = point.rule.anomaly_review  # below it, a part only this model rejects: a person looks
     results["combined"] = combined_figures(scored.labels, decisions)
     _anomaly_gallery(test, scored, decisions, departures, maps, point.rule, Path(out.plots) / "images" / "anomaly_test.png")
-    write_json(out.painted, painted_figures(decide, load_painted(painted_dir), scores))
+    write_json(out.painted, painted_figures(decide, load_painted(painted_dir), scores, params.painted_bands))
     spec = ImageSpec(**checkpoint["preprocessing"])
     results["not_a_part"] = not_a_part_figures(params, decide, test, val, flags, spec, Path(out.plots) / "images")
     results["line_test"] = line_test_figures(decide, load_split(prepared_dir, "line_test"), point.rule)
@@ -133,10 +133,11 @@ def combined_figures(labels: np.ndarray, decided: list[tuple[str, str | None]]) 
     }
 
 
-def painted_figures(decide: Decider, painted: PaintedSet, scores: Departures) -> dict:
+def painted_figures(decide: Decider, painted: PaintedSet, scores: Departures, bands: list[int]) -> dict:
     """The shipped decision (guard, model of good parts, classifier, review band) on defects painted on validation
-    good parts: the share of each kind decided each way. `ok` is a painted defect shipped. `scores`: the model of
-    good parts' score of each painted photo (evaluation.departures)."""
+    good parts: the share of each kind decided each way, and the share shipped within each band of the largest
+    change of grey level a defect makes (`bands`: the edges between them). `ok` is a painted defect shipped.
+    `scores`: the model of good parts' score of each painted photo (evaluation.departures)."""
 
     if not painted.index.paths:
         raise InspectionError("data/painted holds no painted photo: the validation split has no good part to paint")
@@ -144,7 +145,8 @@ def painted_figures(decide: Decider, painted: PaintedSet, scores: Departures) ->
     def shares(kind: str) -> dict:
         departures = departures_of(scores, f"painted/{kind}", painted.images[kind])
         decisions = np.array([decision for decision, _, _ in decide(painted.images[kind], painted.index.sizes, departures)])
-        return {name: round(float(np.mean(decisions == name)), 4) for name in DECISIONS}
+        figures = {name: round(float(np.mean(decisions == name)), 4) for name in DECISIONS}
+        return {**figures, "by_change": shipped_by_change(decisions == "ok", painted.index.changes[kind], bands)}
 
     return {
         "photos_per_kind": len(painted.index.paths),

@@ -117,3 +117,16 @@ def review_metrics(labels: np.ndarray, probabilities: np.ndarray, band: tuple[fl
         "false_rejects": false_rejects,
         **error_rates(missed, false_rejects, int(labels.sum()), int((~labels).sum())),
     }
+
+
+def shipped_by_change(shipped: np.ndarray, changes: np.ndarray, bands: list[int]) -> dict:
+    """Per band of the largest grey-level change a defect makes ("20-40": at least 20, under 40; the last band,
+    "80-255", includes 255; `bands` are the edges between bands), the defects in it, the share shipped and its
+    exact 95 % upper bound: what contrast of defect gets through, as inspection states a probability of detection."""
+    shipped, changes = np.asarray(shipped, dtype=bool), np.asarray(changes)
+    edges, figures = [0, *bands, 256], {}
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (changes >= low) & (changes < high)
+        count, n = int(shipped[inside].sum()), int(inside.sum())
+        figures[f"{low}-{min(high, 255)}"] = {"photos": n, "ok": _rate(count, n), "ok_upper95": _round(upper_bound_95(count, n))}
+    return figures

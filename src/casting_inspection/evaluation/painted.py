@@ -131,16 +131,22 @@ def _centre(mask: np.ndarray, size: tuple[int, int]) -> tuple[float, float]:
     return float(rows.mean() / size[1]), float(cols.mean() / size[0])
 
 
-def painted_photos(raw_dir: Path, paths: list[str], kind: str, seed: int, spec: dict) -> tuple[torch.Tensor, np.ndarray]:
-    """The photos with one painted defect of `kind` each, prepared as the network sees them, and each defect's
-    centre (row, col) as fractions of the frame."""
-    arrays, centres = [], []
+def painted_photos(
+    raw_dir: Path, paths: list[str], kind: str, seed: int, spec: dict
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The photos with one painted defect of `kind` each, prepared as the network sees them; each defect's centre
+    (row, col) as fractions of the frame; and the largest change of grey level it makes in that prepared photo (how
+    visible it is to the network: a flaw painted dark on a dark vane may change nothing)."""
+    arrays, centres, changes = [], [], []
     for path in paths:
         with Image.open(Path(raw_dir) / path) as image:
             image.load()
         painted, centre = paint(image, kind, rng_for(seed, kind, path), image.size[0] / spec["image_size"])
-        arrays.append(preprocess(painted, spec["image_size"], spec["color_mode"])), centres.append(centre)
-    return torch.from_numpy(np.stack(arrays)), np.array(centres)
+        array = preprocess(painted, spec["image_size"], spec["color_mode"])
+        clean = preprocess(image.convert("L"), spec["image_size"], spec["color_mode"])  # painting greys the photo
+        arrays.append(array), centres.append(centre)
+        changes.append(int(np.abs(array.astype(np.int16) - clean.astype(np.int16)).max()))
+    return torch.from_numpy(np.stack(arrays)), np.array(centres), np.array(changes, dtype=np.int64)
 
 
 def paint_validation(params: PaintedParams, prepared_dir: Path, raw_dir: Path, out_dir: Path) -> dict:
@@ -150,9 +156,9 @@ def paint_validation(params: PaintedParams, prepared_dir: Path, raw_dir: Path, o
     good = (val.labels == 0).tolist()
     paths = [path for path, keep in zip(val.paths, good) if keep]
     sizes = [(int(width), int(height)) for (width, height), keep in zip(val.sizes, good) if keep]
-    spec, centres = load_preprocessing(prepared_dir), {}
+    spec, centres, changes = load_preprocessing(prepared_dir), {}, {}
     for kind in [*params.kinds, params.held_out]:
-        images, centres[kind] = painted_photos(raw_dir, paths, kind, params.seed, spec)
+        images, centres[kind], changes[kind] = painted_photos(raw_dir, paths, kind, params.seed, spec)
         save_images(out_dir, kind, images)
-    save_index(out_dir, PaintedIndex(list(params.kinds), params.held_out, paths, sizes, centres))
+    save_index(out_dir, PaintedIndex(list(params.kinds), params.held_out, paths, sizes, centres, changes))
     return {"photos_per_kind": len(paths), "kinds": [*params.kinds, params.held_out]}

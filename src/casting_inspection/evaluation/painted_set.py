@@ -23,6 +23,7 @@ class PaintedIndex:
     paths: list[str]
     sizes: list[tuple[int, int]]  # each photo's original (width, height)
     centres: dict[str, np.ndarray]  # kind -> (N, 2) defect centres, (row, col) fractions of the frame
+    changes: dict[str, np.ndarray]  # kind -> (N,) largest change of grey level each defect makes in the prepared photo
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ def save_index(out_dir: Path, index: PaintedIndex) -> None:
             "paths": index.paths,
             "sizes": [list(size) for size in index.sizes],
             "centres": {kind: np.round(value, 6).tolist() for kind, value in index.centres.items()},
+            "changes": {kind: value.tolist() for kind, value in index.changes.items()},
         },
     )
 
@@ -64,7 +66,11 @@ def load_painted(painted_dir: Path) -> PaintedSet:
     if not index_path.exists():
         raise InspectionError(f"{index_path}: missing; run the paint stage first (dvc repro paint)")
     raw = json.loads(index_path.read_text())
+    if "changes" not in raw:
+        raise InspectionError(f"{index_path} comes from an older version; run the paint stage again (dvc repro paint)")
     kinds = [*raw["kinds"], raw["held_out"]]
     centres = {kind: np.array(raw["centres"][kind], dtype=np.float64).reshape(-1, 2) for kind in kinds}
-    index = PaintedIndex(raw["kinds"], raw["held_out"], raw["paths"], [tuple(size) for size in raw["sizes"]], centres)
+    changes = {kind: np.array(raw["changes"][kind], dtype=np.int64) for kind in kinds}
+    sizes = [tuple(size) for size in raw["sizes"]]
+    index = PaintedIndex(raw["kinds"], raw["held_out"], raw["paths"], sizes, centres, changes)
     return PaintedSet(index, {kind: torch.from_numpy(np.load(Path(painted_dir) / f"{kind}.npy")) for kind in kinds})

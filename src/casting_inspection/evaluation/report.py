@@ -315,6 +315,10 @@ classifier says so{_anomaly_review(alone.get("review_top"))}. Defects painted on
 decided by the anomaly model alone ("map on defect": its highest patch lies on the defect) and by the shipped decision
 (shipped: decided <b>ok</b>; to a person: review or not a part):</p>
 {_table(["kind", "anomaly model: ok", "AUROC", "map on defect", "shipped decision: ok", "to a person"], rows)}
+<p>What contrast gets through: the share of painted defects the shipped decision ships <b>ok</b> (of how many; at most:
+its 95 % upper bound), by the largest change of grey level a defect makes in the network's input. A flaw painted dark
+on a dark vane may change almost nothing.</p>
+{_by_change(shipped, anomaly["held_out"]["kind"])}
 <p>Test split, scored once: AUROC of the anomaly score alone {auroc}; it alone rejects {alone["good_rejected"]} of
 {alone["good"]} good parts and {alone["defects_rejected"]} of {alone["defects"]} defects. The shipped decision:
 {_pct(combined["decided_automatically"], 1)} decided automatically, {combined["missed_defects"]} missed defects,
@@ -322,6 +326,23 @@ decided by the anomaly model alone ("map on defect": its highest patch lies on t
 {combined["not_a_part"]} not a part.</p>
 {_img((plots_dir / "anomaly/painted.png").read_bytes(), "painted defects with their anomaly maps")}
 {_img((plots_dir / "evaluate/images/anomaly_test.png").read_bytes(), "test parts with their anomaly maps")}"""
+
+
+def _by_change(shipped: dict, held_out: str) -> str:
+    """Share shipped per band of grey-level change, per painted kind, with its 95 % upper bound: a band of few
+    defects bounds little."""
+
+    def cell(band: dict) -> str:
+        if not band["photos"]:
+            return "–"
+        return f"{_pct(band['ok'], 0)} of {band['photos']} (at most {_pct(band['ok_upper95'], 0)})"
+
+    bands = list(next(iter(shipped.values()))["by_change"])
+    rows = [
+        [kind + (" (held out)" if kind == held_out else ""), *(cell(figures["by_change"][band]) for band in bands)]
+        for kind, figures in shipped.items()
+    ]
+    return _table(["kind", *(f"change {band} grey levels" for band in bands)], rows)
 
 
 def _line(data: dict, test: dict) -> str:
