@@ -92,6 +92,46 @@ def test_bad_files_are_skipped_with_a_reason_and_the_exit_status_says_so(exporte
     assert any("missing.jpeg: no such file or folder" in line for line in skipped)
 
 
+def test_a_photos_file_name_never_decides_whether_it_is_read(exported_model, tmp_path):
+    """A camera's `.jfif`, `.jpe` or suffixless photo in a folder is decided; what is no photo is named, never passed over."""
+    good = next((exported_model["raw"] / "test" / "ok_front").glob("*.jpeg")).read_bytes()
+    (tmp_path / "sub").mkdir()
+    for name in ("photo", "photo.jfif", "sub/inner.jpe"):
+        (tmp_path / name).write_bytes(good)
+    (tmp_path / "notes.txt").write_text("shift 2, camera 1")
+    for given in (tmp_path, tmp_path / "*"):  # a folder, and a pattern that matches a folder too
+        result = predict(given, "--model", exported_model["onnx"])
+        assert result.returncode == 3, result.stderr
+        rows = pd.read_csv(io.StringIO(result.stdout))
+        assert sorted(rows["path"]) == sorted(str(tmp_path / n) for n in ("photo", "photo.jfif", "sub/inner.jpe"))
+        skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+        assert skipped == [f"skipped {tmp_path / 'notes.txt'}: not an image in an accepted format (JPEG, PNG, BMP)"]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda guard: guard.pop("novelty_threshold"), "no novelty threshold"),
+        (lambda guard: guard.update(min_contrast=float("nan")), "min_contrast is not a number"),
+        (lambda guard: guard.update(exposure=[0.9, 0.1]), "exposure range"),
+        (lambda guard: guard["part"].pop("radius"), "part ranges"),
+        (lambda guard: guard.update(max_seam="high"), "max_seam is not a number"),
+    ],
+)
+def test_a_model_whose_photo_checks_are_missing_or_not_numbers_refuses_to_load(exported_model, tmp_path, change, problem):
+    """A check that compares with NaN or with nothing lets every photo through: fail closed, at load."""
+    import onnx
+
+    model = onnx.load(str(exported_model["onnx"]))
+    prop = next(prop for prop in model.metadata_props if prop.key == "guard")
+    guard = json.loads(prop.value)
+    change(guard)
+    prop.value = json.dumps(guard)
+    onnx.save(model, str(tmp_path / "broken.onnx"))
+    with pytest.raises(InspectionError, match="cannot decide safely: .*" + problem):
+        Inspector(tmp_path / "broken.onnx")
+
+
 def test_missing_model_is_one_clear_line(tmp_path):
     result = predict(tmp_path, "--model", tmp_path / "nowhere.onnx")
     assert result.returncode == 1

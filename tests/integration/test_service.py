@@ -149,6 +149,21 @@ def test_bad_requests_get_clear_json_errors(server, exported_model):
         httpx.post(server + "/predict", files={"files": ("tiny.png", tiny.getvalue(), "image/png")}), 422
     )
     assert httpx.get(server + "/nowhere").json() == {"error": "Not Found"}
+    unnamed = [("files", (name, data, "image/jpeg")), ("files", (None, data))]  # the second is a plain field
+    assert "with its file name" in error_of(httpx.post(server + "/predict", files=unnamed), 400)
+    stray = [("files", (name, data, "image/jpeg")), ("file", (name, data, "image/jpeg"))]
+    assert "field 'file' is not read" in error_of(httpx.post(server + "/predict", files=stray), 400)
+
+
+def test_a_bad_file_beside_good_ones_is_named_and_the_good_ones_are_decided(server, exported_model):
+    good = photos(exported_model, 2)
+    sent = [("files", (good[0][0], good[0][1], "image/jpeg")), ("files", ("notes.jpeg", b"hello", "image/jpeg"))]
+    answer = httpx.post(server + "/predict", files=[*sent, ("files", (good[1][0], good[1][1], "image/jpeg"))])
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["file"] for r in results] == [good[0][0], "notes.jpeg", good[1][0]]
+    assert results[1]["decision"] is None and "not an image" in results[1]["error"]  # never ok
+    assert all(r["decision"] in {"ok", "defective", "review", "not_a_part"} for r in (results[0], results[2]))
 
 
 # Hostile clients, on raw sockets.

@@ -306,3 +306,14 @@ def test_one_pass_gives_the_same_logits_and_the_guards_features(model, pooling):
         assert np.array_equal(features.double().numpy(), pooled_features(net, images, 3))
     else:
         assert features is None  # no pooled vector: the guard's photo checks only
+
+
+@pytest.mark.parametrize(("image_size", "widths", "stem_pool"), [(16, [16, 32, 64, 128], False), (32, [16, 32, 64, 128], True)])
+def test_a_network_that_would_pool_its_map_away_is_refused_in_one_line(image_size, widths, stem_pool):
+    from casting_inspection.modeling.networks import CnnConfig
+
+    cnn = CnnConfig(widths, 1, 2, 0.1, "avgmax", "relu", stem_pool)
+    config = ModelConfig("cnn", 1, image_size, "per_image", [0.5], [0.2], cnn, [])
+    with pytest.raises(InspectionError, match=f"halves a {image_size}-pixel image .* nothing is left to pool"):
+        InspectionNet(config)
+    InspectionNet(dataclasses.replace(config, image_size=image_size * 4))  # room for every pool: it builds

@@ -152,8 +152,9 @@ def test_a_rejected_or_reviewed_photo_keeps_its_anomaly_map_and_an_ok_one_none(e
     )
 
 
-def test_a_file_decided_before_a_restart_is_filed_not_decided_again(exported_model, tmp_path):
-    """The log is written before the move: a file found in the inbox with a logged decision is only moved."""
+def test_a_file_decided_before_a_restart_is_filed_not_decided_again(exported_model, tmp_path, capsys):
+    """The log is written before the move: a file found in the inbox with a logged decision is only moved, and
+    says so."""
     inbox, out = tmp_path / "inbox", tmp_path / "sorted"
     inbox.mkdir()
     photo = next((exported_model["raw"] / "test" / "def_front").glob("*.jpeg"))
@@ -162,8 +163,11 @@ def test_a_file_decided_before_a_restart_is_filed_not_decided_again(exported_mod
         assert watcher.process([drop(photo, inbox)]) == 1
     (first,) = logged(out)
     again = drop(photo, inbox)  # the same file is back in the inbox, as after a crash between log and move
+    capsys.readouterr()
     with Watcher(inspector, inbox, out, settle_seconds=0) as restarted:
         assert restarted.process([again]) == 1
+    (line,) = capsys.readouterr().out.splitlines()  # filed, never passed over without a word
+    assert line.split()[:3] == [Path(first[2]).parent.name, "-", photo.name] and line.endswith("(as logged before)")
     assert logged(out) == [first]  # no second decision
     assert not again.exists()  # filed where the log says: the same photo (name and content), so one file there
     assert [p.read_bytes() for p in Path(first[2]).parent.iterdir()] == [photo.read_bytes()]

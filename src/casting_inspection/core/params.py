@@ -174,6 +174,13 @@ class RobustnessParams:
     blur: list[float] = _levels(0.1, 10)
     jpeg: list[float] = _levels(1, 95)
 
+    def __post_init__(self):
+        if not any((self.brightness, self.contrast, self.rotation, self.shift, self.blur, self.jpeg)):
+            raise InspectionError(
+                "params.yaml: robustness lists no line change (brightness, contrast, rotation, shift, blur and jpeg are "
+                "all empty): give at least one strength"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationParams:
@@ -250,11 +257,16 @@ class PaintedParams:
             )
 
 
+LITE0_STRIDES = (2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32)  # each EfficientNet-Lite0 block's output stride
+
+
 @dataclasses.dataclass(frozen=True)
 class FlawParams:
     share: float = check(_fraction)
     contrast: list[float] = check(lambda v: None if len(v) == 2 and 0 < v[0] <= v[1] <= 1 else "must be [low, high] in (0, 1]")
-    size: list[float] = check(lambda v: None if len(v) == 2 and 0 < v[0] <= v[1] else "must be [low, high] with 0 < low <= high")
+    size: list[float] = check(
+        lambda v: None if len(v) == 2 and 0 < v[0] <= v[1] <= 512 else "must be [low, high] with 0 < low <= high <= 512 pixels"
+    )
     radius: float = check(lambda v: None if 0 < v <= 0.5 else "must be in (0, 0.5]")
     width: int = check(_positive)
     tune: list[int] = check(
@@ -282,6 +294,13 @@ class AnomalyParams:
     painted: PaintedParams
 
     def __post_init__(self):
+        side = -(-self.input_size // LITE0_STRIDES[min(self.taps)])  # the map's grid: the first tap's
+        nearest = (0.5 if side % 2 else 2**0.5 / 2) / side  # the cell centre nearest the frame's centre
+        if self.window < nearest:
+            raise InspectionError(
+                f"params.yaml: anomaly.window {self.window} holds no cell of the {side} x {side} map: nothing would be "
+                f"judged; set it to at least {nearest:.3f} (the part: about 0.45)"
+            )
         if self.method == "flaws" and any(block > max(self.taps) for block in self.flaws.tune):
             raise InspectionError(
                 f"params.yaml: anomaly.flaws.tune {self.flaws.tune} names blocks past the last of anomaly.taps "

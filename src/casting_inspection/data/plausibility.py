@@ -11,6 +11,8 @@ serving path pays microseconds per image.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from casting_inspection.data.background import background_level
@@ -18,6 +20,7 @@ from casting_inspection.data.background import background_level
 PART_CONTRAST = 0.08  # grey levels (0-1) by which a part's pixel differs from the table
 SEAM_FLOOR = 3 / 255  # a side of a cut whose lines vary less than this is a flat fill (a shift's uncovered strip), not a tear
 SEAM_OFFSET = 2 / 255  # keeps the seam score finite on flat lines
+PART_STATISTICS = ("offset_x", "offset_y", "radius", "roundness")  # where the part lies and how round it is
 LAYOUT_GRID = 8  # cells per side of a frame's layout: at 128 px a cell of 16 px sees the part's rings and the table, not texture
 LAYOUT_FLOOR = 0.05  # added to each layout cell's spread (in the photo's own standard deviations): the steady table corners
 
@@ -117,6 +120,29 @@ def layout_problem(model: dict | None) -> str | None:
     return None if limit.shape == () and np.isfinite(limit) and limit > 0 else "the guard's layout limit is not a number > 0"
 
 
+def rules_problem(rules: dict) -> str | None:
+    """Why photo-check rules read from a model file could not all be applied (a limit missing, not a number, or a
+    range upside down), or None: a check that silently compares with nothing would let any photo through."""
+
+    def number(value) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    def span(value) -> bool:
+        return isinstance(value, list) and len(value) == 2 and all(map(number, value)) and value[0] <= value[1]
+
+    if not span(rules.get("exposure")):
+        return "the guard's exposure range is not [low, high]"
+    for key in ("min_contrast", "max_clipped", "max_aspect"):
+        if not number(rules.get(key)):
+            return f"the guard's {key} is not a number"
+    if rules.get("max_seam") is not None and not number(rules["max_seam"]):
+        return "the guard's max_seam is not a number"
+    part = rules.get("part")
+    if not isinstance(part, dict) or sorted(part) != sorted(PART_STATISTICS) or not all(map(span, part.values())):
+        return f"the guard's part ranges are not [low, high] for each of {', '.join(PART_STATISTICS)}"
+    return layout_problem(rules.get("layout"))
+
+
 def layout_score(cells: np.ndarray, model: dict) -> np.ndarray:
     """Mean squared departure of each photo's layout cells from training's, in training's spreads."""
     return (((cells - np.asarray(model["mean"])) / np.asarray(model["scale"])) ** 2).mean(axis=1)
@@ -127,7 +153,7 @@ def part_range(statistics: dict[str, np.ndarray], margin: float) -> dict[str, li
     and how round they are at least (0.1 % of training photos, less the margin)."""
     ranges = {
         name: [float(np.quantile(statistics[name], 0.001)) - margin, float(np.quantile(statistics[name], 0.999)) + margin]
-        for name in ("offset_x", "offset_y", "radius")
+        for name in PART_STATISTICS[:3]
     }
     return ranges | {"roundness": [float(np.quantile(statistics["roundness"], 0.001)) - margin, 1.0]}
 

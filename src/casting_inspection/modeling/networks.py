@@ -124,6 +124,19 @@ class SmallVGG(nn.Module):
         return self.head(self.pooled(x))
 
 
+def _check_pools(image_size: int, cnn: CnnConfig) -> None:
+    """A clear refusal before a pool would halve a map of one pixel (PyTorch's own error names no setting)."""
+    side = -(-image_size // cnn.stem_stride)
+    for _ in range(len(cnn.widths) + cnn.stem_pool):
+        if side < 2:
+            raise InspectionError(
+                f"params.yaml: train.cnn halves a {image_size}-pixel image (prepare.image_size) {len(cnn.widths)} times"
+                f"{' after its pooled stem' if cnn.stem_pool else ''} (stem_stride {cnn.stem_stride}): nothing is left to "
+                "pool; use fewer train.cnn.widths, no stem_pool, or a larger prepare.image_size"
+            )
+        side //= 2
+
+
 class SeedVGG(nn.Module):
     """The published VGG-style recipe on this data: three conv + ReLU + max-pool blocks (32, 64, 128), a
     dense layer of 128 with dropout 0.5 (3.3 M parameters at 224 px)."""
@@ -247,6 +260,7 @@ class InspectionNet(nn.Module):
         self.standardize = Standardize(config.input_norm, config.mean, config.std)
         pixels = config.in_channels * config.image_size**2
         if config.model == "cnn":
+            _check_pools(config.image_size, config.cnn)
             self.backbone = SmallVGG(config.in_channels, config.cnn)
         elif config.model == "resnet18":
             self.backbone = _resnet18(config.in_channels, imagenet_weights)

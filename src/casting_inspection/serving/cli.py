@@ -29,38 +29,48 @@ from casting_inspection.core.files import atomic_path
 from casting_inspection.core.text import printable, spreadsheet_cell
 from casting_inspection.serving.station.command import add_station, address
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 SKIPPED_EXIT = 3
 MAX_MAPS = 100  # --map options of one import-line
 DEFAULT_MODEL = Path("models/model.onnx")
 
 
 def expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files as given, folders walked for image files (sorted), glob patterns expanded; what matched nothing is named."""
-    from casting_inspection.data.images import entry_problem, walk_files
+    """Files as given, folders walked for every file in them (sorted), glob patterns expanded (a folder they match
+    walked too); what matched nothing is named. A file's name never decides whether it is read: a camera's photo
+    named `.jfif` or without a suffix is decided, and a file that is no photo is named with its reason."""
+    from casting_inspection.data.images import entry_problem
 
     files, missing = [], []
     for item in inputs:
         path = Path(item)
         if _is_folder(path):
-            found, problems = walk_files(path, IMAGE_SUFFIXES)
-            files += found
-            missing += problems
-            if not found and not problems:
-                missing.append((item, "folder holds no image files"))
+            _walk(path, item, files, missing)
         elif _lexists(path):
             reason = entry_problem(path)
             files.append(path) if reason is None else missing.append((item, reason))
         elif glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if not _is_folder(Path(p)))
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
             for match in matches:
+                if _is_folder(match):
+                    _walk(match, str(match), files, missing)
+                    continue
                 problem = entry_problem(match)
                 files.append(match) if problem is None else missing.append((str(match), problem))
             if not matches:
                 missing.append((item, "pattern matches no file"))
         else:
             missing.append((item, "no such file or folder"))
-    return files, missing
+    return list(dict.fromkeys(files)), missing
+
+
+def _walk(folder: Path, name: str, files: list[Path], missing: list[tuple[str, str]]) -> None:
+    from casting_inspection.data.images import walk_files
+
+    found, problems = walk_files(folder)
+    files += found
+    missing += problems
+    if not found and not problems:
+        missing.append((name, "folder holds no files"))
 
 
 def _lexists(path: Path) -> bool:

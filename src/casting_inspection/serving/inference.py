@@ -17,7 +17,7 @@ import onnxruntime as ort
 from casting_inspection.core.decision import REVIEW, DecisionRule
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.data.images import BadImage, ImageSpec, load_image
-from casting_inspection.data.plausibility import implausible, layout_problem, photo_statistics
+from casting_inspection.data.plausibility import implausible, photo_statistics, rules_problem
 
 SLICE = 16  # images per ONNX Runtime call when the graph computes anomaly maps: memory stays near 0.3 GB
 
@@ -102,6 +102,8 @@ class Inspector:
         rule, outputs = self.rule, self.outputs
         if rule.novelty_threshold is not None and "novelty" not in outputs:
             return "the guard's novelty threshold is set but the graph has no novelty output"
+        if rule.novelty_threshold is None and "novelty" in outputs:
+            return "the graph measures novelty but its metadata has no novelty threshold"
         if rule.anomaly_threshold is not None and "anomaly" not in outputs:
             return "the anomaly threshold is set but the graph has no anomaly output"
         if rule.anomaly_threshold is None and "anomaly" in outputs:
@@ -110,7 +112,7 @@ class Inspector:
             return "without a classifier the threshold must be the model of good parts' anomaly_threshold"
         if not self.classifier and rule.anomaly_review is not None:
             return "without a classifier there is no anomaly review band (nothing else rejects)"
-        return rule.problem() or layout_problem(self.guard.get("layout"))
+        return rule.problem() or rules_problem(self.guard)
 
     def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the graph by name for uint8 images (N, C, H, W): the defect probability and, when the

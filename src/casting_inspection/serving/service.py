@@ -288,9 +288,14 @@ async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, byte
     except ClientDisconnect:
         raise ClientError(400, "the client went away before the request body was complete") from None
     try:
-        uploads = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
+        stray = sorted({key for key, _ in form.multi_items() if key != "files"})
+        if stray:  # nothing sent is passed over without a word
+            raise ClientError(400, f"field {stray[0]!r} is not read: send every image in the multipart field 'files'")
+        uploads = form.getlist("files")
         if not uploads:
             raise ClientError(400, "no files: send one or more images in the multipart field 'files'")
+        if not all(isinstance(item, UploadFile) for item in uploads):
+            raise ClientError(400, "a part of 'files' is not a file: send each image as a file, with its file name")
         named = []
         for upload in uploads:  # each spooled copy is freed as soon as it is read: one copy of the body, not two
             named.append((upload.filename or "", await upload.read()))
@@ -361,12 +366,13 @@ def create_app(inspector: Inspector, limits: Limits, token: str | None = None, w
         bad = [{"file": r.path, "reason": r.error} for r in results if r.error]
         for item in bad:
             metrics.reject(item["reason"])
-        if bad:
+        if len(bad) == len(results):  # nothing decided: the request failed; otherwise the good photos are answered
             raise ClientError(422, "not a usable image: " + "; ".join(f"{b['file']}: {b['reason']}" for b in bad), files=bad)
-        for r in results:
-            metrics.decided(r.decision)
+        decided = [r.decision for r in results if not r.error]
+        for decision in decided:
+            metrics.decided(decision)
         if metrics.health is not None:
-            metrics.health.observe([r.decision for r in results], np.stack(decoded) if decoded else None)
+            metrics.health.observe(decided, np.stack(decoded) if decoded else None)
         return _answer(inspector, results)
 
     return app
@@ -379,7 +385,8 @@ def _answer(inspector: Inspector, results: list) -> dict:
         "threshold": inspector.threshold,
         "review_band": list(inspector.review_band) if inspector.review_band else None,
         "results": [
-            {"file": r.path, "decision": r.decision, "defect_probability": r.defect_probability}
+            {"file": r.path, "decision": r.decision or None, "defect_probability": r.defect_probability}
+            | ({"error": r.error} if r.error else {})  # not a usable image: not decided, never ok
             | ({"not_a_part": r.flag} if r.flag else {})  # why the model would not judge this photo
             | ({"review_reason": r.review_reason} if r.review_reason else {})  # which band sent it to a person
             for r in results

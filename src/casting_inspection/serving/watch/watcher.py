@@ -277,6 +277,9 @@ class Watcher:
                 reason = f"  ({result.why})" if result.why else ""
                 line = f"{result.decision or 'rejected':<10}{probability:>8}  {photo.path.name}{renamed}{reason}"
                 print(printable(line), flush=True)
+            else:  # decided before (a run that stopped before filing, or the same photo dropped again): as logged
+                line = f"{final.parent.name:<10}{'-':>8}  {photo.path.name}  -> {final.name}  (as logged before)"
+                print(printable(line), flush=True)
         return filed
 
     @staticmethod
