@@ -93,19 +93,28 @@ def test_bad_files_are_skipped_with_a_reason_and_the_exit_status_says_so(exporte
 
 
 def test_a_photos_file_name_never_decides_whether_it_is_read(exported_model, tmp_path):
-    """A camera's `.jfif`, `.jpe` or suffixless photo in a folder is decided; what is no photo is named, never passed over."""
+    """A camera's `.jfif`, `.jpe` or suffixless photo in a folder is decided; a broken `.jpeg` is skipped with its
+    reason; a file that is no photo (notes, an earlier output, a hidden file) is named as ignored, never decided."""
     good = next((exported_model["raw"] / "test" / "ok_front").glob("*.jpeg")).read_bytes()
     (tmp_path / "sub").mkdir()
+    (tmp_path / "empty").mkdir()
     for name in ("photo", "photo.jfif", "sub/inner.jpe"):
         (tmp_path / name).write_bytes(good)
+    (tmp_path / "cut.jpeg").write_bytes(good[:2])
     (tmp_path / "notes.txt").write_text("shift 2, camera 1")
-    for given in (tmp_path, tmp_path / "*"):  # a folder, and a pattern that matches a folder too
-        result = predict(given, "--model", exported_model["onnx"])
+    (tmp_path / ".hidden").write_bytes(b"\x00" * 64)
+    photos = sorted(str(tmp_path / n) for n in ("photo", "photo.jfif", "sub/inner.jpe"))
+    for given in ([tmp_path], [tmp_path / "*", tmp_path / "**"]):  # a folder; patterns that match folders too
+        result = predict(*given, "--model", exported_model["onnx"])
         assert result.returncode == 3, result.stderr
-        rows = pd.read_csv(io.StringIO(result.stdout))
-        assert sorted(rows["path"]) == sorted(str(tmp_path / n) for n in ("photo", "photo.jfif", "sub/inner.jpe"))
-        skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
-        assert skipped == [f"skipped {tmp_path / 'notes.txt'}: not an image in an accepted format (JPEG, PNG, BMP)"]
+        assert sorted(pd.read_csv(io.StringIO(result.stdout))["path"]) == photos  # each once
+        lines = result.stderr.splitlines()
+        assert [line.split(":")[0] for line in lines if line.startswith("skipped ")] == [f"skipped {tmp_path / 'cut.jpeg'}"]
+        ignored = [line.split(":")[0] for line in lines if line.startswith("ignored ")]
+        assert ignored == [f"ignored {tmp_path / '.hidden'}", f"ignored {tmp_path / 'notes.txt'}"]  # `**` holds the folder
+        assert lines[-1].endswith("; 1 skipped; 2 ignored (no photo)")
+    (tmp_path / "cut.jpeg").unlink()
+    assert predict(tmp_path, "--model", exported_model["onnx"]).returncode == 0  # what is no photo is not a failure
 
 
 @pytest.mark.parametrize(
@@ -116,6 +125,7 @@ def test_a_photos_file_name_never_decides_whether_it_is_read(exported_model, tmp
         (lambda guard: guard.update(exposure=[0.9, 0.1]), "exposure range"),
         (lambda guard: guard["part"].pop("radius"), "part ranges"),
         (lambda guard: guard.update(max_seam="high"), "max_seam is not a number"),
+        (lambda guard: guard.update(novelty_threshold="230"), "novelty threshold is not a number"),
     ],
 )
 def test_a_model_whose_photo_checks_are_missing_or_not_numbers_refuses_to_load(exported_model, tmp_path, change, problem):

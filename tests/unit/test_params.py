@@ -40,7 +40,10 @@ def test_project_params_are_valid():
         ({"download": {"dataset": "no-slash"}}, "download.dataset must look like 'owner/slug'"),
         ({"evaluate": {"painted_bands": [40, 20]}}, "evaluate.painted_bands must be rising grey levels in 1-254"),
         ({"evaluate": {"painted_bands": [20, 255]}}, "evaluate.painted_bands must be rising grey levels in 1-254"),
-        ({"anomaly": {"window": 0.02}}, "anomaly.window 0.02 holds no cell of the 32 x 32 map"),
+        (
+            {"anomaly": {"window": 0.022}},
+            "anomaly.window 0.022 holds no cell of the 32 x 32 map: nothing would be judged; set it to at least 0.023",
+        ),
         ({"anomaly": {"flaws": {"size": [2.0, 1.0e6]}}}, "anomaly.flaws.size must be [low, high] with 0 < low <= high <= 512"),
         (
             {"robustness": {k: [] for k in ("brightness", "contrast", "rotation", "shift", "blur", "jpeg")}},

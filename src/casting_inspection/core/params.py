@@ -295,11 +295,11 @@ class AnomalyParams:
 
     def __post_init__(self):
         side = -(-self.input_size // LITE0_STRIDES[min(self.taps)])  # the map's grid: the first tap's
-        nearest = (0.5 if side % 2 else 2**0.5 / 2) / side  # the cell centre nearest the frame's centre
+        nearest = 0.0 if side % 2 else 2**0.5 / 2 / side  # the cell centre nearest the frame's centre
         if self.window < nearest:
             raise InspectionError(
                 f"params.yaml: anomaly.window {self.window} holds no cell of the {side} x {side} map: nothing would be "
-                f"judged; set it to at least {nearest:.3f} (the part: about 0.45)"
+                f"judged; set it to at least {math.ceil(nearest * 1000) / 1000:g} (the part: about 0.45)"
             )
         if self.method == "flaws" and any(block > max(self.taps) for block in self.flaws.tune):
             raise InspectionError(

@@ -58,6 +58,23 @@ def walk_files(folder: Path, suffixes: set[str] | None = None) -> tuple[list[Pat
     return sorted(files), sorted(problems)
 
 
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif"}
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8", b"II*\x00", b"MM\x00*", b"\x00\x00\x00\x0cjP  ")
+
+
+def looks_like_photo(path: Path) -> bool:
+    """Whether a folder's file is meant as a photo: an image's name, or an image's first bytes whatever its name (a
+    camera's suffixless or `.jfif` file). A file that cannot be opened counts as one: its reason is then told."""
+    if path.suffix.lower() in PHOTO_SUFFIXES:
+        return True
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return True
+    return head.startswith(SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
 def entry_problem(path: Path) -> str | None:
     """Why a folder entry that looks like a photo cannot be read as one, or None for a regular file (or a link to
     one). Never raises: a folder that cannot be searched is a reason too."""

@@ -130,6 +130,8 @@ def rules_problem(rules: dict) -> str | None:
     def span(value) -> bool:
         return isinstance(value, list) and len(value) == 2 and all(map(number, value)) and value[0] <= value[1]
 
+    if rules.get("novelty_threshold") is not None and not number(rules["novelty_threshold"]):
+        return "the guard's novelty threshold is not a number"
     if not span(rules.get("exposure")):
         return "the guard's exposure range is not [low, high]"
     for key in ("min_contrast", "max_clipped", "max_aspect"):

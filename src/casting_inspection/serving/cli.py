@@ -34,43 +34,54 @@ MAX_MAPS = 100  # --map options of one import-line
 DEFAULT_MODEL = Path("models/model.onnx")
 
 
-def expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files as given, folders walked for every file in them (sorted), glob patterns expanded (a folder they match
-    walked too); what matched nothing is named. A file's name never decides whether it is read: a camera's photo
-    named `.jfif` or without a suffix is decided, and a file that is no photo is named with its reason."""
+def expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]], list[str]]:
+    """Files as given, folders walked (sorted), glob patterns expanded (a folder they match walked too): the files
+    to decide, what cannot be decided with why, and the files of those folders that are no photo (named, not
+    decided). A file's name alone never decides: a camera's photo named `.jfif` or without a suffix is a photo."""
     from casting_inspection.data.images import entry_problem
 
-    files, missing = [], []
+    files, missing, ignored = {}, {}, {}
     for item in inputs:
         path = Path(item)
         if _is_folder(path):
-            _walk(path, item, files, missing)
+            if not _walk(path, files, missing, ignored):
+                missing.setdefault(item, "folder holds no files")
         elif _lexists(path):
             reason = entry_problem(path)
-            files.append(path) if reason is None else missing.append((item, reason))
+            files.setdefault(path, None) if reason is None else missing.setdefault(item, reason)
         elif glob.has_magic(item):
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
-            for match in matches:
+            for match in matches:  # as a folder's files: what is no photo is named and left
                 if _is_folder(match):
-                    _walk(match, str(match), files, missing)
-                    continue
-                problem = entry_problem(match)
-                files.append(match) if problem is None else missing.append((str(match), problem))
+                    _walk(match, files, missing, ignored)
+                elif (reason := entry_problem(match)) is not None:
+                    missing.setdefault(str(match), reason)
+                else:
+                    _sort(match, files, ignored)
             if not matches:
-                missing.append((item, "pattern matches no file"))
+                missing.setdefault(item, "pattern matches no file")
         else:
-            missing.append((item, "no such file or folder"))
-    return list(dict.fromkeys(files)), missing
+            missing.setdefault(item, "no such file or folder")
+    return list(files), list(missing.items()), sorted(ignored)
 
 
-def _walk(folder: Path, name: str, files: list[Path], missing: list[tuple[str, str]]) -> None:
+def _walk(folder: Path, files: dict, missing: dict, ignored: dict) -> bool:
+    """Add a folder's files to `files` (photos) or `ignored` (no photo), and what cannot be read to `missing`; False
+    when it holds nothing at all."""
     from casting_inspection.data.images import walk_files
 
     found, problems = walk_files(folder)
-    files += found
-    missing += problems
-    if not found and not problems:
-        missing.append((name, "folder holds no files"))
+    for path in found:
+        _sort(path, files, ignored)
+    for name, reason in problems:
+        missing.setdefault(name, reason)
+    return bool(found or problems)
+
+
+def _sort(path: Path, files: dict, ignored: dict) -> None:
+    from casting_inspection.data.images import looks_like_photo
+
+    files.setdefault(path, None) if looks_like_photo(path) else ignored.setdefault(str(path), None)
 
 
 def _lexists(path: Path) -> bool:
@@ -123,7 +134,9 @@ def predict(args: argparse.Namespace) -> int:
 
     inspector = Inspector(args.model, threads=args.threads)
     maps = _maps_folder(args.maps, inspector)
-    files, missing = expand(args.paths)
+    files, missing, ignored = expand(args.paths)
+    for item in ignored:
+        print(printable(f"ignored {item}: no photo (neither an image's name nor an image's first bytes)"), file=sys.stderr)
     for item, reason in missing:
         print(printable(f"skipped {item}: {reason}"), file=sys.stderr)
     results, arrays, anomaly_maps = [], [], ([] if maps else None)
@@ -153,7 +166,8 @@ def predict(args: argparse.Namespace) -> int:
     skipped = len(missing) + len(results) - len(decided)
     counts = {d: sum(r.decision == d for r in decided) for d in DECISIONS}
     summary = ", ".join(f"{n} {d}" for d, n in counts.items() if n or d != "review")
-    print(f"predict: {len(decided)} decided ({summary}); {skipped} skipped", file=sys.stderr)
+    ignored_note = f"; {len(ignored)} ignored (no photo)" if ignored else ""
+    print(f"predict: {len(decided)} decided ({summary}); {skipped} skipped{ignored_note}", file=sys.stderr)
     return SKIPPED_EXIT if skipped else 0
 
 

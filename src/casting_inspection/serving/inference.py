@@ -100,6 +100,9 @@ class Inspector:
     def _problem(self) -> str | None:
         """Why this model's rule, guard and graph could not decide safely together, or None."""
         rule, outputs = self.rule, self.outputs
+        checks = rules_problem(self.guard)  # first: the rule below compares with these numbers
+        if checks:
+            return checks
         if rule.novelty_threshold is not None and "novelty" not in outputs:
             return "the guard's novelty threshold is set but the graph has no novelty output"
         if rule.novelty_threshold is None and "novelty" in outputs:
@@ -112,7 +115,7 @@ class Inspector:
             return "without a classifier the threshold must be the model of good parts' anomaly_threshold"
         if not self.classifier and rule.anomaly_review is not None:
             return "without a classifier there is no anomaly review band (nothing else rejects)"
-        return rule.problem() or rules_problem(self.guard)
+        return rule.problem()
 
     def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the graph by name for uint8 images (N, C, H, W): the defect probability and, when the

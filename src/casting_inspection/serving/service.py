@@ -384,6 +384,7 @@ def _answer(inspector: Inspector, results: list) -> dict:
         "model_version": inspector.version,
         "threshold": inspector.threshold,
         "review_band": list(inspector.review_band) if inspector.review_band else None,
+        "skipped": sum(1 for r in results if r.error),  # files of the request not decided: each says why in results
         "results": [
             {"file": r.path, "decision": r.decision or None, "defect_probability": r.defect_probability}
             | ({"error": r.error} if r.error else {})  # not a usable image: not decided, never ok
