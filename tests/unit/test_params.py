@@ -61,6 +61,13 @@ def test_invalid_values_name_the_key(tmp_path, override, message):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(("input_size", "window"), [(128, 0.023), (132, 0.001), (100, 0.03)])
+def test_a_window_that_holds_the_maps_centre_cell_is_accepted(tmp_path, input_size, window):
+    """An odd grid (132 pixels at stride 4: 33 cells) has a cell at the centre; an even one needs its four nearest."""
+    write_params(tmp_path / "params.yaml", {"anomaly": {"input_size": input_size, "window": window}})
+    assert load_section("anomaly", tmp_path / "params.yaml").window == window
+
+
 def test_unknown_key(tmp_path):
     path = tmp_path / "params.yaml"
     write_params(path, {"train": {"lerning_rate": 0.1}})
