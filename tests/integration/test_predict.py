@@ -117,6 +117,19 @@ def test_a_photos_file_name_never_decides_whether_it_is_read(exported_model, tmp
     assert predict(tmp_path, "--model", exported_model["onnx"]).returncode == 0  # what is no photo is not a failure
 
 
+def test_a_folder_or_pattern_with_no_photo_at_all_is_skipped_never_a_success(exported_model, tmp_path):
+    """Pointed at the wrong folder, or at photos in a format no signature names, a run that decides nothing says so."""
+    (tmp_path / "notes.txt").write_text("shift 2")
+    (tmp_path / "IMG_1").write_bytes(b"")  # a camera's failed write: told as an empty file, not passed over
+    result = predict(tmp_path, tmp_path / "*.txt", "--model", exported_model["onnx"])
+    assert result.returncode == 3 and result.stdout.strip() == "path"
+    skipped = sorted(line for line in result.stderr.splitlines() if line.startswith("skipped "))
+    assert skipped == [f"skipped {tmp_path / '*.txt'}: pattern matches no photo", f"skipped {tmp_path / 'IMG_1'}: empty file"]
+    (tmp_path / "IMG_1").unlink()
+    result = predict(tmp_path, "--model", exported_model["onnx"])
+    assert result.returncode == 3 and f"skipped {tmp_path}: folder holds no photo (1 file in it ignored)" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("change", "problem"),
     [

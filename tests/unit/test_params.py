@@ -61,9 +61,10 @@ def test_invalid_values_name_the_key(tmp_path, override, message):
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize(("input_size", "window"), [(128, 0.023), (132, 0.001), (100, 0.03)])
+@pytest.mark.parametrize(("input_size", "window"), [(128, 0.023), (132, 0.001), (100, 0.001)])
 def test_a_window_that_holds_the_maps_centre_cell_is_accepted(tmp_path, input_size, window):
-    """An odd grid (132 pixels at stride 4: 33 cells) has a cell at the centre; an even one needs its four nearest."""
+    """An odd grid (132 or 100 pixels at stride 4: 33 or 25 cells) has a cell at the centre, so any window holds it;
+    an even one (128: 32 cells) needs a window that reaches the four cells nearest the centre (0.0221)."""
     write_params(tmp_path / "params.yaml", {"anomaly": {"input_size": input_size, "window": window}})
     assert load_section("anomaly", tmp_path / "params.yaml").window == window
 

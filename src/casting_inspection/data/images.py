@@ -69,10 +69,14 @@ def looks_like_photo(path: Path) -> bool:
         return True
     try:
         with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return True
             head = f.read(16)
     except OSError:
         return True
-    return head.startswith(SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    if not head:  # an empty file may be a camera's failed write: told as one
+        return True
+    return head.startswith(SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[4:8] == b"ftyp"  # HEIF, AVIF
 
 
 def entry_problem(path: Path) -> str | None:

@@ -44,44 +44,55 @@ def expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]], list[s
     for item in inputs:
         path = Path(item)
         if _is_folder(path):
-            if not _walk(path, files, missing, ignored):
-                missing.setdefault(item, "folder holds no files")
+            found, unreadable = _walk(path, files, missing, ignored)
+            if not found and not unreadable:
+                missing.setdefault(item, "folder holds no photo" + _ignored_note(path, ignored))
         elif _lexists(path):
             reason = entry_problem(path)
             files.setdefault(path, None) if reason is None else missing.setdefault(item, reason)
         elif glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            matches, found, unreadable = sorted(Path(p) for p in glob.glob(item, recursive=True)), 0, 0
             for match in matches:  # as a folder's files: what is no photo is named and left
                 if _is_folder(match):
-                    _walk(match, files, missing, ignored)
+                    photos, problems = _walk(match, files, missing, ignored)
+                    found, unreadable = found + photos, unreadable + problems
                 elif (reason := entry_problem(match)) is not None:
                     missing.setdefault(str(match), reason)
+                    unreadable += 1
                 else:
-                    _sort(match, files, ignored)
+                    found += _sort(match, files, ignored)
             if not matches:
                 missing.setdefault(item, "pattern matches no file")
+            elif not found and not unreadable:
+                missing.setdefault(item, "pattern matches no photo")
         else:
             missing.setdefault(item, "no such file or folder")
     return list(files), list(missing.items()), sorted(ignored)
 
 
-def _walk(folder: Path, files: dict, missing: dict, ignored: dict) -> bool:
-    """Add a folder's files to `files` (photos) or `ignored` (no photo), and what cannot be read to `missing`; False
-    when it holds nothing at all."""
+def _walk(folder: Path, files: dict, missing: dict, ignored: dict) -> tuple[int, int]:
+    """Add a folder's files to `files` (photos) or `ignored` (no photo), and what cannot be read to `missing`; how
+    many photos and how many unreadable entries it holds."""
     from casting_inspection.data.images import walk_files
 
     found, problems = walk_files(folder)
-    for path in found:
-        _sort(path, files, ignored)
     for name, reason in problems:
         missing.setdefault(name, reason)
-    return bool(found or problems)
+    return sum(_sort(path, files, ignored) for path in found), len(problems)
 
 
-def _sort(path: Path, files: dict, ignored: dict) -> None:
+def _sort(path: Path, files: dict, ignored: dict) -> bool:
+    """File `path` as a photo to decide or as no photo; True for a photo."""
     from casting_inspection.data.images import looks_like_photo
 
-    files.setdefault(path, None) if looks_like_photo(path) else ignored.setdefault(str(path), None)
+    photo = looks_like_photo(path)
+    files.setdefault(path, None) if photo else ignored.setdefault(str(path), None)
+    return photo
+
+
+def _ignored_note(folder: Path, ignored: dict) -> str:
+    inside = sum(Path(name).is_relative_to(folder) for name in ignored)
+    return f" ({inside} file{'s' if inside != 1 else ''} in it ignored)" if inside else ""
 
 
 def _lexists(path: Path) -> bool:
