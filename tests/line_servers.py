@@ -58,18 +58,23 @@ class Mosquitto:
 
 
 class Subscriber:
-    """An MES: a persistent MQTT session (it gets what was published while it reconnected), messages by topic."""
+    """An MES: a persistent MQTT session (it gets what was published while it reconnected), messages by topic. It is
+    subscribed when made: a broker keeps nothing for a session it has not seen yet."""
 
     def __init__(self, port: int, topic: str):
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, dict]] = []
+        subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"mes-{port}", clean_session=False)
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, codes, p: subscribed.set()
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, json.loads(m.payload)))
         self.client.connect_async("127.0.0.1", port)
         self.client.loop_start()
+        if not subscribed.wait(30):
+            raise TimeoutError(f"the MES could not subscribe to {topic} on 127.0.0.1:{port} within 30 s")
 
     def parts(self) -> dict[int, dict]:
         return {m["part"]: m for topic, m in self.messages if topic.endswith("/parts")}
