@@ -3,6 +3,10 @@
 its AUROC, how often its map peaks on the defect, and its cost per photo. The held-out kind is printed apart and
 never ranks a setting (the rank is the mean share decided ok over `anomaly.painted.kinds`). Test photos are not read.
 
+Line changes are not defects: each validation good part is also re-taken from its original photo under every
+change and strength of params.yaml's robustness section (as the retake stage re-takes the test split), and each
+setting prints, per change, the share of those good parts it rejects and the share it rejects only after the change.
+
 Usage: PYTHONPATH=src python bench/choose_anomaly.py [--settings 2,4@128 '{"flaws": {"tune": [4]}}' ...]
 (after `dvc repro paint`). A PatchCore setting is TAPS@INPUT_SIZE[/CORESET[/PATCHES]]: EfficientNet-Lite0 blocks
 tapped, the side the photo is resized to, the bank size, the good patches drawn before the coreset. A setting in
@@ -25,9 +29,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from casting_inspection.core.params import load_section
-from casting_inspection.data.dataset import load_split
+from casting_inspection.data.dataset import load_preprocessing, load_split
 from casting_inspection.evaluation.anomaly import fit_flaws, fit_patchcore, peak_on_defect
 from casting_inspection.evaluation.painted_set import load_painted
+from casting_inspection.evaluation.retake import render
+from casting_inspection.evaluation.retaken_set import CHANGES, settings
 from casting_inspection.modeling.patchcore import anomaly_scores
 
 
@@ -63,11 +69,30 @@ def _model(params, model) -> str:
     return f"patchcore: {params.patches:,} → {len(model.bank):,} patches"
 
 
+def retaken_val_good(prepared: Path, raw: Path, paths: list[str]) -> tuple[list[tuple[str, float]], np.ndarray]:
+    """The validation good photos re-taken under robustness's changes (settings, images, C, H, W)."""
+    robustness, preprocessing = load_section("robustness"), load_preprocessing(prepared)
+    chosen = settings({change: getattr(robustness, change) for change in CHANGES})
+    size, mode = preprocessing["image_size"], preprocessing["color_mode"]
+    return chosen, render(raw, paths, chosen, robustness.seed, size, mode, robustness.workers)
+
+
+def line_changes(model, params, chosen, renders: np.ndarray, clean: np.ndarray, threshold: float) -> str:
+    """Per change: good parts rejected when re-taken, and those rejected only after the change."""
+    kept, cells = clean < threshold, []
+    for (change, strength), images in zip(chosen, renders):
+        scores, _ = anomaly_scores(model, torch.from_numpy(np.array(images)), params.batch_size)
+        rejected = scores >= threshold
+        cells.append(f"{change} {strength:g}: {rejected.mean():.1%} ({np.mean(rejected[kept]):.1%} new)")
+    return "line changes, validation good parts rejected (only after the change): " + "; ".join(cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", default=["{}", "2,4@128", "1,2,4@128"])
     parser.add_argument("--data", type=Path, default=Path("data/prepared"))
     parser.add_argument("--painted", type=Path, default=Path("data/painted"))
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="the original photos, for the line changes")
     args = parser.parse_args()
     base = load_section("anomaly")
     train, val = load_split(args.data, "train"), load_split(args.data, "val")
@@ -75,6 +100,7 @@ def main() -> None:
     painted_set = load_painted(args.painted)
     kinds = [*painted_set.kinds, painted_set.held_out]
     painted = {kind: (painted_set.images[kind], painted_set.index.centres[kind]) for kind in kinds}
+    chosen, renders = retaken_val_good(args.data, args.raw, [p for p, g in zip(val.paths, good.tolist()) if g])
     header = ["setting", "model", "ms/photo", *kinds[:-1], f"{kinds[-1]} (held out)", "mean (chosen kinds)"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), flush=True)
     for setting in args.settings:
@@ -98,6 +124,7 @@ def main() -> None:
             f"| {setting} | {_model(params, model)} | {ms:.1f} | " + " | ".join(cells) + f" | {mean:.0%} |",
             flush=True,
         )
+        print(line_changes(model, params, chosen, renders, clean, threshold), flush=True)
 
 
 if __name__ == "__main__":

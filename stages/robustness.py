@@ -26,6 +26,9 @@ def main() -> None:
     parser.add_argument(
         "--departures", type=Path, required=True, help="its scores of the re-taken good parts (retaken_departures stage)"
     )
+    parser.add_argument(
+        "--test-departures", type=Path, required=True, help="its scores of the test photos as taken (departures stage)"
+    )
     args = parser.parse_args()
     params = load_section("robustness")
     report = evaluate_robustness(
@@ -34,6 +37,7 @@ def main() -> None:
         prepared_dir=args.data,
         retaken_dir=args.retaken,
         departures_path=args.departures,
+        test_departures_path=args.test_departures,
         drift_reference_path=args.drift_reference,
         out_path=args.metrics,
     )

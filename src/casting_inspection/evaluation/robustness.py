@@ -64,6 +64,15 @@ def predict_renderings(predict, renders: np.ndarray) -> np.ndarray:
     return np.stack([predict(torch.from_numpy(r)) for r in renders])
 
 
+def _retaken(params: RobustnessParams, retaken_dir: Path, paths: list[str], preprocessing: dict):
+    """The retake stage's (change, strength) settings and renderings, refused when made for other settings."""
+    made_for = {"seed": params.seed, "image_size": preprocessing["image_size"], "color_mode": preprocessing["color_mode"]}
+    chosen, renders = load_retaken(retaken_dir, paths, made_for)
+    if chosen != settings({change: getattr(params, change) for change in CHANGES}):
+        raise InspectionError(f"{retaken_dir} holds other changes than params.yaml's robustness section: run `dvc repro retake`")
+    return chosen, renders
+
+
 def evaluate_robustness(
     params: RobustnessParams,
     model_files: ModelFiles,
@@ -71,11 +80,13 @@ def evaluate_robustness(
     prepared_dir: Path,
     retaken_dir: Path,
     departures_path: Path,
+    test_departures_path: Path,
     drift_reference_path: Path,
     out_path: Path,
 ) -> dict:
     """The test photos re-taken under every change and strength (the retake stage), decided at the shipped operating
-    point, with the share of each rendering the input-drift check would flag."""
+    point, with the share of each rendering the input-drift check would flag and the good parts the model of good
+    parts rejects: all of them, and those it accepts as taken (what the change alone costs)."""
     checkpoint_path, operating_point_path, guard_path = model_files.checkpoint, model_files.operating_point, model_files.guard
     batch_size = params.batch_size
     device = select_device("auto")
@@ -87,11 +98,7 @@ def evaluate_robustness(
     def predict(images: torch.Tensor) -> np.ndarray:
         return sigmoid(predict_logits(model, images, batch_size, device).double().numpy() / temperature)
 
-    preprocessing = checkpoint["preprocessing"]
-    made_for = {"seed": params.seed, "image_size": preprocessing["image_size"], "color_mode": preprocessing["color_mode"]}
-    chosen, renders = load_retaken(retaken_dir, test.paths, made_for)
-    if chosen != settings({change: getattr(params, change) for change in CHANGES}):
-        raise InspectionError(f"{retaken_dir} holds other changes than params.yaml's robustness section: run `dvc repro retake`")
+    chosen, renders = _retaken(params, retaken_dir, test.paths, checkpoint["preprocessing"])
     labels = test.labels.numpy().astype(int)
     rules, tensors = operating_point["guard"], load_guard(guard_path)
     good = labels == 0
@@ -102,6 +109,8 @@ def evaluate_robustness(
         return sigmoid(logits.double().numpy() / temperature), kept
 
     scores = load_departures(departures_path, model_files.anomaly)
+    as_taken = departures_of(load_departures(test_departures_path, model_files.anomaly), "test", test.images)[good]
+    accepted = as_taken < anomaly_threshold
 
     def good_scores(setting: tuple[str, float], images: np.ndarray, decided_by: np.ndarray) -> np.ndarray:
         if not has_classifier(checkpoint):  # the model of good parts decided them already: its score is the probability
@@ -116,15 +125,26 @@ def evaluate_robustness(
         cell = report[change][f"{strength:g}"]
         cell["drift_flagged"] = round(drift.share_flagged(drift.image_statistics(images), reference), 4)
         cell["not_a_part"] = round(float(1 - kept.mean()), 4)  # parts the guard flagged: a false alarm each
-        cell["anomaly_rejected_good"] = round(
-            float(np.mean(good_scores((change, strength), images, decided_by) >= anomaly_threshold)), 4
-        )
+        rejected = good_scores((change, strength), images, decided_by) >= anomaly_threshold
+        cell["anomaly_rejected_good"] = round(float(np.mean(rejected)), 4)
+        cell["anomaly_rejected_by_change"] = round(float(np.mean(rejected[accepted])), 4) if accepted.any() else None
     write_json(out_path, report)
     return report
 
 
 def format_robustness(robustness: dict) -> str:
-    header = ("change", "strength", "accuracy", "missed", "false rej", "flipped", "drift flag", "not a part", "anomalous")
+    header = (
+        "change",
+        "strength",
+        "accuracy",
+        "missed",
+        "false rej",
+        "flipped",
+        "drift flag",
+        "not a part",
+        "anomalous",
+        "by change",
+    )
     lines = [f"{header[0]:<12}" + "".join(f"{h:>11}" for h in header[1:])]
 
     def pct(value, digits: int) -> str:  # None: every part of that rendering was flagged, none decided
@@ -142,6 +162,7 @@ def format_robustness(robustness: dict) -> str:
                 pct(cell.get("drift_flagged"), 0),
                 pct(cell.get("not_a_part"), 1),
                 pct(cell.get("anomaly_rejected_good"), 1),
+                pct(cell.get("anomaly_rejected_by_change"), 1),
             )
             lines.append(f"{change:<12}{strength:>11}" + "".join(f"{str(v):>11}" for v in values))
     worst = robustness["worst"]
