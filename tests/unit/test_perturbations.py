@@ -14,7 +14,7 @@ from casting_inspection.data.background import background_level
 from casting_inspection.evaluation.perturbations import perturb, rng_for
 from casting_inspection.evaluation.retake import render
 from casting_inspection.evaluation.retaken_set import CHANGES, settings
-from casting_inspection.evaluation.robustness import robustness_metrics
+from casting_inspection.evaluation.robustness import good_rejected, robustness_metrics
 from casting_inspection.modeling.augmentation import augmentation_from
 from helpers import PROJECT, jpeg_bytes, part_image
 
@@ -134,3 +134,14 @@ def test_renderings_from_other_photos_or_settings_are_refused_with_what_to_run(t
     np.save(tmp_path / RENDERS, np.zeros((1, 3, 1, 8, 8), np.uint8))  # fewer settings than the index names
     with pytest.raises(InspectionError, match="run `dvc repro retake`"):
         load_retaken(tmp_path, ["a", "b", "c"], made)
+
+
+def test_a_line_change_is_charged_only_for_the_good_parts_accepted_as_taken():
+    threshold = 0.5
+    as_taken = np.array([0.9, 0.1, 0.2, 0.3])  # the first is rejected on any photo of it
+    retaken = np.array([0.95, 0.6, 0.1, 0.2])
+    assert good_rejected(retaken, as_taken, threshold) == {
+        "anomaly_rejected_good": 0.5,  # 2 of 4
+        "anomaly_rejected_by_change": round(1 / 3, 4),  # of the 3 accepted as taken, 1 rejected re-taken
+    }
+    assert good_rejected(retaken, np.ones(4), threshold)["anomaly_rejected_by_change"] is None  # none accepted

@@ -59,6 +59,16 @@ def robustness_metrics(
     return report
 
 
+def good_rejected(retaken: np.ndarray, as_taken: np.ndarray, threshold: float) -> dict:
+    """Good parts the model of good parts rejects re-taken: all of them, and those it accepts as taken (what the
+    change alone costs; None when it accepts none of them)."""
+    rejected, accepted = retaken >= threshold, as_taken < threshold
+    return {
+        "anomaly_rejected_good": round(float(np.mean(rejected)), 4),
+        "anomaly_rejected_by_change": round(float(np.mean(rejected[accepted])), 4) if accepted.any() else None,
+    }
+
+
 def predict_renderings(predict, renders: np.ndarray) -> np.ndarray:
     """Run `predict` (uint8 tensor -> probabilities) over each setting's images."""
     return np.stack([predict(torch.from_numpy(r)) for r in renders])
@@ -110,7 +120,6 @@ def evaluate_robustness(
 
     scores = load_departures(departures_path, model_files.anomaly)
     as_taken = departures_of(load_departures(test_departures_path, model_files.anomaly), "test", test.images)[good]
-    accepted = as_taken < anomaly_threshold
 
     def good_scores(setting: tuple[str, float], images: np.ndarray, decided_by: np.ndarray) -> np.ndarray:
         if not has_classifier(checkpoint):  # the model of good parts decided them already: its score is the probability
@@ -125,9 +134,7 @@ def evaluate_robustness(
         cell = report[change][f"{strength:g}"]
         cell["drift_flagged"] = round(drift.share_flagged(drift.image_statistics(images), reference), 4)
         cell["not_a_part"] = round(float(1 - kept.mean()), 4)  # parts the guard flagged: a false alarm each
-        rejected = good_scores((change, strength), images, decided_by) >= anomaly_threshold
-        cell["anomaly_rejected_good"] = round(float(np.mean(rejected)), 4)
-        cell["anomaly_rejected_by_change"] = round(float(np.mean(rejected[accepted])), 4) if accepted.any() else None
+        cell.update(good_rejected(good_scores((change, strength), images, decided_by), as_taken, anomaly_threshold))
     write_json(out_path, report)
     return report
 
