@@ -37,10 +37,10 @@ class ImageSpec:
     max_file_bytes: int
 
 
-def walk_files(folder: Path, suffixes: set[str] | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Every regular file under `folder` whose suffix is in `suffixes` (all, when None), sorted, links to files
-    included; and every entry that looks like one but cannot be decided, with why (an unreadable folder, a
-    pipe, a socket, a broken link): nothing under the folder is passed over without a word."""
+def walk_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Every regular file under `folder` whatever its name (a camera's photo may have any suffix or none), sorted,
+    links to files included; and every entry that looks like one but cannot be decided, with why (an unreadable
+    folder, a pipe, a socket, a broken link): nothing under the folder is passed over without a word."""
     files, problems = [], []
 
     def unreadable(exc: OSError) -> None:
@@ -52,9 +52,8 @@ def walk_files(folder: Path, suffixes: set[str] | None = None) -> tuple[list[Pat
             problems.append((str(Path(root) / name), "a link to a folder, not followed: give the folder itself"))
         for name in names:
             path = Path(root) / name
-            if suffixes is None or path.suffix.lower() in suffixes:
-                reason = entry_problem(path)
-                files.append(path) if reason is None else problems.append((str(path), reason))
+            reason = entry_problem(path)
+            files.append(path) if reason is None else problems.append((str(path), reason))
     return sorted(files), sorted(problems)
 
 
