@@ -138,7 +138,7 @@ def test_renderings_from_other_photos_or_settings_are_refused_with_what_to_run(t
 
 def test_a_line_change_is_charged_only_for_the_good_parts_accepted_as_taken():
     threshold = 0.5
-    as_taken = np.array([0.9, 0.1, 0.2, 0.3])  # the first is rejected on any photo of it
+    as_taken = np.array([0.9, 0.1, 0.2, 0.3])  # the first is already rejected as taken
     retaken = np.array([0.95, 0.6, 0.1, 0.2])
     assert good_rejected(retaken, as_taken, threshold) == {
         "anomaly_rejected_good": 0.5,  # 2 of 4

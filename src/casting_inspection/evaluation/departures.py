@@ -3,7 +3,8 @@ those photos change, never when only the classifier does. An experiment on train
 test and painted photos was half of evaluate's time, and the re-taken good parts nearly all of robustness's.
 
 Two stages, so that each re-runs only for what it reads: `departures` scores the photos evaluate judges (validation,
-test with its maps, each painted kind), `retaken_departures` the re-taken good test parts robustness judges. Each
+test with its maps, each painted kind; robustness reads the test scores as taken), `retaken_departures` the re-taken
+good test parts robustness judges. Each
 score is `modeling.patchcore.anomaly_scores`'s, in the same batches: the same bytes as scoring in place. The files'
 layout, and the fingerprints that tie them to the model and the photos, are departures_set.py's.
 """

@@ -267,10 +267,10 @@ def _robustness(robustness: dict, export: dict) -> str:
 <p>The test photos re-taken under one camera or lighting change at a time. Flipped = decisions that differ from the
 unchanged photo's (an attribute gauge R&amp;R view); drift flagged = share the input-drift check would warn about;
 good rejected as anomalous = good parts whose score reaches the model of good parts' threshold (scrapped, or sent to a
-person inside its review band; a line change is not a defect); of them by the change = those among the good parts it
-accepts as taken: what the change alone costs.
+person inside its review band; a line change is not a defect); rejected only after the change = the same share among
+the good parts it accepts as taken: what the change alone costs.
 Worst: {_pct(robustness["worst"]["accuracy"])} under {html.escape(robustness["worst"]["change"])}.</p>
-{_table(["change", "strength", "accuracy", "missed defects", "false rejects", "flipped", "drift flagged", "good rejected as anomalous", "of them by the change"], rows)}"""
+{_table(["change", "strength", "accuracy", "missed defects", "false rejects", "flipped", "drift flagged", "good rejected as anomalous", "rejected only after the change"], rows)}"""
 
 
 def _not_a_part(test: dict, robustness: dict) -> str:
