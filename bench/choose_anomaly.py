@@ -34,6 +34,7 @@ from casting_inspection.evaluation.anomaly import fit_flaws, fit_patchcore, peak
 from casting_inspection.evaluation.painted_set import load_painted
 from casting_inspection.evaluation.retake import render
 from casting_inspection.evaluation.retaken_set import CHANGES, settings
+from casting_inspection.evaluation.robustness import good_rejected
 from casting_inspection.modeling.patchcore import anomaly_scores
 
 
@@ -79,11 +80,13 @@ def retaken_val_good(prepared: Path, raw: Path, paths: list[str]) -> tuple[list[
 
 def line_changes(model, params, chosen, renders: np.ndarray, clean: np.ndarray, threshold: float) -> str:
     """Per change: good parts rejected when re-taken, and those rejected only after the change."""
-    kept, cells = clean < threshold, []
+    cells = []
     for (change, strength), images in zip(chosen, renders):
         scores, _ = anomaly_scores(model, torch.from_numpy(np.array(images)), params.batch_size)
-        rejected = scores >= threshold
-        cells.append(f"{change} {strength:g}: {rejected.mean():.1%} ({np.mean(rejected[kept]):.1%} new)")
+        shares = good_rejected(scores, clean, threshold)  # the robustness stage's rule
+        cells.append(
+            f"{change} {strength:g}: {shares['anomaly_rejected_good']:.1%} ({shares['anomaly_rejected_by_change']:.1%} new)"
+        )
     return "line changes, validation good parts rejected (only after the change): " + "; ".join(cells)
 
 
