@@ -93,6 +93,8 @@ def test_repro_then_noop_then_experiment(reproduced_project, kaggle_zip, tmp_pat
     assert [o.name for o in model.graph.output] == ["defect_probability", "novelty", "anomaly", "anomaly_map"]
     anomaly = json.loads((repo / "metrics/anomaly.json").read_text())
     assert set(anomaly["painted"]) == {"hole", "crack", "scratch", "chip"} and anomaly["held_out"]["kind"] == "blob"
+    pointed = [cell["map_peak_on_defect_rejected"] for cell in [*anomaly["painted"].values(), anomaly["held_out"]]]
+    assert all(share is None or 0 <= share <= 1 for share in pointed)  # None: the model rejected none of that kind
     assert operating_point["anomaly_threshold"] == pytest.approx(anomaly["threshold"]) == test["anomaly"]["threshold"]
     assert export["onnx_anomaly_flips"] == export["onnx_outcome_flips"] == 0  # every threshold and band at once
     assert 0 <= export["int8"]["outcome_flips"] <= export["images_checked"]

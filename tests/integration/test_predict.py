@@ -392,6 +392,32 @@ def test_maps_are_written_over_each_decided_photo(exported_model, tmp_path):
     assert redness(red("blot.anomaly.png"))[max(y - 12, 0) : y + 12, max(x - 12, 0) : x + 12].max() > 60
 
 
+@pytest.mark.parametrize("key, value", [("review_band", '["low", "high"]'), ("review_band", '{"low": 0.1}'), ("guard", "[1, 2]")])
+def test_metadata_of_the_wrong_kind_is_refused_in_one_line(exported_model, tmp_path, key, value):
+    """A hand-edited or foreign file: a station retries it and says why, and never stops on a traceback."""
+    import onnx
+
+    model = onnx.load(str(exported_model["onnx"]))
+    next(prop for prop in model.metadata_props if prop.key == key).value = value
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    with pytest.raises(InspectionError, match="unreadable metadata"):
+        Inspector(tmp_path / "model.onnx")
+
+
+def test_a_graph_whose_first_output_is_not_the_defect_probability_is_refused(exported_model, tmp_path):
+    """The first output is read as the probability: a graph that puts another number (a logit, a score) first would
+    decide on it."""
+    import onnx
+
+    model = onnx.load(str(exported_model["onnx"]))
+    outputs = list(model.graph.output)
+    del model.graph.output[:]
+    model.graph.output.extend([outputs[1], outputs[0], *outputs[2:]])
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    with pytest.raises(InspectionError, match=f"first output is {outputs[1].name}, not defect_probability"):
+        Inspector(tmp_path / "model.onnx")
+
+
 @pytest.mark.parametrize("threshold", [None, "55", True], ids=["missing", "text", "bool"])
 def test_a_graph_that_scores_departures_needs_a_numeric_anomaly_threshold(exported_model, tmp_path, threshold):
     """A model whose metadata lost its anomaly threshold would let every departure through: it is refused, in one line."""

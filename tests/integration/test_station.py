@@ -314,6 +314,29 @@ def test_the_plcs_trigger_decides_the_next_frame_and_nothing_else(exported_model
         assert cv2.imread(destination).shape == (192, 320, 3)  # the whole frame: the camera is framed on the part
 
 
+def test_a_trigger_no_frame_answers_after_its_delay_is_a_part_signalled_ng(exported_model, video, tmp_path):
+    """--trigger-delay longer than the video: no frame read is late enough, so the part is never decided on an earlier
+    frame; it is still a part, signalled NG when the video ends."""
+    args = [str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime",
+            "--trigger", "plc", "--trigger-delay", "59"]  # fmt: skip
+    modbus = free_port()
+    station = subprocess.Popen([*CLI, *args, "--modbus", f"127.0.0.1:{modbus}"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    plc = Plc(modbus)
+    plc.start()
+    try:
+        wait_until(lambda: plc.statuses and plc.statuses[-1][0] & 1, 60)  # ready
+        plc.trigger()
+        stdout, stderr = station.communicate(timeout=120)
+    finally:
+        station.kill()
+        plc.stop()
+    assert station.returncode == 3, stderr  # a part left undecided
+    assert part_lines(stdout) == {1: ("NG", "not_a_part")}
+    assert [(n, code) for n, code, _ in plc.results] == [(1, RESULT_CODES["not_a_part"])]
+    assert ["trigger came" in reason for _, _, reason, _ in logged(tmp_path / "out")] == [True]
+
+
 def test_a_video_cut_short_says_so_and_exits_3(exported_model, video, tmp_path):
     cut = tmp_path / "cut.avi"
     cut.write_bytes(video.read_bytes()[: video.stat().st_size * 2 // 3])  # a copy that stopped two thirds in

@@ -67,6 +67,17 @@ def test_a_part_without_a_probability_is_signalled_and_the_link_goes_on(link):
     assert registers[0] & 4 and registers[4] == 100  # OK, probability 0.01
 
 
+def test_once_acknowledged_no_result_is_left_to_be_read_as_ok(link):
+    output, client = link
+    output.post(part(1, "ok", 0.01))
+    registers = settle(client, lambda r: r[0] & 2)
+    assert registers[0] & 4 and registers[2] == 1 and registers[4] == 100  # OK, shown
+    client.write_register(10, 2, device_id=1)
+    registers = settle(client, lambda r: not r[0] & 2 and r[4] == 0xFFFF)
+    assert registers[2] == 0 and not registers[0] & 4  # no result code, no OK bit: a PLC reading late sees nothing
+    assert registers[1] == 1  # the last part's number stays, to match the log
+
+
 def test_an_acknowledge_never_released_stops_the_line(link):
     output, client = link
     output.post(part(1, "defective", 0.99))

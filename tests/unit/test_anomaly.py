@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.data.images import preprocess
-from casting_inspection.evaluation.anomaly import peak_on_defect
+from casting_inspection.evaluation.anomaly import painted_figures, peak_on_defect
 from casting_inspection.evaluation.departures import score_departures
 from casting_inspection.evaluation.departures_set import departures_of, load_departures, retaken_key
 from casting_inspection.evaluation.painted import KINDS, paint, painted_photos, part_disc, rng_for
@@ -85,6 +85,18 @@ def test_a_painted_defect_scores_above_good_parts_and_the_map_points_at_it(fitte
     scores, maps = anomaly_scores(fitted, painted, 8)
     assert np.median(scores) > np.max(clean_scores)
     assert peak_on_defect(maps, centres, 0.1).mean() >= 0.75
+
+
+def test_where_the_map_points_is_counted_on_every_painted_part_and_on_those_rejected():
+    clean = np.array([0.1, 0.2, 0.3, 0.4])
+    scores = np.array([0.9, 0.8, 0.2, 0.1])  # two rejected at 0.5, two passed as good
+    on_defect = np.array([True, False, True, True])
+    figures = painted_figures(scores, clean, 0.5, on_defect)
+    assert figures["decided_ok"] == 0.5
+    assert figures["map_peak_on_defect"] == 0.75
+    assert figures["map_peak_on_defect_rejected"] == 0.5  # the passed parts' maps do not count here
+    assert figures["auroc"] == 0.625  # 10 of 16 pairs ordered, ties counting half
+    assert painted_figures(scores, clean, 0.95, on_defect)["map_peak_on_defect_rejected"] is None  # none rejected
 
 
 def test_each_painted_defect_carries_the_largest_change_it_makes_in_the_prepared_photo(tmp_path):

@@ -40,7 +40,17 @@ def test_a_rule_that_cannot_decide_safely_says_why(rule):
 def test_a_model_that_gives_no_number_never_ships_a_part():
     rule = DecisionRule(0.5, (0.3, 0.7), 10.0)
     assert rule.decide(math.nan) == "not_a_part"
-    assert rule.decide_all([math.nan], [None], None) == [("not_a_part", "the model gave no defect probability (nan)")]
+    no_probability = "the model gave no defect probability between 0 and 1 (nan)"
+    assert rule.decide_all([math.nan], [None], None) == [("not_a_part", no_probability)]
+
+
+@pytest.mark.parametrize("probability, anomaly", [(-5.0, 0.1), (1.5, 0.1), (0.01, -1.0), (0.01, math.inf)])
+def test_a_number_out_of_its_range_is_a_fault_never_a_pass(probability, anomaly):
+    """A graph whose first output is a logit, or a score below zero, would otherwise ship the part."""
+    rule = DecisionRule(0.5, None, None, anomaly_threshold=0.8)
+    ((decision, flag),) = rule.decide_all([probability], [None], None, [anomaly])
+    assert decision == "not_a_part" and flag.startswith("the model")
+    assert rule.decide(probability, None, anomaly) == "not_a_part"
 
 
 def test_a_sound_rule_has_no_problem_and_no_flag_below_the_limit():

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 OK, DEFECTIVE, REVIEW, NOT_A_PART = "ok", "defective", "review", "not_a_part"
 DECISIONS = (OK, DEFECTIVE, REVIEW, NOT_A_PART)
+PROBABILITY_OUTPUT = "defect_probability"  # the exported graph's first output: the number this rule reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +61,10 @@ class DecisionRule:
         """One part: a flagged photo is not a part; an anomalous one defective (review inside the anomaly band when
         only the model of good parts rejects it); else review inside the band, else
         the threshold decides."""
-        if flag or not math.isfinite(probability):  # a model that gives no number cannot ship a part
+        if flag or not usable_probability(probability):  # a model that gives no probability cannot ship a part
             return NOT_A_PART
         if self.anomaly_threshold is not None:
-            if anomaly is None or not math.isfinite(anomaly):
+            if not usable_anomaly(anomaly):
                 return NOT_A_PART
             if anomaly >= self.anomaly_threshold:
                 only_anomaly = probability < self.threshold and self.anomaly_review is not None
@@ -85,10 +86,10 @@ class DecisionRule:
         out = []
         for p, photo_flag, score, departure in zip(probabilities, photo_flags, scores, anomalies):
             flag = photo_flag or self.novelty_flag(score)
-            if not flag and not math.isfinite(float(p)):
-                flag = f"the model gave no defect probability ({p})"
-            if not flag and self.anomaly_threshold is not None and (departure is None or not math.isfinite(departure)):
-                flag = f"the model of good parts gave no anomaly score ({departure})"
+            if not flag and not usable_probability(float(p)):
+                flag = f"the model gave no defect probability between 0 and 1 ({p})"
+            if not flag and self.anomaly_threshold is not None and not usable_anomaly(departure):
+                flag = f"the model of good parts gave no anomaly score of 0 or more ({departure})"
             out.append((self.decide(float(p), flag, departure), flag))
         return out
 
@@ -103,6 +104,16 @@ class DecisionRule:
     def anomalous(self, anomaly: float | None) -> bool:
         """Whether the model of good parts alone rejects the part."""
         return self.anomaly_threshold is not None and anomaly is not None and anomaly >= self.anomaly_threshold
+
+
+def usable_probability(probability: float) -> bool:
+    """A probability between 0 and 1 (NaN is not): anything else is a model or graph fault, never a pass."""
+    return 0.0 <= probability <= 1.0
+
+
+def usable_anomaly(anomaly: float | None) -> bool:
+    """A finite score of 0 or more (a flaw probability, or PatchCore's distance): anything else is a fault."""
+    return anomaly is not None and math.isfinite(anomaly) and anomaly >= 0.0
 
 
 def novelty_flag(score: float | None, limit: float | None) -> str | None:

@@ -303,6 +303,7 @@ def _anomaly(anomaly: dict, painted: dict, test: dict, plots_dir: Path) -> str:
             _pct(cell["decided_ok"], 1),
             f"{cell['auroc']:.3f}",
             _pct(cell["map_peak_on_defect"], 0),
+            _pct(cell.get("map_peak_on_defect_rejected"), 0),
             _pct(shipped[kind]["ok"], 1),
             _pct(shipped[kind]["review"] + shipped[kind]["not_a_part"], 1),
         ]
@@ -314,9 +315,9 @@ def _anomaly(anomaly: dict, painted: dict, test: dict, plots_dir: Path) -> str:
 <p>Fitted on the train split's good photos only, it flags whatever departs from every good part seen, at a threshold
 that rejects {_pct(anomaly["val_good_rejected"], 1)} of validation good parts. A part is <b>defective</b> when it or the
 classifier says so{_anomaly_review(alone.get("review_top"))}. Defects painted on {anomaly["painted_photos_per_kind"]} validation good parts, each kind alone,
-decided by the anomaly model alone ("map on defect": its highest patch lies on the defect) and by the shipped decision
-(shipped: decided <b>ok</b>; to a person: review or not a part):</p>
-{_table(["kind", "anomaly model: ok", "AUROC", "map on defect", "shipped decision: ok", "to a person"], rows)}
+decided by the anomaly model alone ("map on defect": its highest patch lies on the defect, on every painted part and on
+those it rejects) and by the shipped decision (shipped: decided <b>ok</b>; to a person: review or not a part):</p>
+{_table(["kind", "anomaly model: ok", "AUROC", "map on defect", "map on defect, rejected", "shipped decision: ok", "to a person"], rows)}
 <p>What contrast gets through: the share of painted defects the shipped decision ships <b>ok</b> (of how many; at most:
 its 95 % upper bound), by the largest change of grey level a defect makes in the network's input. A flaw painted dark
 on a dark vane may change almost nothing.</p>

@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from casting_inspection.core.decision import DecisionRule
+from casting_inspection.core.decision import PROBABILITY_OUTPUT, DecisionRule
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path, write_json
 from casting_inspection.core.params import ExportParams, Int8Params
@@ -25,7 +25,7 @@ from casting_inspection.modeling.inspector import load_inspector
 from casting_inspection.modeling.networks import ProbabilityNet, count_parameters
 
 INPUT_NAME = "image"
-OUTPUT_NAME = "defect_probability"
+OUTPUT_NAME = PROBABILITY_OUTPUT
 NOVELTY_NAME = "novelty"  # the not-a-part guard's squared Mahalanobis distance (evaluation.guard)
 ANOMALY_NAME = "anomaly"  # the model of good parts' score: its map's worst patch on the part
 ANOMALY_MAP_NAME = "anomaly_map"  # (N, h, w): each patch's departure from a good part (a flaw probability, or a distance)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from casting_inspection.core.decision import REVIEW, DecisionRule
+from casting_inspection.core.decision import PROBABILITY_OUTPUT, REVIEW, DecisionRule
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.data.images import BadImage, ImageSpec, load_image
 from casting_inspection.data.plausibility import implausible, photo_statistics, rules_problem
@@ -79,17 +79,17 @@ class Inspector:
             anomaly_threshold = _threshold(json.loads(metadata.get("anomaly_threshold", "null")), "anomaly_threshold")
             anomaly_review = _threshold(json.loads(metadata.get("anomaly_review", "null")), "anomaly_review")
             self.classifier = json.loads(metadata.get("classifier", "true")) is not False
+            self.review_band = tuple(float(v) for v in band) if band else None
+            novelty = self.guard.get("novelty_threshold")
+            self.rule = DecisionRule(self.threshold, self.review_band, novelty, anomaly_threshold, anomaly_review)
+            self.outputs = [output.name for output in self.session.get_outputs()]
+            problem = self._problem()
         except KeyError as exc:
             raise InspectionError(
                 f"{model_path}: metadata lacks {exc}; export it again with this version (dvc repro export)"
             ) from None
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:  # a value of the wrong kind (a band of words, a guard list)
             raise InspectionError(f"{model_path}: unreadable metadata ({exc}); export it again (dvc repro export)") from None
-        self.review_band = tuple(float(v) for v in band) if band else None
-        novelty = self.guard.get("novelty_threshold")
-        self.rule = DecisionRule(self.threshold, self.review_band, novelty, anomaly_threshold, anomaly_review)
-        self.outputs = [output.name for output in self.session.get_outputs()]
-        problem = self._problem()
         if problem:
             raise InspectionError(f"{model_path}: cannot decide safely: {problem}; export it again (dvc repro export)")
         self.metadata = dict(metadata)
@@ -100,6 +100,8 @@ class Inspector:
     def _problem(self) -> str | None:
         """Why this model's rule, guard and graph could not decide safely together, or None."""
         rule, outputs = self.rule, self.outputs
+        if not outputs or outputs[0] != PROBABILITY_OUTPUT:  # the first output is read as the defect probability
+            return f"the graph's first output is {outputs[0] if outputs else 'missing'}, not {PROBABILITY_OUTPUT}"
         checks = rules_problem(self.guard)  # first: the rule below compares with these numbers
         if checks:
             return checks

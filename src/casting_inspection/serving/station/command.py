@@ -50,6 +50,11 @@ def add_station(commands, common) -> None:
     sub.add_argument("--trigger", choices=["software", "plc"], default="software",
                      help="software: find each part in the frames (default); plc: decide the frame after each Modbus trigger")  # fmt: skip
     sub.add_argument(
+        "--trigger-delay", type=float, default=0.0, metavar="SECONDS",
+        help="--trigger plc: answer an edge with the first frame read at least this long after it, so a camera or stream "
+        "that delivers frames late never answers with one exposed before the edge (default: 0)",
+    )  # fmt: skip
+    sub.add_argument(
         "--stall", type=float, default=2.0, help="seconds without a frame before the station is not ready (default: 2)"
     )
     sub.add_argument(
@@ -110,7 +115,7 @@ def run_station(args: argparse.Namespace) -> int:
         difference=args.difference, min_area=args.min_area, centre=args.centre, motion=args.motion, margin=args.margin
     )
     settings = StationSettings(args.source, args.out, args.model, args.name, trigger, args.trigger == "plc", args.stall,
-                               args.realtime, args.log_wait, args.window, args.threads)  # fmt: skip
+                               args.realtime, args.log_wait, args.window, args.threads, args.trigger_delay)  # fmt: skip
     metrics = StationMetrics(*(args.metrics or ("127.0.0.1", None)), window=args.window)
     try:
         outputs = _outputs(args)

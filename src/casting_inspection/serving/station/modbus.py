@@ -152,7 +152,8 @@ class ModbusOutput:
         if self.pending is not None and control & ACKNOWLEDGE and c["low"] and not c["release"]:
             self.pending, c["release"], c["released"] = None, True, now
             self.acknowledged += 1
-            self.state.update(valid=False, bits=0, fault=0)
+            self.state.update(valid=False, bits=0, fault=0, code=0)  # 0: no result, so none is left to be read as ok
+            self._write(PROBABILITY, [0xFFFF, 0])
         waited = now - (c["released"] if c["release"] else c["posted"])
         if (self.pending is not None or c["release"]) and waited > self.ack_timeout and not self.state["fault"]:
             self.state["fault"] = FAULTS["acknowledge"]

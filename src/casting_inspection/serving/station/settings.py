@@ -48,3 +48,4 @@ class StationSettings:
     log_wait: float = 60.0
     window: int = 200
     threads: int = 0
+    trigger_delay: float = 0.0  # hardware trigger: a frame answers an edge only if read this long after it (camera latency)

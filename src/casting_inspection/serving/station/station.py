@@ -45,6 +45,8 @@ class Station:
             raise InspectionError(f"{problem}; see casting-inspect station --help")
         if not settings.stall_seconds > 0:
             raise InspectionError(f"--stall must be more than 0 seconds (got {settings.stall_seconds})")
+        if not 0 <= settings.trigger_delay < 60:
+            raise InspectionError(f"--trigger-delay must be 0 to 60 seconds (got {settings.trigger_delay})")
         self.settings, self.outputs, self.metrics = settings, outputs, metrics
         self.trigger = PartTrigger(settings.trigger)
         self.recorder = Recorder(settings.out, settings.log_wait, None)
@@ -85,14 +87,15 @@ class Station:
         if self.inspector is not None or time.monotonic() < self.next_load:
             return
         try:
-            self.inspector = Inspector(self.settings.model, threads=self.settings.threads)
-        except (InspectionError, OSError) as exc:
+            inspector = Inspector(self.settings.model, threads=self.settings.threads)
+            self.metrics.model_loaded(inspector)
+        except Exception as exc:  # whatever is wrong with the file: not ready, said in one line, tried again
             self.next_load = time.monotonic() + MODEL_RETRY_SECONDS
-            self.model_problem = str(exc)
-            self._ready(False, f"the model cannot load: {exc}", "model")
+            self.model_problem = str(exc) if isinstance(exc, InspectionError | OSError) else f"{type(exc).__name__}: {exc}"
+            self._ready(False, f"the model cannot load: {self.model_problem}", "model")
             return
-        self.recorder.anomaly_threshold = self.inspector.rule.anomaly_threshold
-        self.metrics.model_loaded(self.inspector)
+        self.recorder.anomaly_threshold = inspector.rule.anomaly_threshold
+        self.inspector = inspector
 
     def run(self, stop: threading.Event) -> int:
         """Until the video ends or `stop` is set; 0, or 3 when a part left the view undecided or the file ended before
@@ -186,7 +189,8 @@ class Station:
                 note(f"frame {frame.index}: {self.trigger.notice}", "station")
             return events
         plc = self._plc()
-        if plc is None or not plc.take_trigger(frame.arrived):  # a frame read after the PLC's edge, never one before
+        # a frame read at least trigger_delay after the PLC's edge (a camera's own latency), never one taken before it
+        if plc is None or not plc.take_trigger(frame.arrived - self.settings.trigger_delay):
             return []
         self.trigger.parts += 1
         return [Event("decide", Track(self.trigger.parts, (0, 0), (0, 0, 0, 0), frame.index), frame.image)]
