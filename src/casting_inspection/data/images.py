@@ -156,7 +156,10 @@ def load_image(data: bytes, spec: ImageSpec) -> tuple[np.ndarray, tuple[int, int
     if min(width, height) < spec.min_side:
         raise BadImage(f"too small: {width}x{height} is under prepare.min_side={spec.min_side}")
     if image.mode not in spec.allowed_modes:
-        raise BadImage(f"unsupported colour mode {image.mode} (prepare.allowed_modes: {', '.join(spec.allowed_modes)})")
+        raise BadImage(
+            f"unsupported colour mode {image.mode} (prepare.allowed_modes: {', '.join(spec.allowed_modes)}): "
+            "save the photos as 8-bit grey or RGB"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:

@@ -14,11 +14,13 @@ Exit status: 0 all decided; 3 some files were skipped (each named on stderr with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import io
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from casting_inspection.serving.station.command import add_station, address
 
 SKIPPED_EXIT = 3
 MAX_MAPS = 100  # --map options of one import-line
+MAX_THREADS = 256  # --threads: more than a machine's cores only slows ONNX Runtime down
 DEFAULT_MODEL = Path("models/model.onnx")
 
 
@@ -43,7 +46,9 @@ def expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]], list[s
     files, missing, ignored = {}, {}, {}
     for item in inputs:
         path = Path(item)
-        if _is_folder(path):
+        if not item:  # Path("") is the current folder: an unset variable must not decide everything under it
+            missing.setdefault("''", "an empty path (an unset variable?); name a file or folder")
+        elif _is_folder(path):
             found, unreadable = _walk(path, files, missing, ignored)
             if not found and not unreadable:
                 missing.setdefault(item, "folder holds no photo" + _ignored_note(path, ignored))
@@ -119,23 +124,69 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _thread_count(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be 0 (all cores) to {MAX_THREADS}, got {value}")
+    return value
+
+
+def _out_target(out: Path | None, files: list[Path]) -> Path | None:
+    """Where --out writes: a link's target (the link stays), never a folder, device or pipe, nor a photo being decided.
+    Checked before any photo is decided."""
+    if out is None:
+        return None
+    target = out.resolve() if out.is_symlink() else out
+    try:
+        here = target.stat()
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        raise InspectionError(f"--out {out}: cannot be reached ({exc.strerror}); name a file in a writable folder") from None
+    if not stat.S_ISREG(here.st_mode):
+        raise InspectionError(f"--out {out}: not a plain file (a folder, device or pipe); name a file, or leave --out out")
+    for path in files:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(here, path.stat()):
+                raise InspectionError(f"--out {out} is one of the photos to decide ({path}); name another file")
+    return target
+
+
 def _write_rows(rows: list[dict], fmt: str, out: Path | None) -> None:
+    """CSV or JSON lines to --out or standard output. A name that is not UTF-8 keeps its own bytes; on a terminal,
+    control characters are shown as escapes, so that a file name cannot drive it."""
+    to_terminal = out is None and sys.stdout is not None and sys.stdout.isatty()
+    shown = printable if to_terminal else str
     buffer = io.StringIO()
     if fmt == "csv":
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["path"], lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: spreadsheet_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows)
+        writer.writerows({k: spreadsheet_cell(shown(v)) if isinstance(v, str) else v for k, v in row.items()} for row in rows)
     else:
         for row in rows:
-            buffer.write(json.dumps(row) + "\n")
+            buffer.write(json.dumps(row) + "\n")  # every control character and stray byte escaped
+    data = buffer.getvalue().encode("utf-8", "surrogateescape")
     if out is None:
-        sys.stdout.write(buffer.getvalue())
+        _to_stdout(data)
         return
     try:
         with atomic_path(out) as tmp:
-            tmp.write_text(buffer.getvalue())
+            tmp.write_bytes(data)
     except OSError as exc:
         raise InspectionError(f"--out {out}: cannot write ({exc.strerror}); name a file in a writable folder") from None
+
+
+def _to_stdout(data: bytes) -> None:
+    if sys.stdout is None:
+        raise InspectionError("standard output is closed; name a file with --out")
+    try:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        raise  # a reader that stopped early (| head): main ends quietly
+    except OSError as exc:
+        raise InspectionError(f"cannot write the rows to standard output ({exc.strerror}); name a file with --out") from None
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -146,6 +197,7 @@ def predict(args: argparse.Namespace) -> int:
     inspector = Inspector(args.model, threads=args.threads)
     maps = _maps_folder(args.maps, inspector)
     files, missing, ignored = expand(args.paths)
+    out = _out_target(args.out, files)
     for item in ignored:
         print(printable(f"ignored {item}: no photo (neither an image's name nor an image's first bytes)"), file=sys.stderr)
     for item, reason in missing:
@@ -167,10 +219,10 @@ def predict(args: argparse.Namespace) -> int:
                 print(printable(f"skipped {result.path}: {result.error}"), file=sys.stderr)
             results.append(result)
     decided = [r for r in results if not r.error]
-    _write_rows([{k: v for k, v in r.row().items() if k != "error"} for r in decided], args.format, args.out)
+    _write_rows([{k: v for k, v in r.row().items() if k != "error"} for r in decided], args.format, out)
     if maps:  # after the rows: a full disk for the maps never costs the decisions
         _write_maps(maps, decided, arrays, anomaly_maps, inspector.rule.anomaly_threshold)
-    if len(decided) >= args.drift_min_images:
+    if decided and len(decided) >= args.drift_min_images:
         warning = _drift(inspector, arrays)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
@@ -206,7 +258,9 @@ def _write_maps(folder: Path, decided: list, arrays: list, anomaly_maps: list, t
         try:
             write_overlay(folder / map_name(result.path, taken), image, anomaly_map, threshold)
         except OSError as exc:
-            raise InspectionError(f"--maps {folder}: cannot write ({exc.strerror}); free space or name another folder") from None
+            raise InspectionError(
+                printable(f"--maps {folder}: cannot write the map of {result.path} ({exc.strerror}); name a writable folder")
+            ) from None
 
 
 def _drift(inspector, arrays: list) -> str | None:
@@ -520,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sub):
         sub.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"exported ONNX model (default: {DEFAULT_MODEL})")
-        sub.add_argument("--threads", type=int, default=0, help="CPU threads for ONNX Runtime; 0 = all cores (default)")
+        sub.add_argument("--threads", type=_thread_count, default=0, help="CPU threads for ONNX Runtime; 0 = all cores (default)")
 
     sub = commands.add_parser("predict", help="decide image files, folders or glob patterns")
     sub.add_argument("paths", nargs="+", help="image files, folders (searched for image files) or glob patterns")
@@ -530,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--maps", type=Path, help="write each photo's anomaly map over it here (PHOTO.anomaly.png)")
     sub.add_argument(
         "--drift-min-images",
-        type=int,
+        type=_positive_int,
         default=20,
         help="check input drift when at least this many images were decided (default: 20)",
     )
