@@ -1,8 +1,11 @@
-"""Torn, stitched and partial frames through the shipped model, as `predict` decides them: how many come back `ok`.
+"""Torn, stitched, partial and painted-over frames through the shipped model, as `predict` decides them: how many
+come back `ok`.
 
 Frames are made from the validation split's original 300 x 300 photos (never test): halves of two parts side by side or one above the other,
-a defective half beside a good half, swapped quarters, a frame whose bottom is the empty table. Each goes
-through `Inspector.inspect` (the exported ONNX model with its guard) as a PNG the camera could have sent.
+a defective half beside a good half, swapped quarters, a frame whose bottom is the empty table, the hub or a patch of
+the rim painted over in the table's grey. Each goes through `Inspector.inspect` (the exported ONNX model with its guard)
+as a PNG the camera could have sent. It also prints the most blocks inside a flat patch (the guard's flat check) that
+the prepared photos of each split and the re-taken test photos show.
 Usage (after `make repro`): python bench/bench_torn.py [--per-kind 100] [--model models/model.onnx]
 """
 
@@ -20,6 +23,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from casting_inspection.data.background import background_level  # noqa: E402
+from casting_inspection.data.plausibility import photo_statistics  # noqa: E402
 from casting_inspection.serving.inference import Inspector  # noqa: E402
 
 SIDE = 300
@@ -41,8 +46,34 @@ def frames(images: np.ndarray, labels: np.ndarray, n: int, seed: int) -> list[tu
         partial = a.copy()
         partial[cut:] = int(np.median(a[:4]))
         out.append(("bottom of the frame is the empty table", partial))
+        out.append(("the hub painted over in the table's grey", painted_over(a, 0.0, int(rng.integers(30, 50)))))
+        out.append(("a patch of the rim painted over in the table's grey", painted_over(a, 0.33, int(rng.integers(15, 25)))))
         out.append(("a whole validation photo (control)", a))
     return out
+
+
+def painted_over(image: np.ndarray, distance: float, radius: int) -> np.ndarray:
+    """A disc of `radius` px filled with the table's level, `distance` (a fraction of the side) right of the part's
+    centre: what a label, tape or an editor's fill leaves."""
+    statistics = photo_statistics(image[None, None])
+    cy = (0.5 + float(statistics["offset_y"][0])) * SIDE
+    cx = (0.5 + float(statistics["offset_x"][0]) + distance) * SIDE
+    rows, cols = np.ogrid[:SIDE, :SIDE]
+    out = image.copy()
+    out[(rows - cy) ** 2 + (cols - cx) ** 2 <= radius**2] = int(background_level(image[None])[0, 0, 0])
+    return out
+
+
+def flat_maxima() -> None:
+    """The guard's flat statistic on real photos: the most blocks inside a flat patch, per split and line change."""
+    for split in ("train", "val", "test"):
+        flat = photo_statistics(np.load(ROOT / f"data/prepared/{split}.npy"))["flat"]
+        print(f"  flat blocks, {split:<5} photos: most {flat.max():.0f}, photos with any {int((flat > 0).sum())} of {len(flat)}")
+    renders = np.load(ROOT / "data/retaken/renders.npy", mmap_mode="r")
+    index = pd.read_json(ROOT / "data/retaken/index.json", typ="series")
+    for (change, strength), photos in zip(index["settings"], renders):
+        flat = photo_statistics(np.asarray(photos))["flat"]
+        print(f"  flat blocks, test re-taken, {change} {strength:g}: most {flat.max():.0f}")
 
 
 def png(array: np.ndarray) -> bytes:
@@ -70,7 +101,8 @@ def main() -> None:
     print(f"model {inspector.version}; {args.per_kind} frames per kind from validation photos, decided as predict does")
     for kind, counts in decisions.items():
         total = sum(counts.values())
-        print(f"  {kind:<45} ok {counts['ok'] / total:6.1%}  not_a_part {counts['not_a_part'] / total:6.1%}  {dict(counts)}")
+        print(f"  {kind:<52} ok {counts['ok'] / total:6.1%}  not_a_part {counts['not_a_part'] / total:6.1%}  {dict(counts)}")
+    flat_maxima()
 
 
 if __name__ == "__main__":

@@ -68,6 +68,16 @@ def test_rows_that_cannot_reach_standard_output_are_one_line(exported_model, pho
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_reader_that_stops_early_or_a_loop_of_links_ends_without_a_traceback(exported_model, photo, tmp_path):
+    command = " ".join(f"'{part}'" for part in [*CLI, photo, "--model", exported_model["onnx"]])
+    subprocess.run(["bash", "-c", f"{command} 2>'{tmp_path / 'err'}' | true"], timeout=120)  # `true` reads nothing
+    assert "Traceback" not in (tmp_path / "err").read_text()
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    result = run(photo, "--model", exported_model["onnx"], "--out", tmp_path / "a")
+    assert result.returncode == 1 and b"cannot be reached" in result.stderr and b"Traceback" not in result.stderr
+
+
 def test_a_name_cannot_drive_the_terminal(exported_model, photo, tmp_path):
     shutil.copy(photo, tmp_path / "esc\x1b[31mred.jpg")
     primary, secondary = pty.openpty()

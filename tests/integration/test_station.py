@@ -337,6 +337,12 @@ def test_a_trigger_no_frame_answers_after_its_delay_is_a_part_signalled_ng(expor
     assert ["trigger came" in reason for _, _, reason, _ in logged(tmp_path / "out")] == [True]
 
 
+def test_a_trigger_delay_without_the_plcs_trigger_is_refused(exported_model, video, tmp_path):
+    args = [*CLI, str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--trigger-delay", "0.1"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "--trigger-delay applies to the PLC's trigger" in result.stderr
+
+
 def test_a_video_cut_short_says_so_and_exits_3(exported_model, video, tmp_path):
     cut = tmp_path / "cut.avi"
     cut.write_bytes(video.read_bytes()[: video.stat().st_size * 2 // 3])  # a copy that stopped two thirds in

@@ -7,6 +7,7 @@ from PIL import Image, ImageDraw
 
 from casting_inspection.data.plausibility import (
     LAYOUT_GRID,
+    flat_limit,
     implausible,
     layout_cells,
     layout_model,
@@ -116,3 +117,35 @@ def test_a_layout_rule_read_from_a_model_file_is_checked_before_it_is_applied():
     assert "64 cells" in layout_problem({**good, "scale": [0.0] * 64})
     assert "lacks" in layout_problem({"mean": good["mean"]})
     assert "limit" in layout_problem({**good, "limit": float("nan")})
+
+
+def cast_part(seed: int, size: int = 128) -> np.ndarray:
+    """A part whose every surface is rough, as a casting's is: the filling part with grain all over."""
+    rng = np.random.default_rng(seed + 1000)
+    return (filling_part(seed, size) + rng.normal(0, 4, (size, size))).clip(0, 255).astype(np.uint8)
+
+
+def test_a_flat_patch_on_a_cast_part_is_no_part_photo_and_the_lamps_clipping_is_not_one():
+    parts = [cast_part(i) for i in range(20)]
+    statistics = photo_statistics(grey(*parts))
+    rules = {"exposure": [0.0, 1.0], "min_contrast": 0.0, "max_clipped": 1.0, "max_aspect": 1.25, "part": {}}
+    rules["max_flat"] = flat_limit(statistics, 2)
+    assert rules["max_flat"] == 2  # rough all over: no block of any training part lies inside a flat patch
+    labelled, clipped, dimmed, small = cast_part(100), cast_part(101), cast_part(102), cast_part(103)
+    labelled[40:64, 70:94] = 128  # a grey label (or an editor's fill) 24 px across on the rim
+    clipped[40:64, 70:94] = 255  # the lamp burning out a patch: clipping, not a patch
+    dimmed[40:64, 70:94] = 255
+    dimmed = (dimmed * 0.92).astype(np.uint8)  # ... and a gain after the clip: the plateau is the photo's brightest
+    small[40:50, 70:80] = 128  # a flat spot 10 px across: no block lies inside it with a flat ring round it
+    photos = grey(labelled, clipped, dimmed, small, parts[0])
+    reasons = implausible(photo_statistics(photos), [(128, 128)] * 5, rules)
+    assert reasons[0].startswith("a flat patch on the part") and reasons[1:] == [None] * 4, reasons
+
+
+def test_generated_parts_drawn_flat_stay_within_the_limit_their_training_sets():
+    """The pipeline's tests draw parts with flat fills: the limit fitted on some of them holds the others, defective
+    ones included, so those photos are decided, not called no part."""
+    train = [np.asarray(part_image(i % 2 == 1, i, size=128)) for i in range(40)]
+    limit = flat_limit(photo_statistics(grey(*train)), 2)
+    held_out = [np.asarray(part_image(i % 2 == 1, i, size=128)) for i in range(40, 120)]
+    assert limit > 2 and (photo_statistics(grey(*held_out))["flat"] <= limit).all()

@@ -214,6 +214,7 @@ class GuardParams:
     position_margin: float = check(_non_negative)
     seam_margin: float = check(lambda v: None if v >= 1 else "must be >= 1")
     layout_margin: float = check(lambda v: None if v >= 1 else "must be >= 1")
+    flat_margin: int = check(_non_negative)
     seed: int = check(_non_negative)
 
 

@@ -23,6 +23,11 @@ SEAM_OFFSET = 2 / 255  # keeps the seam score finite on flat lines
 PART_STATISTICS = ("offset_x", "offset_y", "radius", "roundness")  # where the part lies and how round it is
 LAYOUT_GRID = 8  # cells per side of a frame's layout: at 128 px a cell of 16 px sees the part's rings and the table, not texture
 LAYOUT_FLOOR = 0.05  # added to each layout cell's spread (in the photo's own standard deviations): the steady table corners
+FLAT_GRID = 32  # blocks per side where flatness is judged: 4 x 4 pixels at 128
+FLAT_SPREAD = 1 / 255  # a block whose grey levels' standard deviation is under this is flat: no cast surface is
+FLAT_EDGE = 3 / 255  # blocks this near the photo's own darkest or brightest level are clipping (the lamp, the camera's
+# range, a gain after it), not a patch
+FLAT_ON_PART = 0.9  # flat blocks count within this share of the part's radius (its edge against the table is no patch)
 
 
 def seam_score(gray: np.ndarray) -> np.ndarray:
@@ -74,6 +79,7 @@ def _photo_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
     disc = (xs - offset_x[:, None, None]) ** 2 + (ys - offset_y[:, None, None]) ** 2 <= radius[:, None, None] ** 2
     union = np.maximum((part | disc).sum(axis=(1, 2)), 1)
     return {
+        "flat": flat_blocks(gray, offset_x, offset_y, radius),
         "brightness": gray.mean(axis=(1, 2)),
         "contrast": gray.std(axis=(1, 2)),
         "clipped": ((gray <= 5 / 255) | (gray >= 250 / 255)).mean(axis=(1, 2)),
@@ -84,6 +90,31 @@ def _photo_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
         "seam": seam_score(gray),
         "layout": layout_cells(gray),
     }
+
+
+def flat_blocks(gray: np.ndarray, offset_x: np.ndarray, offset_y: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Per grey image (N, H, W) in [0, 1]: how many blocks on the part are flat, neither at the photo's darkest nor at
+    its brightest level, and ringed by such blocks: the inside of a flat patch at least 3 blocks across. A cast surface
+    never is; a grey label, tape, a region painted over or filled by an editor is."""
+    height, width = gray.shape[-2:]
+    rows, cols = height // FLAT_GRID, width // FLAT_GRID
+    if not rows or not cols or not len(gray):
+        return np.zeros(len(gray))
+    cut = gray[:, : rows * FLAT_GRID, : cols * FLAT_GRID].reshape(len(gray), FLAT_GRID, rows, FLAT_GRID, cols)
+    spread, level = cut.std(axis=(2, 4)), cut.mean(axis=(2, 4))
+    ys = ((np.arange(FLAT_GRID) + 0.5) * rows / height - 0.5)[None, :, None]  # block centres, as fractions of the side
+    xs = ((np.arange(FLAT_GRID) + 0.5) * cols / width - 0.5)[None, None, :]
+    distance2 = (ys - offset_y[:, None, None]) ** 2 + (xs - offset_x[:, None, None]) ** 2
+    on_part = distance2 <= (FLAT_ON_PART * radius[:, None, None]) ** 2
+    darkest, brightest = gray.min(axis=(1, 2))[:, None, None], gray.max(axis=(1, 2))[:, None, None]
+    inside_range = (level > darkest + FLAT_EDGE) & (level < brightest - FLAT_EDGE)
+    flat = (spread < FLAT_SPREAD) & inside_range & on_part
+    padded = np.pad(flat, ((0, 0), (1, 1), (1, 1)))
+    inside = np.ones_like(flat)
+    for dy in range(3):
+        for dx in range(3):
+            inside &= padded[:, dy : dy + FLAT_GRID, dx : dx + FLAT_GRID]
+    return inside.sum(axis=(1, 2)).astype(np.float64)
 
 
 def layout_cells(gray: np.ndarray) -> np.ndarray:
@@ -137,8 +168,9 @@ def rules_problem(rules: dict) -> str | None:
     for key in ("min_contrast", "max_clipped", "max_aspect"):
         if not number(rules.get(key)):
             return f"the guard's {key} is not a number"
-    if rules.get("max_seam") is not None and not number(rules["max_seam"]):
-        return "the guard's max_seam is not a number"
+    for key in ("max_seam", "max_flat"):
+        if rules.get(key) is not None and not number(rules[key]):
+            return f"the guard's {key} is not a number"
     part = rules.get("part")
     if not isinstance(part, dict) or sorted(part) != sorted(PART_STATISTICS) or not all(map(span, part.values())):
         return f"the guard's part ranges are not [low, high] for each of {', '.join(PART_STATISTICS)}"
@@ -165,10 +197,15 @@ def seam_limit(statistics: dict[str, np.ndarray], factor: float) -> float:
     return float(np.quantile(statistics["seam"], 0.999)) * factor
 
 
+def flat_limit(statistics: dict[str, np.ndarray], margin: int) -> float:
+    """The most blocks inside a flat patch that training photos show (99.9 %; none on a real casting), plus `margin`."""
+    return float(np.quantile(statistics["flat"], 0.999)) + margin
+
+
 def implausible(statistics: dict[str, np.ndarray], sizes: list[tuple[int, int]], rules: dict) -> list[str | None]:
     """Per image, the first reason it is not a plausible part photo, or None. `rules`: exposure [low, high],
     min_contrast, max_clipped, max_aspect, `part` ranges from `part_range`, and (when fitted) `max_seam` and `layout`
-    from `seam_limit` and `layout_model`."""
+    from `seam_limit` and `layout_model`, and `max_flat` from `flat_limit`."""
     low, high = rules["exposure"]
     layout = layout_score(statistics["layout"], rules["layout"]) if rules.get("layout") else None
     reasons = []
@@ -194,6 +231,9 @@ def implausible(statistics: dict[str, np.ndarray], sizes: list[tuple[int, int]],
                 reasons.append(
                     f"not laid out as a part photo (layout {layout[i]:.1f} > {limit:.1f}): cut up, part off-centre or half missing?"
                 )
+            elif rules.get("max_flat") is not None and float(statistics["flat"][i]) > rules["max_flat"]:
+                flat, limit = int(statistics["flat"][i]), rules["max_flat"]
+                reasons.append(f"a flat patch on the part ({flat} flat blocks > {limit:.0f}): a label, tape, or painted over?")
             else:
                 reasons.append(None)
     return reasons

@@ -20,7 +20,14 @@ from casting_inspection.core.decision import DecisionRule, novelty_flag, novelty
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path
 from casting_inspection.data.dataset import Split
-from casting_inspection.data.plausibility import implausible, layout_model, part_range, photo_statistics, seam_limit
+from casting_inspection.data.plausibility import (
+    flat_limit,
+    implausible,
+    layout_model,
+    part_range,
+    photo_statistics,
+    seam_limit,
+)
 from casting_inspection.modeling.networks import InspectionNet
 from casting_inspection.modeling.patchcore import anomaly_scores
 from casting_inspection.modeling.predict import predict_features, predict_logits_and_features
@@ -65,6 +72,7 @@ def fit_guard(model: InspectionNet, train: Split, moved: torch.Tensor, val: Spli
         "min_contrast": params.min_contrast,
         "max_clipped": params.max_clipped,
         "max_aspect": params.max_aspect,
+        "max_flat": flat_limit(statistics, params.flat_margin),
         "part": part_range(statistics, params.position_margin),
         # the camera's own photos only (the first half): the augmentation's fill leaves straight edges no camera makes
         "max_seam": seam_limit({"seam": statistics["seam"][: len(train.images)]}, params.seam_margin),

@@ -136,13 +136,14 @@ def _out_target(out: Path | None, files: list[Path]) -> Path | None:
     Checked before any photo is decided."""
     if out is None:
         return None
-    target = out.resolve() if out.is_symlink() else out
     try:
-        here = target.stat()
+        target = out.resolve() if out.is_symlink() else out
+        here = out.stat()  # through every link: what is written is what it points at
     except FileNotFoundError:
         return target
-    except OSError as exc:
-        raise InspectionError(f"--out {out}: cannot be reached ({exc.strerror}); name a file in a writable folder") from None
+    except (OSError, RuntimeError) as exc:  # a loop of links, a folder that cannot be searched
+        why = exc.strerror if isinstance(exc, OSError) else "a loop of links"
+        raise InspectionError(f"--out {out}: cannot be reached ({why}); name a file in a writable folder") from None
     if not stat.S_ISREG(here.st_mode):
         raise InspectionError(f"--out {out}: not a plain file (a folder, device or pipe); name a file, or leave --out out")
     for path in files:
@@ -181,8 +182,11 @@ def _to_stdout(data: bytes) -> None:
         raise InspectionError("standard output is closed; name a file with --out")
     try:
         sys.stdout.flush()
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        if hasattr(sys.stdout, "buffer"):
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:  # a text stream without bytes beneath (a notebook's, a StringIO)
+            sys.stdout.write(data.decode("utf-8", "surrogateescape"))
     except BrokenPipeError:
         raise  # a reader that stopped early (| head): main ends quietly
     except OSError as exc:
@@ -619,6 +623,9 @@ def main(argv: list[str] | None = None) -> None:
         code = 1
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:  # the reader stopped early (| head): nothing left to say, and no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     sys.exit(code)
 
 

@@ -46,7 +46,9 @@ class Station:
         if not settings.stall_seconds > 0:
             raise InspectionError(f"--stall must be more than 0 seconds (got {settings.stall_seconds})")
         if not 0 <= settings.trigger_delay < 60:
-            raise InspectionError(f"--trigger-delay must be 0 to 60 seconds (got {settings.trigger_delay})")
+            raise InspectionError(f"--trigger-delay must be at least 0 and under 60 seconds (got {settings.trigger_delay})")
+        if settings.trigger_delay and not settings.hardware_trigger:
+            raise InspectionError("--trigger-delay applies to the PLC's trigger: add --trigger plc, or leave it out")
         self.settings, self.outputs, self.metrics = settings, outputs, metrics
         self.trigger = PartTrigger(settings.trigger)
         self.recorder = Recorder(settings.out, settings.log_wait, None)
