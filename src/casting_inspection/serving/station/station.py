@@ -191,7 +191,7 @@ class Station:
                 note(f"frame {frame.index}: {self.trigger.notice}", "station")
             return events
         plc = self._plc()
-        # a frame read at least trigger_delay after the PLC's edge (a camera's own latency), never one taken before it
+        # a frame read at least trigger_delay after the PLC's edge: set to the camera's latency, no frame exposed before it
         if plc is None or not plc.take_trigger(frame.arrived - self.settings.trigger_delay):
             return []
         self.trigger.parts += 1
