@@ -432,3 +432,37 @@ def test_a_graph_that_scores_departures_needs_a_numeric_anomaly_threshold(export
     onnx.save(model, str(tmp_path / "model.onnx"))
     with pytest.raises(InspectionError, match="anomaly_threshold|cannot decide safely"):
         Inspector(tmp_path / "model.onnx")
+
+
+def graph_that_fails(exported_model, path, batch: int, side: int):
+    """The exported graph behind a Reshape of its input to (batch, 1, side, side): ONNX Runtime loads it and fails on
+    every other batch size (and on every photo when `side` is not the image's), as a runtime out of memory fails."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(exported_model["onnx"]))
+    name = model.graph.input[0].name
+    for node in model.graph.node:
+        node.input[:] = [f"{name}_fixed" if x == name else x for x in node.input]
+    model.graph.initializer.append(numpy_helper.from_array(np.array([batch, 1, side, side], np.int64), "fixed_shape"))
+    model.graph.node.insert(0, helper.make_node("Reshape", [name, "fixed_shape"], [f"{name}_fixed"]))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_model_that_fails_while_deciding_never_passes_a_part_and_spares_the_others(exported_model, tmp_path):
+    """A run that fails (memory, a fault of the runtime) is retried photo by photo: the photos it can score are decided
+    as the model decides them; one it cannot is not_a_part with the reason in one line, never ok, never a traceback."""
+    photos = exported_model["raw"] / "test"
+    expected = pd.read_csv(io.StringIO(predict(photos, "--model", exported_model["onnx"]).stdout))
+    side = load_image((next(photos.rglob("*.jpeg"))).read_bytes(), Inspector(exported_model["onnx"]).spec)[0].shape[-1]
+    one_at_a_time = predict(photos, "--model", graph_that_fails(exported_model, tmp_path / "batch1.onnx", 1, side))
+    rows = pd.read_csv(io.StringIO(one_at_a_time.stdout))
+    assert one_at_a_time.returncode == 0 and one_at_a_time.stderr.count("\n") == 1, one_at_a_time.stderr  # the summary
+    assert list(rows["decision"]) == list(expected["decision"])
+    assert np.allclose(rows["defect_probability"], expected["defect_probability"], atol=1e-5)
+    never = predict(photos, "--model", graph_that_fails(exported_model, tmp_path / "never.onnx", 1, side + 1))
+    rows = pd.read_csv(io.StringIO(never.stdout), keep_default_na=False)
+    assert never.returncode == 0 and never.stderr.count("\n") == 1 and "Traceback" not in never.stderr, never.stderr
+    assert len(rows) == len(expected) and set(rows["decision"]) == {"not_a_part"}
+    assert rows["flag"].str.startswith("the model failed on this photo (Fail: [ONNXRuntimeError]").all()

@@ -52,6 +52,12 @@ class Result:
         return dataclasses.asdict(self)
 
 
+def model_fault(exc: BaseException) -> str:
+    """The one line a person reads when the model failed on a photo: the runtime's first line, cut short."""
+    detail = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"the model failed on this photo ({type(exc).__name__}: {detail}); check the model file and free memory"
+
+
 class Inspector:
     """One loaded model. Thread-safe for concurrent `probabilities` calls (ONNX Runtime sessions are)."""
 
@@ -61,6 +67,7 @@ class Inspector:
             raise InspectionError(f"{model_path}: no such model; run the pipeline (dvc repro) or pass --model")
         data = model_path.read_bytes()
         options = ort.SessionOptions()
+        options.log_severity_level = 4  # the runtime's own multi-line logs: a fault reaches the person as one reason
         if threads:
             options.intra_op_num_threads = threads
         try:
@@ -129,6 +136,24 @@ class Inspector:
         ]
         return {name: np.concatenate([part[k] for part in parts]).astype(np.float64) for k, name in enumerate(self.outputs)}
 
+    def _scored(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The graph's outputs and, per image, why the model could not score it ("" when it did). When a run fails
+        (memory, a fault of the runtime or the graph), each image is run alone, so that one failure does not take the
+        others' decisions; an image whose own run fails gets no score (NaN) and the reason: never a pass."""
+        try:
+            return self.scores(images), [""] * len(images)
+        except Exception as exc:  # onnxruntime raises its own types; MemoryError and the like are faults too
+            if len(images) == 1:
+                return self._no_scores(1), [model_fault(exc)]
+        alone = [self._scored(image[None]) for image in images]
+        scores = {name: np.concatenate([one[name] for one, _ in alone]) for name in self.outputs}
+        return scores, [fault for _, (fault,) in alone]
+
+    def _no_scores(self, n: int) -> dict[str, np.ndarray]:
+        """NaN in every output's shape (the batch axis n): what an image the model failed on is scored."""
+        shapes = [[d if isinstance(d, int) else 1 for d in output.shape[1:]] for output in self.session.get_outputs()]
+        return {name: np.full([n, *shape], np.nan) for name, shape in zip(self.outputs, shapes)}
+
     def probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Defect probability for uint8 images (N, C, H, W), and the guard's novelty score when the graph has one."""
         scores = self.scores(images)
@@ -165,9 +190,10 @@ class Inspector:
         the model of good parts, then the classifier."""
         if arrays:
             stacked = np.stack(arrays)
-            scores = self.scores(stacked)
+            scores, faults = self._scored(stacked)
             probabilities, anomaly = scores[self.outputs[0]], scores.get("anomaly")
-            photo_flags = implausible(photo_statistics(stacked), sizes, self.guard)
+            checked = implausible(photo_statistics(stacked), sizes, self.guard)
+            photo_flags = [fault or flag for fault, flag in zip(faults, checked)]
             rule = self.rule.decide_all(probabilities, photo_flags, scores.get("novelty"), anomaly)
             departures = anomaly if anomaly is not None else [None] * len(arrays)
             decided = iter(zip(probabilities, rule, departures))

@@ -29,5 +29,6 @@ def map_name(photo: str, taken: set[str]) -> str:
 
 
 def write_overlay(path: Path, image: np.ndarray, anomaly_map: np.ndarray, threshold: float) -> None:
+    """A photo the model failed on has no map (NaN): drawn without red, its reason is in its row."""
     with atomic_path(Path(path)) as tmp:
-        overlay(image, anomaly_map, threshold).save(tmp, format="PNG")
+        overlay(image, np.nan_to_num(anomaly_map), threshold).save(tmp, format="PNG")
