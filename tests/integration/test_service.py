@@ -142,17 +142,34 @@ def test_bad_requests_get_clear_json_errors(server, exported_model):
     big = ("big.jpeg", b"\xff" * 300_000, "image/jpeg")
     assert "larger than 200000 bytes" in error_of(httpx.post(server + "/predict", files={"files": big}), 413)
     many = [("files", (f"{k}.jpeg", data, "image/jpeg")) for k in range(9)]
-    assert "at most 8 files" in error_of(httpx.post(server + "/predict", files=many), 400)
+    assert "files is 8: send the images (at most 8)" in error_of(httpx.post(server + "/predict", files=many), 400)
     tiny = io.BytesIO()
     Image.new("L", (8, 8), 128).save(tiny, "PNG")
     assert "too small" in error_of(
         httpx.post(server + "/predict", files={"files": ("tiny.png", tiny.getvalue(), "image/png")}), 422
     )
-    assert httpx.get(server + "/nowhere").json() == {"error": "Not Found"}
+    assert httpx.get(server + "/nowhere").json()["error"].startswith("Not Found (this service answers POST /predict")
     unnamed = [("files", (name, data, "image/jpeg")), ("files", (None, data))]  # the second is a plain field
     assert "with its file name" in error_of(httpx.post(server + "/predict", files=unnamed), 400)
     stray = [("files", (name, data, "image/jpeg")), ("file", (name, data, "image/jpeg"))]
     assert "field 'file' is not read" in error_of(httpx.post(server + "/predict", files=stray), 400)
+
+
+def test_a_body_cut_short_or_a_file_without_a_name_is_refused_whole(server, exported_model):
+    """A proxy that cuts a body leaves its last file unread: nothing of it is decided, and the client hears so. A file
+    part with an empty name would be answered under no name."""
+    (name, data), (second, defect) = photos(exported_model, 2)
+    head = {"content-type": "multipart/form-data; boundary=" + BOUNDARY.decode()}
+    whole = file_part(name.encode(), data) + b"\r\n" + file_part(second.encode(), defect)
+    for cut in (whole, whole[: -len(defect) // 2], whole + b"\r\n--" + BOUNDARY + b"\r\n"):
+        message = error_of(httpx.post(server + "/predict", content=cut, headers=head), 400)
+        assert message.startswith("the multipart body ends before its closing boundary"), message
+    closed = whole + b"\r\n--" + BOUNDARY + b"--\r\n"
+    assert len(httpx.post(server + "/predict", content=closed, headers=head).json()["results"]) == 2
+    shouted = {"content-type": "Multipart/Form-Data; boundary=" + BOUNDARY.decode()}  # media types ignore case
+    assert httpx.post(server + "/predict", content=closed, headers=shouted).status_code == 200
+    unnamed = file_part(b"", data) + b"\r\n--" + BOUNDARY + b"--\r\n"
+    assert "with its file name" in error_of(httpx.post(server + "/predict", content=unnamed, headers=head), 400)
 
 
 def test_a_bad_file_beside_good_ones_is_named_and_the_good_ones_are_decided(server, exported_model):
@@ -332,6 +349,17 @@ def test_refuses_to_serve_other_hosts_without_a_token_or_with_an_empty_one(expor
     assert f"{tmp_path / 'empty'} is empty" in refused(exported_model["onnx"], "--token-file", str(tmp_path / "empty"))
     assert f"{tmp_path / 'missing'}: cannot read" in refused(exported_model["onnx"], "--token-file", str(tmp_path / "missing"))
     assert f"${TOKEN_ENV} is empty" in refused(exported_model["onnx"], **{TOKEN_ENV: " "})
+
+
+@pytest.mark.slow
+def test_an_address_in_use_or_a_limit_that_is_no_number_is_one_line(exported_model):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        message = refused(exported_model["onnx"], "--port", port)
+    assert f"--port {port}: cannot listen there" in message and "serve: model" not in message
+    assert "--max-upload-mb must be a number above 0 (got inf)" in refused(exported_model["onnx"], "--max-upload-mb", "inf")
 
 
 def test_token_from_the_file_or_else_the_environment(tmp_path):

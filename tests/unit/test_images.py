@@ -75,3 +75,41 @@ def test_decoding_work_is_bounded_by_the_formats_cost_not_only_by_pixels():
         load_image(bomb, spec)
     array, size = load_image(rle8_bmp(64, 64, 64), spec)  # a small run-length photo is still decoded
     assert size == (64, 64) and array.shape == (1, spec.image_size, spec.image_size)
+
+
+def repeated_last_scan(image: Image.Image, copies: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated: a few kB more, a pass over every pixel more for each copy."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last:end] * copies + data[end:]
+
+
+def test_a_jpeg_of_many_scans_costs_what_its_scans_cost():
+    """A camera's progressive JPEG has a dozen scans at most; a crafted one repeats a scan until decoding takes minutes."""
+    from casting_inspection.data.prepare import image_spec
+
+    spec, photo = image_spec(PARAMS), Image.new("L", (1000, 1000), 128)  # an even grey: each scan a few bytes
+    crafted = repeated_last_scan(photo, 400)
+    assert len(crafted) < 100_000
+    with pytest.raises(BadImage, match=r"too costly to decode: 1000x1000 as a JPEG of 40\d scans, 3\dx the work"):
+        load_image(crafted, spec)
+    for copies in (0, 6):  # a camera's progressive JPEG, and one of a dozen scans: decoded
+        assert load_image(repeated_last_scan(photo, copies), spec)[1] == (1000, 1000)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "MPO"], ids=["animated PNG", "multi-picture JPEG"])
+def test_a_file_of_several_pictures_is_refused_never_judged_on_its_first(fmt):
+    """A viewer may show another picture than the first (an animation's frames, an MPO's second image): a part is
+    judged on the one picture it is, so such a file is refused with its reason."""
+    from casting_inspection.data.prepare import image_spec
+
+    good, bad = part_image(False, seed=1, size=128), part_image(True, seed=2, size=128)
+    buffer = io.BytesIO()
+    good.save(buffer, fmt, save_all=True, append_images=[bad])
+    with pytest.raises(BadImage, match="holds 2 pictures .*: save one photo per file"):
+        load_image(buffer.getvalue(), image_spec(PARAMS))
+    single = io.BytesIO()
+    good.save(single, fmt)  # one picture: an ordinary PNG or JPEG
+    assert load_image(single.getvalue(), image_spec(PARAMS))[1] == (128, 128)

@@ -108,14 +108,29 @@ def read_photo(path: Path, max_bytes: int) -> bytes:
 
 
 RLE_BMP_COST = 50  # Pillow decodes run-length BMP in a Python loop, about 50x slower per pixel than libjpeg
+JPEG_SCANS = 12  # scans a camera's progressive JPEG has at most (libjpeg's own script: 6 grey, 10 colour); each more
+# scan is another pass over every pixel's coefficients, so a crafted file of a few kB can repeat one scan thousands of times
 
 
-def _decoding_cost(image: Image.Image) -> int:
-    """How many times a plain JPEG pixel one pixel of this file costs to decode, from its header: the pixel
-    budget (prepare.max_pixels) bounds the work, not only the memory."""
+def _decoding_cost(image: Image.Image, data: bytes) -> tuple[int, str]:
+    """How many times a plain JPEG pixel one pixel of this file costs to decode, and as what, from its header and
+    markers: the pixel budget (prepare.max_pixels) bounds the work, not only the memory."""
     if image.format == "BMP" and image.info.get("compression") in (1, 2):  # BI_RLE8, BI_RLE4
-        return RLE_BMP_COST
-    return 1
+        return RLE_BMP_COST, "a run-length BMP"
+    if image.format == "JPEG":
+        scans = data.count(b"\xff\xda")  # start-of-scan markers: entropy-coded data escapes every 0xFF byte
+        return max(1, -(-scans // JPEG_SCANS)), f"a JPEG of {scans} scans"
+    return 1, image.format
+
+
+def _one_image(image: Image.Image, spec: ImageSpec) -> None:
+    """A file holds one photo in an accepted format: an animation or a multi-picture JPEG (MPO) would be judged on
+    one of its pictures while a viewer may show another, so it is refused, never decided on its first."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise BadImage(f"holds {frames} pictures (an animation or a multi-picture file): save one photo per file")
+    if image.format not in spec.allowed_formats:
+        raise BadImage(f"not an image in an accepted format ({', '.join(spec.allowed_formats)}): it reads as {image.format}")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -144,13 +159,14 @@ def load_image(data: bytes, spec: ImageSpec) -> tuple[np.ndarray, tuple[int, int
     if len(data) > spec.max_file_bytes:
         raise BadImage(f"file too large: {len(data)} bytes is over prepare.max_file_bytes={spec.max_file_bytes}")
     image = _open(data, spec)
+    _one_image(image, spec)
     width, height = image.size
     if width * height > spec.max_pixels:
         raise BadImage(f"absurd size: {width}x{height} is over prepare.max_pixels={spec.max_pixels}")
-    cost = _decoding_cost(image)
+    cost, kind = _decoding_cost(image, data)
     if width * height * cost > spec.max_pixels:
         raise BadImage(
-            f"too costly to decode: {width}x{height} in a format decoded {cost}x slower than JPEG "
+            f"too costly to decode: {width}x{height} as {kind}, {cost}x the work of a plain JPEG "
             f"(at most {spec.max_pixels // cost} pixels; prepare.max_pixels={spec.max_pixels})"
         )
     if min(width, height) < spec.min_side:

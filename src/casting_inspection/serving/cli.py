@@ -19,7 +19,9 @@ import csv
 import glob
 import io
 import json
+import math
 import os
+import socket
 import stat
 import sys
 from pathlib import Path
@@ -285,8 +287,9 @@ def serve(args: argparse.Namespace) -> int:
     from casting_inspection.serving.inference import Inspector
 
     for flag in ("max_upload_mb", "max_files", "max_body_mb", "header_timeout", "body_timeout", "max_active", "max_connections"):
-        if not getattr(args, flag) > 0:
-            raise InspectionError(f"--{flag.replace('_', '-')} must be above 0 (got {getattr(args, flag)})")
+        value = getattr(args, flag)
+        if not (value > 0 and math.isfinite(value)):
+            raise InspectionError(f"--{flag.replace('_', '-')} must be a number above 0 (got {value})")
     token = service.resolve_token(args.token_file)
     if token is None and not service.is_loopback(args.host):
         raise InspectionError(
@@ -302,8 +305,10 @@ def serve(args: argparse.Namespace) -> int:
         max_active=args.max_active,
     )
     app = service.create_app(inspector, limits, token=token, window=args.window)
+    listening = _listen(args.host, args.port)  # before the first line: a port in use is one error, not a start
+    host, port = listening.getsockname()[:2]
     print(
-        f"serve: model {inspector.version} on http://{args.host}:{args.port} (POST /predict, GET /health, GET /model, GET /metrics)",
+        f"serve: model {inspector.version} on http://{_url_host(host)}:{port} (POST /predict, GET /health, GET /model, GET /metrics)",
         file=sys.stderr,
     )
     if token:
@@ -313,16 +318,50 @@ def serve(args: argparse.Namespace) -> int:
             f"serve: unauthenticated, so local only ({args.host}); set {service.TOKEN_ENV} or --token-file to serve other machines",
             file=sys.stderr,
         )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
-        host=args.host,
-        port=args.port,
         log_level="warning",
         workers=1,
         http=service.header_deadline_protocol(args.header_timeout),
         limit_concurrency=args.max_connections,
     )
+    uvicorn.Server(config).run(sockets=[listening])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The service's socket, bound here so that an address in use or not this machine's is one line naming it."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listening = socket.socket(family, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise InspectionError(
+            f"--host {host}: not an address of this machine ({exc}); use 127.0.0.1 or this machine's address"
+        ) from None
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a restart reuses the port at once
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        raise InspectionError(
+            f"--host {host} --port {port}: cannot listen there ({exc.strerror}); choose a free port or stop what holds it"
+        ) from None
+    return listening
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _port(text: str) -> int:
+    """A TCP port: 0 asks the system for a free one (the start line says which)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number: give 1 to 65535 (0: any free port)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number: give 1 to 65535 (0: any free port)")
+    return port
 
 
 def _serve_arguments(sub: argparse.ArgumentParser) -> None:
@@ -522,10 +561,13 @@ def review(args: argparse.Namespace) -> int:
         )
     spec = Inspector(args.model, threads=1).spec
     app = station.create_review_app(station.Station(Path(args.watch_out), Path(args.line), spec, inspector), token, args.host)
-    print(f"review: {inspector} labels {args.watch_out} into {args.line} on http://{args.host}:{args.port}/", file=sys.stderr)
+    listening = _listen(args.host, args.port)
+    host, port = listening.getsockname()[:2]
+    print(f"review: {inspector} labels {args.watch_out} into {args.line} on http://{_url_host(host)}:{port}/", file=sys.stderr)
     if token:
         print("review: the page asks for the token; every call sends it as 'Authorization: Bearer <token>'", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1, http=service.header_deadline_protocol(10.0))
+    config = uvicorn.Config(app, log_level="warning", workers=1, http=service.header_deadline_protocol(10.0))
+    uvicorn.Server(config).run(sockets=[listening])
     return 0
 
 
@@ -543,7 +585,7 @@ def _add_line_commands(commands, common) -> None:
     sub.add_argument("--line", default=str(DEFAULT_LINE), help=f"the line data set (default: {DEFAULT_LINE})")
     sub.add_argument("--inspector", help="who labels (default: your login name)")
     sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    sub.add_argument("--port", type=int, default=8100, help="port (default: 8100)")
+    sub.add_argument("--port", type=_port, default=8100, help="port (default: 8100; 0: any free port)")
     sub.add_argument(
         "--token-file", type=Path, help="bearer token file (else $CASTING_INSPECT_TOKEN); required for a non-loopback --host"
     )
@@ -597,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("serve", help="the HTTP inspection service (FastAPI on uvicorn)")
     sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    sub.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    sub.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0: any free port)")
     sub.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted file, in MB (default: 10)")
     sub.add_argument("--max-files", type=int, default=64, help="most images in one request (default: 64)")
     _serve_arguments(sub)

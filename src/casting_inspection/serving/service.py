@@ -34,6 +34,7 @@ from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.text import printable
 from casting_inspection.serving.health import LineHealth
 from casting_inspection.serving.inference import Inspector
 
@@ -260,7 +261,7 @@ class _LimitedMultiPart(MultiPartParser):
 
     def __init__(self, headers, stream, max_upload_bytes: int, **kwargs):
         super().__init__(headers, stream, **kwargs)
-        self.max_upload_bytes, self.part_bytes = max_upload_bytes, 0
+        self.max_upload_bytes, self.part_bytes, self.complete = max_upload_bytes, 0, False
 
     def on_part_begin(self) -> None:
         super().on_part_begin()
@@ -270,8 +271,18 @@ class _LimitedMultiPart(MultiPartParser):
         self.part_bytes += end - start
         upload = self._current_part.file
         if upload is not None and self.part_bytes > self.max_upload_bytes:
-            raise ClientError(413, f"{upload.filename}: larger than {self.max_upload_bytes} bytes", file=upload.filename)
+            raise ClientError(
+                413,
+                f"{printable(upload.filename or '')}: larger than {self.max_upload_bytes} bytes; send a smaller photo "
+                "or start the service with a larger --max-upload-mb",
+                file=upload.filename,
+            )
         super().on_part_data(data, start, end)
+
+    def on_end(self) -> None:
+        """The closing boundary: only then has every part arrived whole (python-multipart reads a cut body quietly)."""
+        super().on_end()
+        self.complete = True
 
 
 async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
@@ -283,18 +294,25 @@ async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, byte
         form = await parser.parse()
     except MultiPartException as exc:
         raise ClientError(
-            400, f"{exc.message.rstrip('.')}: send at most {limits.max_files} files in one well-formed multipart body"
+            400,
+            f"{exc.message.rstrip('.')}: send the images (at most {limits.max_files}) in the one multipart field 'files', "
+            "in a well-formed body",
         ) from None
     except ClientDisconnect:
         raise ClientError(400, "the client went away before the request body was complete") from None
     try:
+        if not parser.complete:  # a proxy or client that cut the body: its last file would go unnamed
+            raise ClientError(
+                400,
+                "the multipart body ends before its closing boundary (cut off on the way?): nothing was decided; send it again",
+            )
         stray = sorted({key for key, _ in form.multi_items() if key != "files"})
         if stray:  # nothing sent is passed over without a word
             raise ClientError(400, f"field {stray[0]!r} is not read: send every image in the multipart field 'files'")
         uploads = form.getlist("files")
         if not uploads:
             raise ClientError(400, "no files: send one or more images in the multipart field 'files'")
-        if not all(isinstance(item, UploadFile) for item in uploads):
+        if not all(isinstance(item, UploadFile) and item.filename for item in uploads):
             raise ClientError(400, "a part of 'files' is not a file: send each image as a file, with its file name")
         named = []
         for upload in uploads:  # each spooled copy is freed as soon as it is read: one copy of the body, not two
@@ -312,7 +330,10 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+        routes = " (this service answers POST /predict, GET /health, GET /model and GET /metrics)"
+        return JSONResponse(
+            {"error": str(exc.detail) + (routes if exc.status_code in (404, 405) else "")}, status_code=exc.status_code
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -352,7 +373,7 @@ def create_app(inspector: Inspector, limits: Limits, token: str | None = None, w
 
     @app.post("/predict")
     async def predict(request: Request) -> dict:
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             raise ClientError(415, "send the images as multipart/form-data in the field 'files'")
         async with gate:  # at most max_active bodies in memory and being decided at once
             try:
@@ -367,7 +388,8 @@ def create_app(inspector: Inspector, limits: Limits, token: str | None = None, w
         for item in bad:
             metrics.reject(item["reason"])
         if len(bad) == len(results):  # nothing decided: the request failed; otherwise the good photos are answered
-            raise ClientError(422, "not a usable image: " + "; ".join(f"{b['file']}: {b['reason']}" for b in bad), files=bad)
+            named = "; ".join(f"{printable(b['file'])}: {b['reason']}" for b in bad)
+            raise ClientError(422, f"not a usable image: {named}", files=bad)
         decided = [r.decision for r in results if not r.error]
         for decision in decided:
             metrics.decided(decision)
