@@ -7,6 +7,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -270,3 +273,74 @@ def test_a_torn_line_in_labels_csv_hides_no_other_verdict(exported_model, tmp_pa
     assert [r["inspector"] for r in rows_read] == ["Smith, Anna", "ben", "carl"] and [n for n, _ in problems] == [3]
     assert first in set(line.disagreements(line_dir)["sha256"])  # ben's verdict still counts: disputed, not trained
     assert list(line.training_labels(line_dir)["sha256"]) == [second]
+
+
+def test_a_photo_copied_into_another_class_later_is_recorded_in_neither(exported_model, tmp_path, capsys):
+    """Imported once as defective; the plant then copies it into OK/ too: the second import names both files and
+    records nothing new (the photo's class is the plant's to settle)."""
+    folder, line_dir = tmp_path / "plant", tmp_path / "line"
+    (folder / "NG").mkdir(parents=True)
+    photo = jpeg_bytes(part_image(True, 7))
+    (folder / "NG/a.jpg").write_bytes(photo)
+    options = ("--map", "NG=defective", "--inspector", "qa")
+    assert import_line(exported_model["onnx"], folder, line_dir, *options) == 0
+    options = (*options, "--map", "OK=ok")
+    (folder / "OK").mkdir()
+    (folder / "OK/a_copy.jpg").write_bytes(photo)
+    capsys.readouterr()
+    assert import_line(exported_model["onnx"], folder, line_dir, *options) == 3
+    skipped = [text for text in capsys.readouterr().err.splitlines() if text.startswith("skipped")]
+    assert len(skipped) == 2 and all("recorded in neither" in text for text in skipped), skipped
+    assert [r["verdict"] for r in rows(line_dir)] == ["defective"]
+
+
+def test_a_line_of_other_bytes_is_named_and_the_rest_count(exported_model, tmp_path):
+    """A hand edit in another encoding spoils its own line, never the file."""
+    spec = Inspector(exported_model["onnx"]).spec
+    line_dir = tmp_path / "line"
+    first, first_image = line.add_photo(line_dir, jpeg_bytes(part_image(True, 1)), spec)
+    line.append_verdict(line_dir, line.Verdict(first, first_image, "defective", "anna", "review"))
+    with open(line_dir / line.LABELS_NAME, "ab") as f:
+        f.write(f"{first},{first_image},ok,J\xfcrgen,2026-01-01T00:00:00+00:00,review,,\n".encode("latin-1"))
+    line.append_verdict(line_dir, line.Verdict(first, first_image, "defective", "ben", "review"))
+    rows_read, problems = line.read_rows(line_dir)
+    assert [r["inspector"] for r in rows_read] == ["anna", "ben"] and problems == [(3, "not UTF-8 text")]
+
+
+def test_a_folder_whose_name_is_not_text_is_refused_before_anything_is_stored(exported_model, tmp_path, capsys):
+    folder = tmp_path / os.fsdecode(b"plant_\xe9")
+    (folder / "NG").mkdir(parents=True)
+    (folder / "NG/a.jpg").write_bytes(jpeg_bytes(part_image(True, 7)))
+    line_dir = tmp_path / "line"
+    assert import_line(exported_model["onnx"], folder, line_dir, "--map", "NG=defective", "--inspector", "qa") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its name is not UTF-8 text" in err and not line_dir.exists()
+
+
+APPEND_UNDER_A_SIZE_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+from casting_inspection.data import line
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+line_dir = Path(sys.argv[1])
+size = (line_dir / line.LABELS_NAME).stat().st_size
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 300, size + 300))
+verdict = line.read_rows(line_dir)[0][0]
+rows = [line.Verdict(verdict["sha256"], verdict["image"], "ok", f"inspector{k}", "review") for k in range(5)]
+line.append_verdicts(line_dir, rows)
+"""
+
+
+def test_verdicts_that_do_not_fit_on_the_disk_land_none_of_them(exported_model, tmp_path):
+    """Five verdicts in one write, and room for one and a half: none lands, no torn line is left, the error is said."""
+    spec = Inspector(exported_model["onnx"]).spec
+    line_dir = tmp_path / "line"
+    first, first_image = line.add_photo(line_dir, jpeg_bytes(part_image(True, 1)), spec)
+    line.append_verdict(line_dir, line.Verdict(first, first_image, "defective", "anna", "review"))
+    before = (line_dir / line.LABELS_NAME).read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(Path(line.__file__).parents[2])}
+    result = subprocess.run(
+        [sys.executable, "-c", APPEND_UNDER_A_SIZE_LIMIT, str(line_dir)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 1 and "cannot write the verdict (File too large)" in result.stderr, result.stderr
+    assert (line_dir / line.LABELS_NAME).read_bytes() == before

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 
-# C0 and C1 controls (newlines, carriage returns, terminal escape codes) and the bidirectional overrides
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls (newlines, carriage returns, terminal escape codes), the bidirectional overrides, and the lone
+# surrogates that stand for a name's bytes that are not UTF-8
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet run a cell as a formula
 
 
 def printable(text: str) -> str:
-    """Control and direction characters written as escapes (a newline as \\n, ESC as \\x1b): a file name can
-    neither forge a line of output (a defective photo printed as ok) nor drive the terminal."""
+    """Control and direction characters written as escapes (a newline as \\n, ESC as \\x1b), and a name's bytes
+    that are not UTF-8 (\\udce9): a file name can neither forge a line of output (a defective photo printed as ok)
+    nor drive the terminal, nor stop a message from being printed."""
     return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 

@@ -144,16 +144,16 @@ def read_rows(line_dir: Path) -> tuple[list[dict[str, str]], list[tuple[int, str
     line is named and left out, the others still count. ([], []) when there is no file yet."""
     path = Path(line_dir) / LABELS_NAME
     try:
-        text = path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         return [], []
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InspectionError(f"{path}: cannot read it ({exc}); restore it (dvc checkout data/line)") from None
+    except OSError as exc:
+        raise InspectionError(f"{path}: cannot read it ({exc.strerror}); restore it (dvc checkout data/line)") from None
     problems = []
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
         problems.append((1, "starts with a byte-order mark: saved by another program? check its rows"))
-    lines = text.split("\n")
+    lines = [raw.decode("utf-8", "surrogateescape") for raw in data.split(b"\n")]  # a stray byte spoils its line only
     if lines and lines[-1] == "":
         lines.pop()
     if lines and next(csv.reader([lines[0]])) != list(COLUMNS):
@@ -165,7 +165,7 @@ def read_rows(line_dir: Path) -> tuple[list[dict[str, str]], list[tuple[int, str
     for number, raw in enumerate(lines[1:], start=2):  # a row is one line: a torn line cannot swallow the next ones
         try:
             cells = next(csv.reader([raw.removesuffix("\r")], strict=True), [])
-            reason = _row_problem(cells)
+            reason = "not UTF-8 text" if any(_not_text(cell) for cell in cells) else _row_problem(cells)
         except csv.Error as exc:
             reason = f"not a CSV row ({exc})"
         if reason:
@@ -173,6 +173,14 @@ def read_rows(line_dir: Path) -> tuple[list[dict[str, str]], list[tuple[int, str
         else:
             rows.append(dict(zip(COLUMNS, cells)))
     return rows, problems
+
+
+def _not_text(cell: str) -> bool:
+    try:
+        cell.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _row_problem(cells: list[str]) -> str | None:
@@ -213,14 +221,30 @@ def _append_rows(line_dir: Path, rows: list[dict[str, str]]) -> None:
         elif not path.read_bytes().endswith(b"\n"):
             buffer.write("\n")
         writer.writerows(rows)
-        with open(path, "a", encoding="utf-8", newline="") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
+        _append_whole(path, buffer.getvalue().encode("utf-8"))
     except OSError as exc:
         raise InspectionError(
             f"{path}: cannot write the verdict ({exc.strerror}); check the disk and the folder's rights"
         ) from None
+
+
+def _append_whole(path: Path, data: bytes) -> None:
+    """Append all of `data`, synced, or nothing: a write cut short (a full disk) is cut back to the old end, so no
+    verdict lands half and no torn line is left for the next one."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+            raise
+    finally:
+        os.close(fd)
 
 
 def _check_verdict(line_dir: Path, verdict: Verdict) -> None:
@@ -391,6 +415,11 @@ def import_folder(
     classes is recorded in neither (say which it is, then import again). `not_a_part` (the model's guard)
     says why a photo labelled defective or ok is not a part the model can judge: such a photo is left out."""
     _refuse_overlap(Path(folder), Path(line_dir))
+    source = f"import:{Path(folder).resolve().name}"
+    if _not_text(source):
+        raise InspectionError(
+            f"{printable(str(folder))}: its name is not UTF-8 text, and it names the verdicts' source; rename the folder"
+        )
     classes, inspector = class_folders(folder, mapping), check_inspector(inspector)
     report = ImportReport(dict.fromkeys(VERDICTS, 0), [], [])
     for entry in sorted(Path(folder).iterdir()):
@@ -402,9 +431,9 @@ def import_folder(
             report.skipped.append((str(entry), "not in a class sub-folder, so it has no label"))
     mine = latest_verdicts(line_dir).query("inspector == @inspector")
     before = dict(zip(mine["sha256"], mine["verdict"]))
-    pending: dict[str, tuple[Verdict, str]] = {}  # sha256 -> (its verdict, the first file found with it)
+    pending: dict[str, Verdict] = {}  # sha256 -> the verdict to record
+    seen: dict[str, tuple[str, str]] = {}  # sha256 -> (its class's verdict, the first file found with it)
     both_ways: set[str] = set()
-    source = f"import:{Path(folder).resolve().name}"
     for class_dir, verdict in classes.items():
         paths, problems = walk_files(class_dir)
         report.skipped += problems
@@ -413,20 +442,19 @@ def import_folder(
             if stored is None:
                 continue
             digest, image = stored
-            first = pending.get(digest)
-            if digest in both_ways or (first and first[0].verdict != verdict):
-                if first:
+            first = seen.setdefault(digest, (verdict, str(path)))
+            if digest in both_ways or first[0] != verdict:
+                if digest not in both_ways:  # the first file of it was counted (or taken as counted before): undone
                     both_ways.add(digest)
+                    pending.pop(digest, None)
+                    report.duplicates = [name for name in report.duplicates if name != first[1]]
                     report.skipped.append((first[1], f"the same photo as {path} (another class); recorded in neither"))
-                    del pending[digest]
-                report.skipped.append(
-                    (str(path), f"the same photo as {first[1] if first else 'another file'} (another class); recorded in neither")
-                )
-            elif first or before.get(digest) == verdict:
+                report.skipped.append((str(path), f"the same photo as {first[1]} (another class); recorded in neither"))
+            elif first[1] != str(path) or before.get(digest) == verdict:
                 report.duplicates.append(str(path))
             else:
-                pending[digest] = (Verdict(digest, image, verdict, inspector, source), str(path))
-    for recorded in append_verdicts(line_dir, [verdict for verdict, _ in pending.values()]):
+                pending[digest] = Verdict(digest, image, verdict, inspector, source)
+    for recorded in append_verdicts(line_dir, list(pending.values())):
         report.recorded[recorded.verdict] += 1
     return report
 
