@@ -404,9 +404,16 @@ def watch(args: argparse.Namespace) -> int:
     from casting_inspection.serving.watch.inbox import WatchBusy
     from casting_inspection.serving.watch.watcher import watch_folder
 
-    for option, value in (("--log-wait", args.log_wait), ("--reject-after", args.reject_after)):
-        if not value >= 0:
+    for option, value in (
+        ("--log-wait", args.log_wait),
+        ("--reject-after", args.reject_after),
+        ("--settle", args.settle),
+        ("--poll", args.poll),
+    ):
+        if not (value >= 0 and math.isfinite(value)):  # NaN or infinity: a photo would wait unnamed for ever
             raise InspectionError(f"{option} must be 0 or more seconds (got {value})")
+    if not args.poll > 0:
+        raise InspectionError(f"--poll must be above 0 seconds (got {args.poll})")
     inspector = Inspector(args.model, threads=args.threads)
     health, metrics_server = watched(inspector, args.metrics, args.window)
     try:

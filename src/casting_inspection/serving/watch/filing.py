@@ -26,10 +26,21 @@ def sha256_of(path: Path) -> str | None:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _within(text: str, limit: int) -> str:
+    """The longest start of `text` whose bytes on disk fit `limit` (a file system counts bytes: 255 a name)."""
+    kept, size = [], 0
+    for char in text:
+        size += len(char.encode("utf-8", "surrogateescape"))
+        if size > limit:
+            break
+        kept.append(char)
+    return "".join(kept)
+
+
 def names(destination: Path, digest: str):
     """The names a photo may take in its folder, in order: its own, then with a short content-hash suffix."""
     yield destination
-    stem, suffix = destination.stem[:150], destination.suffix[:20]
+    stem, suffix = _within(destination.stem, 150), _within(destination.suffix, 20)
     yield destination.with_name(f"{stem}.{digest[:8]}{suffix}")
     for n in range(2, 100):
         yield destination.with_name(f"{stem}.{digest[:8]}-{n}{suffix}")

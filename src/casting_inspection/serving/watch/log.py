@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -14,6 +15,21 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS inspections (
     name TEXT NOT NULL, sha256 TEXT NOT NULL, decided_at TEXT NOT NULL, decision TEXT NOT NULL,
     defect_probability REAL, threshold REAL NOT NULL, model_version TEXT NOT NULL, reason TEXT NOT NULL,
     destination TEXT NOT NULL, PRIMARY KEY (name, sha256))"""
+
+
+def kept(text: str) -> str | bytes:
+    """A name or path as the log keeps it: text, or its bytes when it is not UTF-8 (a camera share's old name), which
+    SQLite cannot take as text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
+
+
+def read_back(value: str | bytes) -> str:
+    """What `kept` stored, as the name it was."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 class LogLocked(InspectionError):
@@ -45,13 +61,21 @@ class InspectionLog:
         self.db.close()
 
     def destination(self, name: str, digest: str) -> Path | None:
-        """Where the log says this photo (name and content) goes, or None when it was never decided."""
-        row = self.db.execute("SELECT destination FROM inspections WHERE name=? AND sha256=?", (name, digest)).fetchone()
-        return Path(row[0]) if row else None
+        """Where the log says this photo (name and content) goes, or None when it was never decided: its folder and
+        name under this log's --out, whatever folder the watcher that logged it ran in."""
+        row = self.db.execute("SELECT destination FROM inspections WHERE name=? AND sha256=?", (kept(name), digest)).fetchone()
+        return self.under_out(row[0]) if row else None
+
+    def under_out(self, logged) -> Path:
+        """A logged destination as a path under this log's --out (rows written relative to another folder included)."""
+        path = Path(read_back(logged))
+        return self.path.parent / path.parent.name / path.name
 
     def refile(self, name: str, digest: str, final: Path) -> None:
         with self.db:
-            self.db.execute("UPDATE inspections SET destination=? WHERE name=? AND sha256=?", (str(final), name, digest))
+            self.db.execute(
+                "UPDATE inspections SET destination=? WHERE name=? AND sha256=?", (kept(str(final)), kept(name), digest)
+            )
 
     def retry(self, what: str, work):
         """Run `work` (whole transactions) again while another process holds the log: the busy timeout

@@ -53,7 +53,7 @@ from casting_inspection.serving.watch.inbox import (
     note,
     skip_reason,
 )
-from casting_inspection.serving.watch.log import LOG_NAME, InspectionLog, LogLocked
+from casting_inspection.serving.watch.log import LOG_NAME, InspectionLog, LogLocked, kept
 
 BATCH = 64
 
@@ -66,12 +66,17 @@ class _Changed(Exception):
     """The photo in the inbox is no longer the one that was decided."""
 
 
+class _TooLargeToCopy(Exception):
+    """A file refused unread for its size, with --out on another disk: it stays in the inbox, never copied."""
+
+
 @dataclasses.dataclass
 class _Photo:
     path: Path
     data: bytes
     digest: str
-    identity: tuple[int, int, int, int]  # device, inode, size, mtime: the file that was read
+    identity: tuple[int, int, int, int, int]  # device, inode, size, mtime, ctime: the file that was read (a rewrite in
+    # place that restores size and mtime, as `rsync --inplace -t` does, still moves ctime)
 
 
 def _refuse_overlap(inbox: Path, out: Path) -> None:
@@ -98,6 +103,7 @@ class Watcher:
     ):
         if not inbox.is_dir():
             raise InspectionError(f"{inbox}: no such folder to watch")
+        out = Path(out).absolute()  # the log's destinations hold whatever folder a later watcher starts in
         _refuse_overlap(inbox, out)
         self.inspector, self.inbox, self.out, self.settle, self.log_wait = inspector, inbox, out, settle_seconds, log_wait
         self.seen: dict[Path, tuple[tuple[int, int], float]] = {}  # size and mtime at the last look, and since when
@@ -106,6 +112,7 @@ class Watcher:
         self.left = 0  # complete photos that could not be filed this run; they stay in the inbox
         self.reject_after = reject_after  # a file that is not a usable image is rejected once unchanged this long
         self.unusable_since: dict[tuple[str, str], float] = {}  # (name, content) -> when this machine first saw it
+        self.unreachable = ""  # why the inbox itself cannot be read now (a share gone): said once, until it is back
         self.log: InspectionLog | None = None
         self.health = None  # serving.health.LineHealth: the rolling rates and drift, when watch serves --metrics
         self.lock = lock_inbox(inbox, out)
@@ -171,7 +178,17 @@ class Watcher:
         left alone; hidden and partial files only after LINGER_SECONDS (unless `patient` is False), since
         a writer usually renames them a moment later."""
         found, skipped = [], {}
-        for path in sorted(self.inbox.iterdir()):
+        try:
+            entries = sorted(self.inbox.iterdir())
+        except OSError as exc:  # a share dropped, a folder renamed: nothing arrives; said once, looked at again
+            if not self.unreachable:
+                note(f"{self.inbox}: the inbox cannot be read ({exc.strerror}); looking again at each poll")
+            self.unreachable = exc.strerror or str(exc)
+            return []
+        if self.unreachable:
+            note(f"{self.inbox}: the inbox can be read again")
+            self.unreachable = ""
+        for path in entries:
             try:
                 info = path.lstat()
             except FileNotFoundError:
@@ -217,6 +234,8 @@ class Watcher:
         """One look for --once: files not modified for `settle` seconds are complete; a file modified in the
         future is watched for `settle` seconds and decided if it did not change; a recent one is left."""
         now, ready, future = time.time(), [], []
+        if not self.inbox.is_dir():
+            raise InspectionError(f"{self.inbox}: the inbox is gone or cannot be read; check the folder or the share")
         for path, info in self.scan(now, patient=False):
             age = now - info.st_mtime
             if age >= self.settle:
@@ -345,7 +364,7 @@ class Watcher:
                 self._note_once(path.name, "changed while it was read; it stays in the inbox, tried again at the next look")
                 self.left += 1
                 continue
-            identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+            identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
             photos.append(_Photo(path, data, digest, identity))
         return photos
 
@@ -365,22 +384,22 @@ class Watcher:
                 self.log.db.execute(
                     "INSERT INTO inspections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name, sha256) DO NOTHING",
                     (
-                        photo.path.name,
+                        kept(photo.path.name),
                         photo.digest,
                         stamp,
                         result.decision or "rejected",
                         result.defect_probability,
                         result.threshold,
                         result.model_version,
-                        result.why,
-                        str(destination),
+                        kept(result.why),
+                        kept(str(destination)),
                     ),
                 )
                 (logged,) = self.log.db.execute(
-                    "SELECT destination FROM inspections WHERE name=? AND sha256=?", (photo.path.name, photo.digest)
+                    "SELECT destination FROM inspections WHERE name=? AND sha256=?", (kept(photo.path.name), photo.digest)
                 ).fetchone()
-                destinations[(photo.path.name, photo.digest)] = Path(logged)
-                claimed.add(Path(logged))
+                destinations[(photo.path.name, photo.digest)] = self.log.under_out(logged)
+                claimed.add(destinations[(photo.path.name, photo.digest)])
         return destinations
 
     def _free_name(self, folder: Path, photo: _Photo, claimed: set[Path]) -> Path:
@@ -396,6 +415,12 @@ class Watcher:
             return self._file(photo, destination)
         except _Changed:
             self._note_once(photo.path.name, "changed after it was decided; it stays in the inbox and is decided again")
+        except _TooLargeToCopy:
+            self._note_once(
+                photo.path.name,
+                f"over prepare.max_file_bytes, and {destination.parent} is on another disk than the inbox: it stays in "
+                "the inbox, never copied (a copy could fill that disk); delete it or move it by hand",
+            )
         except OSError as exc:
             self._note_once(
                 photo.path.name,
@@ -410,9 +435,11 @@ class Watcher:
         decided, so a photo replaced meanwhile is never filed under the old decision, and a filed photo never shares
         its inode with a file a camera may still write."""
         folder = destination.parent
-        if len(photo.data) > self.inspector.spec.max_file_bytes and self.same_disk.get(folder):
-            with contextlib.suppress(_CannotMove):
-                return self._move(photo, destination)
+        if len(photo.data) > self.inspector.spec.max_file_bytes:  # refused unread: filed by name, or left
+            if self.same_disk.get(folder):
+                with contextlib.suppress(_CannotMove):
+                    return self._move(photo, destination)
+            raise _TooLargeToCopy
         staged = self._copy_in(photo, folder)
         try:
             final, _ = claim_name(staged, photo.digest, destination)
@@ -436,7 +463,7 @@ class Watcher:
         if final != destination:
             self.log.retry("record where it was filed", lambda: self._relog(photo, final))
         if not moved:
-            self._remove_from_inbox(photo, final)
+            self._remove_from_inbox(photo, final, linked=True)
         return final
 
     def _copy_in(self, photo: _Photo, folder: Path) -> Path:
@@ -464,13 +491,15 @@ class Watcher:
     def _relog(self, photo: _Photo, final: Path) -> None:
         self.log.refile(photo.path.name, photo.digest, final)
 
-    def _remove_from_inbox(self, photo: _Photo, final: Path) -> None:
-        """Delete the inbox copy, unless a new file took its name meanwhile (that one is decided next)."""
+    def _remove_from_inbox(self, photo: _Photo, final: Path, linked: bool = False) -> None:
+        """Delete the inbox copy, unless a new file took its name meanwhile, or it was rewritten (that one is decided
+        next). `linked`: the inbox file itself got its filed name, which moved its ctime."""
         try:
             info = photo.path.lstat()
         except FileNotFoundError:
             return
-        if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != photo.identity:
+        now = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if now[: 4 if linked else 5] != photo.identity[: 4 if linked else 5]:
             self._note_once(
                 photo.path.name, f"was replaced in the inbox after it was filed as {final}; the new one is decided next"
             )
