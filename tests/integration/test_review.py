@@ -406,3 +406,42 @@ def test_a_locked_or_read_only_line_folder_is_said_within_seconds(watched, tmp_p
         finally:
             os.close(fd)
         assert line.read_rows(line_dir) == ([], [])  # nothing landed after the answer
+
+
+def test_a_held_key_or_enter_after_a_click_labels_no_photo_unseen(watched, tmp_path):
+    """A key held down repeats, and focus left on a clicked button would take Enter or Space as the same verdict:
+    only deliberate presses and clicks label a photo."""
+    line_dir = tmp_path / "line"
+    queue = expected_queue(watched["log"])
+    command = review_command(watched, line_dir, free_port(), "--inspector", "anna")
+    with review_server(command, tmp_path / "review.log", server_env()) as url, browser_page(url) as page:
+        page.settle()
+        page.page.keyboard.down("d")
+        page.settle()
+        for _ in range(4):  # held: the browser's auto-repeat
+            page.page.keyboard.down("d")
+            page.settle()
+        page.page.keyboard.up("d")
+        assert [r["verdict"] for r in labels(line_dir)] == ["defective"] and page.current == queue[1]["sha256"]
+        page.page.click("button[data-key='o']")
+        page.settle()
+        for key in ("Enter", " "):
+            page.press(key)
+        assert [r["verdict"] for r in labels(line_dir)] == ["defective", "ok"] and page.current == queue[2]["sha256"]
+
+
+def test_a_labels_file_damaged_while_serving_is_said_on_the_page_and_at_start(watched, tmp_path):
+    line_dir = tmp_path / "line"
+    line_dir.mkdir()
+    command = review_command(watched, line_dir, free_port(), "--inspector", "anna")
+    with review_server(command, tmp_path / "r.log", server_env()) as url:
+        assert httpx.get(url + "/api/queue", timeout=30).status_code == 200
+        (line_dir / line.LABELS_NAME).write_text("sha256 ,image\n")  # a header edited by hand
+        answer = httpx.get(url + "/api/queue", timeout=30)
+        assert answer.status_code == 503 and "not a line labels file" in answer.json()["error"], answer.text
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60, env=server_env(), cwd=PROJECT)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "not a line labels file" in refused.stderr
+    (tmp_path / "file").write_text("")
+    command = review_command(watched, tmp_path / "file", free_port(), "--inspector", "anna")
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60, env=server_env(), cwd=PROJECT)
+    assert refused.returncode == 1 and "a file, not a folder" in refused.stderr, refused.stderr

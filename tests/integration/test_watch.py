@@ -321,6 +321,20 @@ def test_out_on_a_mounted_tmpfs(exported_model, tmp_path, other_filesystem):
     assert_log_matches_files(out, 4)
 
 
+@pytest.mark.slow
+def test_a_file_too_large_for_another_disk_stays_in_the_inbox_never_copied(exported_model, tmp_path, other_filesystem):
+    """Refused unread for its size, it could be gigabytes: a copy to another disk could fill it. It is named, left."""
+    inbox, out = tmp_path / "inbox", other_filesystem / "sorted"
+    inbox.mkdir()
+    with open(inbox / "huge.jpg", "wb") as f:
+        f.truncate(Inspector(exported_model["onnx"]).spec.max_file_bytes + 1_000_000)  # sparse: no blocks on disk
+    old = time.time() - 60
+    os.utime(inbox / "huge.jpg", (old, old))
+    result = run_once(inbox, out, exported_model["onnx"])
+    assert result.returncode == 3 and "never copied (a copy could fill that disk)" in result.stderr, result.stderr
+    assert photos_in(inbox) == ["huge.jpg"] and filed(out) == [] and hidden_left(out) == []
+
+
 def hold_log_locked(out: Path, watcher: subprocess.Popen, release_after: float = 1.0) -> tuple[str, str]:
     """Hold the log with BEGIN EXCLUSIVE (as a backup or an sqlite3 shell may) until the watcher has said it
     is waiting, i.e. past the 5 s after which sqlite3 gives up by default, then `release_after` seconds more.

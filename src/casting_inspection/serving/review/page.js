@@ -121,11 +121,18 @@ async function press(key) {
   document.body.dataset.busy = "false";
 }
 
+// one verdict per deliberate key press: a key held down repeats, and would label photos nobody saw
 document.addEventListener("keydown", (event) => {
   if (event.target.tagName === "INPUT" || event.ctrlKey || event.altKey || event.metaKey) return;
+  if (event.target.tagName === "BUTTON") event.preventDefault();  // Enter or Space on a clicked button: not a verdict
+  if (event.repeat) return;
   press(event.key.toLowerCase());
 });
-document.querySelectorAll("button[data-key]").forEach((b) => b.addEventListener("click", () => press(b.dataset.key)));
+document.querySelectorAll("button[data-key]").forEach((b) => b.addEventListener("click", (event) => {
+  b.blur();  // focus left on a verdict button would let Enter or Space repeat it on the next photo
+  if (event.detail === 0) return;  // a click made by the keyboard, not by the pointer
+  press(b.dataset.key);
+}));
 $("login").addEventListener("submit", (event) => {
   event.preventDefault();
   token = $("token").value.trim();

@@ -39,10 +39,11 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.text import printable
 from casting_inspection.data import line
 from casting_inspection.data.images import BadImage, ImageSpec, load_image, read_photo
 from casting_inspection.serving import service
-from casting_inspection.serving.watch.log import LOG_NAME
+from casting_inspection.serving.watch.log import LOG_NAME, read_back
 
 QUEUE_DECISIONS = ("review", "not_a_part")
 SHELL = ("/", "/review.js")  # the page itself: no data, loaded without the token so that it can ask for it
@@ -112,7 +113,7 @@ def waiting_photos(watch_out: Path) -> tuple[list[Waiting], int]:
     ones are no longer in the watch folders (moved away by hand: they cannot be shown)."""
     watch_out, found, missing = Path(watch_out), {}, 0
     for sha256, name, decision, p, threshold, version, reason, decided_at, destination in _log_rows(watch_out):
-        logged = Path(destination)
+        name, reason, logged = printable(read_back(name)), read_back(reason or ""), Path(read_back(destination))
         here = watch_out / logged.parent.name / logged.name  # the log's path may be relative to the watcher's cwd
         path = here if here.is_file() else logged
         if not path.is_file():
@@ -178,16 +179,21 @@ class Station:
         self.writing = threading.Lock()  # two key presses at once must not label one photo twice
         self.recent: dict[str, tuple[str, float]] = {}  # page -> its last verdict's photo and when
         _log_rows(self.watch_out)  # a wrong --watch-out fails at start, in one line
+        if self.line_dir.exists() and not self.line_dir.is_dir():
+            raise InspectionError(f"--line {self.line_dir}: a file, not a folder; give the line data set's folder")
+        line.read_rows(self.line_dir)  # and so does a labels file that is not one
 
     def queue(self) -> dict:
-        items, missing = review_queue(self.watch_out, self.line_dir, self.inspector)
-        _, bad_lines = line.read_rows(self.line_dir)
+        with _unavailable_as_503():  # a labels file damaged meanwhile: said on the page, in one line
+            items, missing = review_queue(self.watch_out, self.line_dir, self.inspector)
+            _, bad_lines = line.read_rows(self.line_dir)
         problems = [f"{self.line_dir / line.LABELS_NAME} line {n}: {reason}" for n, reason in bad_lines]
         queue = {"inspector": self.inspector, "left": len(items), "missing": missing, "problems": problems}
         return queue | {"items": [i.public() for i in items]}
 
     def find(self, sha256: str) -> Waiting:
-        items, _ = review_queue(self.watch_out, self.line_dir, self.inspector)
+        with _unavailable_as_503():
+            items, _ = review_queue(self.watch_out, self.line_dir, self.inspector)
         for item in items:
             if item.sha256 == sha256:
                 return item
