@@ -274,6 +274,7 @@ def test_a_plc_that_does_not_acknowledge_stops_the_line_and_no_result_is_lost(ex
     )  # the first result waits 1 s, then all are acknowledged
     assert code == 0, stderr
     assert "the PLC did not acknowledge part 1 within 0.3 s" in stderr
+    assert "NOT READY: the PLC has not acknowledged the last result" in stderr  # the station's state, metrics and MQTT too
     assert any(status & 32 and not status & 1 and fault == 3 for status, fault in plc.statuses)  # fault, not ready
     assert [n for n, _, _ in plc.results] == list(range(1, PARTS + 1))  # then every result, in order
     assert len(part_lines(stdout)) == PARTS
@@ -365,3 +366,43 @@ def test_sources_it_cannot_use_are_refused_in_one_line(tmp_path):
         assert result.returncode == 1, (source, result.stderr)
         errors = [line for line in result.stderr.splitlines() if "error:" in line]
         assert len(errors) == 1 and expected in errors[0], (source, result.stderr)
+
+
+def test_a_view_gone_dark_stops_the_line_until_the_light_is_back(exported_model, video, tmp_path):
+    """A lamp out: no part can be seen, so none would be signalled while parts pass. The station is not ready (fault
+    camera) for as long as the view is dark, and ready again after."""
+    capture, frames = cv2.VideoCapture(str(video)), []
+    while (read := capture.read())[0]:
+        frames.append(read[1])
+    dark = tmp_path / "dark.avi"
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(dark), cv2.VideoWriter_fourcc(*"MJPG"), 30, (width, height))
+    for index, frame in enumerate(frames):  # frames 20-49: the empty belt under a lamp at a tenth
+        writer.write((frame * 0.1).astype(np.uint8) if 20 <= index < 50 else frame)
+    writer.release()
+    args = [str(dark), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime"]
+    code, stdout, stderr, plc = run_with_plc(args, free_port())
+    assert code == 0 and "NOT READY: the view is dark (mean grey level 0.02)" in stderr, stderr
+    assert stderr.index("NOT READY: the view is dark") < stderr.rindex("ready (")  # ready again once lit
+    assert any(not status & 1 and fault == 1 for status, fault in plc.statuses)  # the PLC saw it: fault camera
+    assert len(part_lines(stdout)) == PARTS
+
+
+def test_settings_that_would_hide_a_fault_are_refused_by_their_option(exported_model, video, tmp_path):
+    base = [*CLI, str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"])]
+    for extra, expected in (
+        (["--ack-timeout", "inf"], "--ack-timeout must be a number of seconds above 0 (got inf)"),
+        (["--stall", "inf"], "--stall must be a number of seconds above 0 (got inf)"),
+        (["--min-area", "0"], "--min-area 0.0 is out of range: give above 0 and under 1"),
+    ):
+        result = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+
+
+def test_a_video_stopped_by_sigterm_is_not_called_cut_short(exported_model, video, tmp_path):
+    args = [*CLI, str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime"]
+    station = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    station.send_signal(signal.SIGTERM)
+    _, stderr = station.communicate(timeout=60)
+    assert station.returncode == 130 and "cut short" not in stderr, stderr

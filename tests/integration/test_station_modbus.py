@@ -104,3 +104,30 @@ def test_an_acknowledge_already_set_does_not_take_a_result_the_plc_never_saw(lin
     client.write_register(10, 2, device_id=1)  # a real acknowledge: low, then high
     settle(client, lambda r: not r[0] & 2)
     assert output.acknowledged == 1
+
+
+def test_only_the_control_register_takes_writes_and_no_result_is_shown_before_the_first(link):
+    """A client that writes the status registers (a misconfigured HMI) would make a station that cannot decide look
+    ready, or a part look ok: refused, and the registers stay the station's."""
+    output, client = link
+    output.ready(False, "the model cannot load", "model")
+    before = settle(client, lambda r: r[3] == 2)  # fault: model not loaded
+    assert before[4] == 0xFFFF  # no probability before the first result
+    for address, values in ((0, [5, 77, 1, 0, 0, 0]), (4, [9999]), (11, [1])):
+        assert client.write_registers(address, values, device_id=1).isError()
+    assert client.write_coil(0, True, device_id=1).isError()
+    time.sleep(0.1)
+    assert read(client)[:6] == before[:6] and not read(client)[0] & 1  # still not ready, fault 2
+
+
+def test_a_trigger_pulse_shorter_than_a_poll_is_one_part(link):
+    """A PLC sets and clears its trigger bit back to back: every edge is one trigger, none lost between two polls."""
+    output, client = link
+    for _ in range(20):
+        client.write_register(10, 1, device_id=1)
+        client.write_register(10, 0, device_id=1)
+    time.sleep(0.05)
+    taken = 0
+    while output.take_trigger(float("inf")):
+        taken += 1
+    assert taken == 20

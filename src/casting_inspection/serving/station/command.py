@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import threading
 from pathlib import Path
@@ -109,8 +110,10 @@ def run_station(args: argparse.Namespace) -> int:
 
     if args.trigger == "plc" and not args.modbus:
         raise InspectionError("--trigger plc needs --modbus: the PLC's trigger comes over Modbus")
-    if not args.ack_timeout > 0 or args.window < 1:
-        raise InspectionError("--ack-timeout must be above 0 seconds and --window at least 1 part")
+    if not (args.ack_timeout > 0 and math.isfinite(args.ack_timeout)):  # inf: a PLC that never answers, never said
+        raise InspectionError(f"--ack-timeout must be a number of seconds above 0 (got {args.ack_timeout})")
+    if args.window < 1:
+        raise InspectionError(f"--window must be at least 1 part (got {args.window})")
     trigger = TriggerSettings(
         difference=args.difference, min_area=args.min_area, centre=args.centre, motion=args.motion, margin=args.margin
     )

@@ -12,6 +12,9 @@ Holding registers, 0-based, unit id 1:
 | 5 | latency from the frame to this signal, ms |
 | 10 | control, written by the PLC: bit 0 trigger (hardware trigger), bit 1 acknowledge |
 
+Only register 10 takes writes: a write anywhere else is refused (illegal data address), so no client can make the
+station look ready or a part look ok. A trigger edge is counted when the PLC writes it, however short the pulse.
+
 One result at a time: the station sets the result and `result valid`; the PLC reads it and sets `acknowledge`;
 the station clears `result valid`; the PLC clears `acknowledge`; then the next result. A result not acknowledged
 within the timeout drops `ready` and raises fault 3 until the PLC acknowledges: the line stops rather than passing
@@ -29,6 +32,7 @@ import queue
 import threading
 import time
 
+from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -43,6 +47,7 @@ READY, VALID, OK, NG, REVIEW, FAULT_BIT, HEARTBEAT = (1 << bit for bit in range(
 TRIGGER, ACKNOWLEDGE = 1, 2
 FAULTS = {"camera": 1, "model": 2, "acknowledge": 3, "stopped": 4, "hung": 5, "internal": 6, "recorder": 7}
 POLL_SECONDS = 0.002
+CLIENT_WRITES = {5, 6, 15, 16, 22, 23}  # the function codes by which a client writes (coils, registers, masks)
 SIGNAL_BITS = {"OK": OK, "NG": NG, "REVIEW": REVIEW}
 
 
@@ -72,9 +77,12 @@ class ModbusOutput:
     written: list[int] = []
 
     async def _serve(self, started: threading.Event) -> None:
-        registers = [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)]
+        values = [0] * 16
+        values[PROBABILITY] = 0xFFFF  # no result yet: no probability
+        registers = [SimData(0, values=values, datatype=DataType.REGISTERS)]
         bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
-        device = SimDevice(id=UNIT, simdata=(bits, bits, registers, [SimData(0, count=1, values=0, datatype=DataType.REGISTERS)]))
+        simdata = (bits, bits, registers, [SimData(0, count=1, values=0, datatype=DataType.REGISTERS)])
+        device = SimDevice(id=UNIT, simdata=simdata, action=self._on_access)
         try:
             self.server = ModbusTcpServer(device, address=(self.host, self.port))
             await self.server.serve_forever(background=True)
@@ -86,6 +94,18 @@ class ModbusOutput:
         self.loop = asyncio.get_running_loop()
         started.set()
         await self.server.serving
+
+    async def _on_access(self, function, start, address, count, registers, values):
+        """Every client request, before it is served: a write goes to the control register only, and its trigger's
+        rising edge is counted now (a pulse shorter than the handshake's poll is still one part). The station's own
+        writes come as function 3 and pass."""
+        if values is None or function not in CLIENT_WRITES:
+            return None
+        if function in (5, 15) or address != CONTROL or count != 1:
+            return ExcCodes.ILLEGAL_ADDRESS
+        if values[0] & TRIGGER and not registers[CONTROL - start] & TRIGGER:
+            self.edges.append(time.perf_counter())
+        return None
 
     def _call(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(2)
@@ -105,6 +125,12 @@ class ModbusOutput:
         if registers != self.written:  # each write is a round trip to the server's loop: only changes
             self._write(STATUS, registers)
             self.written = registers
+
+    def problem(self) -> tuple[str, str] | None:
+        """This link's own reason the line must stop (the PLC has not acknowledged), for the station to say everywhere."""
+        if self.state["fault"] == FAULTS["acknowledge"]:
+            return "the PLC has not acknowledged the last result within --ack-timeout", "acknowledge"
+        return None
 
     def ready(self, ready: bool, reason: str, fault: str = "") -> None:
         """The station's readiness: not ready while the camera stalls or the model cannot load."""
@@ -142,10 +168,7 @@ class ModbusOutput:
             time.sleep(POLL_SECONDS)
 
     def _turn(self) -> None:
-        c, control, now = self.clock, self._control(), time.monotonic()
-        if control & TRIGGER and not c["last"] & TRIGGER:
-            self.edges.append(time.perf_counter())  # a rising edge: one trigger, however long the PLC holds the bit
-        c["last"] = control
+        c, control, now = self.clock, self._control(), time.monotonic()  # trigger edges are counted as written
         if self.state["fault"] == FAULTS["internal"]:
             self.state["fault"] = 0
         c["low"] = c["low"] or not control & ACKNOWLEDGE  # an acknowledge counts once seen low since the result was set

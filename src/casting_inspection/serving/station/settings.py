@@ -20,19 +20,23 @@ class TriggerSettings:
     dwell: int = 300  # frames something may stay in view before it is learnt as the empty view (10 s at 30 fps)
 
     def problem(self) -> str | None:
+        """The first setting out of its range, named as its option with the range it must lie in; None when all fit."""
         checks = {
-            "width": 16 <= self.width <= 4096,
-            "difference": 1 <= self.difference <= 254,
-            "min_area": 0 < self.min_area < 1,
-            "centre": 0 < self.centre <= 0.5,
-            "motion": 0 <= self.motion <= 1,
-            "jump": 0 < self.jump <= 1,
-            "margin": 0 <= self.margin <= 1,
-            "learn": 0 <= self.learn <= 1,
-            "dwell": self.dwell >= 2,
+            "width": (16 <= self.width <= 4096, "16 to 4096 pixels"),
+            "difference": (1 <= self.difference <= 254, "1 to 254 grey levels"),
+            "min_area": (0 < self.min_area < 1, "above 0 and under 1 (a share of the frame)"),
+            "centre": (0 < self.centre <= 0.5, "above 0 and at most 0.5 (a share of the width)"),
+            "motion": (0 <= self.motion <= 1, "0 to 1 (a share of the width)"),
+            "jump": (0 < self.jump <= 1, "above 0 and at most 1 (a share of the width)"),
+            "margin": (0 <= self.margin <= 1, "0 to 1"),
+            "learn": (0 <= self.learn <= 1, "0 to 1"),
+            "dwell": (self.dwell >= 2, "2 frames or more"),
         }
-        bad = [name for name, ok in checks.items() if not ok]
-        return f"trigger setting {bad[0]}={getattr(self, bad[0])} is out of range" if bad else None
+        bad = [(name, allowed) for name, (ok, allowed) in checks.items() if not ok]
+        if not bad:
+            return None
+        name, allowed = bad[0]
+        return f"--{name.replace('_', '-')} {getattr(self, name)} is out of range: give {allowed}"
 
 
 @dataclasses.dataclass(frozen=True)

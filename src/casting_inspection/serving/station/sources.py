@@ -144,8 +144,12 @@ class FrameReader(threading.Thread):
         self.connected = threading.Event()
         self.index = 0
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 5.0) -> None:
+        """Stop, and wait for the thread to leave the camera's read: a thread still inside OpenCV's or a camera SDK's
+        code when the interpreter ends aborts the process."""
         self.stopping.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(wait)
 
     def run(self) -> None:
         try:
@@ -164,7 +168,8 @@ class FrameReader(threading.Thread):
                     self.stopping.wait(self.reconnect_seconds)
                     continue
                 if not self.live:
-                    self._check_length(capture.declared)
+                    if not self.stopping.is_set():  # stopped on purpose is not cut short
+                        self._check_length(capture.declared)
                     self._put(END)
                     return
                 self.connected.clear()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import queue
 import threading
 import time
@@ -36,6 +37,8 @@ from casting_inspection.serving.watch.inbox import note
 
 MODEL_RETRY_SECONDS = 5.0
 JPEG_QUALITY = 95
+VIEW_DARK, VIEW_BLOWN, VIEW_FLAT = 0.1, 0.95, 1 / 255  # a whole view's mean grey level (0-1) and spread beyond which no
+# part can be seen in it: a lamp out, a lens covered, a camera sending a constant frame (a dark belt's mean is about 0.2)
 
 
 class Station:
@@ -43,8 +46,8 @@ class Station:
         problem = settings.trigger.problem()
         if problem:
             raise InspectionError(f"{problem}; see casting-inspect station --help")
-        if not settings.stall_seconds > 0:
-            raise InspectionError(f"--stall must be more than 0 seconds (got {settings.stall_seconds})")
+        if not (settings.stall_seconds > 0 and math.isfinite(settings.stall_seconds)):  # inf: a stall never said
+            raise InspectionError(f"--stall must be a number of seconds above 0 (got {settings.stall_seconds})")
         if not 0 <= settings.trigger_delay < 60:
             raise InspectionError(f"--trigger-delay must be at least 0 and under 60 seconds (got {settings.trigger_delay})")
         if settings.trigger_delay and not settings.hardware_trigger:
@@ -142,15 +145,27 @@ class Station:
             if isinstance(item, InspectionError):
                 raise item
             self.last_frame = time.monotonic()
-            behind = self.recorder.behind()
-            if behind:
-                self._ready(False, behind, "recorder")
+            problem = self._line_problem(item)
+            if problem:
+                self._ready(False, *problem)
             elif self.inspector is not None:
                 self._ready(True)
             self.metrics.frames.inc()
             self.metrics.dropped.set(self.reader.dropped)
             self._decide_all(self._frame_events(item), item)
         return False
+
+    def _line_problem(self, frame: Frame) -> tuple[str, str] | None:
+        """Why the line must stop though frames come: the record behind, an output's own fault (a PLC that does not
+        acknowledge), or a view in which no part can be seen. Said once, to every output and the metrics."""
+        behind = self.recorder.behind()
+        if behind:
+            return behind, "recorder"
+        for output in self.outputs:
+            problem = output.problem() if hasattr(output, "problem") else None
+            if problem:
+                return problem
+        return unusable_view(frame.image)
 
     def _frame_events(self, frame: Frame) -> list[Event]:
         """A frame that breaks the trigger (an odd format, a resolution change) costs the parts in view, signalled NG
@@ -239,3 +254,17 @@ class Station:
         part.threshold, part.model_version = result.threshold, result.model_version
         part.image = arrays[0] if arrays else None
         part.anomaly_map = maps[0] if maps else None
+
+
+def unusable_view(image: np.ndarray) -> tuple[str, str] | None:
+    """Why no part can be seen in this view (too dark, blown out, one flat level), or None. Parts passing such a view
+    would pass unseen by the software trigger and unjudged by the PLC's: the station is not ready instead."""
+    sample = np.asarray(image[::8, ::8], np.float32) / 255  # every 8th pixel: the view's level, cheaply
+    mean, spread = float(sample.mean()), float(sample.std())
+    if mean < VIEW_DARK:
+        return f"the view is dark (mean grey level {mean:.2f}): check the lamp and the lens", "camera"
+    if mean > VIEW_BLOWN:
+        return f"the view is blown out (mean grey level {mean:.2f}): check the lamp and the exposure", "camera"
+    if spread < VIEW_FLAT:
+        return f"the view is one flat level ({mean:.2f}): check the camera and what covers its lens", "camera"
+    return None
