@@ -61,12 +61,12 @@ class Subscriber:
     """An MES: a persistent MQTT session (it gets what was published while it reconnected), messages by topic. It is
     subscribed when made: a broker keeps nothing for a session it has not seen yet."""
 
-    def __init__(self, port: int, topic: str):
+    def __init__(self, port: int, topic: str, name: str = "mes"):
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, dict]] = []
         subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"mes-{port}", clean_session=False)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{port}", clean_session=False)
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda c, u, mid, codes, p: subscribed.set()

@@ -191,6 +191,10 @@ def test_a_camera_cut_makes_the_station_not_ready_and_it_reconnects_and_a_broker
         wait_until(lambda: len(plc.results) >= seen + 3, 60)
         reached = {n for n, _, _ in plc.results}  # the MES reconnects on its own time: wait for it, not for a guess
         wait_until(lambda: reached <= set(mes.parts()), 30)
+        dashboard = Subscriber(broker.port, "casting-inspect/station-1/state", name="dashboard")  # comes after the restart
+        wait_until(lambda: dashboard.messages, 30)
+        state = dashboard.messages[-1][1]  # retained: the station's state now, not the broker's last will
+        dashboard.close()
         health = scrape(metrics)
         station.send_signal(signal.SIGTERM)
         station.wait(timeout=60)
@@ -203,6 +207,7 @@ def test_a_camera_cut_makes_the_station_not_ready_and_it_reconnects_and_a_broker
         mes.close()
         broker.stop()
     assert station.returncode == 130, stderr
+    assert state["ready"] is True, state
     assert "NOT READY: the camera stalled" in stderr and ("reconnecting" in stderr or "trying again" in stderr)
     parts = part_lines(stdout)
     rows = logged(out)
@@ -406,3 +411,21 @@ def test_a_video_stopped_by_sigterm_is_not_called_cut_short(exported_model, vide
     station.send_signal(signal.SIGTERM)
     _, stderr = station.communicate(timeout=60)
     assert station.returncode == 130 and "cut short" not in stderr, stderr
+
+
+def test_an_output_that_cannot_start_is_one_line_and_nothing_is_left_running(exported_model, video, tmp_path):
+    """A mistyped OPC UA URL, or a port another program holds: one line, exit 1, at once; no thread keeps it alive."""
+    import socket
+
+    base = [*CLI, str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"])]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for extra, expected in (
+            (["--opcua", "garbage"], "--opcua garbage: cannot serve"),
+            (["--opcua", f"opc.tcp://127.0.0.1:{port}/x"], "address already in use"),
+            (["--modbus", f"127.0.0.1:{port}"], f"Modbus: cannot listen on 127.0.0.1:{port}"),
+        ):
+            result = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=30)
+            assert result.returncode == 1 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr

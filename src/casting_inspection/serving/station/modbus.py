@@ -66,7 +66,9 @@ class ModbusOutput:
         self.server_thread = threading.Thread(target=lambda: asyncio.run(self._serve(started)), name="modbus", daemon=True)
         self.server_thread.start()
         if not started.wait(10) or self.loop is None:
-            raise InspectionError(f"Modbus: cannot listen on {host}:{port} ({self.failure}); is the port taken?")
+            raise InspectionError(
+                f"Modbus: cannot listen on {host}:{port} ({self.failure}); is the port taken, and is {host} an address of this machine?"
+            )
         self.worker = threading.Thread(target=self._handshake, name="modbus-handshake", daemon=True)
         self.worker.start()
 
@@ -86,8 +88,8 @@ class ModbusOutput:
         try:
             self.server = ModbusTcpServer(device, address=(self.host, self.port))
             await self.server.serve_forever(background=True)
-        except OSError as exc:
-            self.failure = exc.strerror or str(exc)
+        except Exception as exc:  # a taken port or an unknown host: pymodbus says so in its own types
+            self.failure = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
             started.set()
             return
         self.port = self.server.transport.sockets[0].getsockname()[1]

@@ -20,6 +20,7 @@ from casting_inspection.serving.station.parts import Part
 from casting_inspection.serving.watch.inbox import note
 
 CLOSE_SECONDS = 5.0  # at stop, how long unsent results may take to reach the broker
+UNREACHED_SECONDS = 5.0  # a broker not reached by then is said, once, while results wait for it
 
 
 class MqttOutput:
@@ -36,21 +37,24 @@ class MqttOutput:
         offline = json.dumps({"station": station, "ready": False, "reason": "the station is offline"})
         self.client.will_set(self.state_topic, offline, qos=1, retain=True)
         self.client.on_connect = self._connected
+        self.client.on_connect_fail = self._not_reached
         self.client.on_disconnect = self._disconnected
         self.client.on_publish = self._acknowledged
         self.connected = False
         self.lock = threading.Lock()
         self.pending: set[int] = set()  # message ids the broker has not acknowledged
+        self.results: set[int] = set()  # which of them are parts' results (the others: the state)
         self.early: set[int] = set()  # acknowledged before publish() returned its id
         self.closed = False
+        self.address = f"{host}:{port}"
+        self.since, self.said_unreached = time.monotonic(), False
+        self.alive = lambda: True  # the station's loop turning (set by the station)
+        self.state = {"station": station, "ready": False, "reason": "starting", "fault": ""}
         try:
             self.client.connect_async(host, port, keepalive=10)
         except (OSError, ValueError) as exc:
             raise InspectionError(f"--mqtt {host}:{port}: {exc}") from None
-        self.client.loop_start()
-        self.address = f"{host}:{port}"
-        self.alive = lambda: True  # the station's loop turning (set by the station)
-        self.state = {"station": station, "ready": False, "reason": "starting", "fault": ""}
+        self.client.loop_start()  # paho's thread calls back from here on: everything they read is set above
         self.watchdog = threading.Thread(target=self._watch, name="mqtt-watchdog", daemon=True)
         self.watchdog.start()
 
@@ -58,6 +62,8 @@ class MqttOutput:
         """A hung station is not ready for the MES either: paho's own thread would keep its connection, and its will, alive."""
         hung = False
         while not self.closed:
+            if not self.connected and not self.said_unreached and time.monotonic() - self.since > UNREACHED_SECONDS:
+                self._not_reached(self.client, None)
             alive = self.alive()
             if alive == hung:
                 hung = not alive
@@ -69,22 +75,31 @@ class MqttOutput:
         if reason_code.is_failure:
             note(f"MQTT broker {self.address} refused the connection ({reason_code}); trying again", "station")
             return
-        self.connected = True
+        self.connected, self.said_unreached = True, False
         note(f"MQTT: connected to {self.address}", "station")
+        # the broker may hold the last will ("offline") or a state from before it restarted: the state now, retained
+        self._publish(self.state_topic, json.dumps(self.state), retain=True)
+
+    def _not_reached(self, client, userdata) -> None:
+        """Said once while the broker cannot be reached: results wait for it in memory, none is dropped."""
+        if not self.said_unreached:
+            self.said_unreached = True
+            note(f"MQTT: cannot reach the broker {self.address}; results wait and are sent once it answers", "station")
 
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected:
             note(f"MQTT: lost the broker {self.address} ({reason_code}); results are kept and sent on reconnect", "station")
-        self.connected = False
+        self.connected, self.since = False, time.monotonic()
 
     def _acknowledged(self, client, userdata, mid, reason_code, properties) -> None:
         with self.lock:
             if mid in self.pending:
                 self.pending.remove(mid)
+                self.results.discard(mid)
             else:
                 self.early.add(mid)
 
-    def _publish(self, topic: str, payload: str, retain: bool = False) -> None:
+    def _publish(self, topic: str, payload: str, retain: bool = False, result: bool = False) -> None:
         info = self.client.publish(
             topic, payload, qos=1, retain=retain
         )  # not under our lock: paho calls on_publish under its own
@@ -96,6 +111,8 @@ class MqttOutput:
                 self.early.remove(info.mid)
             else:
                 self.pending.add(info.mid)
+                if result:
+                    self.results.add(info.mid)
 
     def ready(self, ready: bool, reason: str, fault: str = "") -> None:
         self.state = {"station": self.station, "ready": ready, "reason": reason, "fault": fault}
@@ -103,7 +120,7 @@ class MqttOutput:
 
     def post(self, part: Part) -> None:
         latency = (time.perf_counter() - part.arrived) * 1000
-        self._publish(self.topic, json.dumps(part.message(self.station, latency)))
+        self._publish(self.topic, json.dumps(part.message(self.station, latency)), result=True)
 
     def close(self) -> None:
         """Send what is queued (for up to CLOSE_SECONDS), then disconnect."""
@@ -113,7 +130,7 @@ class MqttOutput:
         deadline = time.monotonic() + CLOSE_SECONDS
         while self.pending and time.monotonic() < deadline:
             time.sleep(0.02)
-        unsent = len(self.pending)
+        unsent = len(self.results)  # the state messages are not results
         if unsent:
             note(f"MQTT: {unsent} results not confirmed by {self.address} at stop; they are in the station's log", "station")
         self.client.disconnect()

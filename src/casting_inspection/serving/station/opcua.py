@@ -49,8 +49,12 @@ class OpcUaOutput:
             self.server.disable_clock()  # else stop waits for its one-second clock
             self.nodes = self._address_space(station)
             self.server.start()
-        except (OSError, ValueError, ua.UaError) as exc:
-            raise InspectionError(f"--opcua {url}: cannot serve ({exc}); check the URL and that the port is free") from None
+        except Exception as exc:  # a bad URL or a taken port, raised by asyncua or its socket in its own types
+            self._abandon()
+            raise InspectionError(
+                f"--opcua {url}: cannot serve ({type(exc).__name__}: {exc}); check the URL (opc.tcp://HOST:PORT/PATH) "
+                "and that the port is free"
+            ) from None
         self.stopping = threading.Event()
         self.closed = False
         self.alive = lambda: True  # the station's loop turning (set by the station): the heartbeat stops without it
@@ -58,6 +62,15 @@ class OpcUaOutput:
         self.state = {"State": "Preoperational", "Ready": False, "Reason": "starting"}
         self.worker = threading.Thread(target=self._work, name="opcua", daemon=True)
         self.worker.start()
+
+    def _abandon(self) -> None:
+        """A server that could not start still runs asyncua's event loop thread, which would keep the process alive."""
+        server = getattr(self, "server", None)
+        if server is not None:
+            try:
+                server.stop()
+            except Exception:  # it never started: stopping its own loop thread is what is left
+                server._stop_own_tloop()
 
     def _address_space(self, station: str) -> dict:
         index = self.server.register_namespace(NAMESPACE)
