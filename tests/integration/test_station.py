@@ -47,6 +47,14 @@ def video(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def square_video(tmp_path_factory) -> Path:
+    """The same line filmed by a camera framed on the part (a square region), as the PLC's trigger needs."""
+    path = tmp_path_factory.mktemp("square") / "line.avi"
+    line_video(path, photos(), size=(192, 192), lead=75)
+    return path
+
+
 def logged(out: Path) -> list[tuple]:
     with sqlite3.connect(out / LOG_NAME) as db:
         return db.execute("SELECT name, decision, reason, destination FROM inspections ORDER BY name").fetchall()
@@ -297,9 +305,9 @@ def test_a_model_that_cannot_load_keeps_the_station_not_ready_and_every_part_ng(
     assert all("model is not loaded" in reason for _, _, reason, _ in logged(tmp_path / "out"))
 
 
-def test_the_plcs_trigger_decides_the_next_frame_and_nothing_else(exported_model, video, tmp_path):
+def test_the_plcs_trigger_decides_the_next_frame_and_nothing_else(exported_model, square_video, tmp_path):
     modbus = free_port()
-    cmd = [*CLI, str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime",
+    cmd = [*CLI, str(square_video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime",
            "--modbus", f"127.0.0.1:{modbus}", "--trigger", "plc"]  # fmt: skip
     station = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     plc = Plc(modbus)
@@ -317,13 +325,13 @@ def test_the_plcs_trigger_decides_the_next_frame_and_nothing_else(exported_model
     assert sorted(part_lines(stdout)) == [1, 2, 3]  # three pulses, three parts; the parts riding by decide nothing
     assert [n for n, _, _ in plc.results] == [1, 2, 3]
     for _, _, _, destination in logged(tmp_path / "out"):
-        assert cv2.imread(destination).shape == (192, 320, 3)  # the whole frame: the camera is framed on the part
+        assert cv2.imread(destination).shape == (192, 192, 3)  # the whole frame: the camera is framed on the part
 
 
-def test_a_trigger_no_frame_answers_after_its_delay_is_a_part_signalled_ng(exported_model, video, tmp_path):
+def test_a_trigger_no_frame_answers_after_its_delay_is_a_part_signalled_ng(exported_model, square_video, tmp_path):
     """--trigger-delay longer than the video: no frame read is late enough, so the part is never decided on an earlier
     frame; it is still a part, signalled NG when the video ends."""
-    args = [str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime",
+    args = [str(square_video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime",
             "--trigger", "plc", "--trigger-delay", "59"]  # fmt: skip
     modbus = free_port()
     station = subprocess.Popen([*CLI, *args, "--modbus", f"127.0.0.1:{modbus}"], stdout=subprocess.PIPE,
@@ -429,3 +437,30 @@ def test_an_output_that_cannot_start_is_one_line_and_nothing_is_left_running(exp
         ):
             result = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=30)
             assert result.returncode == 1 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+
+
+def test_the_plcs_trigger_on_a_frame_of_no_parts_shape_is_not_ready_with_the_reason(exported_model, video, tmp_path):
+    """With the PLC's trigger the whole frame is judged: a wide frame would make every part not_a_part, one by one."""
+    args = [str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--trigger", "plc"]
+    _, _, stderr, plc = run_with_plc(args, free_port())
+    assert "NOT READY: with --trigger plc the whole frame is judged, and a 320x192 frame is no part's photo" in stderr
+    assert not any(status & 1 for status, _ in plc.statuses) and any(fault == 1 for _, fault in plc.statuses)
+
+
+def test_a_camera_that_sends_one_frame_over_and_over_stops_the_line(exported_model, video, tmp_path):
+    """A frozen stream looks live (frames keep coming), while parts pass unseen: not ready once the same frame has
+    come for over --stall seconds, ready again when the view moves."""
+    capture, frames = cv2.VideoCapture(str(video)), []
+    while (read := capture.read())[0]:
+        frames.append(read[1])
+    frozen = tmp_path / "frozen.avi"
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(frozen), cv2.VideoWriter_fourcc(*"MJPG"), 30, (width, height))
+    for index, frame in enumerate(frames):  # frames 10-69: the empty belt's frame 10, again and again (2 s)
+        writer.write(frames[10] if 10 <= index < 70 else frame)
+    writer.release()
+    args = [str(frozen), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime", "--stall", "1"]
+    code, stdout, stderr, plc = run_with_plc(args, free_port())
+    assert code == 0 and "NOT READY: the camera sends the same frame over and over" in stderr, stderr
+    assert stderr.index("the same frame over and over") < stderr.rindex("ready (")
+    assert len(part_lines(stdout)) == PARTS

@@ -165,7 +165,37 @@ class Station:
             problem = output.problem() if hasattr(output, "problem") else None
             if problem:
                 return problem
-        return unusable_view(frame.image)
+        return unusable_view(frame.image) or self._frozen(frame) or self._whole_frame_problem(frame)
+
+    same_since: float | None = None  # when the camera began to send the frame it sends now
+    last_sample: np.ndarray | None = None
+
+    def _frozen(self, frame: Frame) -> tuple[str, str] | None:
+        """A live camera's sensor never gives two equal frames: the same frame for over --stall seconds is a frozen
+        camera or stream, which would look live while parts pass unseen."""
+        sample, now = frame.image[::4, ::4], time.monotonic()
+        same = self.last_sample is not None and np.array_equal(sample, self.last_sample)
+        self.last_sample, self.same_since = sample.copy(), (self.same_since or now) if same else None
+        if same and now - self.same_since >= self.settings.stall_seconds:
+            return (
+                f"the camera sends the same frame over and over (for over {self.settings.stall_seconds:g} s): frozen?",
+                "camera",
+            )
+        return None
+
+    def _whole_frame_problem(self, frame: Frame) -> tuple[str, str] | None:
+        """With the PLC's trigger the whole frame is the part's photo: one of another shape than a part's would make
+        every part not_a_part. Said as the reason the station is not ready, not found part by part."""
+        if not self.settings.hardware_trigger or self.inspector is None:
+            return None
+        height, width = frame.image.shape[:2]
+        limit = self.inspector.guard.get("max_aspect")
+        if limit is not None and max(width, height) / max(min(width, height), 1) > limit:
+            return (
+                f"with --trigger plc the whole frame is judged, and a {width}x{height} frame is no part's photo (sides "
+                f"over {limit:g} to 1): set the camera's region of interest to a square around the part", "camera"
+            )  # fmt: skip
+        return None
 
     def _frame_events(self, frame: Frame) -> list[Event]:
         """A frame that breaks the trigger (an odd format, a resolution change) costs the parts in view, signalled NG
