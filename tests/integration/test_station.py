@@ -464,3 +464,25 @@ def test_a_camera_that_sends_one_frame_over_and_over_stops_the_line(exported_mod
     assert code == 0 and "NOT READY: the camera sends the same frame over and over" in stderr, stderr
     assert stderr.index("the same frame over and over") < stderr.rindex("ready (")
     assert len(part_lines(stdout)) == PARTS
+
+
+def test_a_part_in_view_at_start_that_the_trigger_cannot_shake_off_stops_the_line(exported_model, tmp_path):
+    """A part under the camera when the station starts is learnt as belt; parts that stop where it stood then merge
+    with its ghost and leave undecided, each NG. Five in a row: the station is not ready, with what to do."""
+    source = tmp_path / "line.avi"
+    stops = line_video(source, photos(12), gap=2)
+    capture, frames = cv2.VideoCapture(str(source)), []
+    while (read := capture.read())[0]:
+        frames.append(read[1])
+    started = tmp_path / "started.avi"
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(started), cv2.VideoWriter_fourcc(*"MJPG"), 30, (width, height))
+    for frame in [frames[stops[0]]] * 10 + frames[stops[0] :]:  # the first part at the centre at start, then the line
+        writer.write(frame)
+    writer.release()
+    args = [str(started), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"])]
+    code, stdout, stderr, plc = run_with_plc(args, free_port())
+    undecided = [n for n, (signal_, decision) in part_lines(stdout).items() if decision == "not_a_part"]
+    assert len(undecided) >= 5 and all(part_lines(stdout)[n][0] == "NG" for n in undecided)
+    assert "NOT READY: 5 parts in a row or more were not judged (undecided or not a part)" in stderr, stderr
+    assert any(not status & 1 and fault == 1 for status, fault in plc.statuses)

@@ -37,6 +37,7 @@ from casting_inspection.serving.watch.inbox import note
 
 MODEL_RETRY_SECONDS = 5.0
 JPEG_QUALITY = 95
+UNJUDGED_RUN = 5  # parts in a row not judged (undecided, or not a part): the trigger or the view is at fault, not parts
 VIEW_DARK, VIEW_BLOWN, VIEW_FLAT = 0.1, 0.95, 1 / 255  # a whole view's mean grey level (0-1) and spread beyond which no
 # part can be seen in it: a lamp out, a lens covered, a camera sending a constant frame (a dark belt's mean is about 0.2)
 
@@ -61,6 +62,7 @@ class Station:
         self.next_load = 0.0
         self.counts: dict[str, int] = {}
         self.undecided = 0
+        self.unjudged_run = 0  # parts in a row signalled not_a_part (undecided included), none judged between them
         self.ready_reason: str | None = "starting"
         self.beat = time.monotonic()  # the loop's last turn: outputs stop their heartbeat when it is older than the stall limit
         for output in outputs:
@@ -165,6 +167,13 @@ class Station:
             problem = output.problem() if hasattr(output, "problem") else None
             if problem:
                 return problem
+        if self.unjudged_run >= UNJUDGED_RUN and self.inspector is not None:  # without a model, that is the reason
+            return (
+                f"{UNJUDGED_RUN} parts in a row or more were not judged (undecided or not a part): the trigger cannot follow "
+                "the parts or the view is not as trained (a part learnt into the empty view at start, parts too close, the "
+                "camera moved); look at the last photos in not_a_part/, empty the view and restart",
+                "camera",
+            )
         return unusable_view(frame.image) or self._frozen(frame) or self._whole_frame_problem(frame)
 
     same_since: float | None = None  # when the camera began to send the frame it sends now
@@ -250,6 +259,7 @@ class Station:
             self.recorder.record(part)
             self.counts[part.decision] = self.counts.get(part.decision, 0) + 1
             self.undecided += event.kind == "undecided"
+            self.unjudged_run = self.unjudged_run + 1 if part.decision == "not_a_part" else 0
             self.metrics.decided(part, time.perf_counter() - part.arrived)
             flag = f"  ({part.reason})" if part.reason else ""
             with contextlib.suppress(OSError):  # a closed terminal or pipe costs the line of text, not the part
