@@ -148,7 +148,9 @@ def test_bad_requests_get_clear_json_errors(server, exported_model):
     assert "too small" in error_of(
         httpx.post(server + "/predict", files={"files": ("tiny.png", tiny.getvalue(), "image/png")}), 422
     )
-    assert httpx.get(server + "/nowhere").json()["error"].startswith("Not Found (this service answers POST /predict")
+    assert httpx.get(server + "/nowhere").json()["error"] == (
+        "Not Found (this service answers GET /health, GET /metrics, GET /model, POST /predict)"
+    )
     unnamed = [("files", (name, data, "image/jpeg")), ("files", (None, data))]  # the second is a plain field
     assert "with its file name" in error_of(httpx.post(server + "/predict", files=unnamed), 400)
     stray = [("files", (name, data, "image/jpeg")), ("file", (name, data, "image/jpeg"))]

@@ -382,20 +382,20 @@ def test_sources_it_cannot_use_are_refused_in_one_line(tmp_path):
 
 
 def test_a_view_gone_dark_stops_the_line_until_the_light_is_back(exported_model, video, tmp_path):
-    """A lamp out: no part can be seen, so none would be signalled while parts pass. The station is not ready (fault
-    camera) for as long as the view is dark, and ready again after."""
+    """A lamp off: no part can be seen, so none would be signalled while parts pass. The station is not ready (fault
+    camera) for as long as the view is black, and ready again after; the dark belt around it (mean 0.24) is no fault."""
     capture, frames = cv2.VideoCapture(str(video)), []
     while (read := capture.read())[0]:
         frames.append(read[1])
     dark = tmp_path / "dark.avi"
     height, width = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(dark), cv2.VideoWriter_fourcc(*"MJPG"), 30, (width, height))
-    for index, frame in enumerate(frames):  # frames 20-49: the empty belt under a lamp at a tenth
-        writer.write((frame * 0.1).astype(np.uint8) if 20 <= index < 50 else frame)
+    for index, frame in enumerate(frames):  # frames 20-49: the empty belt with the lamp off
+        writer.write((frame * 0.05).astype(np.uint8) if 20 <= index < 50 else frame)
     writer.release()
     args = [str(dark), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime"]
     code, stdout, stderr, plc = run_with_plc(args, free_port())
-    assert code == 0 and "NOT READY: the view is dark (mean grey level 0.02)" in stderr, stderr
+    assert code == 0 and "NOT READY: the view is dark (mean grey level 0.005)" in stderr, stderr
     assert stderr.index("NOT READY: the view is dark") < stderr.rindex("ready (")  # ready again once lit
     assert any(not status & 1 and fault == 1 for status, fault in plc.statuses)  # the PLC saw it: fault camera
     assert len(part_lines(stdout)) == PARTS
@@ -445,25 +445,6 @@ def test_the_plcs_trigger_on_a_frame_of_no_parts_shape_is_not_ready_with_the_rea
     _, _, stderr, plc = run_with_plc(args, free_port())
     assert "NOT READY: with --trigger plc the whole frame is judged, and a 320x192 frame is no part's photo" in stderr
     assert not any(status & 1 for status, _ in plc.statuses) and any(fault == 1 for _, fault in plc.statuses)
-
-
-def test_a_camera_that_sends_one_frame_over_and_over_stops_the_line(exported_model, video, tmp_path):
-    """A frozen stream looks live (frames keep coming), while parts pass unseen: not ready once the same frame has
-    come for over --stall seconds, ready again when the view moves."""
-    capture, frames = cv2.VideoCapture(str(video)), []
-    while (read := capture.read())[0]:
-        frames.append(read[1])
-    frozen = tmp_path / "frozen.avi"
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(frozen), cv2.VideoWriter_fourcc(*"MJPG"), 30, (width, height))
-    for index, frame in enumerate(frames):  # frames 10-69: the empty belt's frame 10, again and again (2 s)
-        writer.write(frames[10] if 10 <= index < 70 else frame)
-    writer.release()
-    args = [str(frozen), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime", "--stall", "1"]
-    code, stdout, stderr, plc = run_with_plc(args, free_port())
-    assert code == 0 and "NOT READY: the camera sends the same frame over and over" in stderr, stderr
-    assert stderr.index("the same frame over and over") < stderr.rindex("ready (")
-    assert len(part_lines(stdout)) == PARTS
 
 
 def test_a_part_in_view_at_start_that_the_trigger_cannot_shake_off_stops_the_line(exported_model, tmp_path):

@@ -335,6 +335,28 @@ def test_a_file_too_large_for_another_disk_stays_in_the_inbox_never_copied(expor
     assert photos_in(inbox) == ["huge.jpg"] and filed(out) == [] and hidden_left(out) == []
 
 
+@pytest.mark.slow
+def test_a_file_left_for_its_size_is_not_read_again_at_each_look(exported_model, tmp_path, other_filesystem):
+    """Said once, left in the inbox: a watcher that read and hashed it at every poll would fall behind the camera."""
+    inbox, out = tmp_path / "inbox", other_filesystem / "sorted"
+    inbox.mkdir()
+    huge = inbox / "huge.jpg"
+    with open(huge, "wb") as f:
+        f.truncate(Inspector(exported_model["onnx"]).spec.max_file_bytes + 1_000_000)
+    old = time.time() - 60  # unchanged past --reject-after: rejected, not held as a photo still being written
+    os.utime(huge, (old, old))
+
+    def read_so_far() -> int:
+        return int(next(line for line in Path("/proc/self/io").read_text().splitlines() if line.startswith("rchar")).split()[1])
+
+    with Watcher(Inspector(exported_model["onnx"]), inbox, out, settle_seconds=0) as watcher:
+        watcher.process([huge])
+        before = read_so_far()
+        for _ in range(3):
+            watcher.process([huge])
+        assert read_so_far() - before < 1_000_000 and watcher.left == 4 and huge.exists()
+
+
 def hold_log_locked(out: Path, watcher: subprocess.Popen, release_after: float = 1.0) -> tuple[str, str]:
     """Hold the log with BEGIN EXCLUSIVE (as a backup or an sqlite3 shell may) until the watcher has said it
     is waiting, i.e. past the 5 s after which sqlite3 gives up by default, then `release_after` seconds more.

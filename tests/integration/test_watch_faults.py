@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from casting_inspection.core.errors import InspectionError
 from casting_inspection.serving.inference import Inspector
 from casting_inspection.serving.watch import watcher as watcher_module
 from casting_inspection.serving.watch.log import LOG_NAME
@@ -123,6 +124,10 @@ def test_an_inbox_that_goes_away_is_said_once_and_watched_again(exported_model, 
         (tmp_path / "gone").rename(inbox)
         drop(sorted(exported_model["raw"].rglob("ok_front/*"))[0], inbox, "back.jpeg")
         assert [p.name for p, _ in watcher.scan(time.time())] == ["back.jpeg"]
+        inbox.rename(tmp_path / "old")
+        inbox.mkdir()  # another folder where the inbox was: its lock is on the old one
+        with pytest.raises(InspectionError, match="another folder now stands where the inbox was"):
+            watcher.scan(time.time())
     notes = [line for line in capsys.readouterr().err.splitlines() if "inbox" in line]
     assert len(notes) == 2 and "cannot be read" in notes[0] and "can be read again" in notes[1], notes
 

@@ -113,3 +113,22 @@ def test_a_file_of_several_pictures_is_refused_never_judged_on_its_first(fmt):
     single = io.BytesIO()
     good.save(single, fmt)  # one picture: an ordinary PNG or JPEG
     assert load_image(single.getvalue(), image_spec(PARAMS))[1] == (128, 128)
+
+
+def test_a_cameras_jpeg_with_its_previews_or_a_trailer_is_the_jpeg_it_is():
+    """Previews a camera stores after the photo (a multi-picture JPEG whose other pictures are smaller), and what a phone
+    appends after the image's end (a motion photo's video), hold bytes that look like markers: neither is refused."""
+    import random
+
+    from casting_inspection.data.images import jpeg_scans
+    from casting_inspection.data.prepare import image_spec
+
+    photo, preview = part_image(False, seed=1, size=400), part_image(False, seed=1, size=160)
+    with_previews = io.BytesIO()
+    photo.save(with_previews, "MPO", save_all=True, append_images=[preview])
+    assert load_image(with_previews.getvalue(), image_spec(PARAMS))[1] == (400, 400)
+    plain = io.BytesIO()
+    photo.save(plain, "JPEG", quality=90)
+    trailer = random.Random(0).randbytes(300_000)
+    assert trailer.count(b"\xff\xda") > 0 and jpeg_scans(plain.getvalue() + trailer) == 1
+    assert load_image(plain.getvalue() + trailer, image_spec(PARAMS))[1] == (400, 400)

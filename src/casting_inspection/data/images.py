@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 import stat
 import warnings
 from pathlib import Path
@@ -117,16 +118,59 @@ def _decoding_cost(image: Image.Image, data: bytes) -> tuple[int, str]:
     markers: the pixel budget (prepare.max_pixels) bounds the work, not only the memory."""
     if image.format == "BMP" and image.info.get("compression") in (1, 2):  # BI_RLE8, BI_RLE4
         return RLE_BMP_COST, "a run-length BMP"
-    if image.format == "JPEG":
-        scans = data.count(b"\xff\xda")  # start-of-scan markers: entropy-coded data escapes every 0xFF byte
+    if image.format in ("JPEG", "MPO"):
+        scans = jpeg_scans(data)
         return max(1, -(-scans // JPEG_SCANS)), f"a JPEG of {scans} scans"
     return 1, image.format
 
 
+_NEXT_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")  # in entropy-coded data: 0xFF 0x00 is a byte, RSTn a restart
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The start-of-scan markers of a JPEG's first image, walked segment by segment: bytes inside other segments (an
+    EXIF thumbnail) or after its end (a phone's appended video) are not scans."""
+    at, scans = 2, 0
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xD9:  # end of image
+            break
+        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # fill byte, restart, TEM: no length
+            at += 1 if marker == 0xFF else 2
+            continue
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker == 0xDA:  # a scan: its entropy-coded data runs to the next marker
+            scans += 1
+            found = _NEXT_MARKER.search(data, at)
+            if found is None:
+                break
+            at = found.end() - 2
+    return scans
+
+
+def _previews_only(image: Image.Image) -> bool:
+    """A multi-picture JPEG whose other pictures are all smaller than the first: a camera's own previews. Every viewer
+    shows the first picture, so that one is judged."""
+    width, height = image.size
+    try:
+        for frame in range(1, image.n_frames):
+            image.seek(frame)
+            if image.size[0] >= width or image.size[1] >= height:
+                return False
+        return True
+    except Exception:  # a crafted index: not known to hold previews only
+        return False
+    finally:
+        image.seek(0)
+
+
 def _one_image(image: Image.Image, spec: ImageSpec) -> None:
-    """A file holds one photo in an accepted format: an animation or a multi-picture JPEG (MPO) would be judged on
-    one of its pictures while a viewer may show another, so it is refused, never decided on its first."""
+    """A file holds one photo in an accepted format: an animation, or a multi-picture JPEG with a second photo as large
+    as the first, would be judged on one picture while a viewer may show another, so it is refused, never decided on its
+    first. A JPEG carrying its camera's smaller previews (MPO) is the JPEG it is."""
     frames = getattr(image, "n_frames", 1)
+    if image.format == "MPO" and "JPEG" in spec.allowed_formats and _previews_only(image):
+        return
     if frames > 1:
         raise BadImage(f"holds {frames} pictures (an animation or a multi-picture file): save one photo per file")
     if image.format not in spec.allowed_formats:

@@ -412,7 +412,8 @@ def import_folder(
     """Add a folder the plant already labelled (FOLDER/<class>/...) with one verdict per photo, source
     `import:<folder name>`. A bad file is skipped with its reason; a photo already counted (twice in the
     folder, or labelled so by this inspector before) is stored and recorded once; a photo found in two
-    classes is recorded in neither (say which it is, then import again). `not_a_part` (the model's guard)
+    classes is recorded in neither, and a verdict an earlier import of this folder gave it is taken back (say which it
+    is, then import again). `not_a_part` (the model's guard)
     says why a photo labelled defective or ok is not a part the model can judge: such a photo is left out."""
     _refuse_overlap(Path(folder), Path(line_dir))
     source = f"import:{Path(folder).resolve().name}"
@@ -456,6 +457,9 @@ def import_folder(
                 pending[digest] = Verdict(digest, image, verdict, inspector, source)
     for recorded in append_verdicts(line_dir, list(pending.values())):
         report.recorded[recorded.verdict] += 1
+    for digest in sorted(both_ways):  # the folder now holds it in two classes: what it said before no longer stands
+        if retract(line_dir, digest, inspector, source) is not None:
+            report.skipped.append((seen[digest][1], "its verdict from an earlier import of this folder is taken back"))
     return report
 
 

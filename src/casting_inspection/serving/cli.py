@@ -330,7 +330,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """The service's socket, bound here so that an address in use or not this machine's is one line naming it."""
+    """The service's socket, bound here so that an address in use or not this machine's is one line naming it.
+    `localhost` is 127.0.0.1: a hosts file that names ::1 first would leave IPv4 clients refused."""
+    host = "127.0.0.1" if host == "localhost" else host
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         listening = socket.socket(family, socket.SOCK_STREAM)

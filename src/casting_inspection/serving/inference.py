@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,11 @@ class Result:
 
     def row(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _finite(value, digits: int) -> float | None:
+    """A score as written out: None (null in JSON, empty in CSV) when the model gave none, never NaN, which JSON has not."""
+    return None if value is None or not math.isfinite(float(value)) else round(float(value), digits)
 
 
 def model_fault(exc: BaseException) -> str:
@@ -203,12 +209,12 @@ class Inspector:
         for (name, _), slot in zip(chunk, slots):
             if slot is None:
                 p, (decision, flag), departure = next(decided)
-                score = None if departure is None else round(float(departure), 4)
+                score = _finite(departure, 4)
                 why = self.rule.review_reason(float(p), departure) if decision == REVIEW else ""
                 slot = Result(
                     name,
                     decision,
-                    round(float(p), 6),
+                    _finite(p, 6),
                     round(self.threshold, 6),
                     self.version,
                     flag=flag or "",

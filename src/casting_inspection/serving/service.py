@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info, generate_latest
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -323,17 +324,29 @@ async def read_uploads(request: Request, limits: Limits) -> list[tuple[str, byte
         await form.close()
 
 
+def _shown(value):
+    """An answer's texts as JSON can carry them: a name's bytes that are not UTF-8, or a control character, escaped."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {key: _shown(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shown(item) for item in value]
+    return value
+
+
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError):
-        return JSONResponse({"error": exc.message, **exc.details}, status_code=exc.status)
+        return JSONResponse(_shown({"error": exc.message, **exc.details}), status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        routes = " (this service answers POST /predict, GET /health, GET /model and GET /metrics)"
-        return JSONResponse(
-            {"error": str(exc.detail) + (routes if exc.status_code in (404, 405) else "")}, status_code=exc.status_code
+        routes = sorted(
+            f"{method} {route.path}" for route in app.routes if isinstance(route, APIRoute) for method in route.methods - {"HEAD"}
         )
+        where = f" (this service answers {', '.join(routes)})" if exc.status_code in (404, 405) else ""
+        return JSONResponse({"error": str(exc.detail) + where}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):

@@ -124,13 +124,11 @@ async function press(key) {
 // one verdict per deliberate key press: a key held down repeats, and would label photos nobody saw
 document.addEventListener("keydown", (event) => {
   if (event.target.tagName === "INPUT" || event.ctrlKey || event.altKey || event.metaKey) return;
-  if (event.target.tagName === "BUTTON") event.preventDefault();  // Enter or Space on a clicked button: not a verdict
   if (event.repeat) return;
   press(event.key.toLowerCase());
 });
-document.querySelectorAll("button[data-key]").forEach((b) => b.addEventListener("click", (event) => {
-  b.blur();  // focus left on a verdict button would let Enter or Space repeat it on the next photo
-  if (event.detail === 0) return;  // a click made by the keyboard, not by the pointer
+document.querySelectorAll("button[data-key]").forEach((b) => b.addEventListener("click", () => {
+  b.blur();  // focus left on a verdict button would let Enter or Space repeat it on the next photo, unseen
   press(b.dataset.key);
 }));
 $("login").addEventListener("submit", (event) => {

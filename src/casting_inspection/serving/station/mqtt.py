@@ -42,6 +42,7 @@ class MqttOutput:
         self.client.on_publish = self._acknowledged
         self.connected = False
         self.lock = threading.Lock()
+        self.state_lock = threading.Lock()  # a state is published in the order it was set, whichever thread publishes
         self.pending: set[int] = set()  # message ids the broker has not acknowledged
         self.results: set[int] = set()  # which of them are parts' results (the others: the state)
         self.early: set[int] = set()  # acknowledged before publish() returned its id
@@ -78,11 +79,12 @@ class MqttOutput:
         self.connected, self.said_unreached = True, False
         note(f"MQTT: connected to {self.address}", "station")
         # the broker may hold the last will ("offline") or a state from before it restarted: the state now, retained
-        self._publish(self.state_topic, json.dumps(self.state), retain=True)
+        with self.state_lock:
+            self._publish(self.state_topic, json.dumps(self.state), retain=True)
 
     def _not_reached(self, client, userdata) -> None:
         """Said once while the broker cannot be reached: results wait for it in memory, none is dropped."""
-        if not self.said_unreached:
+        if not self.said_unreached and not self.connected:
             self.said_unreached = True
             note(f"MQTT: cannot reach the broker {self.address}; results wait and are sent once it answers", "station")
 
@@ -115,8 +117,9 @@ class MqttOutput:
                     self.results.add(info.mid)
 
     def ready(self, ready: bool, reason: str, fault: str = "") -> None:
-        self.state = {"station": self.station, "ready": ready, "reason": reason, "fault": fault}
-        self._publish(self.state_topic, json.dumps(self.state), retain=True)
+        with self.state_lock:
+            self.state = {"station": self.station, "ready": ready, "reason": reason, "fault": fault}
+            self._publish(self.state_topic, json.dumps(self.state), retain=True)
 
     def post(self, part: Part) -> None:
         latency = (time.perf_counter() - part.arrived) * 1000

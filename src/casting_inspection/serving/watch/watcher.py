@@ -113,6 +113,8 @@ class Watcher:
         self.reject_after = reject_after  # a file that is not a usable image is rejected once unchanged this long
         self.unusable_since: dict[tuple[str, str], float] = {}  # (name, content) -> when this machine first saw it
         self.unreachable = ""  # why the inbox itself cannot be read now (a share gone): said once, until it is back
+        self.folder = (inbox.stat().st_dev, inbox.stat().st_ino)  # the inbox locked: another folder there is not it
+        self.left_alone: dict[str, tuple[int, int]] = {}  # name -> size and mtime of a file too large to copy, left
         self.log: InspectionLog | None = None
         self.health = None  # serving.health.LineHealth: the rolling rates and drift, when watch serves --metrics
         self.lock = lock_inbox(inbox, out)
@@ -179,7 +181,7 @@ class Watcher:
         a writer usually renames them a moment later."""
         found, skipped = [], {}
         try:
-            entries = sorted(self.inbox.iterdir())
+            entries, now_there = sorted(self.inbox.iterdir()), self.inbox.stat()
         except OSError as exc:  # a share dropped, a folder renamed: nothing arrives; said once, looked at again
             if not self.unreachable:
                 note(f"{self.inbox}: the inbox cannot be read ({exc.strerror}); looking again at each poll")
@@ -188,6 +190,11 @@ class Watcher:
         if self.unreachable:
             note(f"{self.inbox}: the inbox can be read again")
             self.unreachable = ""
+        if (now_there.st_dev, now_there.st_ino) != self.folder:  # its lock and its log's photos are the old folder's
+            raise InspectionError(
+                f"{self.inbox}: another folder now stands where the inbox was (moved, then made again?); restart the "
+                "watcher so that it locks and watches this one"
+            )
         for path in entries:
             try:
                 info = path.lstat()
@@ -336,6 +343,11 @@ class Watcher:
     def _read(self, paths: list[Path]) -> list[_Photo]:
         photos = []
         for path in paths:
+            with contextlib.suppress(OSError):
+                info = path.lstat()
+                if self.left_alone.get(path.name) == (info.st_size, info.st_mtime_ns):  # said once; never read again
+                    self.left += 1
+                    continue
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             except OSError as exc:
@@ -416,6 +428,7 @@ class Watcher:
         except _Changed:
             self._note_once(photo.path.name, "changed after it was decided; it stays in the inbox and is decided again")
         except _TooLargeToCopy:
+            self.left_alone[photo.path.name] = photo.identity[2], photo.identity[3]
             self._note_once(
                 photo.path.name,
                 f"over prepare.max_file_bytes, and {destination.parent} is on another disk than the inbox: it stays in "
@@ -503,6 +516,7 @@ class Watcher:
             self._note_once(
                 photo.path.name, f"was replaced in the inbox after it was filed as {final}; the new one is decided next"
             )
+            self.left += 1  # a photo still to decide: --once says so in its exit status
             return
         photo.path.unlink()
 
