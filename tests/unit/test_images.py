@@ -132,3 +132,18 @@ def test_a_cameras_jpeg_with_its_previews_or_a_trailer_is_the_jpeg_it_is():
     trailer = random.Random(0).randbytes(300_000)
     assert trailer.count(b"\xff\xda") > 0 and jpeg_scans(plain.getvalue() + trailer) == 1
     assert load_image(plain.getvalue() + trailer, image_spec(PARAMS))[1] == (400, 400)
+
+
+def test_scans_are_counted_as_the_decoder_reads_them_whatever_lies_between():
+    """A stray byte between segments (libjpeg skips it) hides no scan; a long run of 0xFF fill bytes is walked once."""
+    from casting_inspection.data.images import jpeg_scans
+    from casting_inspection.data.prepare import image_spec
+
+    crafted = repeated_last_scan(Image.new("L", (1000, 1000), 128), 400)
+    app0_end = 4 + int.from_bytes(crafted[4:6], "big")
+    with_junk = crafted[:app0_end] + b"\x00" + crafted[app0_end:]
+    assert jpeg_scans(with_junk) == jpeg_scans(crafted) > 400
+    with pytest.raises(BadImage, match="too costly to decode"):
+        load_image(with_junk, image_spec(PARAMS))
+    head = crafted[: crafted.index(b"\xff\xda") + 20]
+    assert jpeg_scans(head + b"\xff" * 200_000 + b"\x00") == 1  # quadratic, this would take minutes

@@ -244,7 +244,8 @@ class Station:
             self.recorder.record(part)
             self.counts[part.decision] = self.counts.get(part.decision, 0) + 1
             self.undecided += event.kind == "undecided"
-            self.unjudged_run = self.unjudged_run + 1 if part.decision == "not_a_part" else 0
+            judged = self.inspector is not None  # parts met by no model say nothing of the trigger or the view
+            self.unjudged_run = self.unjudged_run + 1 if part.decision == "not_a_part" and judged else 0
             self.metrics.decided(part, time.perf_counter() - part.arrived)
             flag = f"  ({part.reason})" if part.reason else ""
             with contextlib.suppress(OSError):  # a closed terminal or pipe costs the line of text, not the part
