@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
+from casting_inspection.serving import cli
 from casting_inspection.serving.inference import Inspector
 from casting_inspection.serving.review.station import waiting_photos
 from casting_inspection.serving.station.parts import RESULT_CODES, signal_of
@@ -401,15 +402,23 @@ def test_a_view_gone_dark_stops_the_line_until_the_light_is_back(exported_model,
     assert len(part_lines(stdout)) == PARTS
 
 
-def test_settings_that_would_hide_a_fault_are_refused_by_their_option(exported_model, video, tmp_path):
-    base = [*CLI, str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"])]
+def station_here(capsys, *args: str) -> tuple[int, str]:
+    """`casting-inspect station` in this process (a refusal needs no interpreter of its own): exit status and stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["station", *args])
+    return exited.value.code, capsys.readouterr().err
+
+
+def test_settings_that_would_hide_a_fault_are_refused_by_their_option(exported_model, video, tmp_path, capsys):
+    base = [str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"])]
     for extra, expected in (
         (["--ack-timeout", "inf"], "--ack-timeout must be a number of seconds above 0 (got inf)"),
         (["--stall", "inf"], "--stall must be a number of seconds above 0 (got inf)"),
         (["--min-area", "0"], "--min-area 0.0 is out of range: give above 0 and under 1"),
     ):
-        result = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=120)
-        assert result.returncode == 1 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+        code, stderr = station_here(capsys, *base, *extra)
+        assert code == 1 and stderr.count("\n") == 1 and expected in stderr, stderr
 
 
 def test_a_video_stopped_by_sigterm_is_not_called_cut_short(exported_model, video, tmp_path):
@@ -421,11 +430,12 @@ def test_a_video_stopped_by_sigterm_is_not_called_cut_short(exported_model, vide
     assert station.returncode == 130 and "cut short" not in stderr, stderr
 
 
-def test_an_output_that_cannot_start_is_one_line_and_nothing_is_left_running(exported_model, video, tmp_path):
-    """A mistyped OPC UA URL, or a port another program holds: one line, exit 1, at once; no thread keeps it alive."""
+def test_an_output_that_cannot_start_is_one_line_and_nothing_is_left_running(exported_model, video, tmp_path, capsys):
+    """A mistyped OPC UA URL, or a port another program holds: one line, exit 1, at once; no thread of it is left."""
     import socket
 
-    base = [*CLI, str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"])]
+    base = [str(video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"])]
+    threads = set(threading.enumerate())
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -435,8 +445,11 @@ def test_an_output_that_cannot_start_is_one_line_and_nothing_is_left_running(exp
             (["--opcua", f"opc.tcp://127.0.0.1:{port}/x"], "address already in use"),
             (["--modbus", f"127.0.0.1:{port}"], f"Modbus: cannot listen on 127.0.0.1:{port}"),
         ):
-            result = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=30)
-            assert result.returncode == 1 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+            code, stderr = station_here(capsys, *base, *extra)
+            assert code == 1 and stderr.count("\n") == 1 and expected in stderr, stderr
+    time.sleep(0.5)
+    left = [t.name for t in set(threading.enumerate()) - threads if t.is_alive() and not t.daemon]
+    assert left == [], left  # a thread that is not a daemon would keep the command from ending
 
 
 def test_the_plcs_trigger_on_a_frame_of_no_parts_shape_is_not_ready_with_the_reason(exported_model, video, tmp_path):
