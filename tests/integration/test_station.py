@@ -56,6 +56,22 @@ def square_video(tmp_path_factory) -> Path:
     return path
 
 
+def video_frames(path: Path) -> list[np.ndarray]:
+    capture, frames = cv2.VideoCapture(str(path)), []
+    while (read := capture.read())[0]:
+        frames.append(read[1])
+    return frames
+
+
+def write_video(path: Path, frames: list[np.ndarray]) -> None:
+    """MJPEG in AVI at 30 fps, as `line_video` writes a line: a scene made of another video's frames."""
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (width, height))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
 def logged(out: Path) -> list[tuple]:
     with sqlite3.connect(out / LOG_NAME) as db:
         return db.execute("SELECT name, decision, reason, destination FROM inspections ORDER BY name").fetchall()
@@ -385,15 +401,9 @@ def test_sources_it_cannot_use_are_refused_in_one_line(tmp_path):
 def test_a_view_gone_dark_stops_the_line_until_the_light_is_back(exported_model, video, tmp_path):
     """A lamp off: no part can be seen, so none would be signalled while parts pass. The station is not ready (fault
     camera) for as long as the view is black, and ready again after; the dark belt around it (mean 0.24) is no fault."""
-    capture, frames = cv2.VideoCapture(str(video)), []
-    while (read := capture.read())[0]:
-        frames.append(read[1])
     dark = tmp_path / "dark.avi"
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(dark), cv2.VideoWriter_fourcc(*"MJPG"), 30, (width, height))
-    for index, frame in enumerate(frames):  # frames 20-49: the empty belt with the lamp off
-        writer.write((frame * 0.05).astype(np.uint8) if 20 <= index < 50 else frame)
-    writer.release()
+    frames = video_frames(video)  # frames 20-49: the empty belt with the lamp off
+    write_video(dark, [(f * 0.05).astype(np.uint8) if 20 <= i < 50 else f for i, f in enumerate(frames)])
     args = [str(dark), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime"]
     code, stdout, stderr, plc = run_with_plc(args, free_port())
     assert code == 0 and "NOT READY: the view is dark (mean grey level 0.005)" in stderr, stderr
@@ -465,15 +475,8 @@ def test_a_part_in_view_at_start_that_the_trigger_cannot_shake_off_stops_the_lin
     with its ghost and leave undecided, each NG. Five in a row: the station is not ready, with what to do."""
     source = tmp_path / "line.avi"
     stops = line_video(source, photos(12), gap=2)
-    capture, frames = cv2.VideoCapture(str(source)), []
-    while (read := capture.read())[0]:
-        frames.append(read[1])
-    started = tmp_path / "started.avi"
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(started), cv2.VideoWriter_fourcc(*"MJPG"), 30, (width, height))
-    for frame in [frames[stops[0]]] * 10 + frames[stops[0] :]:  # the first part at the centre at start, then the line
-        writer.write(frame)
-    writer.release()
+    started, frames = tmp_path / "started.avi", video_frames(source)
+    write_video(started, [frames[stops[0]]] * 10 + frames[stops[0] :])  # the first part at the centre at start, then the line
     args = [str(started), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"])]
     code, stdout, stderr, plc = run_with_plc(args, free_port())
     undecided = [n for n, (signal_, decision) in part_lines(stdout).items() if decision == "not_a_part"]

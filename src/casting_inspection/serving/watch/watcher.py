@@ -113,7 +113,8 @@ class Watcher:
         self.reject_after = reject_after  # a file that is not a usable image is rejected once unchanged this long
         self.unusable_since: dict[tuple[str, str], float] = {}  # (name, content) -> when this machine first saw it
         self.unreachable = ""  # why the inbox itself cannot be read now (a share gone): said once, until it is back
-        self.folder = (inbox.stat().st_dev, inbox.stat().st_ino)  # the inbox locked: another folder there is not it
+        folder = inbox.stat()
+        self.folder = (folder.st_dev, folder.st_ino)  # the inbox locked: another folder there is not it
         self.left_alone: dict[str, tuple[int, int]] = {}  # name -> size and mtime of a file too large to copy, left
         self.log: InspectionLog | None = None
         self.health = None  # serving.health.LineHealth: the rolling rates and drift, when watch serves --metrics
