@@ -311,11 +311,17 @@ def test_a_plc_that_does_not_acknowledge_stops_the_line_and_no_result_is_lost(ex
 
 
 def test_a_model_that_cannot_load_keeps_the_station_not_ready_and_every_part_ng(video, tmp_path):
-    args = [str(video), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "missing.onnx")]
+    """With the lamp off for a while too, the model stays the one reason said (and the one fault code the PLC reads):
+    two reasons said in turn would flood the log and make the PLC's fault code flicker."""
+    dark = tmp_path / "dark.avi"
+    write_video(dark, [(f * 0.05).astype(np.uint8) if 20 <= i < 50 else f for i, f in enumerate(video_frames(video))])
+    args = [str(dark), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "missing.onnx")]
     _, stdout, stderr, plc = run_with_plc(args, free_port())
-    assert "NOT READY: the model cannot load" in stderr and "missing.onnx" in stderr
+    said = [line for line in stderr.splitlines() if "NOT READY" in line]
+    assert "NOT READY: the model cannot load" in said[0] and "missing.onnx" in said[0]
+    assert len(said) == 2 and "the station stopped" in said[1], said
     assert not any(status & 1 for status, _ in plc.statuses)  # never ready
-    assert any(fault == 2 for _, fault in plc.statuses)
+    assert {fault for _, fault in plc.statuses} <= {2, 4} and any(fault == 2 for _, fault in plc.statuses), plc.statuses
     parts = part_lines(stdout)
     assert len(parts) == PARTS and all(s == "NG" for s, _ in parts.values())
     assert all(code == RESULT_CODES["not_a_part"] and bits == BITS["NG"] for _, code, bits in plc.results)

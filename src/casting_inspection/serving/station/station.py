@@ -100,7 +100,7 @@ class Station:
         except Exception as exc:  # whatever is wrong with the file: not ready, said in one line, tried again
             self.next_load = time.monotonic() + MODEL_RETRY_SECONDS
             self.model_problem = str(exc) if isinstance(exc, InspectionError | OSError) else f"{type(exc).__name__}: {exc}"
-            self._ready(False, f"the model cannot load: {self.model_problem}", "model")
+            self._ready(False, *self._standing_problem())
             return
         self.recorder.anomaly_threshold = inspector.rule.anomaly_threshold
         self.inspector = inspector
@@ -151,16 +151,17 @@ class Station:
             problem = self._line_problem(item)
             if problem:
                 self._ready(False, *problem)
-            elif self.inspector is not None:
+            else:
                 self._ready(True)
             self.metrics.frames.inc()
             self.metrics.dropped.set(self.reader.dropped)
             self._decide_all(self._frame_events(item), item)
         return False
 
-    def _line_problem(self, frame: Frame) -> tuple[str, str] | None:
-        """Why the line must stop though frames come: the record behind, an output's own fault (a PLC that does not
-        acknowledge), or a view in which no part can be seen. Said once, to every output and the metrics."""
+    def _standing_problem(self) -> tuple[str, str] | None:
+        """What stops the line whatever the frames show: the record behind, an output's own fault (a PLC that does not
+        acknowledge), or a model that cannot load. It comes before any reason a frame gives, so that one reason is
+        said while both last, not two in turn (and the PLC reads one fault code)."""
         behind = self.recorder.behind()
         if behind:
             return behind, "recorder"
@@ -168,7 +169,17 @@ class Station:
             problem = output.problem() if hasattr(output, "problem") else None
             if problem:
                 return problem
-        if self.unjudged_run >= UNJUDGED_RUN and self.inspector is not None:  # without a model, that is the reason
+        if self.inspector is None:
+            return f"the model cannot load: {self.model_problem}", "model"
+        return None
+
+    def _line_problem(self, frame: Frame) -> tuple[str, str] | None:
+        """Why the line must stop though frames come: a standing problem, or a view in which no part can be seen.
+        Said once, to every output and the metrics."""
+        standing = self._standing_problem()
+        if standing:
+            return standing
+        if self.unjudged_run >= UNJUDGED_RUN:
             return (
                 f"{UNJUDGED_RUN} parts in a row or more were not judged (undecided or not a part): the trigger cannot follow "
                 "the parts or the view is not as trained (a part learnt into the empty view at start, parts too close, the "
@@ -207,7 +218,8 @@ class Station:
         waited = time.monotonic() - (self.last_frame or self.metrics.started)
         if waited >= self.settings.stall_seconds:
             limit = self.settings.stall_seconds
-            self._ready(False, f"the camera stalled: no frame from {self.settings.source} for over {limit:g} s", "camera")
+            stalled = f"the camera stalled: no frame from {self.settings.source} for over {limit:g} s", "camera"
+            self._ready(False, *(self._standing_problem() or stalled))
             self._decide_all(self.trigger.reset("the camera stalled while the part was in view"), None)
             self._decide_all(self._unserved_triggers("the camera stalled"), None)
 
