@@ -4,6 +4,7 @@ archives are refused with one line and leave nothing behind, as does SIGTERM dur
 from __future__ import annotations
 
 import io
+import os
 import re
 import signal
 import stat
@@ -13,6 +14,7 @@ import sys
 import time
 import zipfile
 import zlib
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -189,13 +191,14 @@ def bad_crc() -> bytes:
     return patch_entry(data, IMAGE, crc=zipfile.ZipFile(io.BytesIO(data)).getinfo(IMAGE).CRC ^ 0x1)
 
 
-def run_stage(tmp_path: Path, archive: Path, **download) -> subprocess.CompletedProcess:
-    """`python stages/download.py --out data/raw` with CASTING_ARCHIVE=archive and these download params."""
+def run_stage(tmp_path: Path, archive: Path, prefix: tuple | list = (), **download) -> subprocess.CompletedProcess:
+    """`python stages/download.py --out data/raw` with CASTING_ARCHIVE=archive and these download params (`prefix`: a
+    command it runs under, e.g. setpriv to drop root's override of file permissions)."""
     project = tmp_path / "project"
     project.mkdir(exist_ok=True)
     write_params(project / "params.yaml", {"download": download})
     env = project_env(CASTING_ARCHIVE=str(archive), PYTHONPATH=str(PROJECT / "src"), PYTHONDONTWRITEBYTECODE="1")
-    command = [sys.executable, str(PROJECT / "stages" / "download.py"), "--out", str(tmp_path / "data" / "raw")]
+    command = [*prefix, sys.executable, str(PROJECT / "stages" / "download.py"), "--out", str(tmp_path / "data" / "raw")]
     return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -293,3 +296,77 @@ def test_sigterm_during_extraction_removes_the_staging_folder(tmp_path):
     assert process.returncode == 130, err
     assert err.splitlines() == ["download: interrupted; outputs were left as they were"]
     assert list(data.iterdir()) == [], "staging folder left behind"
+
+
+# --- what is in an archive but cannot be taken as it is: said in one line, never left out unnamed -------------
+
+AS_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"] if os.geteuid() == 0 else []
+
+
+@pytest.mark.parametrize(
+    ("member", "needle"),
+    [
+        ("casting_data/casting_data/train/def_front/batch2/cast_def_9.jpeg", "a file in a subfolder of a class folder"),
+        (IMAGE, "holds the entry"),  # the same name twice: one of the two would be lost
+        ("casting_data/casting_data/train/ok_front/" + "x" * 300 + ".jpeg", "cannot be written here"),
+    ],
+    ids=["subfolder", "twice", "name-too-long"],
+)
+def test_a_member_that_cannot_be_taken_as_it_is_refuses_the_archive(tmp_path, member, needle):
+    archive = write_zip(tmp_path / "archive.zip", kaggle_files())
+    with zipfile.ZipFile(archive, "a") as handle, pytest.warns(UserWarning) if member == IMAGE else nullcontext():
+        handle.writestr(member, b"\xff\xd8 a photo")
+    with pytest.raises(InspectionError, match=needle):
+        fetch_raw_images(PARAMS, tmp_path / "raw", str(archive))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.zip"]  # nothing written, no staging left
+
+
+def test_a_dot_member_is_left_out_like_any_hidden_file(tmp_path, kaggle_zip):
+    archive = tmp_path / "dot.zip"
+    archive.write_bytes(kaggle_zip.read_bytes())
+    with zipfile.ZipFile(archive, "a") as handle:
+        handle.writestr("casting_data/casting_data/train/ok_front/.", b"")
+    assert fetch_raw_images(PARAMS, tmp_path / "raw", str(archive)) == fetch_raw_images(PARAMS, tmp_path / "b", str(kaggle_zip))
+
+
+def test_a_folder_with_a_subfolder_or_a_name_that_is_not_utf8_is_refused(tmp_path, kaggle_zip):
+    folder = tmp_path / "unpacked"
+    zipfile.ZipFile(kaggle_zip).extractall(folder)
+    nested = folder / "casting_data/casting_data/test/ok_front/batch2"
+    nested.mkdir()
+    (nested / "cast_ok_9.jpeg").write_bytes(b"\xff\xd8")
+    with pytest.raises(InspectionError, match="batch2/cast_ok_9.jpeg': a file in a subfolder"):
+        fetch_raw_images(PARAMS, tmp_path / "raw", str(folder))
+    (nested / "cast_ok_9.jpeg").unlink()
+    nested.rmdir()
+    with open(os.fsencode(folder / "casting_data/casting_data/train/ok_front") + b"/ok_\xff.jpeg", "wb") as f:
+        f.write(b"\xff\xd8")
+    with pytest.raises(InspectionError, match=r"ok_\\udcff.jpeg': its name is not UTF-8 text; rename the file"):
+        fetch_raw_images(PARAMS, tmp_path / "raw", str(folder))
+    assert not (tmp_path / "raw").exists()
+
+
+def test_an_unreadable_class_folder_or_archive_is_said_never_taken_for_an_empty_one(tmp_path, kaggle_zip):
+    folder = tmp_path / "unpacked"
+    zipfile.ZipFile(kaggle_zip).extractall(folder)
+    classes = folder / "casting_data/casting_data/train/def_front"
+    classes.chmod(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    try:
+        result = run_stage(tmp_path, folder, prefix=AS_USER)
+    finally:
+        classes.chmod(0o755)
+    assert_refused(result, data, f"{classes}: cannot read this folder (Permission denied); fix its permissions")
+    unreadable = tmp_path / "unreadable.zip"
+    unreadable.write_bytes(kaggle_zip.read_bytes())
+    unreadable.chmod(0)
+    assert_refused(run_stage(tmp_path, unreadable, prefix=AS_USER), data, "cannot read (Permission denied)")
+
+
+def test_a_pipe_given_as_the_archive_is_refused_not_waited_on(tmp_path):
+    pipe = tmp_path / "archive.zip"
+    os.mkfifo(pipe)
+    data = tmp_path / "data"
+    data.mkdir()
+    assert_refused(run_stage(tmp_path, pipe), data, "not a regular file or folder (a pipe or device)")

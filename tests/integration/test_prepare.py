@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.params import load_section
 from casting_inspection.data.prepare import prepare_dataset
 from helpers import FAST_PARAMS, PROJECT, jpeg_bytes, kaggle_files, part_image
@@ -137,3 +142,81 @@ def test_spawned_decoders_give_the_same_bytes_as_one_process(raw_dir, tmp_path, 
         outs[workers] = {path.name: path.read_bytes() for path in sorted(out.iterdir())}
     assert outs[1] == outs[2] and "manifest.csv" in outs[1]
     assert (tmp_path / "data-1.json").read_text() == (tmp_path / "data-2.json").read_text()
+
+
+def test_a_pipe_or_an_oversized_file_is_rejected_unread_and_the_rest_decided(raw_dir, tmp_path):
+    """Read the one way every photo is read: a pipe would block for ever, a huge file would fill memory first."""
+    os.mkfifo(raw_dir / "train/ok_front/pipe.jpeg")
+    with open(raw_dir / "train/def_front/huge.jpeg", "wb") as f:
+        f.truncate(PARAMS.max_file_bytes + 1)  # sparse: nothing written to the disk
+    summary, _, out = run_prepare(raw_dir, tmp_path)
+    rejected = pd.read_csv(out / "rejected.csv").set_index("path")["reason"].to_dict()
+    assert rejected["train/ok_front/pipe.jpeg"] == "not a regular file (a pipe, socket or device)"
+    assert rejected["train/def_front/huge.jpeg"].startswith(f"file too large: {PARAMS.max_file_bytes + 1} bytes")
+    assert summary["rejected"] == 4 and summary["test"]["total"] == 17
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"val_fraction": 0.01}, "prepare.val_fraction=0.01 puts 1 of 47 distinct train photos in validation"),
+        ({"val_fraction": 0.97}, "prepare.val_fraction=0.97 puts 46 of 47"),
+        ({"allowed_formats": ["BMP"]}, "no usable images in the official train split"),
+        ({"class_folders": False}, "no photos in {train,test}/{ok_front,def_front}/; run the download stage again"),
+    ],
+    ids=["val-too-small", "val-too-large", "all-rejected", "no-class-folders"],
+)
+def test_data_or_settings_no_split_can_come_from_are_one_line(raw_dir, tmp_path, change, needle):
+    if change.pop("class_folders", True) is False:
+        for folder in raw_dir.glob("*/*"):
+            shutil.rmtree(folder)
+    with pytest.raises(InspectionError) as refused:
+        run_prepare(raw_dir, tmp_path, **change)
+    assert needle in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_a_line_photo_replaced_after_its_import_is_not_trained_on(raw_dir, tmp_path):
+    from casting_inspection.data import line
+    from casting_inspection.data.prepare import image_spec
+
+    line_dir = tmp_path / "line"
+    verdicts = []
+    for i in range(2):
+        sha, image = line.add_photo(line_dir, jpeg_bytes(part_image(False, seed=950 + i)), image_spec(PARAMS))
+        verdicts.append(line.Verdict(sha, image, "ok", "qa", "import:plant"))
+    line.append_verdicts(line_dir, verdicts)
+    (line_dir / verdicts[0].image).write_bytes(jpeg_bytes(part_image(True, seed=990)))  # a defect under a good verdict
+    _, manifest, _ = run_prepare(raw_dir, tmp_path, line_dir=line_dir)
+    rows = manifest.set_index("path")
+    assert rows.loc[f"line/{verdicts[0].image}", "status"] == "rejected"
+    assert "not the photo imported under this name" in rows.loc[f"line/{verdicts[0].image}", "reason"]
+    assert rows.loc[f"line/{verdicts[1].image}", "status"] == "ok"
+
+
+def test_an_unreadable_class_or_line_folder_is_said_never_taken_for_an_empty_one(raw_dir, tmp_path):
+    script = f"""
+import dataclasses, sys
+from pathlib import Path
+from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.params import load_section
+from casting_inspection.data.prepare import prepare_dataset
+params = dataclasses.replace(load_section("prepare", Path({str(PROJECT / "params.yaml")!r})), image_size=32, min_side=16)
+out = Path(sys.argv[1])
+try:
+    prepare_dataset(params, Path(sys.argv[2]), out / "out", out / "data.json", out / "drift.json", 1, Path(sys.argv[3]))
+except InspectionError as exc:
+    sys.exit(str(exc))
+"""
+    as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"] if os.geteuid() == 0 else []
+    env = {**os.environ, "PYTHONPATH": str(PROJECT / "src")}
+    line_dir = tmp_path / "line"
+    line_dir.mkdir()
+    for folder in (raw_dir / "train/def_front", line_dir):
+        folder.chmod(0)
+        try:
+            command = [*as_user, sys.executable, "-c", script, str(tmp_path), str(raw_dir), str(line_dir)]
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        finally:
+            folder.chmod(0o755)
+        assert result.returncode == 1 and result.stderr == f"{folder}: cannot read (Permission denied); fix its permissions\n"

@@ -43,6 +43,7 @@ TWO_WAYS = (
     f"{ARCHIVE_ENV}=/path/to/archive.zip (zip or folder with the Kaggle layout)"
 )
 _WANTED = re.compile(rf"(?:^|/)({'|'.join(SPLITS)})/({'|'.join(CLASS_NAMES)})/([^/]+)$")
+_NESTED = re.compile(rf"(?:^|/)({'|'.join(SPLITS)})/({'|'.join(CLASS_NAMES)})/[^/]+/.")  # a file in a class's subfolder
 _KAGGLE_PREFIX = ".kaggle-"
 _CHUNK = 1 << 20
 _READABLE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
@@ -107,12 +108,25 @@ def _remove_stale_staging(out_dir: Path) -> None:
 def _extract(source: Path, dest: Path, params: DownloadParams) -> None:
     if source.is_dir():
         _copy_folder(source, dest, params)
-    elif zipfile.is_zipfile(source):
+        return
+    _check_regular(source)
+    if zipfile.is_zipfile(source):
         _extract_zip(source, dest, params)
     elif _starts_like_a_zip(source):
         raise InspectionError(f"{source}: zip archive is truncated or damaged (no central directory); download it again")
     else:
         raise InspectionError(f"{source}: neither a zip archive nor a folder; give the Kaggle zip or its unpacked folder")
+
+
+def _check_regular(source: Path) -> None:
+    """A pipe would block the zip reader for ever, and an unreadable file would pass for one that is no zip."""
+    try:
+        with open(os.open(source, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except OSError as exc:
+        raise InspectionError(f"{source}: cannot read ({exc.strerror}); fix its permissions") from None
+    if not regular:
+        raise InspectionError(f"{source}: not a regular file or folder (a pipe or device); give the Kaggle zip or its folder")
 
 
 def _starts_like_a_zip(path: Path) -> bool:
@@ -124,10 +138,16 @@ def _starts_like_a_zip(path: Path) -> bool:
 
 
 def _target(relative: str, dest: Path) -> Path | None:
-    """Where a wanted archive member goes, or None for members outside the train/test image folders."""
+    """Where a wanted archive member goes, or None for members outside the train/test image folders (and hidden
+    ones). A file in a subfolder of a class folder is refused, not left out unnamed."""
     parts = PurePosixPath(relative).parts
-    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts) or relative.endswith("/."):
         return None
+    if _NESTED.search(relative):
+        raise InspectionError(
+            f"{_shown(relative)}: a file in a subfolder of a class folder; the data set takes each photo directly in "
+            "{train,test}/{def_front,ok_front}/: move it up, or out of the archive"
+        )
     match = _WANTED.search(relative)
     if not match:
         return None
@@ -192,7 +212,15 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _check_members(path: Path, members: list[zipfile.ZipInfo], params: DownloadParams) -> None:
-    """Refuse the whole archive before writing anything: unsafe names, caps, entries Python cannot read."""
+    """Refuse the whole archive before writing anything: unsafe names, caps, entries Python cannot read, a name twice."""
+    seen = set()
+    for info in members:
+        if info.filename in seen and not info.is_dir() and _target(info.filename, Path()) is not None:
+            raise InspectionError(
+                f"{path}: holds the entry {_shown(info.filename)} twice, and only one can be taken; "
+                "re-zip the data without the copy, or get the Kaggle original"
+            )
+        seen.add(info.filename)
     for info in members:
         reason = _unsafe_reason(info.filename)
         if stat.S_ISLNK(info.external_attr >> 16):
@@ -281,7 +309,11 @@ def _write(out, chunk: bytes, target: Path) -> None:
 def _plan_folder(root: Path, dest: Path, params: DownloadParams) -> list[tuple[Path, str, Path]]:
     """The files to copy, checked before anything is written: no links, only regular files, the caps."""
     plan, entries, declared = [], 0, 0
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(exc: OSError) -> None:  # os.walk would leave the folder out: a class without its photos
+        raise InspectionError(f"{exc.filename}: cannot read this folder ({exc.strerror}); fix its permissions") from None
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames.sort()
         entries += len(dirnames) + len(filenames)
         _check_caps(root, entries, 0, params)  # stop walking a folder with millions of files early
@@ -297,6 +329,8 @@ def _plan_folder(root: Path, dest: Path, params: DownloadParams) -> list[tuple[P
             target = _target(relative, dest)
             if target is None:
                 continue
+            if not _utf8(relative):  # a name the manifest could not hold
+                raise InspectionError(f"{_shown(relative)}: its name is not UTF-8 text; rename the file (in {root})")
             info = full.lstat()
             if not stat.S_ISREG(info.st_mode):
                 raise InspectionError(f"{full}: not a regular file (a pipe or device?); remove it from the data folder")
@@ -320,13 +354,26 @@ def _copy_folder(root: Path, dest: Path, params: DownloadParams) -> None:
                 _write(out, chunk, target)
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, kept by Python as lone surrogates
+        return False
+    return True
+
+
 def _claim(target: Path, member: str, source: Path) -> None:
-    if target.exists():
+    try:
+        taken = target.exists()
+        if not taken:
+            target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a name too long for this file system, a folder that is a file
+        raise InspectionError(f"{source}: {_shown(member)} cannot be written here ({exc.strerror}); rename it") from None
+    if taken:
         raise InspectionError(
             f"{source}: {_shown(member)} collides with another copy of {target.parent.parent.name}/"
             f"{target.parent.name}/{target.name}; the archive holds two data roots, keep one"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _count(dest: Path) -> dict[str, int]:

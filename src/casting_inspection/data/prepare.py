@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,7 +25,7 @@ from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_dir, write_json
 from casting_inspection.core.params import PrepareParams
 from casting_inspection.data import drift, line, near_duplicates
-from casting_inspection.data.images import BadImage, ImageSpec, load_image
+from casting_inspection.data.images import BadImage, ImageSpec, load_image, read_photo
 
 CACHE_SPLITS = ("train", "val", "test", "line_test")  # line_test: the plant's own held-out photos (may be empty)
 REQUIRED_SPLITS = ("train", "val", "test")
@@ -50,20 +51,16 @@ MANIFEST_COLUMNS = (
 
 def _verify(job: tuple[Path, str, ImageSpec]):
     path, relative, spec = job
-    try:
-        data = path.read_bytes()
-    except OSError as exc:  # a line photo named in labels.csv but gone from data/line
-        reason = f"cannot read ({exc.strerror})"
-        return {
-            "path": relative,
-            "sha256": "",
-            "size": 0,
-            "width": None,
-            "height": None,
-            "status": "rejected",
-            "reason": reason,
-        }, None
-    record = {"path": relative, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    unread = {"path": relative, "sha256": "", "size": 0, "width": None, "height": None, "status": "rejected"}
+    try:  # the one way a photo is read: a pipe never blocks, a huge file never fills memory
+        data = read_photo(path, spec.max_file_bytes)
+    except BadImage as exc:  # a line photo named in labels.csv but gone from data/line, an unreadable file
+        return unread | {"reason": str(exc)}, None
+    digest = hashlib.sha256(data).hexdigest()
+    record = {"path": relative, "sha256": digest, "size": len(data)}
+    if relative.startswith("line/") and Path(relative).stem != digest:  # stored under its hash when imported
+        reason = "its bytes are not the photo imported under this name (the file was replaced); import the photo again"
+        return record | {"width": None, "height": None, "status": "rejected", "reason": reason}, None
     try:
         array, (width, height) = load_image(data, spec)
     except BadImage as exc:
@@ -78,15 +75,29 @@ def _list_raw(raw_dir: Path) -> list[tuple[Path, str, str, str]]:
             raise InspectionError(f"{raw_dir / split}: missing; run the download stage first (dvc repro download)")
         for label in CLASS_NAMES:
             folder = raw_dir / split / label  # no defect folder: a product with good photos only (train.classifier)
-            for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-                files.append((path, f"{split}/{label}/{path.name}", split, label))
+            files += [(path, f"{split}/{label}/{path.name}", split, label) for path in _listed(folder)]
+    if not files:
+        raise InspectionError(
+            f"{raw_dir}: no photos in {{train,test}}/{{{','.join(CLASS_NAMES)}}}/; run the download stage again"
+        )
     return files
+
+
+def _listed(folder: Path) -> list[Path]:
+    """A class folder's files, sorted; a folder that cannot be read is said, never taken for an empty one."""
+    try:
+        return sorted(folder.iterdir()) if folder.is_dir() else []
+    except OSError as exc:
+        raise InspectionError(f"{folder}: cannot read ({exc.strerror}); fix its permissions") from None
 
 
 def _list_line(line_dir: Path | None) -> list[tuple[Path, str, str, str]]:
     """The plant's reviewed and imported photos that training may use (data.line: agreed verdicts only)."""
-    if line_dir is None or not (Path(line_dir) / line.LABELS_NAME).exists():
-        return []
+    try:
+        if line_dir is None or not (Path(line_dir) / line.LABELS_NAME).exists():
+            return []
+    except OSError as exc:  # a folder that cannot be searched: its photos must not be left out unnamed
+        raise InspectionError(f"{line_dir}: cannot read ({exc.strerror}); fix its permissions") from None
     for number, reason in line.read_rows(Path(line_dir))[1]:  # named in the stage's log, left out of training
         print(f"prepare: {Path(line_dir) / line.LABELS_NAME} line {number}: {reason}; left out")
     labels = line.training_labels(Path(line_dir))
@@ -233,14 +244,28 @@ def _assign_splits(table: pd.DataFrame, params: PrepareParams) -> None:
     table.loc[(table["status"] == "ok") & (table["official_split"] == "test"), "split"] = "test"
     train = table[(table["status"] == "ok") & (table["official_split"] == "train")]
     groups = train.groupby("sha256", sort=False)["label"].first()
-    if groups.value_counts().min() < 2:
-        raise InspectionError("too few train images per class to carve a validation split; check the data")
+    _check_val_fraction(groups.value_counts(), params.val_fraction)
     _, val_hashes = train_test_split(
         groups.index.to_numpy(), test_size=params.val_fraction, stratify=groups.to_numpy(), random_state=params.seed
     )
     is_val = train["sha256"].isin(set(val_hashes))
     table.loc[train.index[is_val], "split"] = "val"
     table.loc[train.index[~is_val], "split"] = "train"
+
+
+def _check_val_fraction(per_class: pd.Series, val_fraction: float) -> None:
+    """A stratified split needs a photo of each class on each side; said here in one line, not by scikit-learn."""
+    if len(per_class) == 0:
+        raise InspectionError("no usable images in the official train split (all rejected or dropped); check the data")
+    if per_class.min() < 2:
+        raise InspectionError("too few train images per class to carve a validation split; check the data")
+    total, classes = int(per_class.sum()), len(per_class)
+    val = math.ceil(val_fraction * total)  # as scikit-learn rounds it
+    if not classes <= val <= total - classes:
+        raise InspectionError(
+            f"prepare.val_fraction={val_fraction:g} puts {val} of {total} distinct train photos in validation: each side "
+            f"needs at least one photo of each of the {classes} classes; choose a share nearer 0.15"
+        )
 
 
 def _assign_line_splits(table: pd.DataFrame, arrays: list, params: PrepareParams) -> None:
