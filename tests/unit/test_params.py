@@ -25,7 +25,7 @@ def test_project_params_are_valid():
         ({"train": {"lr": float("inf")}}, "train.lr must be a finite number, got inf"),
         ({"download": {"timeout_s": float("inf")}}, "download.timeout_s must be a finite number"),
         ({"evaluate": {"cost_missed_defect": float("nan")}}, "evaluate.cost_missed_defect must be a finite number"),
-        ({"train": {"seed": -1}}, "train.seed must be >= 0"),
+        ({"train": {"seed": -1}}, "train.seed must be between 0 and 4294967295"),
         ({"prepare": {"allowed_formats": ["JPEG", "EPS"]}}, "prepare.allowed_formats[1] must be one of ['JPEG', 'PNG', 'BMP']"),
         ({"train": {"lr": -1.0}}, "train.lr must be > 0"),
         (
@@ -38,6 +38,12 @@ def test_project_params_are_valid():
         ({"prepare": {"val_fraction": 1.5}}, "prepare.val_fraction must be between 0 and 1"),
         ({"prepare": {"duplicates": "ignore"}}, "prepare.duplicates must be one of ['drop', 'report']"),
         ({"download": {"dataset": "no-slash"}}, "download.dataset must look like 'owner/slug'"),
+        ({"prepare": {"seed": 2**32}}, "prepare.seed must be between 0 and 4294967295 (a 32-bit seed)"),
+        ({"prepare": {"allowed_modes": ["L", "I;16"]}}, "prepare.allowed_modes[1] must be one of"),
+        (
+            {"prepare": {"near_duplicates": {"hash_size": 8, "max_distance": 64}}},
+            "prepare.near_duplicates.max_distance must be under the hash's 64 bits (hash_size 8), got 64",
+        ),
         ({"evaluate": {"painted_bands": [40, 20]}}, "evaluate.painted_bands must be rising grey levels in 1-254"),
         ({"evaluate": {"painted_bands": [20, 255]}}, "evaluate.painted_bands must be rising grey levels in 1-254"),
         (

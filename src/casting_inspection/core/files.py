@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -40,9 +41,11 @@ def write_json(target: Path, data) -> None:
 
 @contextmanager
 def atomic_dir(target: Path):
-    """Yield an empty temporary directory next to `target`; swap it into place only on success."""
+    """Yield an empty temporary directory next to `target`; swap it into place only on success. What a run killed
+    outright (SIGKILL, power loss) left beside it is cleared first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _recover(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.chmod(0o777 & ~_UMASK)
     try:
@@ -57,3 +60,18 @@ def atomic_dir(target: Path):
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _recover(target: Path) -> None:
+    """Remove the staging folders a killed run left beside `target`, and put back its `.old` copy when the run died
+    between moving the output aside and moving the new one in (the output would be lost otherwise). Nothing else in
+    the folder is touched."""
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir() and not old.is_symlink() and not target.exists():
+        os.replace(old, target)
+        print(f"restored {target} from {old.name}, left by an earlier run that was killed")
+    staging = re.compile(rf"\.{re.escape(target.name)}\.(?:[A-Za-z0-9_]{{8}}\.tmp|old)")
+    for entry in sorted(target.parent.iterdir()):
+        if staging.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            print(f"removed {entry}, left behind by an earlier run that was killed")

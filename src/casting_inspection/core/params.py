@@ -28,6 +28,10 @@ def _non_negative(value) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
+def _seed(value) -> str | None:  # scikit-learn's and NumPy's legacy generators take 32 bits
+    return None if 0 <= value < 2**32 else "must be between 0 and 4294967295 (a 32-bit seed)"
+
+
 def _fraction(value) -> str | None:
     return None if 0 < value < 1 else "must be between 0 and 1 (exclusive)"
 
@@ -68,17 +72,30 @@ class NearDuplicateParams:
     hash_size: int = check(lambda v: None if 4 <= v <= 64 else "must be between 4 and 64")
     max_distance: int = check(_non_negative)
 
+    def __post_init__(self):
+        bits = self.hash_size**2
+        if self.max_distance >= bits:  # every pair of photos would be a near copy
+            raise InspectionError(
+                f"params.yaml: prepare.near_duplicates.max_distance must be under the hash's {bits} bits "
+                f"(hash_size {self.hash_size}), got {self.max_distance}"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class LineParams:
     test_fraction: float = check(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
 
 
+# Pillow's modes of 8 bits a channel, which convert to L or RGB without loss of range (16-bit and float modes such as
+# I;16 or F are clipped to 255 on the way: a 16-bit photo would come out nearly white)
+EightBitMode = Literal["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"]
+
+
 @dataclasses.dataclass(frozen=True)
 class PrepareParams:
     image_size: int = check(lambda v: None if 16 <= v <= 1024 else "must be between 16 and 1024")
     color_mode: Literal["L", "RGB"]
-    allowed_modes: list[str] = check(lambda v: None if v else "must list at least one mode")
+    allowed_modes: list[EightBitMode] = check(lambda v: None if v else "must list at least one mode")
     min_side: int = check(_positive)
     max_pixels: int = check(_positive)
     allowed_formats: list[Literal["JPEG", "PNG", "BMP"]] = check(lambda v: None if v else "must list at least one format")
@@ -86,7 +103,7 @@ class PrepareParams:
     duplicates: Literal["drop", "report"]
     near_duplicates: NearDuplicateParams
     val_fraction: float = check(_fraction)
-    seed: int = check(_non_negative)
+    seed: int = check(_seed)
     drift: DriftParams
     line: LineParams
 
@@ -138,7 +155,7 @@ class TrainParams:
     patience: int = check(_positive)
     bn_recalibration: int = check(_non_negative)
     augment: AugmentParams
-    seed: int = check(_non_negative)
+    seed: int = check(_seed)
     device: Literal["auto", "cpu", "cuda"]
     distributed: bool
 
@@ -164,7 +181,7 @@ def _levels(low: float, high: float):
 class RobustnessParams:
     """Strengths of each line change the test split is re-taken under (see `perturbations.perturb`)."""
 
-    seed: int = check(_non_negative)
+    seed: int = check(_seed)
     workers: int = check(_non_negative)
     batch_size: int = check(_positive)
     brightness: list[float] = _levels(0, 0.9)
@@ -200,7 +217,7 @@ class ExplainParams:
     confident: int = check(_positive)
     max_gallery: int = check(_positive)
     min_evidence_on_part: float = check(_fraction)
-    seed: int = check(_non_negative)
+    seed: int = check(_seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +232,7 @@ class GuardParams:
     seam_margin: float = check(lambda v: None if v >= 1 else "must be >= 1")
     layout_margin: float = check(lambda v: None if v >= 1 else "must be >= 1")
     flat_margin: int = check(_non_negative)
-    seed: int = check(_non_negative)
+    seed: int = check(_seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +266,7 @@ class PaintedParams:
     )
     held_out: Literal["hole", "crack", "scratch", "blob", "chip"]
     peak_tolerance: float = check(_fraction)
-    seed: int = check(_non_negative)
+    seed: int = check(_seed)
 
     def __post_init__(self):
         if self.held_out in self.kinds:
@@ -291,7 +308,7 @@ class AnomalyParams:
     flaws: FlawParams
     reject_share: float = check(_fraction)
     batch_size: int = check(_positive)
-    seed: int = check(_non_negative)
+    seed: int = check(_seed)
     painted: PaintedParams
 
     def __post_init__(self):
@@ -312,7 +329,7 @@ class AnomalyParams:
 @dataclasses.dataclass(frozen=True)
 class Int8Params:
     calibration_images: int = check(_positive)
-    seed: int = check(_non_negative)
+    seed: int = check(_seed)
 
 
 @dataclasses.dataclass(frozen=True)

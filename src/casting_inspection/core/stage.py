@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from casting_inspection.core.errors import InspectionError
+
+
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM (what `kill`, systemd, a CI timeout and `dvc queue kill` send) raises KeyboardInterrupt, so that the
+    `finally` blocks that remove a stage's temporary files and staging folders run as on Ctrl-C; a second SIGTERM
+    cannot cut that cleanup short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:
     started = time.perf_counter()
     try:
-        main()
+        with sigterm_interrupts():
+            main()
         if os.environ.get("RANK", "0") == "0":  # under torchrun, once per job
             print(f"{name}: done in {time.perf_counter() - started:.1f} s")
     except InspectionError as exc:

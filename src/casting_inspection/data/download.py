@@ -9,8 +9,8 @@ entries than `download.max_entries` or more bytes than `download.max_total_bytes
 entry is encrypted or compressed with a method Python cannot read. While extracting, the bytes
 really written are counted (a zip can declare fewer than it holds) and each entry's CRC is checked.
 Every refusal is one line naming the archive and what to do. Extraction goes to a hidden staging
-folder next to the output; SIGTERM removes it like Ctrl-C does, and staging folders left by a run
-that was killed outright (SIGKILL, power loss) are removed when the stage starts again.
+folder next to the output (`atomic_dir`); SIGTERM removes it like Ctrl-C does (`run_stage`), and staging folders
+left by a run that was killed outright (SIGKILL, power loss) are removed when the stage starts again.
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ import lzma
 import os
 import re
 import shutil
-import signal
 import stat
 import tempfile
-import threading
 import zipfile
 import zlib
 from contextlib import contextmanager, redirect_stdout
@@ -56,49 +54,27 @@ _REPACK = f"unpack it with a tool that can and set {ARCHIVE_ENV} to the folder, 
 def fetch_raw_images(params: DownloadParams, out_dir: Path, archive: str | None) -> dict[str, int]:
     """Fill `out_dir` from `archive` (a zip or folder) or, when it is None, from Kaggle."""
     out_dir = Path(out_dir)
-    with _sigterm_interrupts():
-        _remove_stale_staging(out_dir)
-        with atomic_dir(out_dir) as staging:
-            if archive:
-                source = Path(archive).expanduser()
-                if not source.exists():
-                    raise InspectionError(f"{ARCHIVE_ENV}={archive}: no such file or folder; fix the path")
-                _extract(source, staging, params)
-            else:
-                with tempfile.TemporaryDirectory(prefix=_KAGGLE_PREFIX, dir=out_dir.parent) as download_dir:
-                    zip_path = download_from_kaggle(params, Path(download_dir))
-                    _extract(zip_path, staging, params)
-            counts = _count(staging)
+    _remove_stale_kaggle(out_dir)
+    with atomic_dir(out_dir) as staging:
+        if archive:
+            source = Path(archive).expanduser()
+            if not source.exists():
+                raise InspectionError(f"{ARCHIVE_ENV}={archive}: no such file or folder; fix the path")
+            _extract(source, staging, params)
+        else:
+            with tempfile.TemporaryDirectory(prefix=_KAGGLE_PREFIX, dir=out_dir.parent) as download_dir:
+                zip_path = download_from_kaggle(params, Path(download_dir))
+                _extract(zip_path, staging, params)
+        counts = _count(staging)
     return counts
 
 
-@contextmanager
-def _sigterm_interrupts():
-    """SIGTERM (what `kill`, systemd and CI timeouts send) raises KeyboardInterrupt, so that the `finally`
-    blocks that remove the staging folder run as on Ctrl-C; a second SIGTERM cannot cut that cleanup short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def interrupt(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _remove_stale_staging(out_dir: Path) -> None:
-    """Remove the hidden folders an earlier run left next to `out_dir` when it was killed outright: the
-    staging and `.old` folders of `atomic_dir` and the Kaggle download folder. Nothing else is touched."""
+def _remove_stale_kaggle(out_dir: Path) -> None:
+    """Remove the Kaggle download folders an earlier run left next to `out_dir` when it was killed outright (its
+    staging folders are `atomic_dir`'s to clear). Nothing else is touched."""
     if not out_dir.parent.is_dir():
         return
-    stale = re.compile(
-        rf"\.{re.escape(out_dir.name)}\.(?:[A-Za-z0-9_]{{8}}\.tmp|old)|{re.escape(_KAGGLE_PREFIX)}[A-Za-z0-9_]{{8}}"
-    )
+    stale = re.compile(rf"{re.escape(_KAGGLE_PREFIX)}[A-Za-z0-9_]{{8}}")
     for entry in sorted(out_dir.parent.iterdir()):
         if stale.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
