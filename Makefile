@@ -30,18 +30,18 @@ report: install
 # CHECK=1: exit 1 when its decisions on the test photos show a real regression (pr-tolerances.yaml).
 BASE ?= main
 pr-report: install
-	@python -m casting_inspection.team.pr_report --base $(BASE) $(if $(PLOTS_OUT),--plots-out $(PLOTS_OUT)) $(if $(CHECK),--check)
+	@python -m casting_inspection.team.pr_report --base '$(BASE)' $(if $(PLOTS_OUT),--plots-out '$(PLOTS_OUT)') $(if $(CHECK),--check)
 
 # A published recipe as a DVC experiment (presets/NAME.yaml); QUEUE=1 queues it for `dvc queue start`.
 preset: install
-	python -m casting_inspection.team.presets $(NAME) $(if $(QUEUE),--queue)
+	python -m casting_inspection.team.presets '$(NAME)' $(if $(QUEUE),--queue)
 
 # An Optuna study in which every trial is a DVC experiment (presets/PRESET.yaml's search: block); see docs/experiments.md.
 # Several workers share one study: the same STORAGE (a shared journal file, or postgresql://...) and STUDY in each clone.
 PRESET ?= cnn-search
 search: install
-	python -m casting_inspection.team.search $(PRESET) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STUDY),--study $(STUDY)) \
-	  $(if $(STORAGE),--storage $(STORAGE)) $(if $(PUSH),--push $(PUSH)) $(if $(SEED),--seed $(SEED)) $(if $(APPLY),--apply)
+	python -m casting_inspection.team.search '$(PRESET)' $(if $(TRIALS),--trials '$(TRIALS)') $(if $(STUDY),--study '$(STUDY)') \
+	  $(if $(STORAGE),--storage '$(STORAGE)') $(if $(PUSH),--push '$(PUSH)') $(if $(SEED),--seed '$(SEED)') $(if $(APPLY),--apply)
 
 # The report's test opens it in Debian's headless Chromium; installed here when missing and we may.
 browser:

@@ -113,7 +113,7 @@ def test_a_missing_base_or_missing_metrics_are_said_plainly(tmp_path):
     run(["git", "checkout", "-qb", "first-run"], repo)
     commit(repo, 0.003, 0.99, b"picture", "first metrics")
     text = report(repo, "--base", "main")
-    assert "Not on `main` (new metrics, shown without an old value): `metrics/test.json`" in text
+    assert "Not on `main` (new metrics, shown without an old value): `metrics/test.json`\n" in text  # what dvc.yaml declares
     assert "0.99" in text.split("### Metrics")[1]
     shallow = report(repo, "--base", "origin/main")  # as in a shallow CI checkout that never fetched the base
     assert "Base revision `origin/main` is not in this checkout" in shallow and "0.99" in shallow
@@ -130,7 +130,7 @@ def test_the_workflow_runs_this_report_with_the_base_fetched():
     assert check > steps.index(comment)  # the report is posted even when the check fails
     assert "if" not in steps[check]  # forks are checked too
     makefile = (PROJECT / "Makefile").read_text()
-    assert "python -m casting_inspection.team.pr_report --base $(BASE)" in makefile
+    assert "python -m casting_inspection.team.pr_report --base '$(BASE)'" in makefile  # quoted: a ref is any text
     assert "$(if $(CHECK),--check)" in makefile
 
 
@@ -240,3 +240,18 @@ def test_the_shipped_tolerances_are_the_built_in_defaults():
     from casting_inspection.team.pr_report import DEFAULT_TOLERANCES, load_tolerances
 
     assert load_tolerances(str(PROJECT / "pr-tolerances.yaml"))[0] == DEFAULT_TOLERANCES
+
+
+def test_a_metrics_file_that_cannot_be_read_is_said_and_bytes_not_utf8_on_the_base_are_no_traceback(tmp_path):
+    """dvc shows an unreadable metrics file as if its metrics were gone: its warning is kept in the report. A base
+    whose predictions hold a byte that is not UTF-8 is compared with it replaced, not stopped with exit 1."""
+    repo = make_repo(tmp_path)
+    (repo / "plots/evaluate/predictions.csv").write_bytes(predictions_csv(BASE_WRONG).encode() + b"test/caf\xe9.jpeg,x\n")
+    commit(repo, 0.003, 0.9972, b"picture", "base")
+    run(["git", "checkout", "-qb", "broken"], repo)
+    commit_decisions(repo, BASE_WRONG, "same decisions")
+    (repo / "metrics/test.json").write_text('{"accuracy": 0.98, ')  # cut short
+    result = run_report(repo, "--base", "main", "--check")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    said = "_dvc: DVC failed to load some metrics for following revisions: 'workspace'._"
+    assert result.stdout.split("### Metrics")[1].count(said) == 1, result.stdout

@@ -102,3 +102,38 @@ def test_the_validation_curve_is_read_as_dvclive_writes_it_even_mid_write(tmp_pa
     assert read_curve(curve) == [0.5, 0.25]
     curve.write_text("step\tloss\n0\t0.5\n1\t")
     assert read_curve(curve) == [0.5]
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("search: [\n", "not readable YAML (line 2); fix the file"),
+        ("- a list\n", "a preset is a mapping"),
+        ("set: [a, b]\n", "'set:' must be a mapping of params to values"),
+        ("sweep:\n  train.lr: 0.01\n", "sweep.train.lr must be a non-empty list of values"),
+    ],
+    ids=["unclosed", "a-list", "set-a-list", "sweep-a-scalar"],
+)
+def test_a_preset_file_that_cannot_be_used_is_one_line_naming_it(tmp_path, text, needle):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(InspectionError) as refused:
+        load("bad", tmp_path) if "search" not in text else load_search("bad", tmp_path)
+    assert str(refused.value).startswith(str(tmp_path / "bad.yaml")) and needle in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("block", "needle"),
+    [("pruning: 5", "search.pruning must be a mapping"), ("trials: many", "search's trials must be a whole number")],
+)
+def test_a_search_block_with_a_setting_of_the_wrong_kind_is_one_line(tmp_path, block, needle):
+    preset = YAML(typ="safe").load((PROJECT / PRESETS_DIR / "cnn-search.yaml").read_text())
+    preset["search"].update(YAML(typ="safe").load(block))
+    with pytest.raises(InspectionError, match=needle):
+        search_spec(preset, "presets/x.yaml")
+
+
+def test_an_override_of_a_swept_param_is_refused_not_dropped():
+    preset = {"sweep": {"train.lr": [0.01, 0.02]}}
+    with pytest.raises(InspectionError, match="-S train.lr=0.5: sw sweeps that param"):
+        command("sw", preset, False, ["train.lr=0.5"])
+    assert "train.epochs=3" in command("sw", preset, False, ["train.epochs=3"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -31,14 +32,7 @@ from scipy.stats import binomtest
 
 from casting_inspection import CLASS_NAMES
 
-METRIC_FILES = (
-    "metrics/test.json",
-    "metrics/robustness.json",
-    "metrics/train.json",
-    "metrics/export.json",
-    "metrics/data.json",
-    "metrics/drift.json",
-)
+DVC_FILE = "dvc.yaml"
 
 PREDICTIONS = "plots/evaluate/predictions.csv"  # written by the evaluate stage, committed to git
 TOLERANCES_FILE = "pr-tolerances.yaml"
@@ -331,16 +325,33 @@ def decisions_section(base: str, tolerances: dict[str, float], source: str) -> t
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess:
-    """A git or dvc command whose failure the report says rather than raises."""
-    return subprocess.run(cmd, capture_output=True, text=True)
+    """A git or dvc command whose failure the report says rather than raises (bytes that are not UTF-8, in a file
+    a revision holds, are shown replaced, never a traceback)."""
+    return subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace")
 
 
 def _dvc_md(*args: str) -> str:
-    """A dvc diff as Markdown, or one line saying why there is none."""
+    """A dvc diff as Markdown, or one line saying why there is none; dvc's warnings (a metrics file it could not
+    read, shown as if the metric were gone) are kept under it."""
     result = _run("dvc", *args, "--md")
     if result.returncode != 0:
         return f"_`dvc {' '.join(args)}` failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}_\n"
-    return result.stdout.strip() + "\n" if result.stdout.strip() else "_no change_\n"
+    text = result.stdout.strip() + "\n" if result.stdout.strip() else "_no change_\n"
+    said = re.findall(r"(?:WARNING|ERROR)[^\n]*|DVC failed to load [^.]*\.", result.stderr)
+    return text + "".join(f"\n_dvc: {line.strip()}_\n" for line in dict.fromkeys(said))
+
+
+def declared_metrics() -> list[str]:
+    """The metrics files this checkout's dvc.yaml declares (the head's), in its order."""
+    try:
+        stages = (YAML(typ="safe").load(Path(DVC_FILE).read_text()) or {}).get("stages") or {}
+    except (OSError, YAMLError):
+        return []
+    files = []
+    for stage in stages.values():
+        for entry in (stage or {}).get("metrics") or []:
+            files += [entry] if isinstance(entry, str) else list(entry) if isinstance(entry, dict) else []
+    return list(dict.fromkeys(files))
 
 
 def build_report(
@@ -360,7 +371,7 @@ def build_report(
             _dvc_md("metrics", "show"),
         ]
         return "\n".join(lines), None, False
-    missing = [f for f in METRIC_FILES if _run("git", "cat-file", "-e", f"{base}:{f}").returncode != 0]
+    missing = [f for f in declared_metrics() if _run("git", "cat-file", "-e", f"{base}:{f}").returncode != 0]
     if missing:
         lines += [f"Not on `{base}` (new metrics, shown without an old value): " + ", ".join(f"`{f}`" for f in missing), ""]
     lines += [

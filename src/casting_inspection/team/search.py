@@ -32,10 +32,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 from ruamel.yaml import YAML
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.processes import pid_alive
-from casting_inspection.team.presets import PRESETS_DIR, _value
+from casting_inspection.team.presets import PRESETS_DIR, _value, read_preset
 
 SEARCH_DIR = Path("search")  # default storage and the trials' logs (git-ignored)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
@@ -59,6 +61,14 @@ class Dimension:
         if self.integer:
             return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """What `suggest` asks Optuna for: a study must keep it for each param (Optuna refuses another)."""
+        if self.choices is not None:
+            return optuna.distributions.CategoricalDistribution([json.dumps(c) for c in self.choices])
+        if self.integer:
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log)
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,22 +118,31 @@ def search_spec(preset: dict, where: str) -> SearchSpec:
     if objective.count(":") != 1:
         raise InspectionError(f"{where}: search.objective must be FILE:KEY, e.g. metrics/train.json:val_loss")
     pruning = block.get("pruning") or {}
+    if not isinstance(pruning, dict):
+        raise InspectionError(f"{where}: search.pruning must be a mapping (startup_trials:, warmup_epochs:)")
     return SearchSpec(
         objective,
         str(block.get("curve", "")),
         str(block.get("stage", "")),
         tuple(_dimension(key, spec) for key, spec in block["space"].items()),
-        int(block.get("trials", 20)),
-        int(pruning.get("startup_trials", 5)),
-        int(pruning.get("warmup_epochs", 3)),
+        _count(block, "trials", 20, where),
+        _count(pruning, "startup_trials", 5, where),
+        _count(pruning, "warmup_epochs", 3, where),
     )
+
+
+def _count(block: dict, key: str, default: int, where: str) -> int:
+    value = block.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InspectionError(f"{where}: search's {key} must be a whole number >= 0 (got {value!r})")
+    return value
 
 
 def load_search(name: str, folder: Path = PRESETS_DIR) -> SearchSpec:
     path = folder / f"{name}.yaml"
     if not path.is_file():
         raise InspectionError(f"{path}: no such preset")
-    return search_spec(YAML(typ="safe").load(path.read_text()) or {}, str(path))
+    return search_spec(read_preset(path), str(path))
 
 
 def open_storage(where: str):
@@ -141,7 +160,24 @@ def open_storage(where: str):
             error = exc
             time.sleep(1 + attempt)
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    raise InspectionError(f"--storage {where}: cannot open the study's database ({first})") from error
+    raise InspectionError(f"--storage {shown_url(where)}: cannot open the study's database ({hidden(first, where)})") from error
+
+
+def shown_url(where: str) -> str:
+    """A database URL as it may be printed (in a CI log): its password starred."""
+    try:
+        return make_url(where).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: nothing in it is known to be a password
+        return where
+
+
+def hidden(text: str, where: str) -> str:
+    """`text` without the URL's password, wherever a driver's message repeats it."""
+    try:
+        password = make_url(where).password
+    except Exception:
+        return text
+    return text.replace(str(password), "***") if password else text
 
 
 def read_curve(path: Path) -> list[float]:
@@ -183,10 +219,14 @@ class Worker:
         for key, value in (("experiment", name), ("host", socket.gethostname()), ("pid", os.getpid())):
             trial.set_user_attr(key, value)
         started = time.monotonic()
+        ran = False
         try:
             self._run(trial, name, values)
+            ran = True
             value = self._objective_value(trial)
         except TrialFailed as exc:
+            if ran:  # an experiment with full metrics must not pass for a finished trial
+                subprocess.run(["dvc", "exp", "remove", name], capture_output=True, text=True)
             trial.set_user_attr("error", str(exc))
             self.failures += 1
             raise
@@ -281,6 +321,13 @@ def fail_dead_trials(study: optuna.Study) -> None:
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
 
+def free_dead_trials(study: optuna.Study) -> None:
+    """Before the study is counted: trials of this machine's dead workers, and, in a database, of any worker whose
+    heartbeat stopped (Optuna frees those only inside `optimize`, which a study that looks full never reaches)."""
+    fail_dead_trials(study)
+    optuna.storages.fail_stale_trials(study)
+
+
 def finished(study: optuna.Study) -> int:
     """Trials that count toward the study's total: done, pruned, failed, or running in some worker. Two workers
     that look at once may both start the last one: a study can end up to (workers - 1) trials over."""
@@ -301,7 +348,9 @@ def run_study(spec: SearchSpec, storage, study_name: str, trials: int, seed: int
         pruner=optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs + 1),
         load_if_exists=True,
     )
-    fail_dead_trials(study)
+    free_dead_trials(study)
+    _check_same_space(study, spec, study_name)
+    _check_objective(spec)
     _check_names_are_free(study, study_name)
     logs = SEARCH_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -313,6 +362,34 @@ def run_study(spec: SearchSpec, storage, study_name: str, trials: int, seed: int
                 f"{worker.failures} trials in a row failed (the last: {study.trials[-1].user_attrs.get('error')})"
             )
     return study
+
+
+def _check_same_space(study: optuna.Study, spec: SearchSpec, study_name: str) -> None:
+    """A study resumed with another search space would fail each trial at its first suggestion: said at once."""
+    before = next((t.distributions for t in reversed(study.get_trials(deepcopy=False)) if t.distributions), None)
+    if before is None:
+        return
+    for dimension in spec.space:
+        now, then = dimension.distribution(), before.get(dimension.key)
+        if then is not None and then != now:
+            raise InspectionError(
+                f"study {study_name!r} was run with {dimension.key} over {then}, not {now}: give this search space "
+                "another --study name"
+            )
+
+
+def _check_objective(spec: SearchSpec) -> None:
+    """A misspelt objective would fail every trial after it has trained: checked against the metrics file the
+    workspace holds, when there is one."""
+    try:
+        figures = json.loads(spec.metrics_file.read_text())
+    except (OSError, ValueError):
+        return  # not written yet (a fresh clone): the first trial tells
+    if isinstance(figures, dict) and spec.metric not in figures:
+        raise InspectionError(
+            f"search.objective {spec.objective}: {spec.metrics_file} has no {spec.metric!r} "
+            f"(it has {', '.join(sorted(map(str, figures))[:8])}); fix the preset"
+        )
 
 
 def _check_names_are_free(study: optuna.Study, study_name: str) -> None:
@@ -370,9 +447,25 @@ def apply_best(study: optuna.Study, push: str | None) -> str:
     if name not in local:
         if not push:
             raise InspectionError(f"the best trial's experiment {name} ran in another clone; pass --push REMOTE to pull it")
-        subprocess.run(["dvc", "exp", "pull", push, name], check=True)
+        pulled = subprocess.run(["dvc", "exp", "pull", push, name], capture_output=True, text=True)
+        if pulled.returncode != 0:
+            host = study.best_trial.user_attrs.get("host", "another machine")
+            raise InspectionError(
+                f"dvc exp pull {push} {name} failed ({_last_line(pulled)}): it ran on {host}; run "
+                f"`dvc exp push {push} {name}` in that clone, then apply again"
+            )
     subprocess.run(["dvc", "exp", "apply", name], check=True)
     return name
+
+
+def load_existing(storage, study_name: str) -> optuna.Study:
+    """The study its workers ran, for --apply: a misspelt name must not start a new study."""
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise InspectionError(
+            f"no study {study_name!r} in that storage: give the --study and --storage its workers used"
+        ) from None
 
 
 def _interrupt(signum, frame) -> None:
@@ -403,10 +496,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study", default=None, help="study name, shared by its workers (default: the preset's name)")
     parser.add_argument("--storage", default=None, help="journal file (default search/STUDY.journal) or database URL")
     parser.add_argument("--push", metavar="GIT_REMOTE", help="dvc exp push each finished trial to this git remote")
-    parser.add_argument("--apply", action="store_true", help="dvc exp apply the best trial when the study is done")
+    parser.add_argument("--apply", action="store_true", help="run no trial: dvc exp apply the best trial of the study")
     parser.add_argument("--seed", type=int, default=None, help="the sampler's seed (give each worker its own)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # stopped by a scheduler or `kill`: as Ctrl-C, the trial stopped with it
+    signal.signal(signal.SIGHUP, _interrupt)  # its terminal or ssh session closed: the same
+    # Ctrl-C even when started where SIGINT is ignored (a background job of a script), and the trials it starts with it:
+    # an ignored SIGINT is inherited by `dvc exp run`, which would then train on past a stop
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     study_name = args.study or args.preset
     try:
         if not _NAME.fullmatch(study_name):
@@ -418,7 +515,10 @@ def main(argv: list[str] | None = None) -> None:
             raise InspectionError(f"--trials {trials}: at least 1")
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is one line of ours, not a traceback
         storage = open_storage(args.storage or str(SEARCH_DIR / f"{study_name}.journal"))
-        study = run_study(spec, storage, study_name, trials, args.seed, args.push)
+        if args.apply:
+            study = load_existing(storage, study_name)
+        else:
+            study = run_study(spec, storage, study_name, trials, args.seed, args.push)
         print(table(study, spec.metric))
         if not any(t.state == TrialState.COMPLETE for t in study.trials):
             raise InspectionError("no trial finished; see the logs in search/logs")
@@ -430,8 +530,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"search: error: {exc}")
     except KeyboardInterrupt:
         sys.exit("search: interrupted; the trial that was running is stopped and recorded as failed")
-    except (OSError, ValueError, subprocess.CalledProcessError) as exc:  # dvc missing, a study reused with another space
+    except (OSError, ValueError, subprocess.CalledProcessError) as exc:  # dvc missing
         sys.exit(f"search: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    except (optuna.exceptions.OptunaError, SQLAlchemyError, UnboundLocalError) as exc:  # the storage lost mid-study
+        cause = exc.__context__ if isinstance(exc, UnboundLocalError) else exc  # Optuna's own error, after the storage's
+        if not isinstance(cause, (optuna.exceptions.OptunaError, SQLAlchemyError)):
+            raise
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        sys.exit(
+            f"search: error: the study's storage failed ({type(cause).__name__}: {hidden(text, args.storage or '')}); "
+            "check it and run again"
+        )
 
 
 if __name__ == "__main__":
