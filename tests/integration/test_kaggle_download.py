@@ -314,6 +314,23 @@ def test_no_credentials(server, stage):
     assert server.seen == []
 
 
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ('{"username": "anna", ', "kaggle.json: not readable JSON"),
+        ('{"username": "anna"}', "kaggle.json: needs a username and a key"),
+    ],
+    ids=["cut-short", "no-key"],
+)
+def test_a_kaggle_json_that_is_there_but_unusable_is_named(server, stage, content, needle):
+    """The client says only that it found no credentials: a person with the file in place is told what is wrong."""
+    (stage.home / ".kaggle").mkdir()
+    (stage.home / ".kaggle/kaggle.json").write_text(content)
+    result = stage.run(proxy=server.proxy, credentials=False)
+    assert_failed_cleanly(result, stage.out, str(stage.home / ".kaggle" / "kaggle.json") + needle.removeprefix("kaggle.json"))
+    assert server.seen == []
+
+
 def test_no_network(stage):
     result = stage.run(proxy=f"http://127.0.0.1:{closed_port()}")
     assert_failed_cleanly(result, stage.out, "cannot reach Kaggle", ALTERNATIVE)

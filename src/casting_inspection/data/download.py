@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import json
 import lzma
 import os
 import re
@@ -378,8 +379,26 @@ def _kaggle_api():
         try:
             api.authenticate()
         except SystemExit:
-            raise InspectionError(f"no Kaggle credentials found; {TWO_WAYS}") from None
+            raise InspectionError(_broken_kaggle_json() or f"no Kaggle credentials found; {TWO_WAYS}") from None
     return api
+
+
+def _broken_kaggle_json() -> str | None:
+    """Why the client refused a kaggle.json that is there (not JSON, no username or key), or None: it says only
+    that it found no credentials, which sends a person looking for a file they have."""
+    folders = [os.environ.get("KAGGLE_CONFIG_DIR")] if os.environ.get("KAGGLE_CONFIG_DIR") else []
+    folders += [Path.home() / ".kaggle", Path.home() / ".config" / "kaggle"]
+    for path in (Path(folder) / "kaggle.json" for folder in folders):
+        if not path.is_file():
+            continue
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return f"{path}: not readable JSON ({_one_line(exc)}); fix it (username and key) or remove it"
+        if not isinstance(content, dict) or not content.get("username") or not content.get("key"):
+            return f"{path}: needs a username and a key (download it again from your Kaggle account's settings)"
+        return None
+    return None
 
 
 def download_from_kaggle(params: DownloadParams, dest: Path) -> Path:
