@@ -64,6 +64,19 @@ def test_bad_inputs_are_rejected_with_a_reason(data, reason):
     assert reason in str(caught.value)
 
 
+def test_pillows_own_cap_is_named_as_the_limit_when_max_pixels_is_above_it():
+    """prepare.max_pixels above Pillow's cap (89.5 M pixels) cannot raise it: the reason names the cap that refused."""
+    roomy = dataclasses.replace(PARAMS, max_pixels=200_000_000)
+    with pytest.raises(BadImage) as caught:
+        load_image(png_header_only(10_000, 10_000), roomy)
+    assert (
+        str(caught.value)
+        == f"absurd size: over {Image.MAX_IMAGE_PIXELS} pixels, the most any photo may have (decompression bomb?)"
+    )
+    with pytest.raises(BadImage, match=f"over {PARAMS.max_pixels} pixels, the most"):
+        load_image(png_header_only(100_000, 100_000), PARAMS)
+
+
 def test_decoding_work_is_bounded_by_the_formats_cost_not_only_by_pixels():
     """Pillow pads each run-length row in a Python loop: a 2 kB file of 4,000 x 4,000 would cost seconds."""
     from casting_inspection.data.prepare import image_spec

@@ -192,8 +192,9 @@ def _open(data: bytes, spec: ImageSpec) -> Image.Image:
             return Image.open(io.BytesIO(data), formats=list(spec.allowed_formats))
         except UnidentifiedImageError:
             raise BadImage(f"not an image in an accepted format ({', '.join(spec.allowed_formats)})") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise BadImage(f"absurd size: over prepare.max_pixels={spec.max_pixels} pixels (decompression bomb?)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # Pillow's own cap, whatever max_pixels says
+            limit = min(spec.max_pixels, Image.MAX_IMAGE_PIXELS or spec.max_pixels)
+            raise BadImage(f"absurd size: over {limit} pixels, the most any photo may have (decompression bomb?)") from None
         except Exception as exc:  # a crafted header can make any plugin raise anything
             raise BadImage(f"unreadable image header ({_one_line(exc)})") from None
 
