@@ -260,15 +260,18 @@ def test_folder_over_the_caps_is_refused(tmp_path, kaggle_zip):
 
 def test_staging_left_by_a_killed_run_is_removed(tmp_path, kaggle_zip):
     data = tmp_path / "data"
-    stale = [data / ".raw.k1ll3d_0.tmp", data / ".raw.old", data / ".kaggle-k1ll3d_0"]
-    kept = [data / ".prepared.k1ll3d_0.tmp", data / "notes"]  # another stage's staging, and the user's own
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, live = int(gone.stdout), os.getppid()  # a process that is gone, and one that runs (this test's parent)
+    stale = [data / f".raw.{dead}.k1ll3d_0.tmp", data / ".raw.k1ll3d_0.tmp", data / ".raw.old", data / ".kaggle-k1ll3d_0"]
+    # another stage's staging, a live run's of the same stage, and the user's own
+    kept = [data / ".prepared.k1ll3d_0.tmp", data / f".raw.{live}.l1v3_run.tmp", data / "notes"]
     for folder in stale + kept:
         (folder / "train").mkdir(parents=True)
         (folder / "train" / "half.jpeg").write_bytes(b"\xff\xd8")
     result = run_stage(tmp_path, kaggle_zip)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in data.iterdir()) == sorted(["raw", *(p.name for p in kept)])
-    assert sum(".raw.k1ll3d_0.tmp, left behind" in line for line in result.stdout.splitlines()) == 1
+    assert sum(f".raw.{dead}.k1ll3d_0.tmp, left behind" in line for line in result.stdout.splitlines()) == 1
 
 
 @pytest.mark.slow
@@ -294,7 +297,7 @@ def test_sigterm_during_extraction_removes_the_staging_folder(tmp_path):
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
-    assert err.splitlines() == ["download: interrupted; outputs were left as they were"]
+    assert err.splitlines() == ["download: interrupted; its temporary files are removed: run it again for its outputs"]
     assert list(data.iterdir()) == [], "staging folder left behind"
 
 
@@ -370,3 +373,23 @@ def test_a_pipe_given_as_the_archive_is_refused_not_waited_on(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     assert_refused(run_stage(tmp_path, pipe), data, "not a regular file or folder (a pipe or device)")
+
+
+def test_an_unreadable_folder_outside_the_data_is_named_and_left_out(tmp_path, kaggle_zip):
+    """A data disk's `lost+found`, another user's folder: said in a line, and the data beside it is taken."""
+    folder = tmp_path / "unpacked"
+    zipfile.ZipFile(kaggle_zip).extractall(folder)
+    (folder / "lost+found").mkdir(mode=0)
+    (folder / ".Trash-0").mkdir(mode=0)  # hidden: never looked into
+    data = tmp_path / "data"
+    data.mkdir()
+    try:
+        result = run_stage(tmp_path, folder, prefix=AS_USER)
+    finally:
+        (folder / "lost+found").chmod(0o755)
+        (folder / ".Trash-0").chmod(0o755)
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stdout.splitlines() if "cannot read this folder" in line]
+    assert said == [
+        f"download: {folder / 'lost+found'}: cannot read this folder (Permission denied); left out (no train or test folder in its name)"
+    ]

@@ -150,10 +150,15 @@ def test_a_pipe_or_an_oversized_file_is_rejected_unread_and_the_rest_decided(raw
     with open(raw_dir / "train/def_front/huge.jpeg", "wb") as f:
         f.truncate(PARAMS.max_file_bytes + 1)  # sparse: nothing written to the disk
     summary, _, out = run_prepare(raw_dir, tmp_path)
+    assert summary["rejected"] == 4 and summary["test"]["total"] == 17
     rejected = pd.read_csv(out / "rejected.csv").set_index("path")["reason"].to_dict()
     assert rejected["train/ok_front/pipe.jpeg"] == "not a regular file (a pipe, socket or device)"
     assert rejected["train/def_front/huge.jpeg"].startswith(f"file too large: {PARAMS.max_file_bytes + 1} bytes")
-    assert summary["rejected"] == 4 and summary["test"]["total"] == 17
+    (raw_dir / "train/ok_front/batch2").mkdir()  # a folder where a photo is expected
+    _, manifest, out = run_prepare(raw_dir, tmp_path)
+    rows = manifest.set_index("path")
+    assert rows.loc["train/ok_front/batch2", "reason"] == "a folder, not a photo"
+    assert rows.loc["train/def_front/huge.jpeg", "size"] == PARAMS.max_file_bytes + 1  # named with its size, unread
 
 
 @pytest.mark.parametrize(

@@ -95,10 +95,18 @@ def test_a_study_resumed_with_another_space_or_a_misspelt_objective_is_refused_b
     lr = next(d for d in spec.space if d.key == "train.lr")
     study.add_trial(
         optuna.trial.create_trial(
-            params={"train.lr": 1e-3}, distributions={"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)}, value=1.0
+            params={"train.lr": 1e-3},
+            distributions={"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)},
+            value=1.0,
         )
     )
-    with pytest.raises(InspectionError, match=r"study 's' was run with train.lr over FloatDistribution.*another --study name"):
+    _check_same_space(study, spec, "s")  # another range: Optuna continues the study, and so does the search
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"train.lr": 3}, distributions={"train.lr": optuna.distributions.IntDistribution(1, 10)}, value=1.0
+        )
+    )
+    with pytest.raises(InspectionError, match=r"study 's' was run with train.lr over IntDistribution.*another --study name"):
         _check_same_space(study, spec, "s")
     same = optuna.create_study(study_name="same", storage=storage)
     same.add_trial(optuna.trial.create_trial(params={"train.lr": 1e-3}, distributions={"train.lr": lr.distribution()}, value=1.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -37,21 +38,31 @@ def test_sigterm_in_any_stage_removes_its_staging_and_temporary_files(tmp_path):
     started = time.monotonic()
     stage.send_signal(signal.SIGTERM)
     _, err = stage.communicate(timeout=30)
-    assert stage.returncode == 130 and err == "prepare: interrupted; outputs were left as they were\n", err
+    said = "prepare: interrupted; its temporary files are removed: run it again for its outputs\n"
+    assert stage.returncode == 130 and err == said, err
     assert time.monotonic() - started < 10  # not the 60 s it would sleep
     assert list(tmp_path.iterdir()) == []  # no staging folder, no temporary file
 
 
-def test_a_run_killed_outright_is_cleared_up_and_a_lost_output_put_back(tmp_path, capsys):
-    """SIGKILL between moving the output aside and moving the new one in leaves only `.prepared.old`: it is the
-    output, put back. Staging folders of the same output are removed; another output's, and other files, stay."""
-    for name in (".prepared.old", ".prepared.k1ll3d_0.tmp", ".raw.k1ll3d_0.tmp", "notes"):
+def test_a_run_killed_outright_is_cleared_up_and_a_live_one_is_left_alone(tmp_path, capsys):
+    """Staging folders of the same output whose process is gone are removed; a live run's (the same stage started
+    twice), another output's, and other files stay. The earlier output is replaced whole."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, live = int(gone.stdout), os.getppid()
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared/train.npy").write_bytes(b"the earlier output")
+    for name in (
+        f".prepared.{dead}.k1ll3d_0.tmp",
+        ".prepared.old",
+        f".prepared.{live}.l1v3_run.tmp",
+        ".raw.k1ll3d_0.tmp",
+        "notes",
+    ):
         (tmp_path / name).mkdir()
-    (tmp_path / ".prepared.old/train.npy").write_bytes(b"the earlier output")
     with atomic_dir(tmp_path / "prepared") as staging:
-        assert (tmp_path / "prepared/train.npy").read_bytes() == b"the earlier output"  # back before anything else
         (staging / "train.npy").write_bytes(b"new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".raw.k1ll3d_0.tmp", "notes", "prepared"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [f".prepared.{live}.l1v3_run.tmp", ".raw.k1ll3d_0.tmp", "notes", "prepared"]
     assert (tmp_path / "prepared/train.npy").read_bytes() == b"new"
     said = capsys.readouterr().out.splitlines()
-    assert len(said) == 2 and "restored" in said[0] and ".prepared.k1ll3d_0.tmp, left behind" in said[1]
+    assert len(said) == 2 and all("left behind by an earlier run that was killed" in line for line in said)

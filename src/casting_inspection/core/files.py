@@ -6,9 +6,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from casting_inspection.core.processes import pid_alive
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -41,37 +44,48 @@ def write_json(target: Path, data) -> None:
 
 @contextmanager
 def atomic_dir(target: Path):
-    """Yield an empty temporary directory next to `target`; swap it into place only on success. What a run killed
-    outright (SIGKILL, power loss) left beside it is cleared first."""
+    """Yield an empty temporary directory next to `target`; swap it into place only on success. The swap is not cut by
+    Ctrl-C or SIGTERM (they would lose both copies); what a run killed outright left beside it is cleared first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _recover(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _clear_staging(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     tmp.chmod(0o777 & ~_UMASK)
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        with _uninterrupted():
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+                os.replace(target, old / "old")
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _recover(target: Path) -> None:
-    """Remove the staging folders a killed run left beside `target`, and put back its `.old` copy when the run died
-    between moving the output aside and moving the new one in (the output would be lost otherwise). Nothing else in
-    the folder is touched."""
-    old = target.with_name(f".{target.name}.old")
-    if old.is_dir() and not old.is_symlink() and not target.exists():
-        os.replace(old, target)
-        print(f"restored {target} from {old.name}, left by an earlier run that was killed")
-    staging = re.compile(rf"\.{re.escape(target.name)}\.(?:[A-Za-z0-9_]{{8}}\.tmp|old)")
+@contextmanager
+def _uninterrupted():
+    """Ctrl-C and SIGTERM wait until the block is done (a few renames)."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _clear_staging(target: Path) -> None:
+    """Remove the staging folders a run killed outright (SIGKILL, power loss) left beside `target`: those whose
+    process is gone (a live run's, the same stage started twice, stay), and those of versions that did not name it.
+    Nothing else in the folder is touched."""
+    staging = re.compile(rf"\.{re.escape(target.name)}\.(?:(?:(\d+)\.)?[A-Za-z0-9_]{{8}}\.tmp|old)")
     for entry in sorted(target.parent.iterdir()):
-        if staging.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+        found = staging.fullmatch(entry.name)
+        if not found or not entry.is_dir() or entry.is_symlink():
+            continue
+        pid = int(found.group(1)) if found.group(1) else None
+        if pid is None or pid == os.getpid() or not pid_alive(pid):
             shutil.rmtree(entry, ignore_errors=True)
             print(f"removed {entry}, left behind by an earlier run that was killed")

@@ -18,8 +18,10 @@ def sigterm_interrupts():
     """SIGTERM (what `kill`, systemd, a CI timeout and `dvc queue kill` send) raises KeyboardInterrupt, so that the
     `finally` blocks that remove a stage's temporary files and staging folders run as on Ctrl-C; a second SIGTERM
     cannot cut that cleanup short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
+    if threading.current_thread() is not threading.main_thread() or "LOCAL_RANK" in os.environ:
+        # signal handlers can only be set from the main thread; under torchrun a rank blocked in a collective could
+        # not take it until the collective returns, and torchrun stops its ranks itself
+        yield
         return
 
     def interrupt(signum, frame):
@@ -44,5 +46,5 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print(f"{name}: interrupted; outputs were left as they were", file=sys.stderr)
+        print(f"{name}: interrupted; its temporary files are removed: run it again for its outputs", file=sys.stderr)
         sys.exit(130)

@@ -287,11 +287,14 @@ def _plan_folder(root: Path, dest: Path, params: DownloadParams) -> list[tuple[P
     """The files to copy, checked before anything is written: no links, only regular files, the caps."""
     plan, entries, declared = [], 0, 0
 
-    def unreadable(exc: OSError) -> None:  # os.walk would leave the folder out: a class without its photos
-        raise InspectionError(f"{exc.filename}: cannot read this folder ({exc.strerror}); fix its permissions") from None
+    def unreadable(exc: OSError) -> None:  # os.walk would leave it out unnamed: a class without its photos
+        folder = Path(exc.filename)
+        if folder == root or {"train", "test", *CLASS_NAMES} & set(folder.relative_to(root).parts):
+            raise InspectionError(f"{folder}: cannot read this folder ({exc.strerror}); fix its permissions") from None
+        print(f"download: {folder}: cannot read this folder ({exc.strerror}); left out (no train or test folder in its name)")
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")  # never taken
         entries += len(dirnames) + len(filenames)
         _check_caps(root, entries, 0, params)  # stop walking a folder with millions of files early
         for name in sorted(dirnames + filenames):
@@ -379,25 +382,22 @@ def _kaggle_api():
         try:
             api.authenticate()
         except SystemExit:
-            raise InspectionError(_broken_kaggle_json() or f"no Kaggle credentials found; {TWO_WAYS}") from None
+            raise InspectionError(_broken_kaggle_json(api) or f"no Kaggle credentials found; {TWO_WAYS}") from None
     return api
 
 
-def _broken_kaggle_json() -> str | None:
-    """Why the client refused a kaggle.json that is there (not JSON, no username or key), or None: it says only
-    that it found no credentials, which sends a person looking for a file they have."""
-    folders = [os.environ.get("KAGGLE_CONFIG_DIR")] if os.environ.get("KAGGLE_CONFIG_DIR") else []
-    folders += [Path.home() / ".kaggle", Path.home() / ".config" / "kaggle"]
-    for path in (Path(folder) / "kaggle.json" for folder in folders):
-        if not path.is_file():
-            continue
-        try:
-            content = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            return f"{path}: not readable JSON ({_one_line(exc)}); fix it (username and key) or remove it"
-        if not isinstance(content, dict) or not content.get("username") or not content.get("key"):
-            return f"{path}: needs a username and a key (download it again from your Kaggle account's settings)"
+def _broken_kaggle_json(api) -> str | None:
+    """Why the client refused the kaggle.json it read (not JSON, no username or key), or None: it says only that it
+    found no credentials, which sends a person looking for a file they have."""
+    path = Path(getattr(api, "config", "") or "")
+    if not path.name or not path.is_file():
         return None
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"{path}: not readable JSON ({_one_line(exc)}); fix it (username and key) or remove it"
+    if not isinstance(content, dict) or not content.get("username") or not content.get("key"):
+        return f"{path}: needs a username and a key (download it again from your Kaggle account's settings)"
     return None
 
 

@@ -101,6 +101,8 @@ def read_photo(path: Path, max_bytes: int) -> bytes:
                 raise BadImage("not a regular file (a pipe, socket or device)")
             size = info.st_size
             data = f.read(max_bytes + 1) if size <= max_bytes else b""
+    except IsADirectoryError:
+        raise BadImage("a folder, not a photo") from None
     except OSError as exc:
         raise BadImage(f"cannot read ({exc.strerror})") from None
     if size > max_bytes or len(data) > max_bytes:

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import math
 import multiprocessing
+import stat
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -51,11 +52,11 @@ MANIFEST_COLUMNS = (
 
 def _verify(job: tuple[Path, str, ImageSpec]):
     path, relative, spec = job
-    unread = {"path": relative, "sha256": "", "size": 0, "width": None, "height": None, "status": "rejected"}
     try:  # the one way a photo is read: a pipe never blocks, a huge file never fills memory
         data = read_photo(path, spec.max_file_bytes)
     except BadImage as exc:  # a line photo named in labels.csv but gone from data/line, an unreadable file
-        return unread | {"reason": str(exc)}, None
+        unread = {"path": relative, "sha256": "", "size": _size(path), "width": None, "height": None}
+        return unread | {"status": "rejected", "reason": str(exc)}, None
     digest = hashlib.sha256(data).hexdigest()
     record = {"path": relative, "sha256": digest, "size": len(data)}
     if relative.startswith("line/") and Path(relative).stem != digest:  # stored under its hash when imported
@@ -66,6 +67,15 @@ def _verify(job: tuple[Path, str, ImageSpec]):
     except BadImage as exc:
         return record | {"width": None, "height": None, "status": "rejected", "reason": str(exc)}, None
     return record | {"width": width, "height": height, "status": "ok", "reason": ""}, array
+
+
+def _size(path: Path) -> int:
+    """What a file holds, read or not (a photo too large to read is named with its size); 0 for none."""
+    try:
+        info = path.stat()
+    except OSError:
+        return 0
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
 
 
 def _list_raw(raw_dir: Path) -> list[tuple[Path, str, str, str]]:

@@ -337,7 +337,7 @@ def _dvc_md(*args: str) -> str:
     if result.returncode != 0:
         return f"_`dvc {' '.join(args)}` failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no output'}_\n"
     text = result.stdout.strip() + "\n" if result.stdout.strip() else "_no change_\n"
-    said = re.findall(r"(?:WARNING|ERROR)[^\n]*|DVC failed to load [^.]*\.", result.stderr)
+    said = re.findall(r"(?:WARNING|ERROR)[^\n]*|DVC failed to load [^:\n]*: '[^'\n]*'(?:, '[^'\n]*')*\.?", result.stderr)
     return text + "".join(f"\n_dvc: {line.strip()}_\n" for line in dict.fromkeys(said))
 
 

@@ -325,7 +325,9 @@ def free_dead_trials(study: optuna.Study) -> None:
     """Before the study is counted: trials of this machine's dead workers, and, in a database, of any worker whose
     heartbeat stopped (Optuna frees those only inside `optimize`, which a study that looks full never reaches)."""
     fail_dead_trials(study)
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():  # "experimental", as the heartbeat in open_storage
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def finished(study: optuna.Study) -> int:
@@ -365,17 +367,21 @@ def run_study(spec: SearchSpec, storage, study_name: str, trials: int, seed: int
 
 
 def _check_same_space(study: optuna.Study, spec: SearchSpec, study_name: str) -> None:
-    """A study resumed with another search space would fail each trial at its first suggestion: said at once."""
+    """A study resumed with a space Optuna cannot continue (another kind of param, log scale or choices) would fail
+    each trial at its first suggestion: said at once. A narrower or wider range it takes, and so does this."""
     before = next((t.distributions for t in reversed(study.get_trials(deepcopy=False)) if t.distributions), None)
     if before is None:
         return
     for dimension in spec.space:
         now, then = dimension.distribution(), before.get(dimension.key)
-        if then is not None and then != now:
+        try:
+            if then is not None:
+                optuna.distributions.check_distribution_compatibility(then, now)
+        except ValueError:
             raise InspectionError(
-                f"study {study_name!r} was run with {dimension.key} over {then}, not {now}: give this search space "
-                "another --study name"
-            )
+                f"study {study_name!r} was run with {dimension.key} over {then}, which {now} cannot continue: give "
+                "this search space another --study name"
+            ) from None
 
 
 def _check_objective(spec: SearchSpec) -> None:
@@ -500,7 +506,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=None, help="the sampler's seed (give each worker its own)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # stopped by a scheduler or `kill`: as Ctrl-C, the trial stopped with it
-    signal.signal(signal.SIGHUP, _interrupt)  # its terminal or ssh session closed: the same
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # started with nohup: it outlives the terminal
+        signal.signal(signal.SIGHUP, _interrupt)  # its terminal or ssh session closed: stopped as by Ctrl-C
     # Ctrl-C even when started where SIGINT is ignored (a background job of a script), and the trials it starts with it:
     # an ignored SIGINT is inherited by `dvc exp run`, which would then train on past a stop
     signal.signal(signal.SIGINT, signal.default_int_handler)
