@@ -10,6 +10,16 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet run a cell as a formula
 
 
+def is_utf8(text: str) -> bool:
+    """Whether a name is UTF-8 text: Python keeps a name's bytes that are not as lone surrogates, which a UTF-8 file,
+    a CSV cell or SQLite text cannot hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def printable(text: str) -> str:
     """Control and direction characters written as escapes (a newline as \\n, ESC as \\x1b), and a name's bytes
     that are not UTF-8 (\\udce9): a file name can neither forge a line of output (a defective photo printed as ok)

@@ -34,6 +34,7 @@ from casting_inspection import CLASS_NAMES, SPLITS
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_dir
 from casting_inspection.core.params import DownloadParams
+from casting_inspection.core.text import is_utf8
 
 ARCHIVE_ENV = "CASTING_ARCHIVE"
 TWO_WAYS = (
@@ -190,14 +191,6 @@ def _one_line(exc: BaseException) -> str:
 
 def _check_members(path: Path, members: list[zipfile.ZipInfo], params: DownloadParams) -> None:
     """Refuse the whole archive before writing anything: unsafe names, caps, entries Python cannot read, a name twice."""
-    seen = set()
-    for info in members:
-        if info.filename in seen and not info.is_dir() and _target(info.filename, Path()) is not None:
-            raise InspectionError(
-                f"{path}: holds the entry {_shown(info.filename)} twice, and only one can be taken; "
-                "re-zip the data without the copy, or get the Kaggle original"
-            )
-        seen.add(info.filename)
     for info in members:
         reason = _unsafe_reason(info.filename)
         if stat.S_ISLNK(info.external_attr >> 16):
@@ -205,9 +198,16 @@ def _check_members(path: Path, members: list[zipfile.ZipInfo], params: DownloadP
         if reason:
             raise InspectionError(f"{path}: unsafe entry {_shown(info.filename)} ({reason}); refusing to extract this archive")
     _check_caps(path, len(members), sum(info.file_size for info in members), params)
+    taken = set()
     for info in members:
         if info.is_dir() or _target(info.filename, Path()) is None:
             continue  # never read, so it may be anything
+        if info.filename in taken:  # only one of the two could be kept
+            raise InspectionError(
+                f"{path}: holds the entry {_shown(info.filename)} twice, and only one can be taken; "
+                "re-zip the data without the copy, or get the Kaggle original"
+            )
+        taken.add(info.filename)
         if info.flag_bits & 0x1:
             raise InspectionError(
                 f"{path}: entry {_shown(info.filename)} is encrypted (password-protected); "
@@ -309,7 +309,7 @@ def _plan_folder(root: Path, dest: Path, params: DownloadParams) -> list[tuple[P
             target = _target(relative, dest)
             if target is None:
                 continue
-            if not _utf8(relative):  # a name the manifest could not hold
+            if not is_utf8(relative):  # a name the manifest could not hold
                 raise InspectionError(f"{_shown(relative)}: its name is not UTF-8 text; rename the file (in {root})")
             info = full.lstat()
             if not stat.S_ISREG(info.st_mode):
@@ -332,14 +332,6 @@ def _copy_folder(root: Path, dest: Path, params: DownloadParams) -> None:
             while chunk := source.read(_CHUNK):
                 budget.take(len(chunk))  # counted as copied: a file may grow while it is copied
                 _write(out, chunk, target)
-
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # bytes that are not UTF-8, kept by Python as lone surrogates
-        return False
-    return True
 
 
 def _claim(target: Path, member: str, source: Path) -> None:

@@ -35,7 +35,7 @@ from PIL import Image
 
 from casting_inspection.core.errors import InspectionError
 from casting_inspection.core.files import atomic_path
-from casting_inspection.core.text import FORMULA_START, printable
+from casting_inspection.core.text import FORMULA_START, is_utf8, printable
 from casting_inspection.data.images import BadImage, ImageSpec, load_image, read_photo, walk_files
 
 DEFAULT_LINE = Path("data/line")
@@ -165,7 +165,7 @@ def read_rows(line_dir: Path) -> tuple[list[dict[str, str]], list[tuple[int, str
     for number, raw in enumerate(lines[1:], start=2):  # a row is one line: a torn line cannot swallow the next ones
         try:
             cells = next(csv.reader([raw.removesuffix("\r")], strict=True), [])
-            reason = "not UTF-8 text" if any(_not_text(cell) for cell in cells) else _row_problem(cells)
+            reason = "not UTF-8 text" if not all(is_utf8(cell) for cell in cells) else _row_problem(cells)
         except csv.Error as exc:
             reason = f"not a CSV row ({exc})"
         if reason:
@@ -173,14 +173,6 @@ def read_rows(line_dir: Path) -> tuple[list[dict[str, str]], list[tuple[int, str
         else:
             rows.append(dict(zip(COLUMNS, cells)))
     return rows, problems
-
-
-def _not_text(cell: str) -> bool:
-    try:
-        cell.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _row_problem(cells: list[str]) -> str | None:
@@ -417,7 +409,7 @@ def import_folder(
     says why a photo labelled defective or ok is not a part the model can judge: such a photo is left out."""
     _refuse_overlap(Path(folder), Path(line_dir))
     source = f"import:{Path(folder).resolve().name}"
-    if _not_text(source):
+    if not is_utf8(source):
         raise InspectionError(
             f"{printable(str(folder))}: its name is not UTF-8 text, and it names the verdicts' source; rename the folder"
         )

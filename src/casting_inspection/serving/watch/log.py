@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from casting_inspection.core.errors import InspectionError
+from casting_inspection.core.text import is_utf8
 from casting_inspection.serving.watch.inbox import note
 
 LOG_NAME = "inspections.sqlite"
@@ -20,11 +21,7 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS inspections (
 def kept(text: str) -> str | bytes:
     """A name or path as the log keeps it: text, or its bytes when it is not UTF-8 (a camera share's old name), which
     SQLite cannot take as text."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(text)
-    return text
+    return text if is_utf8(text) else os.fsencode(text)
 
 
 def read_back(value: str | bytes) -> str:
