@@ -393,3 +393,17 @@ def test_an_unreadable_folder_outside_the_data_is_named_and_left_out(tmp_path, k
     assert said == [
         f"download: {folder / 'lost+found'}: cannot read this folder (Permission denied); left out (no train or test folder in its name)"
     ]
+
+
+@pytest.mark.parametrize(
+    "member",
+    ["casting_data\\casting_data\\train\\ok_front\\cast_ok_w.jpeg", "casting_data/casting_data/train/ok_front//cast_ok_w.jpeg"],
+    ids=["windows-backslashes", "doubled-slash"],
+)
+def test_a_photo_named_with_backslashes_or_a_doubled_slash_is_taken_not_left_out(tmp_path, kaggle_zip, member):
+    archive = tmp_path / "archive.zip"
+    archive.write_bytes(kaggle_zip.read_bytes())
+    with zipfile.ZipFile(archive, "a") as handle:
+        handle.writestr(member, b"\xff\xd8 a photo")
+    counts = fetch_raw_images(PARAMS, tmp_path / "raw", str(archive))
+    assert counts["train/ok_front"] == 25 and (tmp_path / "raw/train/ok_front/cast_ok_w.jpeg").read_bytes() == b"\xff\xd8 a photo"

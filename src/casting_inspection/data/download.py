@@ -117,13 +117,15 @@ def _starts_like_a_zip(path: Path) -> bool:
 
 def _target(relative: str, dest: Path) -> Path | None:
     """Where a wanted archive member goes, or None for members outside the train/test image folders (and hidden
-    ones). A file in a subfolder of a class folder is refused, not left out unnamed."""
+    ones). A file in a subfolder of a class folder is refused, not left out unnamed. A name written with backslashes
+    (a Windows zip tool) or doubled slashes is read as the path it spells."""
+    named, relative = relative, "/".join(part for part in relative.replace("\\", "/").split("/") if part)
     parts = PurePosixPath(relative).parts
     if any(p.startswith(".") or p == "__MACOSX" for p in parts) or relative.endswith("/."):
         return None
     if _NESTED.search(relative):
         raise InspectionError(
-            f"{_shown(relative)}: a file in a subfolder of a class folder; the data set takes each photo directly in "
+            f"{_shown(named)}: a file in a subfolder of a class folder; the data set takes each photo directly in "
             "{train,test}/{def_front,ok_front}/: move it up, or out of the archive"
         )
     match = _WANTED.search(relative)
