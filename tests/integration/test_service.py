@@ -265,6 +265,26 @@ def test_chunked_oversize_uploads_are_refused_while_they_stream(served):
     assert total > 200 << 20 and peak - baseline < 50, f"{total} bytes sent; server RSS grew {peak - baseline:.0f} MB"
 
 
+@pytest.mark.slow
+def test_a_refused_upload_still_being_sent_ends_in_a_half_close_not_a_reset(served):
+    """RFC 9112 9.6: a server that closes at once over unread bytes makes the kernel send a reset, which can destroy
+    its last response before the client reads it (seen: a 413 whose body never arrived). Before, a reset followed
+    the 413; now the answer is followed by a FIN, and what the client still sends is drained."""
+    port = int(served[0].rsplit(":", 1)[1])
+    data = file_part(b"big.jpeg", b"\0" * (2 << 20))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(upload_head(port, b"Transfer-Encoding: chunked") + b"%x\r\n%s\r\n" % (len(data), data))
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):  # more of the file, until the sockets' buffers are full
+            while s.send(b"10000\r\n" + b"\0" * 0x10000 + b"\r\n"):
+                pass
+        s.setblocking(True)
+        time.sleep(1.0)  # the server has answered and closed by now
+        answer = read_response(s)
+        assert status_of(answer) == 413 and b"big.jpeg: larger than 200000 bytes" in answer, answer[:300]
+        assert s.recv(100) == b"", "the connection was reset after the answer"
+
+
 def chunked(body: bytes):
     for start in range(0, len(body), 65536):
         yield body[start : start + 65536]

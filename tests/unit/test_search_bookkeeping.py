@@ -71,8 +71,8 @@ def test_a_trial_whose_worker_stopped_beating_is_freed_before_the_study_is_count
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=1)  # the schema, before the worker
         gone = subprocess.Popen([sys.executable, "-c", body])
-        storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=1)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not storage.get_all_studies():
             time.sleep(0.1)

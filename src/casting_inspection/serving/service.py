@@ -3,7 +3,7 @@
 POST /predict (multipart, one or several files in the field `files`), GET /health, GET /model, GET /metrics.
 Every error is a 4xx with a one-line JSON body that says what to change; clients never see a stack trace.
 
-What a hostile or broken client cannot do (`Guard`, `HeaderDeadline`): send a body larger than the limits (counted
+What a hostile or broken client cannot do (`Guard`, `HeaderDeadline`, `LingeringClose`): send a body larger than the limits (counted
 as it arrives, chunked or not, and refused at once), take longer than the deadlines for its headers or body, reach
 anything but /health without the token when one is set, or have more than `max_active` uploads in memory at once.
 """
@@ -214,7 +214,58 @@ class Guard:
         return None
 
 
-class HeaderDeadline(H11Protocol):
+class _Lingering:
+    """A connection's transport whose close, while the client is still sending its request, is a lingering close (as
+    nginx and Apache do): the response is followed by a FIN, and what the client still sends is dropped until it
+    closes or `seconds` pass. A socket closed at once over unread bytes makes the kernel send a reset, which can
+    destroy the response in flight: the client of a refused upload would see its connection reset, not the 413."""
+
+    def __init__(self, transport, loop: asyncio.AbstractEventLoop, seconds: float, unread):
+        self._transport, self._loop, self._seconds, self._unread = transport, loop, seconds, unread
+        self.timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.timer is not None or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.is_closing():
+            return
+        if not (self._unread() and self._transport.can_write_eof()):
+            return self._transport.close()
+        self._transport.write_eof()  # sent once the response is out
+        self._transport.resume_reading()
+        self.timer = self._loop.call_later(self._seconds, self._transport.close)
+
+    def pause_reading(self) -> None:
+        if self.timer is None:
+            self._transport.pause_reading()
+
+
+class LingeringClose(H11Protocol):
+    """uvicorn's h11 protocol, closing with `_Lingering` a connection whose request is not read in full."""
+
+    linger_seconds = 5.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(_Lingering(transport, self.loop, self.linger_seconds, self._request_unread))
+
+    def _request_unread(self) -> bool:
+        return self.conn.their_state in (h11.SEND_BODY, h11.ERROR)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.timer is None:  # else the rest of a refused request: dropped
+            super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport.timer is not None:
+            self.transport.timer.cancel()
+        super().connection_lost(exc)
+
+
+class HeaderDeadline(LingeringClose):
     """uvicorn's h11 protocol with a deadline for the request line and headers, which uvicorn 0.54 lacks (its
     keep-alive timer only runs between requests and every byte resets it): the connection is closed when they are
     not complete `header_timeout` seconds after the connection opened or the request's first byte arrived."""
