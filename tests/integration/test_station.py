@@ -353,6 +353,36 @@ def test_the_plcs_trigger_decides_the_next_frame_and_nothing_else(exported_model
         assert cv2.imread(destination).shape == (192, 192, 3)  # the whole frame: the camera is framed on the part
 
 
+def test_a_frozen_camera_gives_the_plcs_next_part_no_verdict_and_stops_the_line(exported_model, tmp_path):
+    """Before: a camera that froze (frames still coming, all the same image) gave each next part the verdict of the
+    part before, `ok` included. Now a part whose frame is the very image of the last part's is NG, and the station
+    is not ready (fault 1) until the frames change."""
+    still = cv2.resize(photos(1)[0], (192, 192))  # a good part, the camera framed on it
+    frozen = tmp_path / "frozen.avi"
+    write_video(frozen, [still] * 150)  # 5 s at 30 fps, every frame the same
+    cmd = [*CLI, str(frozen), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime",
+           "--modbus", f"127.0.0.1:{(modbus := free_port())}", "--trigger", "plc"]  # fmt: skip
+    station = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    plc = Plc(modbus)
+    plc.start()
+    try:
+        wait_until(lambda: plc.statuses and plc.statuses[-1][0] & 1, 60)  # ready
+        for k in range(2):
+            plc.trigger()
+            wait_until(lambda k=k: len(plc.results) == k + 1, 10)
+        stdout, stderr = station.communicate(timeout=120)
+    finally:
+        station.kill()
+        plc.stop()
+    assert station.returncode == 3, stderr  # a part left undecided
+    parts = part_lines(stdout)
+    assert parts[1][1] != "not_a_part" and parts[2] == ("NG", "not_a_part"), parts  # part 1 judged, part 2 refused
+    assert "NOT READY: the camera sends the very image it sent for part 1: a frozen camera" in stderr
+    assert any(fault == 1 and not status & 1 for status, fault in plc.statuses)
+    reasons = [reason for _, _, reason, _ in logged(tmp_path / "out")]
+    assert "its frame is the very image of part 1: the camera froze" in reasons[1], reasons
+
+
 def test_a_trigger_no_frame_answers_after_its_delay_is_a_part_signalled_ng(exported_model, square_video, tmp_path):
     """--trigger-delay longer than the video: no frame read is late enough, so the part is never decided on an earlier
     frame; it is still a part, signalled NG when the video ends."""

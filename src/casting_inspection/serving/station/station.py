@@ -64,6 +64,8 @@ class Station:
         self.counts: dict[str, int] = {}
         self.undecided = 0
         self.unjudged_run = 0  # parts in a row signalled not_a_part (undecided included), none judged between them
+        self.last_photo: tuple[bytes, int] | None = None  # with the PLC's trigger: the last decided frame's digest, its part
+        self.frozen = False  # a PLC's part got the very frame of the part before, and the frames have not changed since
         self.ready_reason: str | None = "starting"
         self.beat = time.monotonic()  # the loop's last turn: outputs stop their heartbeat when it is older than the stall limit
         for output in outputs:
@@ -186,7 +188,7 @@ class Station:
                 "camera moved); look at the last photos in not_a_part/, empty the view and restart",
                 "camera",
             )
-        return unusable_view(frame.image) or self._whole_frame_problem(frame)
+        return unusable_view(frame.image) or self._whole_frame_problem(frame) or self._frozen_problem(frame)
 
     def _whole_frame_problem(self, frame: Frame) -> tuple[str, str] | None:
         """With the PLC's trigger the whole frame is the part's photo: one of another shape than a part's would make
@@ -200,6 +202,16 @@ class Station:
                 f"with --trigger plc the whole frame is judged, and a {width}x{height} frame is no part's photo (sides "
                 f"over {limit:g} to 1): set the camera's region of interest to a square around the part", "camera"
             )  # fmt: skip
+        return None
+
+    def _frozen_problem(self, frame: Frame) -> tuple[str, str] | None:
+        """While the frames stay the very image a part was refused for as a repeat, the camera is frozen: not ready."""
+        if self.frozen and self.last_photo is not None and digest(frame.image) == self.last_photo[0]:
+            return (
+                f"the camera sends the very image it sent for part {self.last_photo[1]}: a frozen camera or stream "
+                "(a camera's noise tells two exposures apart); check the camera and its link", "camera"
+            )  # fmt: skip
+        self.frozen = False
         return None
 
     def _frame_events(self, frame: Frame) -> list[Event]:
@@ -245,8 +257,21 @@ class Station:
         # a frame read at least trigger_delay after the PLC's edge: set to the camera's latency, no frame exposed before it
         if plc is None or not plc.take_trigger(frame.arrived - self.settings.trigger_delay):
             return []
+        return [self._triggered(frame)]
+
+    def _triggered(self, frame: Frame) -> Event:
+        """The PLC's next part, in this frame. A frame with the very pixels of the last part's is no photo of a new
+        part (a sensor's noise alone tells two exposures apart): a frozen camera or stream, whose part is NG."""
         self.trigger.parts += 1
-        return [Event("decide", Track(self.trigger.parts, (0, 0), (0, 0, 0, 0), frame.index), frame.image)]
+        track = Track(self.trigger.parts, (0, 0), (0, 0, 0, 0), frame.index)
+        seen = digest(frame.image)
+        if self.last_photo is not None and self.last_photo[0] == seen:
+            self.frozen = True
+            return Event(
+                "undecided", track, frame.image, f"its frame is the very image of part {self.last_photo[1]}: the camera froze"
+            )
+        self.last_photo = seen, self.trigger.parts
+        return Event("decide", track, frame.image)
 
     def _decide_all(self, events: list[Event], frame: Frame | None) -> None:
         for event in events:
@@ -292,6 +317,10 @@ class Station:
         part.threshold, part.model_version = result.threshold, result.model_version
         part.image = arrays[0] if arrays else None
         part.anomaly_map = maps[0] if maps else None
+
+
+def digest(image: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
 
 
 def unusable_view(image: np.ndarray) -> tuple[str, str] | None:
