@@ -64,6 +64,24 @@ def test_bad_inputs_are_rejected_with_a_reason(data, reason):
     assert reason in str(caught.value)
 
 
+def damaged(data: bytes, offset: int, count: int) -> bytes:
+    """`count` bytes of the first scan's data, from `offset` on, zeroed: a disk's or a transfer's damage."""
+    at = data.index(b"\xff\xda") + offset
+    return data[:at] + bytes(count) + data[at + count :]
+
+
+def test_a_jpeg_whose_scan_data_is_damaged_is_refused_not_decided_on_wrong_pixels():
+    """Before: Pillow decoded it without a word (libjpeg's warning is not surfaced), grey or shifted blocks in place
+    of the part, and it was decided as a photo of the part."""
+    for seed in (4, 5):
+        for grey in (False, True):
+            image = part_image(True, seed, size=300)
+            good = jpeg_bytes(image if grey else image.convert("RGB"))
+            load_image(good, PARAMS)
+            with pytest.raises(BadImage, match=r"^corrupt JPEG data \(ValueError: Corrupt JPEG data: .*copy or take it again$"):
+                load_image(damaged(good, len(good) // 2, 200), PARAMS)
+
+
 def test_pillows_own_cap_is_named_as_the_limit_when_max_pixels_is_above_it():
     """prepare.max_pixels above Pillow's cap (89.5 M pixels) cannot raise it: the reason names the cap that refused."""
     roomy = dataclasses.replace(PARAMS, max_pixels=200_000_000)
@@ -108,8 +126,9 @@ def test_a_jpeg_of_many_scans_costs_what_its_scans_cost():
     assert len(crafted) < 100_000
     with pytest.raises(BadImage, match=r"too costly to decode: 1000x1000 as a JPEG of 40\d scans, 3\dx the work"):
         load_image(crafted, spec)
-    for copies in (0, 6):  # a camera's progressive JPEG, and one of a dozen scans: decoded
-        assert load_image(repeated_last_scan(photo, copies), spec)[1] == (1000, 1000)
+    assert load_image(repeated_last_scan(photo, 0), spec)[1] == (1000, 1000)  # a camera's progressive JPEG: decoded
+    with pytest.raises(BadImage, match=r"corrupt JPEG data .*Inconsistent progression sequence"):  # under the cost
+        load_image(repeated_last_scan(photo, 6), spec)  # limit, but a scan repeated is no JPEG a camera writes
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "MPO"], ids=["animated PNG", "multi-picture JPEG"])
