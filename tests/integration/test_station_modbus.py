@@ -128,6 +128,6 @@ def test_a_trigger_pulse_shorter_than_a_poll_is_one_part(link):
         client.write_register(10, 0, device_id=1)
     time.sleep(0.05)
     taken = 0
-    while output.take_trigger(float("inf")):
+    while output.take_trigger(float("inf")) is not None:
         taken += 1
     assert taken == 20

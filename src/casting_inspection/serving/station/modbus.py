@@ -197,13 +197,12 @@ class ModbusOutput:
             self.state["heartbeat"], c["beat"] = not self.state["heartbeat"], now
         self._status()
 
-    def take_trigger(self, arrived: float) -> bool:
-        """True once per rising edge of the PLC's trigger bit (bit 0 of the control register), for the first frame
-        read after that edge (`arrived`, perf_counter): a frame taken before the trigger never answers it."""
+    def take_trigger(self, arrived: float) -> float | None:
+        """The time (perf_counter) of the PLC trigger bit's next rising edge (bit 0 of the control register), once per
+        edge, for the first frame read after it (`arrived`): a frame taken before the trigger never answers it."""
         if not self.edges or self.edges[0] >= arrived:
-            return False
-        self.edges.popleft()
-        return True
+            return None
+        return self.edges.popleft()
 
     def _drain(self) -> None:
         """At stop, give the PLC its results: wait while it keeps acknowledging, at most `ack_timeout` for each."""

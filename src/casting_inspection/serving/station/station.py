@@ -36,6 +36,7 @@ from casting_inspection.serving.station.trigger import Event, PartTrigger, Track
 from casting_inspection.serving.watch.inbox import note
 
 MODEL_RETRY_SECONDS = 5.0
+FORGET_SECONDS = 10.0  # the PLC trigger's freeze check forgets an image it has not seen for this long
 JPEG_QUALITY = 95
 UNJUDGED_RUN = 5  # parts in a row not judged (undecided, or not a part): the trigger or the view is at fault, not parts
 VIEW_DARK, VIEW_FLAT = 0.03, 0.3 / 255  # a whole view's mean grey level (0-1) and spread under which nothing can be seen in
@@ -64,8 +65,8 @@ class Station:
         self.counts: dict[str, int] = {}
         self.undecided = 0
         self.unjudged_run = 0  # parts in a row signalled not_a_part (undecided included), none judged between them
-        self.last_photo: tuple[bytes, int] | None = None  # with the PLC's trigger: the last decided frame's digest, its part
-        self.frozen = False  # a PLC's part got the very frame of the part before, and the frames have not changed since
+        self.first_seen: dict[bytes, list[float]] = {}  # with the PLC's trigger: each recent image's first and last arrival
+        self.forgotten_at = 0.0
         self.ready_reason: str | None = "starting"
         self.beat = time.monotonic()  # the loop's last turn: outputs stop their heartbeat when it is older than the stall limit
         for output in outputs:
@@ -188,7 +189,7 @@ class Station:
                 "camera moved); look at the last photos in not_a_part/, empty the view and restart",
                 "camera",
             )
-        return unusable_view(frame.image) or self._whole_frame_problem(frame) or self._frozen_problem(frame)
+        return unusable_view(frame.image) or self._whole_frame_problem(frame)
 
     def _whole_frame_problem(self, frame: Frame) -> tuple[str, str] | None:
         """With the PLC's trigger the whole frame is the part's photo: one of another shape than a part's would make
@@ -202,16 +203,6 @@ class Station:
                 f"with --trigger plc the whole frame is judged, and a {width}x{height} frame is no part's photo (sides "
                 f"over {limit:g} to 1): set the camera's region of interest to a square around the part", "camera"
             )  # fmt: skip
-        return None
-
-    def _frozen_problem(self, frame: Frame) -> tuple[str, str] | None:
-        """While the frames stay the very image a part was refused for as a repeat, the camera is frozen: not ready."""
-        if self.frozen and self.last_photo is not None and digest(frame.image) == self.last_photo[0]:
-            return (
-                f"the camera sends the very image it sent for part {self.last_photo[1]}: a frozen camera or stream "
-                "(a camera's noise tells two exposures apart); check the camera and its link", "camera"
-            )  # fmt: skip
-        self.frozen = False
         return None
 
     def _frame_events(self, frame: Frame) -> list[Event]:
@@ -241,7 +232,7 @@ class Station:
     def _unserved_triggers(self, why: str) -> list[Event]:
         """The PLC's triggers no frame answered (a stall, the end): each is a part, signalled NG."""
         events, plc = [], self._plc()
-        while plc is not None and plc.take_trigger(float("inf")):
+        while plc is not None and plc.take_trigger(float("inf")) is not None:
             self.trigger.parts += 1
             track = Track(self.trigger.parts, (0, 0), (0, 0, 0, 0), -1)
             events.append(Event("undecided", track, None, f"the PLC's trigger came and {why}"))
@@ -255,23 +246,26 @@ class Station:
             return events
         plc = self._plc()
         # a frame read at least trigger_delay after the PLC's edge: set to the camera's latency, no frame exposed before it
-        if plc is None or not plc.take_trigger(frame.arrived - self.settings.trigger_delay):
+        first = self._first_seen(frame)
+        edge = plc.take_trigger(frame.arrived - self.settings.trigger_delay) if plc is not None else None
+        if edge is None:
             return []
-        return [self._triggered(frame)]
-
-    def _triggered(self, frame: Frame) -> Event:
-        """The PLC's next part, in this frame. A frame with the very pixels of the last part's is no photo of a new
-        part (a sensor's noise alone tells two exposures apart): a frozen camera or stream, whose part is NG."""
         self.trigger.parts += 1
         track = Track(self.trigger.parts, (0, 0), (0, 0, 0, 0), frame.index)
-        seen = digest(frame.image)
-        if self.last_photo is not None and self.last_photo[0] == seen:
-            self.frozen = True
-            return Event(
-                "undecided", track, frame.image, f"its frame is the very image of part {self.last_photo[1]}: the camera froze"
-            )
-        self.last_photo = seen, self.trigger.parts
-        return Event("decide", track, frame.image)
+        if first < edge:  # a sensor's noise alone tells two exposures apart: this image was taken before the trigger
+            why = f"its frame is an image the camera first sent {edge - first:.2f} s before the PLC's trigger: the camera froze"
+            return [Event("undecided", track, frame.image, why)]
+        return [Event("decide", track, frame.image)]
+
+    def _first_seen(self, frame: Frame) -> float:
+        """When this frame's image first arrived: a frozen camera or stream (one image again, or a few in turn) sends
+        images older than the PLC's trigger. Every 16th pixel is enough: a new exposure changes them all."""
+        seen = self.first_seen.setdefault(digest(frame.image[::4, ::4]), [frame.arrived, frame.arrived])
+        seen[1] = frame.arrived
+        if frame.arrived - self.forgotten_at > FORGET_SECONDS:
+            self.first_seen = {k: v for k, v in self.first_seen.items() if frame.arrived - v[1] < FORGET_SECONDS}
+            self.forgotten_at = frame.arrived
+        return seen[0]
 
     def _decide_all(self, events: list[Event], frame: Frame | None) -> None:
         for event in events:
