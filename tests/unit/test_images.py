@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import struct
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -78,8 +80,35 @@ def test_a_jpeg_whose_scan_data_is_damaged_is_refused_not_decided_on_wrong_pixel
             image = part_image(True, seed, size=300)
             good = jpeg_bytes(image if grey else image.convert("RGB"))
             load_image(good, PARAMS)
-            with pytest.raises(BadImage, match=r"^corrupt JPEG data \(ValueError: Corrupt JPEG data: .*copy or take it again$"):
+            with pytest.raises(
+                BadImage, match=r"^JPEG data libjpeg-turbo cannot decode cleanly \(ValueError: Corrupt JPEG data: .*again$"
+            ):
                 load_image(damaged(good, len(good) // 2, 200), PARAMS)
+
+
+def test_a_large_jpeg_with_little_memory_left_is_a_reason_or_a_photo_never_a_traceback(tmp_path):
+    """Before: the strict check decoded the whole picture a second time (its min_factor alone scales nothing), and a
+    5000 x 5000 JPEG with 140 MB of address space left ended in a bare MemoryError instead of a reason."""
+    photo = tmp_path / "large.jpeg"
+    Image.effect_noise((4992, 4992), 40).convert("RGB").save(photo, quality=90)
+    script = f"""
+import resource, sys
+from pathlib import Path
+from casting_inspection.core.params import load_section
+from casting_inspection.data.images import BadImage, load_image
+from casting_inspection.data.prepare import image_spec
+spec, data = image_spec(load_section("prepare", Path({str(PROJECT / "params.yaml")!r}))), open({str(photo)!r}, "rb").read()
+size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + (140 << 20), resource.RLIM_INFINITY))
+try:
+    print("decided", load_image(data, spec)[1])
+except BadImage as exc:
+    print("refused", exc)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith(("decided (4992, 4992)", "refused image too large")), done.stderr[
+        -800:
+    ]
 
 
 def test_pillows_own_cap_is_named_as_the_limit_when_max_pixels_is_above_it():
@@ -127,7 +156,9 @@ def test_a_jpeg_of_many_scans_costs_what_its_scans_cost():
     with pytest.raises(BadImage, match=r"too costly to decode: 1000x1000 as a JPEG of 40\d scans, 3\dx the work"):
         load_image(crafted, spec)
     assert load_image(repeated_last_scan(photo, 0), spec)[1] == (1000, 1000)  # a camera's progressive JPEG: decoded
-    with pytest.raises(BadImage, match=r"corrupt JPEG data .*Inconsistent progression sequence"):  # under the cost
+    with pytest.raises(
+        BadImage, match=r"^JPEG data libjpeg-turbo cannot decode cleanly .*Inconsistent progression sequence"
+    ):  # under the cost
         load_image(repeated_last_scan(photo, 6), spec)  # limit, but a scan repeated is no JPEG a camera writes
 
 

@@ -236,19 +236,26 @@ def load_image(data: bytes, spec: ImageSpec) -> tuple[np.ndarray, tuple[int, int
             raise BadImage(f"truncated or corrupt image data ({_one_line(exc)})") from None
     if image.format in ("JPEG", "MPO"):
         _intact_jpeg(data, image.mode)
-    return preprocess(image, spec.image_size, spec.color_mode), (width, height)
+    try:
+        return preprocess(image, spec.image_size, spec.color_mode), (width, height)
+    except MemoryError:
+        raise BadImage("image too large to decode in the memory available") from None
 
 
 def _intact_jpeg(data: bytes, mode: str) -> None:
     """libjpeg gets past damaged scan data with a warning and decodes grey or shifted blocks, and Pillow shows no
     warning: such a photo shows what the camera did not see. simplejpeg's strict decode raises on any warning (at an
     eighth of the side: the entropy decoding, where damage shows, is whole; the first picture only, as Pillow's)."""
+    colorspace = {"L": "GRAY", "CMYK": "CMYK"}.get(mode, "RGB")
     try:
-        simplejpeg.decode_jpeg(data, colorspace={"L": "GRAY", "CMYK": "CMYK"}.get(mode, "RGB"), strict=True, min_factor=8)
+        simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=True, min_factor=8, min_height=1, min_width=1)
     except ValueError as exc:
         raise BadImage(
-            f"corrupt JPEG data ({_one_line(exc)}): the file was damaged after it was taken; copy or take it again"
+            f"JPEG data libjpeg-turbo cannot decode cleanly ({_one_line(exc)}): damaged in storage or transfer, or "
+            "written by an unusual encoder; copy or take the photo again"
         ) from None
+    except (MemoryError, RuntimeError):  # simplejpeg's own "could not create JPEG decoder" is a failed allocation
+        raise BadImage("image too large to decode in the memory available") from None
 
 
 def preprocess(image: Image.Image, image_size: int, color_mode: str) -> np.ndarray:
