@@ -85,7 +85,7 @@ def test_import_stores_each_photo_once_and_names_the_bad_file(exported_model, tm
         assert row["verdict"] == verdict_of[row["sha256"]] and row["image"].startswith(f"images/{row['sha256']}.")
         assert (row["inspector"], row["source"], row["model_version"], row["defect_probability"]) == (
             "qa",
-            "import:plant",
+            f"import:{folder.resolve()}",
             "",
             "",
         )
@@ -169,11 +169,11 @@ def test_inspectors_who_disagree_are_kept_but_left_out_of_training(exported_mode
     line.append_verdict(line_dir, line.Verdict(disputed, image, "defective", "anna", "review", "abc123", 0.47))
     listed = line.disagreements(line_dir)  # her earlier ok still stands: a dispute, not a silent overwrite
     assert listed["verdicts"].item() == "anna=defective; anna=ok; qa=defective" and len(rows(line_dir)) == 8
-    assert line.retract(line_dir, disputed, "anna", "import:second_look")["verdict"] == "ok"  # she takes it back
+    assert line.retract(line_dir, disputed, "anna", f"import:{second.resolve()}")["verdict"] == "ok"  # she takes it back
     training = line.training_labels(line_dir).set_index("sha256")
     assert training.loc[disputed, "label"] == "def_front" and training.loc[disputed, "inspectors"] == "anna;qa"
     assert line.disagreements(line_dir).empty and len(rows(line_dir)) == 9  # appended, nothing rewritten
-    assert line.retract(line_dir, disputed, "anna", "import:second_look") is None  # nothing more of hers there
+    assert line.retract(line_dir, disputed, "anna", f"import:{second.resolve()}") is None  # nothing more of hers there
 
     line.append_verdict(line_dir, line.Verdict(agreed, training.loc[agreed, "image"], "not_a_part", "ben", "review"))
     assert agreed not in set(line.training_labels(line_dir)["sha256"])  # not a part, to someone: disputed
@@ -315,7 +315,50 @@ def test_a_folder_whose_name_is_not_text_is_refused_before_anything_is_stored(ex
     line_dir = tmp_path / "line"
     assert import_line(exported_model["onnx"], folder, line_dir, "--map", "NG=defective", "--inspector", "qa") == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "its name is not UTF-8 text" in err and not line_dir.exists()
+    assert err.count("\n") == 1 and "it is not UTF-8 text or holds a line break" in err and not line_dir.exists()
+    newline = tmp_path / "plant\nbatch"  # before: refused only once its photos were stored
+    (newline / "NG").mkdir(parents=True)
+    (newline / "NG/a.jpg").write_bytes(jpeg_bytes(part_image(True, 7)))
+    assert import_line(exported_model["onnx"], newline, line_dir, "--map", "NG=defective", "--inspector", "qa") == 1
+    assert "holds a line break; rename the folder" in capsys.readouterr().err and not line_dir.exists()
+
+
+def test_a_photo_later_in_both_classes_loses_every_verdict_this_folder_gave_it(exported_model, tmp_path):
+    """Before: a folder of the same name elsewhere took back this folder's verdict; and NG, then OK (a dispute with
+    herself), then both took back only the last verdict, so the photo trained as defective."""
+    photo, line_dir = jpeg_bytes(part_image(True, 7)), tmp_path / "line"
+    options = ("--map", "NG=defective", "--map", "OK=ok", "--inspector", "qa")
+
+    def batch(folder: Path, *classes: str) -> Path:
+        for name in ("NG", "OK"):
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            (folder / name / "x.jpg").unlink(missing_ok=True)
+        for name in classes:
+            (folder / name / "x.jpg").write_bytes(photo)
+        import_line(exported_model["onnx"], folder, line_dir, *options)
+        return folder
+
+    first = batch(tmp_path / "a" / "batch", "NG")
+    batch(tmp_path / "b" / "batch", "NG", "OK")  # another folder of the same name: another source
+    assert list(line.latest_verdicts(line_dir)["source"]) == [f"import:{first.resolve()}"]
+    batch(first, "OK")
+    batch(first, "NG", "OK")
+    assert [(r["verdict"], r["source"] == f"import:{first.resolve()}") for r in rows(line_dir)] == [
+        ("defective", True), ("ok", True), ("retracted", True), ("retracted", True)
+    ]  # fmt: skip
+    assert line.latest_verdicts(line_dir).empty and line.training_labels(line_dir).empty
+
+
+def test_a_stored_photo_of_other_bytes_is_replaced_when_the_photo_comes_again(exported_model, tmp_path):
+    """Before: a torn or overwritten images/<sha256> file was kept, its verdicts recorded, prepare rejected it and no
+    import could mend it. Now the photo coming again replaces it."""
+    spec = Inspector(exported_model["onnx"]).spec
+    line_dir, photo = tmp_path / "line", jpeg_bytes(part_image(True, 1))
+    digest, image = line.add_photo(line_dir, photo, spec)
+    (line_dir / image).write_bytes(photo[:100])
+    assert line.add_photo(line_dir, photo, spec) == (digest, image)
+    assert (line_dir / image).read_bytes() == photo
+    assert sorted(p.name for p in (line_dir / "images").iterdir()) == [Path(image).name]  # no temporary left
 
 
 APPEND_UNDER_A_SIZE_LIMIT = """

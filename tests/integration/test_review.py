@@ -5,6 +5,7 @@ probability); the watch folders stay as they were; off loopback the service's to
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import csv
 import hashlib
@@ -13,6 +14,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +29,8 @@ from playwright.sync_api import sync_playwright
 from browser import chromium_path
 from casting_inspection.data import line
 from casting_inspection.serving.inference import Inspector
-from casting_inspection.serving.service import TOKEN_ENV
+from casting_inspection.serving.review.station import Station
+from casting_inspection.serving.service import TOKEN_ENV, ClientError
 from casting_inspection.serving.watch.log import LOG_NAME
 from helpers import PROJECT, jpeg_bytes, part_image
 
@@ -349,6 +352,38 @@ def test_an_undo_takes_back_only_its_own_pages_last_verdict_and_a_conflict_is_a_
         assert answer["disputed"] == ["plant-qa=ok"]
         assert queue[3]["sha256"] in set(line.disagreements(line_dir)["sha256"])
         assert queue[3]["sha256"] not in set(line.training_labels(line_dir)["sha256"])
+
+
+def label_at_once(stations: list[Station], sha256: str, verdicts: tuple[str, ...]) -> list[str]:
+    """Each station labels the photo at the same moment, one verdict each: what each answered (a verdict, or a status)."""
+    start = threading.Barrier(len(stations))
+
+    def give(station: Station, verdict: str, page: str) -> str:
+        start.wait()
+        try:
+            return station.label(sha256, verdict, page)["recorded"]["verdict"]
+        except ClientError as exc:
+            return str(exc.status)
+
+    with concurrent.futures.ThreadPoolExecutor(len(stations)) as pool:
+        pages = [f"page-{k}-0001" for k in range(len(stations))]
+        return list(pool.map(give, stations, verdicts, pages))
+
+
+def test_two_stations_under_one_name_never_both_label_a_photo(watched, tmp_path):
+    """Before: two review stations of one inspector (two workstations on one login) each checked "not labelled by her
+    yet" under its own lock, and on most photos both verdicts were recorded; her undo could then take back the other
+    station's. Now the check is made with the append, under the folder's lock: one stands, the other is told to reload."""
+    line_dir, spec = tmp_path / "line", Inspector(watched["model"]).spec
+    stations = [Station(watched["out"], line_dir, spec, "anna") for _ in range(2)]
+    queue = expected_queue(watched["log"])
+    for item in queue:
+        answers = label_at_once(stations, item["sha256"], ("ok", "defective"))
+        assert sorted(answers) in (["409", "ok"], ["409", "defective"]), answers
+    standing = line.latest_verdicts(line_dir)
+    assert len(standing) == len(queue) and standing["sha256"].is_unique
+    sha256 = standing["sha256"].iloc[-1]  # an undo takes back only the verdict it gave, recorded when it was
+    assert line.retract(line_dir, sha256, "anna", "review", recorded_at="2000-01-01T00:00:00+00:00") is None
 
 
 def test_a_damaged_labels_file_names_its_bad_lines_and_the_rest_still_count(watched, tmp_path):

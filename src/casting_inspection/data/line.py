@@ -60,7 +60,7 @@ class Verdict:
     image: str  # relative to the line folder: images/<sha256>.<ext>
     verdict: str  # defective, ok or not_a_part
     inspector: str
-    source: str  # review, or import:<folder name>
+    source: str  # review, or import:<the folder's absolute path>
     model_version: str = ""  # the model that decided the photo, when known
     defect_probability: float | None = None  # what that model said, when known
     labelled_at: str = ""
@@ -101,14 +101,33 @@ def add_photo(line_dir: Path, data: bytes, spec: ImageSpec) -> tuple[str, str]:
     relative = f"{IMAGES_DIR}/{digest}.{extension}"
     target = Path(line_dir) / relative
     try:
-        if not target.is_file():
+        if not _holds(target, digest):  # absent, or other bytes under its name (a torn copy): a verdict needs this photo
             with atomic_path(target) as tmp:
-                tmp.write_bytes(data)
+                with open(tmp, "wb") as file:
+                    file.write(data)
+                    os.fsync(file.fileno())  # on disk before its name: a verdict never points at an empty file
+            _sync_folder(target.parent)
     except OSError as exc:
         raise InspectionError(
             f"{target}: cannot store the photo ({exc.strerror}); check the disk and the folder's rights"
         ) from None
     return digest, relative
+
+
+def _holds(path: Path, digest: str) -> bool:
+    """A stored photo whose bytes are the ones its name says (never a link)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest() == digest
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -248,7 +267,7 @@ def _check_verdict(line_dir: Path, verdict: Verdict) -> None:
     if not (Path(line_dir) / verdict.image).is_file():
         raise InspectionError(f"{Path(line_dir) / verdict.image}: no such photo; add it (add_photo) before its verdict")
     if not _SOURCE.fullmatch(verdict.source):
-        raise InspectionError(f"source {verdict.source!r}: must be 'review' or 'import:<folder name>'")
+        raise InspectionError(f"source {verdict.source!r}: must be 'review' or 'import:<folder path>'")
     p = verdict.defect_probability
     if p is not None and not (math.isfinite(p) and 0 <= p <= 1):
         raise InspectionError(f"defect probability {p} of {verdict.image}: must be empty or in [0, 1]")
@@ -269,13 +288,40 @@ def append_verdicts(line_dir: Path, verdicts: Iterable[Verdict]) -> list[Verdict
 
 
 def append_verdict(line_dir: Path, verdict: Verdict) -> Verdict:
-    """One verdict (the review station's key press), appended atomically."""
+    """One verdict, appended atomically."""
     return append_verdicts(line_dir, [verdict])[0]
 
 
-def retract(line_dir: Path, sha256: str, inspector: str, source: str) -> dict[str, str] | None:
+class AlreadyLabelled(InspectionError):
+    """The inspector already has a standing verdict on the photo (given from another page or station)."""
+
+
+def append_first_verdict(line_dir: Path, verdict: Verdict) -> Verdict:
+    """One person's verdict on a photo they have no standing verdict on (the review station's key press). Checked
+    under the folder's lock, with the append: two stations under one name cannot both label a photo unseen."""
+    recorded = dataclasses.replace(
+        verdict, inspector=verdict.inspector.strip(), labelled_at=datetime.now(UTC).isoformat(timespec="seconds")
+    )
+    _check_verdict(line_dir, recorded)
+    with _locked(line_dir):
+        standing = [
+            r for r in _active(_read_rows(line_dir)) if (r["sha256"], r["inspector"]) == (recorded.sha256, recorded.inspector)
+        ]
+        if standing:
+            raise AlreadyLabelled(
+                f"photo {recorded.sha256[:12]} already has {recorded.inspector}'s verdict {standing[-1]['verdict']} "
+                f"({standing[-1]['labelled_at']}, {standing[-1]['source']}): reload the page"
+            )
+        _append_rows(line_dir, [recorded.row()])
+    return recorded
+
+
+def retract(
+    line_dir: Path, sha256: str, inspector: str, source: str, recorded_at: str | None = None, every: bool = False
+) -> dict[str, str] | None:
     """Take back this inspector's last verdict on this photo from this source by appending a `retracted` row
-    (rows are only ever appended). Returns the verdict taken back, or None when there was none to take back."""
+    (rows are only ever appended); only if it was recorded at `recorded_at`, when given (an undo takes back its own
+    verdict, never one given since); with `every`, each of them. Returns the (last) verdict taken back, or None."""
     inspector = check_inspector(inspector)
     with _locked(line_dir):
         mine = [
@@ -283,12 +329,11 @@ def retract(line_dir: Path, sha256: str, inspector: str, source: str) -> dict[st
             for row in _active(_read_rows(line_dir))
             if (row["sha256"], row["inspector"], row["source"]) == (sha256, inspector, source)
         ]
-        if not mine:
+        if not mine or (recorded_at is not None and mine[-1]["labelled_at"] != recorded_at):
             return None
-        taken_back = mine[-1]
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        _append_rows(line_dir, [taken_back | {"verdict": RETRACTED, "labelled_at": now}])
-    return taken_back
+        _append_rows(line_dir, [row | {"verdict": RETRACTED, "labelled_at": now} for row in (mine if every else mine[-1:])])
+    return mine[-1]
 
 
 def _active(rows: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -402,16 +447,17 @@ def import_folder(
     not_a_part: Callable[[bytes], str | None] | None = None,
 ) -> ImportReport:
     """Add a folder the plant already labelled (FOLDER/<class>/...) with one verdict per photo, source
-    `import:<folder name>`. A bad file is skipped with its reason; a photo already counted (twice in the
+    `import:<the folder's absolute path>`. A bad file is skipped with its reason; a photo already counted (twice in the
     folder, or labelled so by this inspector before) is stored and recorded once; a photo found in two
-    classes is recorded in neither, and a verdict an earlier import of this folder gave it is taken back (say which it
+    classes is recorded in neither, and every verdict an earlier import of this folder gave it is taken back (say which it
     is, then import again). `not_a_part` (the model's guard)
     says why a photo labelled defective or ok is not a part the model can judge: such a photo is left out."""
     _refuse_overlap(Path(folder), Path(line_dir))
-    source = f"import:{Path(folder).resolve().name}"
-    if not is_utf8(source):
+    source = f"import:{Path(folder).resolve()}"  # the whole path: two folders of one name are two sources
+    if not is_utf8(source) or not _SOURCE.fullmatch(source):
         raise InspectionError(
-            f"{printable(str(folder))}: its name is not UTF-8 text, and it names the verdicts' source; rename the folder"
+            f"{printable(str(folder))}: its path names the verdicts' source, and it is not UTF-8 text or holds a line "
+            "break; rename the folder"
         )
     classes, inspector = class_folders(folder, mapping), check_inspector(inspector)
     report = ImportReport(dict.fromkeys(VERDICTS, 0), [], [])
@@ -450,7 +496,7 @@ def import_folder(
     for recorded in append_verdicts(line_dir, list(pending.values())):
         report.recorded[recorded.verdict] += 1
     for digest in sorted(both_ways):  # the folder now holds it in two classes: what it said before no longer stands
-        if retract(line_dir, digest, inspector, source) is not None:
+        if retract(line_dir, digest, inspector, source, every=True) is not None:
             report.skipped.append((seen[digest][1], "its verdict from an earlier import of this folder is taken back"))
     return report
 

@@ -177,7 +177,7 @@ class Station:
         self.watch_out, self.line_dir, self.spec = Path(watch_out), Path(line_dir), spec
         self.inspector = line.check_inspector(inspector)
         self.writing = threading.Lock()  # two key presses at once must not label one photo twice
-        self.recent: dict[str, tuple[str, float]] = {}  # page -> its last verdict's photo and when
+        self.recent: dict[str, tuple[str, float, str]] = {}  # page -> its last verdict's photo, when, and its recorded time
         _log_rows(self.watch_out)  # a wrong --watch-out fails at start, in one line
         if self.line_dir.exists() and not self.line_dir.is_dir():
             raise InspectionError(f"--line {self.line_dir}: a file, not a folder; give the line data set's folder")
@@ -233,11 +233,12 @@ class Station:
                 digest, image = line.add_photo(self.line_dir, self._read(item), self.spec)
             except BadImage as exc:
                 raise service.ClientError(422, f"{item.path}: {exc}; it cannot be labelled") from None
-            recorded = line.append_verdict(
-                self.line_dir,
-                line.Verdict(digest, image, verdict, self.inspector, "review", item.model_version, item.defect_probability),
-            )
-            self.recent[page] = (digest, time.monotonic())
+            given = line.Verdict(digest, image, verdict, self.inspector, "review", item.model_version, item.defect_probability)
+            try:
+                recorded = line.append_first_verdict(self.line_dir, given)
+            except line.AlreadyLabelled as exc:  # given meanwhile by a station of the same name
+                raise service.ClientError(409, str(exc)) from None
+            self.recent[page] = (digest, time.monotonic(), recorded.labelled_at)
             while len(self.recent) > MAX_PAGES:  # the oldest pages' undo went stale long ago
                 self.recent.pop(next(iter(self.recent)))
             standing = line.latest_verdicts(self.line_dir)
@@ -248,12 +249,12 @@ class Station:
     def undo(self, page: str) -> dict:
         """Take back this page's own last verdict, within UNDO_SECONDS, once."""
         with self.writing, _unavailable_as_503():
-            sha256, when = self.recent.pop(page, (None, 0.0))
+            sha256, when, recorded_at = self.recent.pop(page, (None, 0.0, ""))
             if sha256 is None or time.monotonic() - when > UNDO_SECONDS:
                 raise service.ClientError(
                     409, f"nothing of this page to undo: an undo takes back this page's last verdict within {UNDO_SECONDS:g} s"
                 )
-            undone = line.retract(self.line_dir, sha256, self.inspector, "review")
+            undone = line.retract(self.line_dir, sha256, self.inspector, "review", recorded_at=recorded_at)
         return {"undone": undone} | self.queue_size()
 
     def queue_size(self) -> dict:
