@@ -453,12 +453,7 @@ def import_folder(
     is, then import again). `not_a_part` (the model's guard)
     says why a photo labelled defective or ok is not a part the model can judge: such a photo is left out."""
     _refuse_overlap(Path(folder), Path(line_dir))
-    source = f"import:{Path(folder).resolve()}"  # the whole path: two folders of one name are two sources
-    if not is_utf8(source) or not _SOURCE.fullmatch(source):
-        raise InspectionError(
-            f"{printable(str(folder))}: its path names the verdicts' source, and it is not UTF-8 text or holds a line "
-            "break; rename the folder"
-        )
+    source = _import_source(Path(folder))
     classes, inspector = class_folders(folder, mapping), check_inspector(inspector)
     report = ImportReport(dict.fromkeys(VERDICTS, 0), [], [])
     for entry in sorted(Path(folder).iterdir()):
@@ -499,6 +494,17 @@ def import_folder(
         if retract(line_dir, digest, inspector, source, every=True) is not None:
             report.skipped.append((seen[digest][1], "its verdict from an earlier import of this folder is taken back"))
     return report
+
+
+def _import_source(folder: Path) -> str:
+    """`import:` and the folder's whole path (two folders of one name are two sources), checked before anything is stored."""
+    source = f"import:{folder.resolve()}"
+    if not is_utf8(source) or not _SOURCE.fullmatch(source):
+        raise InspectionError(
+            f"{printable(str(folder))}: its path names the verdicts' source, and it is not UTF-8 text or holds a line "
+            "break; rename the folder"
+        )
+    return source
 
 
 def _refuse_overlap(folder: Path, line_dir: Path) -> None:
