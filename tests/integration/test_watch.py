@@ -636,6 +636,42 @@ def test_a_photo_replaced_after_its_decision_is_not_filed_under_it(exported_mode
     assert photos_in(inbox) == [] and "not_a_part" in [decision for _, decision, _, _ in logged(out)]
 
 
+def test_a_photo_swapped_for_a_link_to_a_pipe_after_its_decision_neither_hangs_nor_is_read(exported_model, tmp_path):
+    """Before: filing opened the inbox name again, following the link: a pipe hung the watcher for good (a link to
+    /dev/zero filled the disk). Now the bytes that were decided are filed; the link stays in the inbox, unread."""
+    inbox, out = tmp_path / "inbox", tmp_path / "sorted"
+    inbox.mkdir()
+    ok_photo = sorted((exported_model["raw"] / "test" / "ok_front").glob("*.jpeg"))[0]
+    drop(ok_photo, inbox, name="part.jpeg")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    inspector = Inspector(exported_model["onnx"])
+    decide = inspector.inspect
+
+    def swapped_during_the_decision(named, *args, **kwargs):
+        results = decide(named, *args, **kwargs)
+        (inbox / "part.jpeg").unlink()
+        (inbox / "part.jpeg").symlink_to(fifo)
+        return results
+
+    inspector.inspect = swapped_during_the_decision
+
+    def watch_once() -> None:
+        with Watcher(inspector, inbox, out, settle_seconds=0) as watcher:  # its log belongs to this thread
+            watcher.process([inbox / "part.jpeg"])
+
+    filing = threading.Thread(target=watch_once, daemon=True)
+    filing.start()
+    filing.join(timeout=30)
+    hung = filing.is_alive()
+    if hung:  # let the blocked open() go, so the test ends
+        os.close(os.open(fifo, os.O_WRONLY))
+        filing.join(timeout=30)
+    assert not hung, "the watcher hung on the pipe"
+    filed = [p for p in out.rglob("*.jpeg") if p.read_bytes() == ok_photo.read_bytes()]
+    assert len(filed) == 1 and (inbox / "part.jpeg").is_symlink()  # the decided bytes filed; the link left
+
+
 def test_the_output_folder_may_not_be_the_inbox_nor_hold_it(exported_model, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()

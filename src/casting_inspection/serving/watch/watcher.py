@@ -62,10 +62,6 @@ class _CannotMove(Exception):
     """A rename cannot reach the output folder: the photo is copied instead."""
 
 
-class _Changed(Exception):
-    """The photo in the inbox is no longer the one that was decided."""
-
-
 class _TooLargeToCopy(Exception):
     """A file refused unread for its size, with --out on another disk: it stays in the inbox, never copied."""
 
@@ -426,8 +422,6 @@ class Watcher:
         """File one photo; on a fault it stays in the inbox, named on stderr, and the watcher goes on."""
         try:
             return self._file(photo, destination)
-        except _Changed:
-            self._note_once(photo.path.name, "changed after it was decided; it stays in the inbox and is decided again")
         except _TooLargeToCopy:
             self.left_alone[photo.path.name] = photo.identity[2], photo.identity[3]
             self._note_once(
@@ -481,21 +475,17 @@ class Watcher:
         return final
 
     def _copy_in(self, photo: _Photo, folder: Path) -> Path:
-        """A synced copy of the photo in a hidden temporary next to its destination, checked to hold the
-        content that was decided; the inbox copy is untouched."""
+        """A synced copy of the bytes that were decided, in a hidden temporary next to its destination, read back. The
+        inbox file is never opened by name again: swapped meanwhile for a link to a pipe or /dev/zero, it would hang the
+        watcher or fill the disk; rewritten, it stays in the inbox and is decided next (`_remove_from_inbox`)."""
         temporary = folder / f".watch-{os.getpid()}-{photo.digest[:16]}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
         try:
-            with open(photo.path, "rb") as source, os.fdopen(fd, "wb") as copy:
-                copied = hashlib.sha256()
-                while chunk := source.read(1 << 20):
-                    copied.update(chunk)
-                    copy.write(chunk)
+            with os.fdopen(fd, "wb") as copy:
+                copy.write(photo.data)
                 copy.flush()
                 os.fsync(copy.fileno())
-            if copied.hexdigest() != photo.digest:
-                raise _Changed
-            if temporary.stat().st_size != photo.identity[2] or sha256_of(temporary) != photo.digest:
+            if temporary.stat().st_size != len(photo.data) or sha256_of(temporary) != photo.digest:
                 raise OSError(errno.EIO, "the copy does not read back as written")
         except BaseException:
             temporary.unlink(missing_ok=True)
