@@ -330,23 +330,31 @@ def test_a_model_that_cannot_load_keeps_the_station_not_ready_and_every_part_ng(
     assert all("model is not loaded" in reason for _, _, reason, _ in logged(tmp_path / "out"))
 
 
-def test_the_plcs_trigger_decides_the_next_frame_and_nothing_else(exported_model, square_video, tmp_path):
+def run_with_triggers(video: Path, model: Path, out: Path, pulses: int, after_ready: float = 0.0):
+    """The station on the video with `--trigger plc`; once it is ready (and `after_ready` s later), the PLC pulses its
+    trigger `pulses` times, each after the last one's result. (exit status, stdout, stderr, the PLC)."""
     modbus = free_port()
-    cmd = [*CLI, str(square_video), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime",
-           "--modbus", f"127.0.0.1:{modbus}", "--trigger", "plc"]  # fmt: skip
+    cmd = [*CLI, str(video), "--out", str(out), "--model", str(model), "--realtime", "--modbus", f"127.0.0.1:{modbus}",
+           "--trigger", "plc"]  # fmt: skip
     station = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     plc = Plc(modbus)
     plc.start()
     try:
         wait_until(lambda: plc.statuses and plc.statuses[-1][0] & 1, 60)  # ready
-        for k in range(3):
+        time.sleep(after_ready)
+        for k in range(pulses):
             plc.trigger()
             wait_until(lambda k=k: len(plc.results) == k + 1, 10)
         stdout, stderr = station.communicate(timeout=120)
     finally:
         station.kill()
         plc.stop()
-    assert station.returncode == 0, stderr
+    return station.returncode, stdout, stderr, plc
+
+
+def test_the_plcs_trigger_decides_the_next_frame_and_nothing_else(exported_model, square_video, tmp_path):
+    code, stdout, stderr, plc = run_with_triggers(square_video, exported_model["onnx"], tmp_path / "out", 3)
+    assert code == 0, stderr
     assert sorted(part_lines(stdout)) == [1, 2, 3]  # three pulses, three parts; the parts riding by decide nothing
     assert "froze" not in stdout  # each frame a new exposure (its noise): none taken for a frozen camera's
     assert [n for n, _, _ in plc.results] == [1, 2, 3]
@@ -361,22 +369,9 @@ def test_a_frozen_camera_gives_the_plcs_parts_no_verdict(exported_model, tmp_pat
     still = cv2.resize(photos(1)[0], (192, 192))  # a good part, the camera framed on it
     frozen = tmp_path / "frozen.avi"
     write_video(frozen, [still, np.flipud(still)] * 75)  # 5 s at 30 fps: two images in turn
-    cmd = [*CLI, str(frozen), "--out", str(tmp_path / "out"), "--model", str(exported_model["onnx"]), "--realtime",
-           "--modbus", f"127.0.0.1:{(modbus := free_port())}", "--trigger", "plc"]  # fmt: skip
-    station = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    plc = Plc(modbus)
-    plc.start()
-    try:
-        wait_until(lambda: plc.statuses and plc.statuses[-1][0] & 1, 60)  # ready
-        time.sleep(0.5)  # both images seen: the first frames of a freeze are images the station has not seen before
-        for k in range(2):
-            plc.trigger()
-            wait_until(lambda k=k: len(plc.results) == k + 1, 10)
-        stdout, stderr = station.communicate(timeout=120)
-    finally:
-        station.kill()
-        plc.stop()
-    assert station.returncode == 3, stderr  # parts left undecided
+    # after 0.5 s both images are seen: the first frames of a freeze are images the station has not seen before
+    code, stdout, stderr, _ = run_with_triggers(frozen, exported_model["onnx"], tmp_path / "out", 2, after_ready=0.5)
+    assert code == 3, stderr  # parts left undecided
     assert part_lines(stdout) == {1: ("NG", "not_a_part"), 2: ("NG", "not_a_part")}, stderr
     reasons = [reason for _, _, reason, _ in logged(tmp_path / "out")]
     assert all(re.search(r"first sent \d+\.\d\d s before the PLC's trigger: the camera froze$", r) for r in reasons), reasons
